@@ -1,0 +1,357 @@
+//! `PoolRoute`: one pool's resolved routing entry, as streamed and as written in
+//! the standalone file.
+//!
+//! Validation happens while deserializing (newtypes with `try_from`), so an error
+//! in a YAML file carries the field path and line of the offending value, and a
+//! malformed stream message can never become a half-valid table.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+
+use serde::{Deserialize, Serialize};
+
+/// The routing entry of one pool: where it matches, and where it sends traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolRoute {
+    /// Unique name; `namespace/name` for pools from the cluster.
+    pub name: String,
+    /// Host patterns matched against `Host` (and SNI): exact names, `*.suffix`
+    /// wildcards, or `*`. Empty means catch-all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<Host>,
+    /// Requests whose path starts with this prefix match; the longest prefix
+    /// wins among pools sharing a host.
+    #[serde(default)]
+    pub path_prefix: PathPrefix,
+    /// How an endpoint is picked for each request.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// The endpoints, already resolved (ready state, weights across backends).
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Endpoint selection algorithm of a pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// Rotates through endpoints; with unequal weights it follows the smooth
+    /// weighted schedule, as Envoy's round robin does.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's algorithm): weights are honoured
+    /// with the picks of each endpoint spread evenly through the cycle.
+    WeightedRoundRobin,
+}
+
+/// One upstream address of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    /// `ip:port` the dataplane connects to.
+    pub address: SocketAddr,
+    /// Relative share of the pool's traffic.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: NonZeroU32,
+    /// Topology zone, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Not-ready endpoints take no traffic.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub ready: bool,
+    /// Terminating endpoints take traffic only while nothing else is ready;
+    /// the controller already applies that rule when it builds the route.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminating: bool,
+}
+
+impl Endpoint {
+    /// A ready endpoint of weight 1.
+    pub fn new(address: SocketAddr) -> Self {
+        Self { address, weight: one(), zone: None, ready: true, terminating: false }
+    }
+
+    /// The same endpoint with another weight.
+    pub fn with_weight(mut self, weight: NonZeroU32) -> Self {
+        self.weight = weight;
+        self
+    }
+}
+
+fn one() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+fn is_one(w: &NonZeroU32) -> bool {
+    w.get() == 1
+}
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A path prefix: always starts with `/`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PathPrefix(String);
+
+impl PathPrefix {
+    /// The prefix as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `path` falls under this prefix. `/api` matches `/api`, `/api/x`
+    /// and `/api?q`, but not `/apix`: prefixes match whole path segments, as
+    /// Gateway API's `PathPrefix` does, so a pool never catches a sibling's paths.
+    pub fn matches(&self, path: &str) -> bool {
+        let p = self.0.trim_end_matches('/');
+        if p.is_empty() {
+            return true;
+        }
+        match path.strip_prefix(p) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    /// Length used to pick the longest match (trailing slash ignored).
+    pub fn specificity(&self) -> usize {
+        self.0.trim_end_matches('/').len()
+    }
+}
+
+impl Default for PathPrefix {
+    fn default() -> Self {
+        Self("/".to_string())
+    }
+}
+
+impl TryFrom<String> for PathPrefix {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if !s.starts_with('/') {
+            return Err(format!("pathPrefix {s:?} must start with '/'"));
+        }
+        if s.contains(['?', '#']) || s.chars().any(char::is_whitespace) {
+            return Err(format!("pathPrefix {s:?} must not contain '?', '#' or spaces"));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl From<PathPrefix> for String {
+    fn from(p: PathPrefix) -> Self {
+        p.0
+    }
+}
+
+impl fmt::Display for PathPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A host pattern: `example.com`, `*.example.com` or `*` (lower-cased).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Host(String);
+
+impl Host {
+    /// The pattern, lower-cased.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `Some(".example.com")` for `*.example.com`.
+    pub fn wildcard_suffix(&self) -> Option<&str> {
+        self.0.strip_prefix('*').filter(|s| s.starts_with('.'))
+    }
+
+    /// Whether this pattern matches every host.
+    pub fn is_catch_all(&self) -> bool {
+        self.0 == "*"
+    }
+}
+
+impl TryFrom<String> for Host {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let lower = s.to_ascii_lowercase();
+        if lower == "*" {
+            return Ok(Self(lower));
+        }
+        let name = lower.strip_prefix("*.").unwrap_or(&lower);
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+            return Err(format!(
+                "host {s:?} is not a DNS name, a '*.' wildcard of one, or '*'"
+            ));
+        }
+        Ok(Self(lower))
+    }
+}
+
+impl From<Host> for String {
+    fn from(h: Host) -> Self {
+        h.0
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The standalone dataplane's file: `{pools: [PoolRoute]}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Every pool the dataplane serves.
+    #[serde(default)]
+    pub pools: Vec<PoolRoute>,
+}
+
+/// Why a route file or a set of routes was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The YAML did not parse into the schema; the message names line and field.
+    #[error("{0}")]
+    Yaml(String),
+    /// Two pools share a name.
+    #[error("pools[{index}]: name {name:?} is used by more than one pool")]
+    DuplicateName { index: usize, name: String },
+    /// A pool lists the same address twice.
+    #[error("pool {pool:?}: endpoint {address} is listed more than once")]
+    DuplicateEndpoint { pool: String, address: SocketAddr },
+    /// A pool has an empty name.
+    #[error("pools[{index}]: name must not be empty")]
+    EmptyName { index: usize },
+}
+
+impl RouteFile {
+    /// Parses and validates a standalone file.
+    pub fn from_yaml(text: &str) -> Result<Self, RouteError> {
+        let file: RouteFile =
+            serde_saphyr::from_str(text).map_err(|e| RouteError::Yaml(e.to_string()))?;
+        validate_pools(&file.pools)?;
+        Ok(file)
+    }
+}
+
+/// Checks what the types alone cannot: unique names, unique endpoints.
+pub fn validate_pools(pools: &[PoolRoute]) -> Result<(), RouteError> {
+    let mut names = BTreeSet::new();
+    for (index, pool) in pools.iter().enumerate() {
+        if pool.name.is_empty() {
+            return Err(RouteError::EmptyName { index });
+        }
+        if !names.insert(pool.name.as_str()) {
+            return Err(RouteError::DuplicateName { index, name: pool.name.clone() });
+        }
+        let mut seen = BTreeSet::new();
+        for ep in &pool.endpoints {
+            if !seen.insert(ep.address) {
+                return Err(RouteError::DuplicateEndpoint {
+                    pool: pool.name.clone(),
+                    address: ep.address,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+pools:
+  - name: web
+    hosts: ["*"]
+    pathPrefix: /
+    algorithm: WeightedRoundRobin
+    endpoints:
+      - {address: 127.0.0.1:9001, weight: 3}
+      - {address: 127.0.0.1:9002}
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let file = RouteFile::from_yaml(EXAMPLE).expect("example parses");
+        let pool = &file.pools[0];
+        assert_eq!(pool.name, "web");
+        assert_eq!(pool.algorithm, Algorithm::WeightedRoundRobin);
+        assert_eq!(pool.endpoints[0].weight.get(), 3);
+        assert_eq!(pool.endpoints[1].weight.get(), 1);
+        assert!(pool.endpoints[1].ready);
+        assert!(pool.hosts[0].is_catch_all());
+    }
+
+    #[test]
+    fn errors_name_the_field_and_line() {
+        let bad = EXAMPLE.replace("127.0.0.1:9002", "127.0.0.1:99999");
+        let err = RouteFile::from_yaml(&bad).expect_err("port out of range").to_string();
+        assert!(err.contains("line 9"), "{err}");
+
+        let bad = EXAMPLE.replace("pathPrefix: /", "pathPrefix: api");
+        let err = RouteFile::from_yaml(&bad).expect_err("relative prefix").to_string();
+        assert!(err.contains("must start with '/'") && err.contains("line 5"), "{err}");
+
+        let bad = EXAMPLE.replace("algorithm: WeightedRoundRobin", "algorithm: Fastest");
+        let err = RouteFile::from_yaml(&bad).expect_err("unknown algorithm").to_string();
+        assert!(err.contains("Fastest"), "{err}");
+
+        let bad = EXAMPLE.replace("weight: 3", "wieght: 3");
+        let err = RouteFile::from_yaml(&bad).expect_err("typo").to_string();
+        assert!(err.contains("wieght"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_and_endpoints_are_refused() {
+        let twice = format!("{EXAMPLE}{}", &EXAMPLE["\npools:\n".len()..]);
+        let err = RouteFile::from_yaml(&twice).expect_err("duplicate").to_string();
+        assert!(err.contains("\"web\" is used by more than one pool"), "{err}");
+
+        let dup = EXAMPLE.replace("127.0.0.1:9002", "127.0.0.1:9001");
+        let err = RouteFile::from_yaml(&dup).expect_err("duplicate endpoint").to_string();
+        assert!(err.contains("127.0.0.1:9001 is listed more than once"), "{err}");
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let p = PathPrefix::try_from("/api".to_string()).unwrap();
+        assert!(p.matches("/api"));
+        assert!(p.matches("/api/v1"));
+        assert!(!p.matches("/apix"));
+        assert!(!p.matches("/"));
+        let root = PathPrefix::default();
+        assert!(root.matches("/anything"));
+        let slash = PathPrefix::try_from("/api/".to_string()).unwrap();
+        assert!(slash.matches("/api/v1") && slash.matches("/api"));
+    }
+
+    #[test]
+    fn hosts_are_validated_and_lowercased() {
+        assert_eq!(Host::try_from("Shop.Example.com".to_string()).unwrap().as_str(), "shop.example.com");
+        let w = Host::try_from("*.example.com".to_string()).unwrap();
+        assert_eq!(w.wildcard_suffix(), Some(".example.com"));
+        for bad in ["", "exa mple.com", "*example.com", "-a.com", "a..com"] {
+            assert!(Host::try_from(bad.to_string()).is_err(), "{bad:?}");
+        }
+    }
+}
