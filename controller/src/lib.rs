@@ -1,1 +1,385 @@
+//! The Sluice controller: watches BackendPools, Services and EndpointSlices,
+//! computes one route per pool, streams the table to dataplanes over SSE, and
+//! writes what it did into pool status.
+//!
+//! Layout: [`route`] (pure route computation), [`index`] (watch events →
+//! routes, incremental), [`store`] (versioned table, deltas), [`stream`]
+//! (SSE + reports), [`dataplanes`] (acks), [`status`] (status + Events),
+//! [`admin`], [`metrics`]. [`Controller::start`] wires them.
 
+pub mod admin;
+pub mod auth;
+pub mod dataplanes;
+pub mod index;
+pub mod metrics;
+pub mod route;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod stream;
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use sluice_crds::BackendPool;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+
+pub use auth::Auth;
+
+use crate::admin::Synced;
+use crate::dataplanes::Dataplanes;
+use crate::index::{Change, Index};
+use crate::metrics::{KindLabel, Metrics};
+use crate::status::StatusWriter;
+use crate::store::RouteStore;
+use crate::stream::StreamContext;
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Stream and reports listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Dataplane authentication.
+    pub auth: Auth,
+    /// Interval of SSE keepalive comments.
+    pub keepalive: Duration,
+    /// How long changes are gathered into one published version.
+    pub coalesce: Duration,
+    /// How often status is re-examined without a change (dataplane acks).
+    pub status_interval: Duration,
+    /// This instance's name, for Events.
+    pub instance: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8090)),
+            admin: SocketAddr::from(([0, 0, 0, 0], 9902)),
+            auth: Auth::None,
+            keepalive: Duration::from_secs(10),
+            coalesce: Duration::from_millis(5),
+            status_interval: Duration::from_secs(1),
+            instance: "sluice-controller".into(),
+        }
+    }
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--auth none` on a non-loopback address.
+    #[error(
+        "--auth none is only allowed on a loopback --listen address (got {0}); use --auth static:<file>"
+    )]
+    UnauthenticatedNonLoopback(SocketAddr),
+}
+
+/// A running controller.
+#[derive(Debug)]
+pub struct Controller {
+    stream_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    store: Arc<RouteStore>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+impl Controller {
+    /// Binds the listeners, starts the watchers, the stream and the status
+    /// writer in the current runtime.
+    pub async fn start(client: Client, opts: Options) -> Result<Self, Error> {
+        if opts.auth == Auth::None && !opts.listen.ip().is_loopback() {
+            return Err(Error::UnauthenticatedNonLoopback(opts.listen));
+        }
+        let stream_listener = bind(opts.listen).await?;
+        let admin_listener = bind(opts.admin).await?;
+        let stream_addr = stream_listener.local_addr().map_err(|source| Error::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+        let admin_addr = admin_listener.local_addr().map_err(|source| Error::Bind {
+            addr: opts.admin,
+            source,
+        })?;
+
+        // Versions start from the clock so a restarted controller never hands
+        // out a version its predecessor used (resumes from those get snapshots).
+        let first = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        let store = Arc::new(RouteStore::new(first));
+        let dataplanes = Arc::new(Dataplanes::default());
+        let index = Arc::new(Mutex::new(Index::new()));
+        let metrics = Arc::new(Metrics::new());
+        let synced = Arc::new(Synced::default());
+        let wake = Arc::new(Notify::new());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let (tx, rx) = mpsc::channel::<(&'static str, Change)>(1024);
+        tasks.spawn(watch_kind::<BackendPool>(
+            Api::all(client.clone()),
+            "BackendPool",
+            tx.clone(),
+            |p| Change::Pool(Box::new(p)),
+            Change::PoolDeleted,
+            Change::AllPools,
+            Arc::clone(&synced),
+            |s| &s.pools,
+        ));
+        tasks.spawn(watch_kind::<Service>(
+            Api::all(client.clone()),
+            "Service",
+            tx.clone(),
+            |s| Change::Service(Box::new(s)),
+            Change::ServiceDeleted,
+            Change::AllServices,
+            Arc::clone(&synced),
+            |s| &s.services,
+        ));
+        tasks.spawn(watch_kind::<EndpointSlice>(
+            Api::all(client.clone()),
+            "EndpointSlice",
+            tx,
+            |s| Change::Slice(Box::new(s)),
+            Change::SliceDeleted,
+            Change::AllSlices,
+            Arc::clone(&synced),
+            |s| &s.slices,
+        ));
+        tasks.spawn(run_index(
+            rx,
+            Arc::clone(&index),
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            Arc::clone(&wake),
+            opts.coalesce,
+        ));
+
+        let writer = StatusWriter {
+            client: client.clone(),
+            index,
+            dataplanes: Arc::clone(&dataplanes),
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: "sluice-controller".into(),
+                    instance: Some(opts.instance.clone()),
+                },
+            ),
+            wake,
+            interval: opts.status_interval,
+        };
+        tasks.spawn(writer.run(stop_rx.clone()));
+
+        let ctx = Arc::new(StreamContext {
+            store: Arc::clone(&store),
+            dataplanes: Arc::clone(&dataplanes),
+            auth: opts.auth.clone(),
+            keepalive: opts.keepalive,
+        });
+        tasks.spawn(server::serve(
+            stream_listener,
+            move |req, peer| stream::handle(Arc::clone(&ctx), req, peer),
+            stop_rx.clone(),
+        ));
+
+        let admin_metrics = Arc::clone(&metrics);
+        let admin_synced = Arc::clone(&synced);
+        tasks.spawn(server::serve(
+            admin_listener,
+            move |req, _| admin::handle(req, Arc::clone(&admin_synced), Arc::clone(&admin_metrics)),
+            stop_rx,
+        ));
+
+        let gauge_store = Arc::clone(&store);
+        tasks.spawn(async move {
+            loop {
+                metrics
+                    .route_version
+                    .set(i64::try_from(gauge_store.version()).unwrap_or(i64::MAX));
+                metrics
+                    .dataplanes_connected
+                    .set(dataplanes.present().len() as i64);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+
+        tracing::info!(%stream_addr, %admin_addr, "controller started");
+        Ok(Self {
+            stream_addr,
+            admin_addr,
+            store,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Address of the stream listener.
+    pub fn stream_addr(&self) -> SocketAddr {
+        self.stream_addr
+    }
+
+    /// Address of the admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Current route-table version.
+    pub fn route_version(&self) -> u64 {
+        self.store.version()
+    }
+
+    /// Stops serving (closing every stream) and ends all tasks.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        let deadline = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(deadline);
+        // Servers drain their connection sets; the watchers and the index
+        // loop never end on their own and are aborted after that.
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                next = self.tasks.join_next() => if next.is_none() { break },
+            }
+            if self.tasks.len() <= 5 {
+                break;
+            }
+        }
+        self.tasks.shutdown().await;
+    }
+}
+
+/// Forwards one kind's watch events to the index as [`Change`]s.
+#[allow(clippy::too_many_arguments)]
+async fn watch_kind<K>(
+    api: Api<K>,
+    kind: &'static str,
+    tx: mpsc::Sender<(&'static str, Change)>,
+    applied: fn(K) -> Change,
+    deleted: fn(index::Key) -> Change,
+    relisted: fn(Vec<K>) -> Change,
+    synced: Arc<Synced>,
+    flag: fn(&Synced) -> &AtomicBool,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut buffer: Vec<K> = Vec::new();
+    while let Some(event) = events.next().await {
+        let change = match event {
+            Ok(watcher::Event::Init) => {
+                buffer.clear();
+                continue;
+            }
+            Ok(watcher::Event::InitApply(obj)) => {
+                buffer.push(obj);
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                flag(&synced).store(true, Ordering::Release);
+                relisted(std::mem::take(&mut buffer))
+            }
+            Ok(watcher::Event::Apply(obj)) => applied(obj),
+            Ok(watcher::Event::Delete(obj)) => {
+                deleted((obj.namespace().unwrap_or_default(), obj.name_any()))
+            }
+            Err(e) => {
+                tracing::warn!(kind, error = %e, "watch error; retrying with backoff");
+                continue;
+            }
+        };
+        if tx.send((kind, change)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Applies changes to the index in coalesced batches and publishes routes.
+async fn run_index(
+    mut rx: mpsc::Receiver<(&'static str, Change)>,
+    index: Arc<Mutex<Index>>,
+    store: Arc<RouteStore>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    coalesce: Duration,
+) {
+    while let Some((kind, change)) = rx.recv().await {
+        let started = Instant::now();
+        let mut kinds = vec![kind];
+        let apply = |change| {
+            index
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply(change)
+        };
+        apply(change);
+        let deadline = tokio::time::sleep(coalesce);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                biased;
+                next = rx.recv() => match next {
+                    Some((kind, change)) => {
+                        if !kinds.contains(&kind) {
+                            kinds.push(kind);
+                        }
+                        apply(change);
+                    }
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        {
+            let mut ix = index.lock().unwrap_or_else(|p| p.into_inner());
+            let batch = ix.recompute();
+            let version = store.publish(batch.upserts, batch.removes);
+            ix.set_route_versions(|name| store.pool_version(name));
+            tracing::debug!(version, touched = batch.touched.len(), "routes published");
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        for kind in kinds {
+            metrics
+                .reconcile_duration
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .observe(elapsed);
+        }
+        wake.notify_one();
+    }
+}

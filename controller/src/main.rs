@@ -1,1 +1,109 @@
-fn main() {}
+//! `sluice-controller`: the control plane binary.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_controller::{Auth, Controller, Options};
+
+/// Watches BackendPools and EndpointSlices and streams routes to Sluice dataplanes.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-controller", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Address of the route stream and reports (`GET /v1/routes`, `POST /v1/reports`).
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8090")]
+    listen: SocketAddr,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "SLUICE_ADMIN", default_value = "0.0.0.0:9902")]
+    admin: SocketAddr,
+    /// Dataplane authentication: `none` (loopback only) or `static:<file>` (bearer tokens, one per line).
+    #[arg(long, env = "SLUICE_AUTH", default_value = "none")]
+    auth: Auth,
+    /// Log format.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Name of this instance in Events (the pod name in a cluster).
+    #[arg(long, env = "SLUICE_NAME", default_value = "sluice-controller")]
+    name: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the CustomResourceDefinitions as YAML (`sluice-controller crds | kubectl apply -f -`).
+    Crds,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Crds) = cli.command {
+        let docs: Vec<String> = sluice_crds::crd_yaml()
+            .into_iter()
+            .map(|(_, yaml)| yaml)
+            .collect();
+        print!("{}", docs.join("---\n"));
+        return Ok(());
+    }
+    init_logging(cli.log_format);
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration found (in-cluster service account or KUBECONFIG)")?;
+    let opts = Options {
+        listen: cli.listen,
+        admin: cli.admin,
+        auth: cli.auth,
+        instance: cli.name,
+        ..Options::default()
+    };
+    let controller = Controller::start(client, opts).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    tokio::time::timeout(Duration::from_secs(10), controller.shutdown())
+        .await
+        .ok();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

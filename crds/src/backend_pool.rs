@@ -18,18 +18,23 @@ use serde::{Deserialize, Serialize};
     category = "sluice",
     derive = "PartialEq",
     doc = "A pool of HTTP backends that Sluice dataplanes route to by host and path prefix.",
-    printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
-    printcolumn(name = "Algorithm", type_ = "string", json_path = ".spec.algorithm"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.endpoints.ready"),
-    printcolumn(name = "Synced", type_ = "integer", json_path = ".status.dataplanes.synced"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
+    printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.algorithm"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.endpoints.ready"}"#,
+    printcolumn = r#"{"name":"Synced","type":"integer","jsonPath":".status.dataplanes.synced"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackendPoolSpec {
     /// Host names matched against the Host header (and SNI): exact names,
     /// `*.suffix` wildcards, or `*`. Empty matches every host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(regex(pattern = r"^(\*|(\*\.)?[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*)$")))]
+    #[schemars(
+        length(max = 64),
+        inner(regex(
+            pattern = r"^(\*|(\*\.)?[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*)$"
+        ))
+    )]
     pub hosts: Vec<String>,
     /// Requests whose path starts with this prefix (whole segments) match;
     /// the longest prefix wins among pools sharing a host.
@@ -143,7 +148,8 @@ mod tests {
     #[test]
     fn spec_defaults_match_the_design() {
         let spec: BackendPoolSpec =
-            serde_json::from_str(r#"{"backends":[{"service":"web","port":"http"}]}"#).expect("parses");
+            serde_json::from_str(r#"{"backends":[{"service":"web","port":"http"}]}"#)
+                .expect("parses");
         assert_eq!(spec.path_prefix, "/");
         assert_eq!(spec.algorithm, Algorithm::RoundRobin);
         assert!(spec.hosts.is_empty());

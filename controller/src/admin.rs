@@ -1,0 +1,73 @@
+//! The admin port: liveness, readiness and metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::StatusCode;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use crate::metrics::Metrics;
+use crate::server::{Body, text};
+
+/// Which watch caches have completed their first list.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// BackendPools listed.
+    pub pools: AtomicBool,
+    /// Services listed.
+    pub services: AtomicBool,
+    /// EndpointSlices listed.
+    pub slices: AtomicBool,
+}
+
+impl Synced {
+    /// Names of the caches still waiting for their first list.
+    pub fn waiting(&self) -> Vec<&'static str> {
+        [
+            ("backendpools", &self.pools),
+            ("services", &self.services),
+            ("endpointslices", &self.slices),
+        ]
+        .into_iter()
+        .filter(|(_, flag)| !flag.load(Ordering::Acquire))
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics`.
+pub async fn handle(
+    req: Request<Incoming>,
+    synced: Arc<Synced>,
+    metrics: Arc<Metrics>,
+) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            let waiting = synced.waiting();
+            if waiting.is_empty() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("waiting for the first list of: {}\n", waiting.join(", ")),
+                )
+            }
+        }
+        "/metrics" => {
+            let mut resp = text(StatusCode::OK, metrics.encode());
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        other => text(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {other}\n"),
+        ),
+    }
+}

@@ -1,0 +1,441 @@
+//! Turns watch events into routes: a plain state machine, no I/O.
+//!
+//! The index holds the pools, Services and EndpointSlices it was told about,
+//! and which pools each Service feeds. Each change marks only the pools it can
+//! affect as dirty; [`Index::recompute`] rebuilds just those and returns the
+//! batch of route changes for the store. It is tested by feeding objects in
+//! and reading routes out — no API server involved.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use sluice_crds::{BackendPool, EndpointCounts};
+use sluice_protocol::PoolRoute;
+
+use crate::route::{self, InvalidSpec, Lookup, SERVICE_NAME_LABEL, Unresolved};
+
+/// `(namespace, name)`.
+pub type Key = (String, String);
+
+fn key_of<K: ResourceExt>(obj: &K) -> Key {
+    (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// What the controller knows about one pool, for its status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolState {
+    /// The pool object as last seen.
+    pub pool: Arc<BackendPool>,
+    /// Why the spec was refused, if it was.
+    pub invalid: Option<InvalidSpec>,
+    /// References that did not resolve.
+    pub unresolved: Vec<Unresolved>,
+    /// Endpoint counts.
+    pub endpoints: EndpointCounts,
+    /// The route being served (the last good one when the spec turned invalid).
+    pub route: Option<PoolRoute>,
+    /// Version of the store that carries `route`.
+    pub route_version: Option<u64>,
+}
+
+/// One change seen by a watcher.
+#[derive(Debug)]
+pub enum Change {
+    /// A pool was added or modified.
+    Pool(Box<BackendPool>),
+    /// A pool was deleted.
+    PoolDeleted(Key),
+    /// A Service was added or modified.
+    Service(Box<Service>),
+    /// A Service was deleted.
+    ServiceDeleted(Key),
+    /// A slice was added or modified.
+    Slice(Box<EndpointSlice>),
+    /// A slice was deleted.
+    SliceDeleted(Key),
+    /// A watcher relisted: these are now all the pools.
+    AllPools(Vec<BackendPool>),
+    /// A watcher relisted: these are now all the Services.
+    AllServices(Vec<Service>),
+    /// A watcher relisted: these are now all the slices.
+    AllSlices(Vec<EndpointSlice>),
+}
+
+/// The route changes of one batch.
+#[derive(Debug, Default, PartialEq)]
+pub struct Batch {
+    /// Routes to add or replace.
+    pub upserts: Vec<PoolRoute>,
+    /// Route names to remove.
+    pub removes: Vec<String>,
+    /// Pools whose status may have changed (dirty pools still present).
+    pub touched: Vec<Key>,
+}
+
+/// The index itself.
+#[derive(Debug, Default)]
+pub struct Index {
+    pools: BTreeMap<Key, PoolState>,
+    services: BTreeMap<Key, Service>,
+    slices: BTreeMap<Key, EndpointSlice>,
+    /// Service key → keys of its slices.
+    slices_by_service: BTreeMap<Key, BTreeSet<Key>>,
+    /// Service key → pools that reference it.
+    pools_by_service: BTreeMap<Key, BTreeSet<Key>>,
+    dirty: BTreeSet<Key>,
+    deleted: BTreeSet<Key>,
+}
+
+impl Lookup for Index {
+    fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    fn slices(&self, namespace: &str, service: &str) -> Vec<&EndpointSlice> {
+        self.slices_by_service
+            .get(&(namespace.to_string(), service.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+            .collect()
+    }
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// State of every pool, for the status writer.
+    pub fn pools(&self) -> impl Iterator<Item = (&Key, &PoolState)> {
+        self.pools.iter()
+    }
+
+    /// State of one pool.
+    pub fn pool(&self, key: &Key) -> Option<&PoolState> {
+        self.pools.get(key)
+    }
+
+    /// Records a change and marks the pools it affects.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Pool(pool) => self.upsert_pool(*pool),
+            Change::PoolDeleted(key) => self.delete_pool(key),
+            Change::Service(svc) => {
+                let key = key_of(&*svc);
+                self.services.insert(key.clone(), *svc);
+                self.mark_service(&key);
+            }
+            Change::ServiceDeleted(key) => {
+                self.services.remove(&key);
+                self.mark_service(&key);
+            }
+            Change::Slice(slice) => self.upsert_slice(*slice),
+            Change::SliceDeleted(key) => self.delete_slice(&key),
+            Change::AllPools(pools) => {
+                let keep: BTreeSet<Key> = pools.iter().map(key_of).collect();
+                let gone: Vec<Key> = self
+                    .pools
+                    .keys()
+                    .filter(|k| !keep.contains(*k))
+                    .cloned()
+                    .collect();
+                gone.into_iter().for_each(|k| self.delete_pool(k));
+                pools.into_iter().for_each(|p| self.upsert_pool(p));
+            }
+            Change::AllServices(services) => {
+                let old: Vec<Key> = self.services.keys().cloned().collect();
+                self.services = services.into_iter().map(|s| (key_of(&s), s)).collect();
+                let new: Vec<Key> = self.services.keys().cloned().collect();
+                old.iter().chain(&new).for_each(|k| self.mark_service(k));
+            }
+            Change::AllSlices(slices) => {
+                let old: Vec<Key> = self.slices.keys().cloned().collect();
+                old.iter().for_each(|k| self.delete_slice(k));
+                slices.into_iter().for_each(|s| self.upsert_slice(s));
+            }
+        }
+    }
+
+    fn upsert_pool(&mut self, pool: BackendPool) {
+        let key = key_of(&pool);
+        let pool = Arc::new(pool);
+        self.deleted.remove(&key);
+        match self.pools.get_mut(&key) {
+            // Status-only updates (our own writes) change nothing routable.
+            Some(state) if state.pool.spec == pool.spec => {
+                state.pool = pool;
+                return;
+            }
+            Some(state) => state.pool = pool,
+            None => {
+                self.pools.insert(
+                    key.clone(),
+                    PoolState {
+                        pool,
+                        invalid: None,
+                        unresolved: vec![],
+                        endpoints: EndpointCounts::default(),
+                        route: None,
+                        route_version: None,
+                    },
+                );
+            }
+        }
+        self.dirty.insert(key);
+    }
+
+    fn delete_pool(&mut self, key: Key) {
+        if self.pools.remove(&key).is_some() {
+            self.deleted.insert(key.clone());
+        }
+        self.dirty.remove(&key);
+        for pools in self.pools_by_service.values_mut() {
+            pools.remove(&key);
+        }
+    }
+
+    fn upsert_slice(&mut self, slice: EndpointSlice) {
+        let key = key_of(&slice);
+        self.delete_slice(&key);
+        if let Some(svc) = slice.labels().get(SERVICE_NAME_LABEL) {
+            let svc_key = (key.0.clone(), svc.clone());
+            self.slices_by_service
+                .entry(svc_key.clone())
+                .or_default()
+                .insert(key.clone());
+            self.mark_service(&svc_key);
+        }
+        self.slices.insert(key, slice);
+    }
+
+    fn delete_slice(&mut self, key: &Key) {
+        let Some(old) = self.slices.remove(key) else {
+            return;
+        };
+        if let Some(svc) = old.labels().get(SERVICE_NAME_LABEL) {
+            let svc_key = (key.0.clone(), svc.clone());
+            if let Some(set) = self.slices_by_service.get_mut(&svc_key) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slices_by_service.remove(&svc_key);
+                }
+            }
+            self.mark_service(&svc_key);
+        }
+    }
+
+    fn mark_service(&mut self, svc: &Key) {
+        if let Some(pools) = self.pools_by_service.get(svc) {
+            self.dirty.extend(pools.iter().cloned());
+        }
+    }
+
+    /// Whether changes are waiting for [`Index::recompute`].
+    pub fn has_pending(&self) -> bool {
+        !self.dirty.is_empty() || !self.deleted.is_empty()
+    }
+
+    /// Rebuilds the routes of dirty pools; returns the batch for the store.
+    pub fn recompute(&mut self) -> Batch {
+        let mut batch = Batch {
+            removes: self
+                .deleted
+                .iter()
+                .map(|(ns, n)| format!("{ns}/{n}"))
+                .collect(),
+            ..Default::default()
+        };
+        self.deleted.clear();
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in dirty {
+            let Some(state) = self.pools.get(&key) else {
+                continue;
+            };
+            let pool = Arc::clone(&state.pool);
+            // Re-register which Services this pool depends on.
+            for pools in self.pools_by_service.values_mut() {
+                pools.remove(&key);
+            }
+            for svc in pool.spec.backends.iter().filter_map(|b| b.service.clone()) {
+                self.pools_by_service
+                    .entry((key.0.clone(), svc))
+                    .or_default()
+                    .insert(key.clone());
+            }
+            let outcome = route::compute(&key.0, &key.1, &pool.spec, self);
+            let Some(state) = self.pools.get_mut(&key) else {
+                continue;
+            };
+            match outcome {
+                Ok(resolved) => {
+                    state.invalid = None;
+                    state.unresolved = resolved.unresolved;
+                    state.endpoints = resolved.endpoints;
+                    batch.upserts.push(resolved.route.clone());
+                    state.route = Some(resolved.route);
+                }
+                // Keep serving the last good route; the status says why the
+                // new spec was refused.
+                Err(invalid) => state.invalid = Some(invalid),
+            }
+            batch.touched.push(key);
+        }
+        self.pools_by_service.retain(|_, pools| !pools.is_empty());
+        batch
+    }
+
+    /// Records the store version that now carries each pool's route.
+    pub fn set_route_versions(&mut self, version_of: impl Fn(&str) -> Option<u64>) {
+        for state in self.pools.values_mut() {
+            if let Some(route) = &state.route {
+                state.route_version = version_of(&route.name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::tests::{service, slice};
+    use kube::api::ObjectMeta;
+    use sluice_crds::BackendPoolSpec;
+
+    fn pool(ns: &str, name: &str, backends: serde_json::Value) -> BackendPool {
+        let spec: BackendPoolSpec =
+            serde_json::from_value(serde_json::json!({"backends": backends})).expect("spec");
+        BackendPool {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                generation: Some(1),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+
+    fn ports(batch: &Batch) -> Vec<(String, Vec<String>)> {
+        batch
+            .upserts
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.endpoints.iter().map(|e| e.address.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slice_change_recomputes_only_the_pools_it_feeds() {
+        let mut ix = Index::new();
+        ix.apply(Change::Service(Box::new(service(
+            "ns",
+            "a",
+            &[("http", 80)],
+        ))));
+        ix.apply(Change::Service(Box::new(service(
+            "ns",
+            "b",
+            &[("http", 80)],
+        ))));
+        ix.apply(Change::Pool(Box::new(pool(
+            "ns",
+            "pa",
+            serde_json::json!([{"service": "a", "port": "http"}]),
+        ))));
+        ix.apply(Change::Pool(Box::new(pool(
+            "ns",
+            "pb",
+            serde_json::json!([{"service": "b", "port": "http"}]),
+        ))));
+        let first = ix.recompute();
+        assert_eq!(first.upserts.len(), 2);
+        assert!(first.upserts.iter().all(|r| r.endpoints.is_empty()));
+
+        ix.apply(Change::Slice(Box::new(slice(
+            "ns",
+            "a-1",
+            "a",
+            "http",
+            8080,
+            &[("10.0.0.1", true, false)],
+        ))));
+        let batch = ix.recompute();
+        assert_eq!(
+            ports(&batch),
+            vec![("ns/pa".to_string(), vec!["10.0.0.1:8080".to_string()])]
+        );
+        assert!(!ix.has_pending());
+    }
+
+    #[test]
+    fn deleting_a_pool_removes_its_route_and_a_relist_drops_vanished_slices() {
+        let mut ix = Index::new();
+        ix.apply(Change::Service(Box::new(service(
+            "ns",
+            "a",
+            &[("http", 80)],
+        ))));
+        ix.apply(Change::Slice(Box::new(slice(
+            "ns",
+            "a-1",
+            "a",
+            "http",
+            8080,
+            &[("10.0.0.1", true, false)],
+        ))));
+        ix.apply(Change::Pool(Box::new(pool(
+            "ns",
+            "pa",
+            serde_json::json!([{"service": "a", "port": "http"}]),
+        ))));
+        ix.recompute();
+
+        ix.apply(Change::AllSlices(vec![slice(
+            "ns",
+            "a-2",
+            "a",
+            "http",
+            8080,
+            &[("10.0.0.2", true, false)],
+        )]));
+        assert_eq!(
+            ports(&ix.recompute()),
+            vec![("ns/pa".to_string(), vec!["10.0.0.2:8080".to_string()])]
+        );
+
+        ix.apply(Change::PoolDeleted(("ns".into(), "pa".into())));
+        let batch = ix.recompute();
+        assert_eq!(batch.removes, vec!["ns/pa".to_string()]);
+        assert!(batch.upserts.is_empty());
+    }
+
+    #[test]
+    fn an_invalid_spec_keeps_the_last_good_route() {
+        let mut ix = Index::new();
+        ix.apply(Change::Pool(Box::new(pool(
+            "ns",
+            "p",
+            serde_json::json!([{"address": "192.0.2.1:80"}]),
+        ))));
+        assert_eq!(ix.recompute().upserts.len(), 1);
+        let mut bad = pool("ns", "p", serde_json::json!([{"address": "192.0.2.1:80"}]));
+        bad.spec.path_prefix = "nope".into();
+        ix.apply(Change::Pool(Box::new(bad)));
+        let batch = ix.recompute();
+        assert!(batch.upserts.is_empty());
+        let state = ix.pool(&("ns".into(), "p".into())).expect("pool known");
+        assert!(state.invalid.is_some());
+        assert_eq!(state.route.as_ref().map(|r| r.endpoints.len()), Some(1));
+    }
+}

@@ -1,0 +1,84 @@
+//! The controller's Prometheus metrics (names fixed by DESIGN.md).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label of `sluice_reconcile_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind of object whose change triggered the work.
+    pub kind: String,
+}
+
+fn reconcile_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
+/// Every controller metric, registered once.
+pub struct Metrics {
+    registry: Registry,
+    /// Time to turn a batch of watch events into published routes.
+    pub reconcile_duration: Family<KindLabel, Histogram, fn() -> Histogram>,
+    /// Current route-table version.
+    pub route_version: Gauge,
+    /// Dataplanes present (stream open or reporting).
+    pub dataplanes_connected: Gauge,
+}
+
+impl Metrics {
+    /// Registers the metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let reconcile_duration =
+            Family::<KindLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                reconcile_histogram,
+            );
+        let route_version = Gauge::default();
+        let dataplanes_connected = Gauge::default();
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to turn a batch of watch events into published routes",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "route_version",
+            "Current route-table version",
+            route_version.clone(),
+        );
+        registry.register(
+            "dataplanes_connected",
+            "Dataplanes holding a stream open or reporting",
+            dataplanes_connected.clone(),
+        );
+        Self {
+            registry,
+            reconcile_duration,
+            route_version,
+            dataplanes_connected,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,326 @@
+//! Writes `BackendPool` status and Events, only when something changed.
+//!
+//! [`desired_status`] is pure: pool state + dataplane acks → status. The
+//! writer compares it with what the API server holds and patches (server-side
+//! apply on the status subresource) only on a difference; each condition
+//! transition a user would want to see becomes an Event.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource};
+use sluice_crds::{BackendPool, BackendPoolStatus, DataplaneCounts};
+use tokio::sync::{Notify, watch};
+
+use crate::dataplanes::{Dataplane, Dataplanes};
+use crate::index::{Index, Key, PoolState};
+
+/// Field manager of the controller's status writes.
+pub const FIELD_MANAGER: &str = "sluice-controller";
+
+/// The status the pool should have now. `previous` supplies the transition
+/// times of conditions whose status did not change.
+pub fn desired_status(
+    state: &PoolState,
+    dataplanes: &[Dataplane],
+    previous: Option<&BackendPoolStatus>,
+    now: Timestamp,
+) -> BackendPoolStatus {
+    let generation = state.pool.metadata.generation;
+    let prev = |t: &str| previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == t));
+    let cond = |type_: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let last_transition_time = match prev(type_) {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => Time(now),
+        };
+        Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        }
+    };
+
+    let accepted = match &state.invalid {
+        Some(invalid) => cond("Accepted", false, "InvalidSpec", invalid.0.clone()),
+        None => cond("Accepted", true, "Accepted", "the pool is valid".into()),
+    };
+    let resolved = match state.unresolved.first() {
+        None => cond(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "every backend resolved".into(),
+        ),
+        Some(first) => cond(
+            "ResolvedRefs",
+            false,
+            first.reason,
+            state
+                .unresolved
+                .iter()
+                .map(|u| u.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    let total = dataplanes.len() as u32;
+    let synced = match state.route_version {
+        Some(v) => dataplanes.iter().filter(|d| d.applied_version >= v).count() as u32,
+        None => 0,
+    };
+    let programmed = match (state.route_version, total) {
+        (None, _) => cond(
+            "Programmed",
+            false,
+            "Invalid",
+            "the pool has no valid route".into(),
+        ),
+        (Some(_), 0) => cond(
+            "Programmed",
+            false,
+            "NoDataplanes",
+            "no dataplane is connected".into(),
+        ),
+        (Some(v), t) if synced < t => cond(
+            "Programmed",
+            false,
+            "Pending",
+            format!("{synced} of {t} dataplanes applied route version {v}"),
+        ),
+        (Some(v), t) => cond(
+            "Programmed",
+            true,
+            "Programmed",
+            format!("route version {v} applied by {t} dataplanes"),
+        ),
+    };
+    BackendPoolStatus {
+        observed_generation: generation,
+        conditions: vec![accepted, resolved, programmed],
+        endpoints: Some(state.endpoints),
+        dataplanes: Some(DataplaneCounts { synced, total }),
+        route_version: state.route_version,
+    }
+}
+
+/// Conditions of `new` whose status or reason differs from `old`, skipping
+/// the transient `Programmed/Pending` that every route change passes through.
+pub fn transitions<'a>(
+    old: Option<&BackendPoolStatus>,
+    new: &'a BackendPoolStatus,
+) -> Vec<&'a Condition> {
+    new.conditions
+        .iter()
+        .filter(|c| !(c.type_ == "Programmed" && c.reason == "Pending"))
+        .filter(|c| {
+            let before = old.and_then(|s| s.conditions.iter().find(|o| o.type_ == c.type_));
+            before.is_none_or(|b| b.status != c.status || b.reason != c.reason)
+        })
+        .collect()
+}
+
+/// What the writer needs.
+pub struct StatusWriter {
+    /// API client.
+    pub client: Client,
+    /// Pool state.
+    pub index: Arc<Mutex<Index>>,
+    /// Dataplane acks.
+    pub dataplanes: Arc<Dataplanes>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Woken after each published batch.
+    pub wake: Arc<Notify>,
+    /// How often acks are re-examined without a wake-up.
+    pub interval: Duration,
+}
+
+/// A write we made, to avoid repeating it before the watch shows it back.
+struct Written {
+    status: BackendPoolStatus,
+    at: Instant,
+}
+
+/// How long a write is trusted to show up in the watch before it is redone.
+const WRITE_SETTLE: Duration = Duration::from_secs(5);
+
+impl StatusWriter {
+    /// Runs until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut written: BTreeMap<Key, Written> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            let present = self.dataplanes.present();
+            let now = Timestamp::now();
+            let work: Vec<(Key, Arc<BackendPool>, BackendPoolStatus)> = {
+                let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+                written.retain(|k, _| index.pool(k).is_some());
+                index
+                    .pools()
+                    .filter_map(|(key, state)| {
+                        let current = state.pool.status.as_ref();
+                        let desired = desired_status(state, &present, current, now);
+                        if current == Some(&desired) {
+                            written.remove(key);
+                            return None;
+                        }
+                        let recent = written
+                            .get(key)
+                            .is_some_and(|w| w.status == desired && w.at.elapsed() < WRITE_SETTLE);
+                        (!recent).then(|| (key.clone(), Arc::clone(&state.pool), desired))
+                    })
+                    .collect()
+            };
+            for (key, pool, desired) in work {
+                if self.write(&key, &pool, &desired).await {
+                    written.insert(
+                        key,
+                        Written {
+                            status: desired,
+                            at: Instant::now(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    async fn write(&self, key: &Key, pool: &BackendPool, desired: &BackendPoolStatus) -> bool {
+        let api: Api<BackendPool> = Api::namespaced(self.client.clone(), &key.0);
+        let patch = serde_json::json!({
+            "apiVersion": "sluice.io/v1alpha1",
+            "kind": "BackendPool",
+            "status": desired,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        if let Err(e) = api
+            .patch_status(&key.1, &params, &Patch::Apply(&patch))
+            .await
+        {
+            tracing::warn!(pool = %format!("{}/{}", key.0, key.1), error = %e, "status write failed; will retry");
+            return false;
+        }
+        let reference = pool.object_ref(&());
+        for c in transitions(pool.status.as_ref(), desired) {
+            let event = Event {
+                type_: if c.status == "True" {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                reason: c.reason.clone(),
+                note: Some(c.message.clone()),
+                action: format!("Set{}", c.type_),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %e, "event not recorded");
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{InvalidSpec, Unresolved};
+    use kube::api::ObjectMeta;
+    use sluice_crds::EndpointCounts;
+
+    fn state(route_version: Option<u64>) -> PoolState {
+        let spec =
+            serde_json::from_value(serde_json::json!({"backends": [{"address": "192.0.2.1:80"}]}))
+                .unwrap();
+        PoolState {
+            pool: Arc::new(BackendPool {
+                metadata: ObjectMeta {
+                    name: Some("p".into()),
+                    namespace: Some("ns".into()),
+                    generation: Some(4),
+                    ..Default::default()
+                },
+                spec,
+                status: None,
+            }),
+            invalid: None,
+            unresolved: vec![],
+            endpoints: EndpointCounts { ready: 1, total: 2 },
+            route: None,
+            route_version,
+        }
+    }
+
+    fn dp(name: &str, applied: u64) -> Dataplane {
+        Dataplane {
+            name: name.into(),
+            applied_version: applied,
+            rejected: None,
+            streams: 1,
+        }
+    }
+
+    fn reason<'a>(s: &'a BackendPoolStatus, t: &str) -> (&'a str, &'a str) {
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition present");
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn programmed_follows_the_dataplane_acks() {
+        let now = Timestamp::now();
+        let st = desired_status(&state(Some(10)), &[dp("a", 10), dp("b", 9)], None, now);
+        assert_eq!(reason(&st, "Programmed"), ("False", "Pending"));
+        assert_eq!(
+            st.dataplanes,
+            Some(DataplaneCounts {
+                synced: 1,
+                total: 2
+            })
+        );
+        assert_eq!(st.observed_generation, Some(4));
+        let st = desired_status(
+            &state(Some(10)),
+            &[dp("a", 10), dp("b", 11)],
+            Some(&st),
+            now,
+        );
+        assert_eq!(reason(&st, "Programmed"), ("True", "Programmed"));
+        let st = desired_status(&state(Some(10)), &[], None, now);
+        assert_eq!(reason(&st, "Programmed"), ("False", "NoDataplanes"));
+    }
+
+    #[test]
+    fn failures_become_false_conditions_with_reasons_and_transition_events() {
+        let mut s = state(Some(3));
+        s.unresolved = vec![Unresolved {
+            reason: "BackendNotFound",
+            message: "Service ns/x not found".into(),
+        }];
+        s.invalid = Some(InvalidSpec("spec.hosts: bad".into()));
+        let first = desired_status(&s, &[dp("a", 3)], None, Timestamp::now());
+        assert_eq!(reason(&first, "Accepted"), ("False", "InvalidSpec"));
+        assert_eq!(reason(&first, "ResolvedRefs"), ("False", "BackendNotFound"));
+        assert_eq!(transitions(None, &first).len(), 3);
+        // Same state later: same status (transition times kept), no events.
+        let again = desired_status(&s, &[dp("a", 3)], Some(&first), Timestamp::now());
+        assert_eq!(again, first);
+        assert!(transitions(Some(&first), &again).is_empty());
+    }
+}

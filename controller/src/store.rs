@@ -1,0 +1,258 @@
+//! The versioned route table the stream serves.
+//!
+//! Instead of a queue of deltas per subscriber, the store remembers, for each
+//! pool, the version at which it last changed (and, for removed pools, a
+//! bounded set of tombstones). Any subscriber can then be brought from any
+//! recent version to the current one with a single coalesced delta, and a
+//! subscriber that fell too far behind gets a snapshot. Memory is bounded by
+//! the table size plus [`MAX_TOMBSTONES`], whatever the number of changes or
+//! of slow readers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sluice_protocol::{Delta, PoolRoute, RouteEvent, Snapshot};
+use tokio::sync::watch;
+
+/// Removed pools remembered for deltas; older bases get a snapshot.
+pub const MAX_TOMBSTONES: usize = 4096;
+
+/// The route table, shared by the index (writer) and the stream (readers).
+#[derive(Debug)]
+pub struct RouteStore {
+    inner: Mutex<Inner>,
+    version_tx: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    version: u64,
+    /// First version this process produced; a resume from an older version
+    /// (another controller's) always gets a snapshot.
+    first: u64,
+    /// Deltas can be built from any base at or after this version.
+    horizon: u64,
+    pools: BTreeMap<String, (Arc<PoolRoute>, u64)>,
+    tombstones: BTreeMap<String, u64>,
+}
+
+impl RouteStore {
+    /// An empty store whose versions start at `first` (use a clock value so
+    /// that a restarted controller never reuses its predecessor's versions).
+    pub fn new(first: u64) -> Self {
+        let (version_tx, _) = watch::channel(first);
+        Self {
+            inner: Mutex::new(Inner {
+                version: first,
+                first,
+                horizon: first,
+                pools: BTreeMap::new(),
+                tombstones: BTreeMap::new(),
+            }),
+            version_tx,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in
+        // a way that matters more than stopping the controller would.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current version.
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
+    /// Notified with the new version after every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version_tx.subscribe()
+    }
+
+    /// Applies one batch of changes as one new version. Upserts equal to what
+    /// is stored and removes of absent pools are ignored; when nothing is left
+    /// the version does not move. Returns the version holding the batch.
+    pub fn publish(&self, upserts: Vec<PoolRoute>, removes: Vec<String>) -> u64 {
+        let mut inner = self.lock();
+        let next = inner.version + 1;
+        let mut changed = false;
+        for name in removes {
+            if inner.pools.remove(&name).is_some() {
+                inner.tombstones.insert(name, next);
+                changed = true;
+            }
+        }
+        for route in upserts {
+            if inner
+                .pools
+                .get(&route.name)
+                .is_some_and(|(r, _)| **r == route)
+            {
+                continue;
+            }
+            inner.tombstones.remove(&route.name);
+            inner
+                .pools
+                .insert(route.name.clone(), (Arc::new(route), next));
+            changed = true;
+        }
+        if !changed {
+            return inner.version;
+        }
+        while inner.tombstones.len() > MAX_TOMBSTONES {
+            let oldest = inner
+                .tombstones
+                .iter()
+                .min_by_key(|(_, v)| **v)
+                .map(|(n, v)| (n.clone(), *v));
+            if let Some((name, v)) = oldest {
+                inner.tombstones.remove(&name);
+                inner.horizon = inner.horizon.max(v);
+            }
+        }
+        inner.version = next;
+        drop(inner);
+        self.version_tx.send_replace(next);
+        next
+    }
+
+    /// The version at which `name` last changed, if it is in the table.
+    pub fn pool_version(&self, name: &str) -> Option<u64> {
+        self.lock().pools.get(name).map(|(_, v)| *v)
+    }
+
+    /// What a subscriber at `base` needs to reach the current version:
+    /// nothing, one delta, or a snapshot (no base, unknown base, or too old).
+    pub fn event_since(&self, base: Option<u64>) -> Option<RouteEvent> {
+        let inner = self.lock();
+        let version = inner.version;
+        match base {
+            Some(b) if b == version => None,
+            Some(b) if b >= inner.horizon && b >= inner.first && b < version => {
+                let upserts = inner
+                    .pools
+                    .values()
+                    .filter(|(_, v)| *v > b)
+                    .map(|(r, _)| PoolRoute::clone(r))
+                    .collect();
+                let removes = inner
+                    .tombstones
+                    .iter()
+                    .filter(|(_, v)| **v > b)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                Some(RouteEvent::Delta(Delta {
+                    version,
+                    base: b,
+                    upserts,
+                    removes,
+                }))
+            }
+            _ => Some(RouteEvent::Snapshot(Snapshot {
+                version,
+                pools: inner
+                    .pools
+                    .values()
+                    .map(|(r, _)| PoolRoute::clone(r))
+                    .collect(),
+            })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use sluice_protocol::{Endpoint, RouteTable};
+    use std::net::SocketAddr;
+
+    fn route(name: &str, port: u16) -> PoolRoute {
+        PoolRoute {
+            name: name.into(),
+            hosts: vec![],
+            path_prefix: Default::default(),
+            algorithm: Default::default(),
+            endpoints: vec![Endpoint::new(SocketAddr::from(([10, 0, 0, 1], port)))],
+        }
+    }
+
+    #[test]
+    fn unchanged_upserts_do_not_bump_the_version() {
+        let s = RouteStore::new(100);
+        assert_eq!(s.publish(vec![route("a", 1)], vec![]), 101);
+        assert_eq!(s.publish(vec![route("a", 1)], vec![]), 101);
+        assert_eq!(s.publish(vec![], vec!["missing".into()]), 101);
+        assert_eq!(s.publish(vec![route("a", 2)], vec![]), 102);
+    }
+
+    #[test]
+    fn resumes_get_deltas_unknown_bases_get_snapshots() {
+        let s = RouteStore::new(100);
+        s.publish(vec![route("a", 1), route("b", 1)], vec![]);
+        s.publish(vec![route("b", 2)], vec!["a".into()]);
+        assert!(s.event_since(Some(102)).is_none());
+        match s.event_since(Some(101)) {
+            Some(RouteEvent::Delta(d)) => {
+                assert_eq!((d.base, d.version), (101, 102));
+                assert_eq!(d.upserts, vec![route("b", 2)]);
+                assert_eq!(d.removes, vec!["a".to_string()]);
+            }
+            other => panic!("expected a delta, got {other:?}"),
+        }
+        // Versions from before this process, from the future, or none at all.
+        for base in [None, Some(7), Some(500)] {
+            assert!(
+                matches!(s.event_since(base), Some(RouteEvent::Snapshot(_))),
+                "{base:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tombstones_are_bounded_and_old_bases_fall_back_to_snapshots() {
+        let s = RouteStore::new(0);
+        for i in 0..(MAX_TOMBSTONES + 10) {
+            let name = format!("p{i}");
+            s.publish(vec![route(&name, 1)], vec![]);
+            s.publish(vec![], vec![name]);
+        }
+        assert!(matches!(
+            s.event_since(Some(1)),
+            Some(RouteEvent::Snapshot(_))
+        ));
+        assert!(matches!(
+            s.event_since(Some(s.version() - 1)),
+            Some(RouteEvent::Delta(_))
+        ));
+    }
+
+    proptest! {
+        /// Whatever version a subscriber is at, the event it gets brings it to
+        /// exactly the current table.
+        #[test]
+        fn any_subscriber_converges(ops in prop::collection::vec((0u8..4, 0u16..3, any::<bool>()), 1..40), at in 0usize..40) {
+            let s = RouteStore::new(1000);
+            let mut seen: Vec<RouteTable> = vec![RouteTable { version: 1000, ..Default::default() }];
+            let mut current = RouteTable { version: 1000, ..Default::default() };
+            for (pool, port, remove) in ops {
+                let name = format!("p{pool}");
+                let v = if remove {
+                    s.publish(vec![], vec![name.clone()])
+                } else {
+                    s.publish(vec![route(&name, port)], vec![])
+                };
+                if remove { current.pools.remove(&name); } else { current.pools.insert(name.clone(), route(&name, port)); }
+                current.version = v;
+                seen.push(current.clone());
+            }
+            let mut subscriber = seen[at % seen.len()].clone();
+            if let Some(ev) = s.event_since(Some(subscriber.version)) {
+                subscriber.apply(ev).expect("event applies");
+            }
+            prop_assert_eq!(subscriber, current);
+        }
+    }
+}

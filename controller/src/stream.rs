@@ -1,0 +1,170 @@
+//! The dataplane-facing server: `GET /v1/routes` (SSE) and `POST /v1/reports`.
+//!
+//! Each stream is a small task that sends whatever brings its dataplane from
+//! the version it last sent to the current one (see [`RouteStore::event_since`]).
+//! The task writes into a one-slot channel, so a slow reader holds back only
+//! its own task, and when it catches up it gets one coalesced event, never a
+//! backlog.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode, header};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use sluice_protocol::{REPORTS_PATH, ROUTES_PATH, Report, sse};
+use tokio::sync::mpsc;
+
+use crate::auth::Auth;
+use crate::dataplanes::Dataplanes;
+use crate::server::{Body, text};
+use crate::store::RouteStore;
+
+/// Largest report body accepted.
+const MAX_REPORT_BYTES: usize = 8 * 1024 * 1024;
+
+/// What the stream server needs.
+#[derive(Debug)]
+pub struct StreamContext {
+    /// The routes.
+    pub store: Arc<RouteStore>,
+    /// Connected dataplanes and their acks.
+    pub dataplanes: Arc<Dataplanes>,
+    /// Who may connect.
+    pub auth: Auth,
+    /// Interval of `: keepalive` comments.
+    pub keepalive: Duration,
+}
+
+/// Routes one request.
+pub async fn handle(
+    ctx: Arc<StreamContext>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(denied) = ctx.auth.check(authorization) {
+        tracing::warn!(%peer, path = req.uri().path(), reason = %denied, "refused a dataplane request");
+        let mut resp = text(
+            StatusCode::UNAUTHORIZED,
+            format!("unauthorized: {denied}\n"),
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, ROUTES_PATH) => routes(ctx, &req, peer),
+        (&Method::POST, REPORTS_PATH) => report(ctx, req).await,
+        (_, ROUTES_PATH | REPORTS_PATH) => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        (_, path) => text(StatusCode::NOT_FOUND, format!("no endpoint {path}\n")),
+    }
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn routes(ctx: Arc<StreamContext>, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let name = query_param(req, "dataplane")
+        .filter(|n| !n.is_empty() && n.len() <= 253)
+        .map(str::to_string)
+        .unwrap_or_else(|| peer.to_string());
+    let resume = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    tracing::info!(dataplane = %name, %peer, ?resume, "route stream opened");
+
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let guard = ctx.dataplanes.connect(&name);
+    tokio::spawn(async move {
+        let _guard = guard;
+        let mut versions = ctx.store.subscribe();
+        let mut sent = resume;
+        loop {
+            versions.borrow_and_update();
+            if let Some(event) = ctx.store.event_since(sent) {
+                let frame = sse::encode(event.name(), event.version(), &event.to_json());
+                if tx.send(Bytes::from(frame)).await.is_err() {
+                    break;
+                }
+                sent = Some(event.version());
+                continue;
+            }
+            tokio::select! {
+                changed = versions.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(ctx.keepalive) => {
+                    if tx.send(Bytes::from_static(sse::KEEPALIVE.as_bytes())).await.is_err() {
+                        break;
+                    }
+                }
+                _ = tx.closed() => break,
+            }
+        }
+        tracing::info!(dataplane = %name, "route stream closed");
+    });
+
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+    });
+    let mut resp = Response::new(StreamBody::new(frames).boxed());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    resp
+}
+
+async fn report(ctx: Arc<StreamContext>, req: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_REPORT_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("report body refused: {e}\n"),
+            );
+        }
+    };
+    let report: Report = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("malformed report: {e}\n")),
+    };
+    if report.dataplane.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "malformed report: dataplane must not be empty\n",
+        );
+    }
+    if let Some(rejected) = &report.rejected {
+        tracing::warn!(dataplane = %report.dataplane, version = rejected.version, error = %rejected.error, "dataplane rejected a route version");
+    }
+    ctx.dataplanes.report(&report);
+    text(StatusCode::NO_CONTENT, "")
+}
