@@ -18,7 +18,9 @@ pub struct Duration(pub std::time::Duration);
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: expected a number followed by ms, s, m or h, as in 500ms, 30s, 5m, 1h30m")]
+#[error(
+    "invalid duration {input:?}: expected a number followed by ms, s, m or h, as in 500ms, 30s, 5m, 1h30m"
+)]
 pub struct ParseDurationError {
     input: String,
 }
@@ -44,7 +46,9 @@ impl FromStr for Duration {
     type Err = ParseDurationError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = || ParseDurationError { input: input.to_string() };
+        let err = || ParseDurationError {
+            input: input.to_string(),
+        };
         let mut rest = input;
         let mut total_ms: u64 = 0;
         if rest.is_empty() {
@@ -125,7 +129,10 @@ mod tests {
     #[test]
     fn rejects_what_the_schema_rejects() {
         for bad in ["", "5", "s", "5 s", "-1s", "1.5s", "1d", "1hm"] {
-            assert!(bad.parse::<Duration>().is_err(), "{bad:?} should be refused");
+            assert!(
+                bad.parse::<Duration>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 

@@ -53,8 +53,9 @@ pub struct PoolReport {
 }
 
 /// Upper bounds, in milliseconds, of the latency buckets.
-pub const LATENCY_BOUNDS_MS: [f64; 14] =
-    [1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0];
+pub const LATENCY_BOUNDS_MS: [f64; 14] = [
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+];
 
 /// A latency histogram: `counts[i]` observations at or below `bounds_ms[i]`
 /// (and above the previous bound); the last count is everything above.
@@ -82,7 +83,11 @@ impl Default for Histogram {
 impl Histogram {
     /// Records one observation.
     pub fn observe(&mut self, ms: f64) {
-        let i = self.bounds_ms.iter().position(|b| ms <= *b).unwrap_or(self.bounds_ms.len());
+        let i = self
+            .bounds_ms
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(self.bounds_ms.len());
         if let Some(c) = self.counts.get_mut(i) {
             *c += 1;
         }

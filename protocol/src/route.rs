@@ -70,7 +70,13 @@ pub struct Endpoint {
 impl Endpoint {
     /// A ready endpoint of weight 1.
     pub fn new(address: SocketAddr) -> Self {
-        Self { address, weight: one(), zone: None, ready: true, terminating: false }
+        Self {
+            address,
+            weight: one(),
+            zone: None,
+            ready: true,
+            terminating: false,
+        }
     }
 
     /// The same endpoint with another weight.
@@ -140,7 +146,9 @@ impl TryFrom<String> for PathPrefix {
             return Err(format!("pathPrefix {s:?} must start with '/'"));
         }
         if s.contains(['?', '#']) || s.chars().any(char::is_whitespace) {
-            return Err(format!("pathPrefix {s:?} must not contain '?', '#' or spaces"));
+            return Err(format!(
+                "pathPrefix {s:?} must not contain '?', '#' or spaces"
+            ));
         }
         Ok(Self(s))
     }
@@ -260,7 +268,10 @@ pub fn validate_pools(pools: &[PoolRoute]) -> Result<(), RouteError> {
             return Err(RouteError::EmptyName { index });
         }
         if !names.insert(pool.name.as_str()) {
-            return Err(RouteError::DuplicateName { index, name: pool.name.clone() });
+            return Err(RouteError::DuplicateName {
+                index,
+                name: pool.name.clone(),
+            });
         }
         let mut seen = BTreeSet::new();
         for ep in &pool.endpoints {
@@ -305,15 +316,24 @@ pools:
     #[test]
     fn errors_name_the_field_and_line() {
         let bad = EXAMPLE.replace("127.0.0.1:9002", "127.0.0.1:99999");
-        let err = RouteFile::from_yaml(&bad).expect_err("port out of range").to_string();
+        let err = RouteFile::from_yaml(&bad)
+            .expect_err("port out of range")
+            .to_string();
         assert!(err.contains("line 9"), "{err}");
 
         let bad = EXAMPLE.replace("pathPrefix: /", "pathPrefix: api");
-        let err = RouteFile::from_yaml(&bad).expect_err("relative prefix").to_string();
-        assert!(err.contains("must start with '/'") && err.contains("line 5"), "{err}");
+        let err = RouteFile::from_yaml(&bad)
+            .expect_err("relative prefix")
+            .to_string();
+        assert!(
+            err.contains("must start with '/'") && err.contains("line 5"),
+            "{err}"
+        );
 
         let bad = EXAMPLE.replace("algorithm: WeightedRoundRobin", "algorithm: Fastest");
-        let err = RouteFile::from_yaml(&bad).expect_err("unknown algorithm").to_string();
+        let err = RouteFile::from_yaml(&bad)
+            .expect_err("unknown algorithm")
+            .to_string();
         assert!(err.contains("Fastest"), "{err}");
 
         let bad = EXAMPLE.replace("weight: 3", "wieght: 3");
@@ -324,12 +344,22 @@ pools:
     #[test]
     fn duplicate_names_and_endpoints_are_refused() {
         let twice = format!("{EXAMPLE}{}", &EXAMPLE["\npools:\n".len()..]);
-        let err = RouteFile::from_yaml(&twice).expect_err("duplicate").to_string();
-        assert!(err.contains("\"web\" is used by more than one pool"), "{err}");
+        let err = RouteFile::from_yaml(&twice)
+            .expect_err("duplicate")
+            .to_string();
+        assert!(
+            err.contains("\"web\" is used by more than one pool"),
+            "{err}"
+        );
 
         let dup = EXAMPLE.replace("127.0.0.1:9002", "127.0.0.1:9001");
-        let err = RouteFile::from_yaml(&dup).expect_err("duplicate endpoint").to_string();
-        assert!(err.contains("127.0.0.1:9001 is listed more than once"), "{err}");
+        let err = RouteFile::from_yaml(&dup)
+            .expect_err("duplicate endpoint")
+            .to_string();
+        assert!(
+            err.contains("127.0.0.1:9001 is listed more than once"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -347,7 +377,12 @@ pools:
 
     #[test]
     fn hosts_are_validated_and_lowercased() {
-        assert_eq!(Host::try_from("Shop.Example.com".to_string()).unwrap().as_str(), "shop.example.com");
+        assert_eq!(
+            Host::try_from("Shop.Example.com".to_string())
+                .unwrap()
+                .as_str(),
+            "shop.example.com"
+        );
         let w = Host::try_from("*.example.com".to_string()).unwrap();
         assert_eq!(w.wildcard_suffix(), Some(".example.com"));
         for bad in ["", "exa mple.com", "*example.com", "-a.com", "a..com"] {

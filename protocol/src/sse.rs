@@ -123,7 +123,14 @@ mod tests {
     fn handles_crlf_and_multiline_data() {
         let mut d = Decoder::new();
         let msgs = d.push(b"event: e\r\ndata: a\r\ndata: b\r\n\r\n").unwrap();
-        assert_eq!(msgs, vec![Message { event: "e".into(), id: None, data: "a\nb".into() }]);
+        assert_eq!(
+            msgs,
+            vec![Message {
+                event: "e".into(),
+                id: None,
+                data: "a\nb".into()
+            }]
+        );
     }
 
     proptest! {

@@ -120,7 +120,10 @@ impl RouteTable {
             }
             RouteEvent::Delta(d) => {
                 if d.base != self.version {
-                    return Err(ApplyError::BaseMismatch { have: self.version, base: d.base });
+                    return Err(ApplyError::BaseMismatch {
+                        have: self.version,
+                        base: d.base,
+                    });
                 }
                 validate_pools(&d.upserts)?;
                 let mut next = self.pools.clone();
@@ -139,7 +142,10 @@ impl RouteTable {
 
     /// The full table as a snapshot event.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { version: self.version, pools: self.pools.values().cloned().collect() }
+        Snapshot {
+            version: self.version,
+            pools: self.pools.values().cloned().collect(),
+        }
     }
 
     /// The delta that turns `self` into `newer`.
@@ -156,13 +162,22 @@ impl RouteTable {
             .filter(|name| !newer.pools.contains_key(*name))
             .cloned()
             .collect();
-        Delta { version: newer.version, base: self.version, upserts, removes }
+        Delta {
+            version: newer.version,
+            base: self.version,
+            upserts,
+            removes,
+        }
     }
 
     /// Names of pools that differ between the two tables.
     pub fn changed_names(&self, newer: &RouteTable) -> BTreeSet<String> {
         let d = self.diff(newer);
-        d.upserts.into_iter().map(|p| p.name).chain(d.removes).collect()
+        d.upserts
+            .into_iter()
+            .map(|p| p.name)
+            .chain(d.removes)
+            .collect()
     }
 }
 
@@ -198,7 +213,12 @@ mod tests {
         let mut t = table(5, &[("a".into(), vec![1])]);
         let before = t.clone();
         let err = t
-            .apply(RouteEvent::Delta(Delta { version: 7, base: 6, upserts: vec![], removes: vec!["a".into()] }))
+            .apply(RouteEvent::Delta(Delta {
+                version: 7,
+                base: 6,
+                upserts: vec![],
+                removes: vec!["a".into()],
+            }))
             .expect_err("wrong base");
         assert!(matches!(err, ApplyError::BaseMismatch { have: 5, base: 6 }));
         assert_eq!(t, before);
@@ -215,7 +235,11 @@ mod tests {
 
     fn arb_table() -> impl Strategy<Value = Vec<(String, Vec<u16>)>> {
         prop::collection::btree_map("[a-e]", prop::collection::btree_set(1u16..20, 0..4), 0..5)
-            .prop_map(|m| m.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect())
+            .prop_map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| (k, v.into_iter().collect()))
+                    .collect()
+            })
     }
 
     proptest! {
