@@ -1,0 +1,65 @@
+//! A plain HTTP/1.1 client for tests, with pooled keep-alive connections.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// What came back.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// `x-backend` header, when a backend answered.
+    pub backend: Option<String>,
+    /// Body as text.
+    pub body: String,
+}
+
+/// A keep-alive HTTP client.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpClient {
+    /// A client with a connection pool.
+    pub fn new() -> Self {
+        Self {
+            inner: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// `GET http://addr/path` with `Host: host`, bounded by 5 s.
+    pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Answer> {
+        let req = http::Request::get(format!("http://{addr}{path}"))
+            .header(http::header::HOST, host)
+            .body(Empty::new())?;
+        let fut = async {
+            let resp = self.inner.request(req).await?;
+            let status = resp.status().as_u16();
+            let backend = resp
+                .headers()
+                .get("x-backend")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok(Answer {
+                status,
+                backend,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut).await?
+    }
+}
