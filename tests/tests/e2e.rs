@@ -1,0 +1,400 @@
+//! End to end: API-server fake + controller + two dataplanes + real
+//! backends, all on loopback. Assertions are what a user checks: which
+//! backend answered, status codes, what the API server holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_controller::{Auth, Controller, Options};
+use sluice_dataplane::{Dataplane, Options as DpOptions, Source};
+use sluice_tests::apiserver::{Collection, FakeApiServer};
+use sluice_tests::backend::Backend;
+use sluice_tests::client::HttpClient;
+use sluice_tests::wait::until;
+
+const NS: &str = "shop";
+const HOST: &str = "web.example.com";
+const TOKEN: &str = "e2e-token-1";
+
+fn service(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"ports": [{"name": "http", "port": 80}]},
+    })
+}
+
+/// One slice per backend: all backends listen on 127.0.0.1 with their own
+/// port, which Kubernetes expresses as slices with different port numbers.
+fn slice(service: &str, backend: &Backend) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{service}-{}", backend.name), "namespace": NS,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": backend.addr.port(), "protocol": "TCP"}],
+        "endpoints": [{"addresses": [backend.addr.ip().to_string()], "conditions": {"ready": true}}],
+    })
+}
+
+fn pool(name: &str, host: &str, service: &str) -> Value {
+    json!({
+        "apiVersion": "sluice.io/v1alpha1", "kind": "BackendPool",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"hosts": [host], "pathPrefix": "/", "backends": [{"service": service, "port": "http"}]},
+    })
+}
+
+fn slices() -> Collection {
+    Collection::of("discovery.k8s.io/v1", "EndpointSlice")
+}
+
+fn pools() -> Collection {
+    Collection::of("sluice.io/v1alpha1", "BackendPool")
+}
+
+struct Env {
+    api: FakeApiServer,
+    controller: Option<Controller>,
+    stream_addr: SocketAddr,
+    dataplanes: Vec<Dataplane>,
+    /// Kept alive for the test's duration.
+    _backends: BTreeMap<String, Backend>,
+    http: HttpClient,
+    token_file: PathBuf,
+}
+
+impl Env {
+    /// Fake API server with a Service, slices for `names` and a pool, the
+    /// controller, and two dataplanes following it.
+    async fn start(names: &[&str]) -> anyhow::Result<Self> {
+        let api = FakeApiServer::start().await?;
+        let mut backends = BTreeMap::new();
+        for name in names {
+            backends.insert(name.to_string(), Backend::start(name).await?);
+        }
+        api.apply(service("web"))?;
+        for b in backends.values() {
+            api.apply(slice("web", b))?;
+        }
+        api.apply(pool("web", HOST, "web"))?;
+
+        let dir =
+            std::env::temp_dir().join(format!("sluice-e2e-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir)?;
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+
+        let controller = start_controller(&api, "127.0.0.1:0".parse()?, &token_file).await?;
+        let stream_addr = controller.stream_addr();
+        let mut dataplanes = Vec::new();
+        for i in 0..2 {
+            dataplanes.push(
+                Dataplane::start(DpOptions {
+                    source: Source::Controller {
+                        url: format!("http://{stream_addr}"),
+                        token_file: Some(token_file.clone()),
+                    },
+                    name: format!("dp-{i}"),
+                    http: "127.0.0.1:0".parse()?,
+                    admin: "127.0.0.1:0".parse()?,
+                    state_dir: None,
+                    grace_period: Duration::from_secs(1),
+                })
+                .await?,
+            );
+        }
+        Ok(Self {
+            api,
+            controller: Some(controller),
+            stream_addr,
+            dataplanes,
+            _backends: backends,
+            http: HttpClient::new(),
+            token_file,
+        })
+    }
+
+    /// Which backends answer `n` requests through dataplane `dp`.
+    async fn answers(&self, dp: usize, n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let a = self
+                .http
+                .get(self.dataplanes[dp].http_addr(), HOST, "/")
+                .await?;
+            anyhow::ensure!(a.status == 200, "status {} body {:?}", a.status, a.body);
+            *seen.entry(a.backend.unwrap_or_default()).or_insert(0) += 1;
+        }
+        Ok(seen)
+    }
+
+    /// Waits until both dataplanes send traffic to exactly `expected`.
+    async fn wait_for_backends(&self, expected: &[&str]) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let want: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+        until(
+            Duration::from_secs(10),
+            &format!("traffic to {want:?}"),
+            || async {
+                for dp in 0..self.dataplanes.len() {
+                    let got: BTreeSet<String> = self
+                        .answers(dp, expected.len() * 2)
+                        .await
+                        .ok()?
+                        .into_keys()
+                        .collect();
+                    if got != want {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await?;
+        Ok(start.elapsed())
+    }
+
+    fn pool_status(&self) -> Value {
+        self.api
+            .get(&pools(), NS, "web")
+            .map(|p| p["status"].clone())
+            .unwrap_or(Value::Null)
+    }
+}
+
+async fn start_controller(
+    api: &FakeApiServer,
+    listen: SocketAddr,
+    token_file: &std::path::Path,
+) -> anyhow::Result<Controller> {
+    Ok(Controller::start(
+        api.client()?,
+        Options {
+            listen,
+            admin: "127.0.0.1:0".parse()?,
+            auth: Auth::Static(token_file.to_path_buf()),
+            status_interval: Duration::from_millis(200),
+            ..Options::default()
+        },
+    )
+    .await?)
+}
+
+fn unique() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn condition(status: &Value, type_: &str) -> Option<(String, String)> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_dataplanes_reach_every_backend_and_follow_slice_changes() -> anyhow::Result<()> {
+    let env = Env::start(&["backend-1", "backend-2", "backend-3"]).await?;
+    env.wait_for_backends(&["backend-1", "backend-2", "backend-3"])
+        .await?;
+
+    // Round robin: 30 requests through each dataplane, 10 per backend.
+    for dp in 0..2 {
+        let seen = env.answers(dp, 30).await?;
+        assert_eq!(
+            seen.values().copied().collect::<Vec<_>>(),
+            vec![10, 10, 10],
+            "dataplane {dp}: {seen:?}"
+        );
+    }
+
+    // The API server holds what the controller observed and did.
+    let status = until(
+        Duration::from_secs(10),
+        "pool status with both dataplanes synced",
+        || async {
+            let s = env.pool_status();
+            (s["dataplanes"]["synced"] == 2
+                && condition(&s, "Programmed") == Some(("True".into(), "Programmed".into())))
+            .then_some(s)
+        },
+    )
+    .await?;
+    assert_eq!(
+        condition(&status, "Accepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
+    assert_eq!(
+        condition(&status, "ResolvedRefs"),
+        Some(("True".into(), "ResolvedRefs".into()))
+    );
+    assert_eq!(status["endpoints"], json!({"ready": 3, "total": 3}));
+    assert_eq!(status["observedGeneration"], 1);
+
+    // Churn: backend-1's slice goes, backend-4's arrives; traffic follows.
+    let b4 = Backend::start("backend-4").await?;
+    env.api.apply(slice("web", &b4))?;
+    env.api.delete(&slices(), NS, "web-backend-1");
+    let took = env
+        .wait_for_backends(&["backend-2", "backend-3", "backend-4"])
+        .await?;
+    println!("traffic followed the slice change in {took:?}");
+
+    // A host no pool claims.
+    let a = env
+        .http
+        .get(env.dataplanes[0].http_addr(), "other.example.org", "/")
+        .await?;
+    assert_eq!(a.status, 404);
+    assert!(a.body.contains("other.example.org"), "{}", a.body);
+    drop(b4);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_restart_costs_no_request_and_dataplanes_resync() -> anyhow::Result<()> {
+    let mut env = Env::start(&["backend-1", "backend-2"]).await?;
+    env.wait_for_backends(&["backend-1", "backend-2"]).await?;
+
+    // Steady load through both dataplanes for the whole restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for dp in &env.dataplanes {
+        let (addr, http, stop, ok, failed) = (
+            dp.http_addr(),
+            env.http.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            // Bounded: at most 20 000 requests or until told to stop.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match http.get(addr, HOST, "/").await {
+                    Ok(a) if a.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(c) = env.controller.take() {
+        c.shutdown().await;
+    }
+    // The controller is away: the dataplanes keep serving their last table.
+    let served_before = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        ok.load(Ordering::Relaxed) > served_before,
+        "no traffic served while the controller was down"
+    );
+
+    // A new controller on the same address; the dataplanes reconnect and
+    // take a change made after the restart.
+    env.controller = Some(start_controller(&env.api, env.stream_addr, &env.token_file).await?);
+    let b3 = Backend::start("backend-3").await?;
+    env.api.apply(slice("web", &b3))?;
+    env.wait_for_backends(&["backend-1", "backend-2", "backend-3"])
+        .await?;
+
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await?;
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("{ok} requests served across the restart, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 100, "too little load to mean anything: {ok}");
+    drop(b3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_service_is_a_false_condition_with_an_event() -> anyhow::Result<()> {
+    let env = Env::start(&["backend-1"]).await?;
+    env.api
+        .apply(pool("broken", "broken.example.com", "does-not-exist"))?;
+    let status = until(
+        Duration::from_secs(10),
+        "ResolvedRefs=False on the broken pool",
+        || async {
+            let s = env.api.get(&pools(), NS, "broken")?["status"].clone();
+            (condition(&s, "ResolvedRefs")?.0 == "False").then_some(s)
+        },
+    )
+    .await?;
+    assert_eq!(
+        condition(&status, "ResolvedRefs"),
+        Some(("False".into(), "BackendNotFound".into()))
+    );
+    let msg = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "ResolvedRefs"))
+        .map(|c| c["message"].clone());
+    assert!(msg.is_some_and(|m| {
+        m.as_str()
+            .is_some_and(|m| m.contains("Service shop/does-not-exist not found"))
+    }));
+
+    let events = Collection::of("events.k8s.io/v1", "Event");
+    let event = until(
+        Duration::from_secs(10),
+        "a BackendNotFound Event",
+        || async {
+            env.api
+                .list(&events)
+                .into_iter()
+                .find(|e| e["reason"] == "BackendNotFound" && e["regarding"]["name"] == "broken")
+        },
+    )
+    .await?;
+    assert_eq!(event["type"], "Warning");
+    // The good pool is untouched; the broken one answers 503 with a reason.
+    assert_eq!(
+        env.answers(0, 2).await?.keys().collect::<Vec<_>>(),
+        vec!["backend-1"]
+    );
+    let a = env
+        .http
+        .get(env.dataplanes[0].http_addr(), "broken.example.com", "/")
+        .await?;
+    assert_eq!(a.status, 503);
+    assert!(a.body.contains("has no ready endpoints"), "{}", a.body);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_refuses_dataplanes_without_the_token() -> anyhow::Result<()> {
+    let env = Env::start(&["backend-1"]).await?;
+    let http = HttpClient::new();
+    let a = http
+        .get(
+            env.stream_addr,
+            "controller",
+            "/v1/routes?dataplane=intruder",
+        )
+        .await?;
+    assert_eq!(a.status, 401);
+    assert!(a.body.contains("missing bearer token"), "{}", a.body);
+    Ok(())
+}
