@@ -117,10 +117,9 @@ async fn watcher_sees_changes_in_order_and_recovers_from_410() -> anyhow::Result
     assert_eq!(next_port(&mut events).await?, ("a".into(), Some(80)));
     api.replace("a", &PostParams::default(), &{
         let mut s = api.get("a").await?;
-        s.spec
-            .as_mut()
-            .and_then(|s| s.ports.as_mut())
-            .map(|p| p[0].port = 81);
+        if let Some(ports) = s.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+            ports[0].port = 81;
+        }
         s
     })
     .await?;
