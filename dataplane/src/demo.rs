@@ -53,8 +53,5 @@ pub async fn table() -> std::io::Result<RouteTable> {
         algorithm: Default::default(),
         endpoints,
     };
-    Ok(RouteTable {
-        version: 1,
-        pools: [(pool.name.clone(), pool)].into(),
-    })
+    Ok(RouteTable::from_pools(1, vec![pool]))
 }

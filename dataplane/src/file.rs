@@ -20,15 +20,7 @@ pub const POLL: Duration = Duration::from_millis(500);
 pub fn load(path: &Path, version: u64) -> Result<(RouteTable, String), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file = RouteFile::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let table = RouteTable {
-        version,
-        pools: file
-            .pools
-            .into_iter()
-            .map(|p| (p.name.clone(), p))
-            .collect(),
-    };
-    Ok((table, text))
+    Ok((RouteTable::from_pools(version, file.pools), text))
 }
 
 /// Re-reads `path` until `stop`; a good change is installed as the next
@@ -63,14 +55,7 @@ pub async fn watch(
         match RouteFile::from_yaml(&text) {
             Ok(file) => {
                 let pools = file.pools.len();
-                state.install(RouteTable {
-                    version,
-                    pools: file
-                        .pools
-                        .into_iter()
-                        .map(|p| (p.name.clone(), p))
-                        .collect(),
-                });
+                state.install(RouteTable::from_pools(version, file.pools));
                 tracing::info!(version, pools, file = %path.display(), "config reloaded");
             }
             Err(e) => {

@@ -122,14 +122,7 @@ mod tests {
 
     fn table(yaml: &str) -> Table {
         let file = RouteFile::from_yaml(yaml).expect("valid");
-        let rt = RouteTable {
-            version: 1,
-            pools: file
-                .pools
-                .into_iter()
-                .map(|p| (p.name.clone(), p))
-                .collect(),
-        };
+        let rt = RouteTable::from_pools(1, file.pools);
         Table::build(&rt, |_| Arc::new(PoolStats::default()))
     }
 

@@ -73,14 +73,7 @@ async fn backend(name: &'static str) -> SocketAddr {
 
 fn table(yaml: &str) -> RouteTable {
     let file = RouteFile::from_yaml(yaml).expect("test yaml is valid");
-    RouteTable {
-        version: 1,
-        pools: file
-            .pools
-            .into_iter()
-            .map(|p| (p.name.clone(), p))
-            .collect(),
-    }
+    RouteTable::from_pools(1, file.pools)
 }
 
 async fn start(source: Source) -> Dataplane {

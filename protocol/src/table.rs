@@ -110,13 +110,21 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// A table at `version` holding `pools` (names assumed unique, as
+    /// [`crate::RouteFile::from_yaml`] guarantees).
+    pub fn from_pools(version: u64, pools: Vec<PoolRoute>) -> Self {
+        Self {
+            version,
+            pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
+        }
+    }
+
     /// Applies an event, or leaves the table untouched and says why.
     pub fn apply(&mut self, event: RouteEvent) -> Result<(), ApplyError> {
         match event {
             RouteEvent::Snapshot(s) => {
                 validate_pools(&s.pools)?;
-                self.pools = s.pools.into_iter().map(|p| (p.name.clone(), p)).collect();
-                self.version = s.version;
+                *self = Self::from_pools(s.version, s.pools);
             }
             RouteEvent::Delta(d) => {
                 if d.base != self.version {
