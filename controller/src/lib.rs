@@ -260,22 +260,11 @@ impl Controller {
         self.store.version()
     }
 
-    /// Stops serving (closing every stream) and ends all tasks.
+    /// Stops serving and ends all tasks. Aborting a server task drops its
+    /// connection set, which closes every open route stream, so dataplanes
+    /// notice at once and reconnect (to this controller's successor).
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
-        let deadline = tokio::time::sleep(Duration::from_secs(2));
-        tokio::pin!(deadline);
-        // Servers drain their connection sets; the watchers and the index
-        // loop never end on their own and are aborted after that.
-        loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                next = self.tasks.join_next() => if next.is_none() { break },
-            }
-            if self.tasks.len() <= 5 {
-                break;
-            }
-        }
         self.tasks.shutdown().await;
     }
 }
