@@ -1,12 +1,39 @@
 #!/usr/bin/env bash
-# Lints the Helm chart (helm's own linter, which renders every template) and
-# checks that every manifest under deploy/ and crds/ parses. Called by CI.
+# Packaging checks (see charts/lint.py): helm lint, real renders of the chart
+# with default and non-default values, least-privilege RBAC, the wiring between
+# controller and dataplane, deploy/ == the default render, the examples against
+# the CRD schema, the chart's CRD copies, and the Dockerfiles. Called by .ci/run.
 #
-# helm comes from the helm-sdkpy wheel on PyPI (helm compiled into a shared
-# library). Its metadata asks for Python >= 3.12 but the library loads on 3.11,
-# which is what Debian bookworm ships, hence --ignore-requires-python.
+# Needs python3 (>= 3.11) with pip, and PyPI. helm comes from the helm-sdkpy
+# wheel (helm v4 built as a shared library: no helm binary, no cluster); the
+# Dockerfiles are parsed by the `dockerfile` wheel (buildkit's parser).
+# helm-sdkpy's metadata asks for Python >= 3.12 but it runs on 3.11 (Debian
+# bookworm's), hence --ignore-requires-python. Missing packages go to a private
+# directory (--target), so a system Python that refuses global installs
+# (PEP 668) works too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c 'import helm_sdkpy' 2>/dev/null || pip install -q --ignore-requires-python 'helm-sdkpy==0.1.32'
-python3 -c 'import yaml' 2>/dev/null || pip install -q 'PyYAML>=6'
+
+HELM_SDKPY_VERSION=0.1.32
+DOCKERFILE_VERSION=3.4.0
+deps="${SLUICE_LINT_DEPS:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/sluice-lint/$(python3 -c 'import sys; print("py%d.%d" % sys.version_info[:2])')}"
+export PYTHONPATH="$deps${PYTHONPATH:+:$PYTHONPATH}"
+
+have() {
+  python3 - "$HELM_SDKPY_VERSION" "$DOCKERFILE_VERSION" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+import dockerfile, helm_sdkpy, yaml  # noqa: F401
+sys.exit(version("helm-sdkpy") != sys.argv[1] or version("dockerfile") != sys.argv[2])
+PY
+}
+
+if ! have; then
+  echo "== installing helm-sdkpy $HELM_SDKPY_VERSION, dockerfile $DOCKERFILE_VERSION and PyYAML into $deps"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-input \
+    --ignore-requires-python --upgrade --target "$deps" \
+    "helm-sdkpy==$HELM_SDKPY_VERSION" "dockerfile==$DOCKERFILE_VERSION" "PyYAML>=6"
+  have || { echo "charts/lint.sh: the Python packages do not import after install" >&2; exit 1; }
+fi
+
 python3 charts/lint.py
