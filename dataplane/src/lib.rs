@@ -3,16 +3,20 @@
 //! thing it shares with the controller.
 //!
 //! Layout: [`table`] (host + prefix routing, swapped whole), [`balance`]
-//! (endpoint selection), [`proxy`] (the request path), [`listener`]
-//! (serving with graceful drain), [`stream`] and [`report`] (cluster mode),
-//! [`file`] (standalone mode), [`admin`], [`metrics`], [`state`], [`demo`].
+//! (endpoint selection), [`proxy`] and [`forward`] (the request path),
+//! [`listener`] (serving with graceful drain), [`stream`] and [`report`]
+//! (cluster mode), [`file`] (standalone mode), [`persist`] (`--state-dir`),
+//! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`].
 
 pub mod admin;
 pub mod balance;
+pub mod cli;
 pub mod demo;
 pub mod file;
+pub mod forward;
 pub mod listener;
 pub mod metrics;
+pub mod persist;
 pub mod proxy;
 pub mod report;
 pub mod state;
@@ -33,19 +37,25 @@ use crate::proxy::Proxy;
 use crate::state::State;
 use crate::stream::ControllerConn;
 
+/// How long the background tasks (file watcher, stream, reporter, state
+/// writer, admin server) get to finish after the proxy drained.
+const TASKS_GRACE: Duration = Duration::from_secs(2);
+
 /// Where the routing table comes from.
 #[derive(Clone, Debug)]
 pub enum Source {
-    /// Follow a controller's stream.
+    /// Cluster mode: follow a controller's route stream and report to it.
     Controller {
         /// Base URL, e.g. `http://sluice-controller:8090`.
         url: String,
-        /// Bearer token file.
+        /// Bearer token file, re-read on every connect because projected
+        /// ServiceAccount tokens rotate.
         token_file: Option<PathBuf>,
     },
-    /// A YAML file, reloaded on change.
+    /// Standalone mode: a YAML `{pools: [PoolRoute]}` file, reloaded when it
+    /// changes; it must be valid at start.
     File(PathBuf),
-    /// A fixed table (the demo, tests).
+    /// A fixed table, for the demo and for tests.
     Static(RouteTable),
 }
 
@@ -54,13 +64,14 @@ pub enum Source {
 pub struct Options {
     /// Table source.
     pub source: Source,
-    /// Name reported to the controller.
+    /// Name reported to the controller (the pod name in a cluster).
     pub name: String,
     /// HTTP listener.
     pub http: SocketAddr,
     /// Admin listener.
     pub admin: SocketAddr,
-    /// Where the last applied table is persisted.
+    /// Where every applied table is persisted; in cluster mode the table
+    /// found there is served at start, before the controller answers.
     pub state_dir: Option<PathBuf>,
     /// How long in-flight requests may take to finish on shutdown.
     pub grace_period: Duration,
@@ -70,19 +81,29 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// The configuration (file or controller URL) is unusable.
-    #[error("{0}")]
-    Config(String),
+    /// The standalone file is missing or invalid.
+    #[error(transparent)]
+    File(#[from] file::FileError),
+    /// The controller URL is unusable.
+    #[error(transparent)]
+    Controller(#[from] stream::UrlError),
 }
 
-/// A running dataplane.
+/// The task that keeps the table current, once the listeners are bound.
+enum Background {
+    File { path: PathBuf, text: String },
+    Controller(ControllerConn),
+}
+
+/// A running dataplane. Dropping it without [`Dataplane::shutdown`] stops
+/// it too, without waiting for the drain.
 #[derive(Debug)]
 pub struct Dataplane {
     http_addr: SocketAddr,
@@ -96,52 +117,67 @@ pub struct Dataplane {
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Bind { addr, source })?;
+        .map_err(|error| Error::Bind { addr, error })?;
     let local = listener
         .local_addr()
-        .map_err(|source| Error::Bind { addr, source })?;
+        .map_err(|error| Error::Bind { addr, error })?;
     Ok((listener, local))
 }
 
 impl Dataplane {
     /// Binds the listeners (port 0 allowed) and starts serving in the
-    /// current tokio runtime.
+    /// current tokio runtime. A missing or invalid file, an unusable
+    /// controller URL or a port in use fails here, before anything runs.
     pub async fn start(opts: Options) -> Result<Dataplane, Error> {
-        let state = State::new(opts.state_dir.clone());
+        let state = State::new();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        match opts.source {
-            Source::Static(routes) => state.install(routes),
-            Source::File(path) => {
-                let (routes, text) = file::load(&path, 1).map_err(Error::Config)?;
+        let source = match opts.source {
+            Source::Static(routes) => {
                 state.install(routes);
-                tasks.spawn(file::watch(path, Arc::clone(&state), text, stop_rx.clone()));
+                None
+            }
+            Source::File(path) => {
+                let (routes, text) = file::load(&path, 1)?;
+                state.install(routes);
+                Some(Background::File { path, text })
             }
             Source::Controller { url, token_file } => {
-                let conn = ControllerConn::new(&url, token_file, opts.name.clone())
-                    .map_err(Error::Config)?;
-                state.restore();
-                tasks.spawn(stream::follow(
-                    conn.clone(),
-                    Arc::clone(&state),
-                    stop_rx.clone(),
-                ));
-                tasks.spawn(report::run(
-                    conn,
-                    Arc::clone(&state),
-                    Duration::from_secs(1),
-                    stop_rx.clone(),
-                ));
+                let conn = ControllerConn::new(&url, token_file, opts.name.clone())?;
+                if let Some(routes) = opts.state_dir.as_deref().and_then(persist::load) {
+                    tracing::info!(
+                        version = routes.version,
+                        "serving the persisted table until the controller answers"
+                    );
+                    state.install(routes);
+                }
+                Some(Background::Controller(conn))
             }
-        }
-
+        };
         let (http, http_addr) = bind(opts.http).await?;
         let (admin, admin_addr) = bind(opts.admin).await?;
-        let proxy = Proxy::new(Arc::clone(&state));
+
+        match source {
+            None => {}
+            Some(Background::File { path, text }) => {
+                tasks.spawn(file::watch(path, Arc::clone(&state), text, stop_rx.clone()));
+            }
+            Some(Background::Controller(conn)) => {
+                let stream = stream::follow(conn.clone(), Arc::clone(&state), stop_rx.clone());
+                tasks.spawn(stream);
+                let reports =
+                    report::run(conn, Arc::clone(&state), report::INTERVAL, stop_rx.clone());
+                tasks.spawn(reports);
+            }
+        }
+        if let Some(dir) = opts.state_dir {
+            tasks.spawn(persist::run(dir, Arc::clone(&state), stop_rx.clone()));
+        }
+        let proxy = Arc::new(Proxy::new(Arc::clone(&state)));
         let proxy_task = tokio::spawn(listener::serve(
             http,
             move |req, peer| {
-                let proxy = proxy.clone();
+                let proxy = Arc::clone(&proxy);
                 async move { proxy.handle(req, peer).await }
             },
             stop_rx.clone(),
@@ -155,7 +191,7 @@ impl Dataplane {
             Duration::from_millis(100),
         ));
         state.set_listening();
-        tracing::info!(%http_addr, %admin_addr, "dataplane started");
+        tracing::info!(%http_addr, %admin_addr, version = state.version(), "dataplane started");
         Ok(Dataplane {
             http_addr,
             admin_addr,
@@ -181,12 +217,23 @@ impl Dataplane {
         self.state.version()
     }
 
-    /// Graceful stop: readiness fails, listeners close, in-flight requests
-    /// finish within the grace period, then every task ends.
+    /// Graceful stop: readiness fails, the listeners stop accepting,
+    /// in-flight requests finish within the grace period (idle keep-alive
+    /// connections close at once), then the background tasks end (the state
+    /// writer persisting the last table first).
     pub async fn shutdown(mut self) {
         self.state.start_draining();
         self.stop.send_replace(true);
-        let _ = (&mut self.proxy_task).await;
+        if let Err(e) = (&mut self.proxy_task).await {
+            tracing::warn!(error = %e, "proxy task failed");
+        }
+        let joined = tokio::time::timeout(TASKS_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!("background tasks did not stop in time; aborting them");
+        }
         self.tasks.shutdown().await;
     }
 }

@@ -1,9 +1,16 @@
-//! Dataplane metrics: Prometheus families (names fixed by DESIGN.md) and the
-//! per-pool window counters that feed the controller reports.
+//! Dataplane metrics: the Prometheus families (names fixed by DESIGN.md) and
+//! the per-pool window counters that feed the controller reports.
+//!
+//! The request path never looks a metric up by name. When a table is built,
+//! each pool gets a [`PoolMetrics`] holding its handles (and each endpoint a
+//! [`CodeCounters`]); a request touches those through one `Arc` and atomics.
+//! The handles point into the shared families, so counts survive table swaps.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,31 +21,102 @@ use prometheus_client::registry::Registry;
 use sluice_protocol::report::LATENCY_BOUNDS_MS;
 use sluice_protocol::{Histogram as WireHistogram, PoolReport};
 
-/// `{pool}`.
+/// Labels `{pool}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     /// Pool name.
     pub pool: String,
 }
 
-/// `{pool, code}`.
+/// Labels `{pool, code}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolCode {
     /// Pool name.
     pub pool: String,
-    /// HTTP status code.
+    /// HTTP status code sent to the client.
     pub code: u16,
 }
 
-/// `{pool, endpoint, code}`.
+/// Labels `{pool, endpoint, code}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolEndpointCode {
     /// Pool name.
     pub pool: String,
     /// Endpoint address.
     pub endpoint: String,
-    /// HTTP status code, or 0 when the endpoint gave no response.
+    /// HTTP status code from the endpoint; 0 when it gave no response
+    /// (connection refused or reset, malformed response).
     pub code: u16,
+}
+
+/// A label set that differs only by status code, so one cached set of
+/// counters can serve every code.
+pub trait WithCode: Clone + std::hash::Hash + Eq + EncodeLabelSet + Send + Sync + 'static {
+    /// The same labels with another code.
+    fn with_code(&self, code: u16) -> Self;
+}
+
+impl WithCode for PoolCode {
+    fn with_code(&self, code: u16) -> Self {
+        Self {
+            code,
+            ..self.clone()
+        }
+    }
+}
+
+impl WithCode for PoolEndpointCode {
+    fn with_code(&self, code: u16) -> Self {
+        Self {
+            code,
+            ..self.clone()
+        }
+    }
+}
+
+/// Codes cached per label set; a pool or endpoint rarely answers with more.
+const CODE_SLOTS: usize = 8;
+
+/// Counters by status code for one label set. The first request with a
+/// code resolves its counter in the family (a lock and a hash of the labels)
+/// and caches it in a slot; later ones scan a few slots and increment an
+/// atomic. A ninth distinct code goes to the family each time: correct, just
+/// slower.
+#[derive(Debug)]
+pub struct CodeCounters<L: WithCode> {
+    slots: [OnceLock<(u16, Counter)>; CODE_SLOTS],
+    family: Family<L, Counter>,
+    labels: L,
+}
+
+impl<L: WithCode> CodeCounters<L> {
+    fn new(family: Family<L, Counter>, labels: L) -> Self {
+        Self {
+            slots: Default::default(),
+            family,
+            labels,
+        }
+    }
+
+    /// Counts one request with `code`.
+    pub fn inc(&self, code: u16) {
+        for slot in &self.slots {
+            let (cached, counter) = slot.get_or_init(|| {
+                (
+                    code,
+                    self.family
+                        .get_or_create_owned(&self.labels.with_code(code)),
+                )
+            });
+            if *cached == code {
+                counter.inc();
+                return;
+            }
+        }
+        self.family
+            .get_or_create(&self.labels.with_code(code))
+            .inc();
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -46,19 +124,17 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
-/// The Prometheus registry and families.
+/// The Prometheus registry and families, and the report windows.
 pub struct Metrics {
     registry: Registry,
-    /// `sluice_requests_total{pool,code}`.
-    pub requests: Family<PoolCode, Counter>,
-    /// `sluice_request_duration_seconds{pool}`.
-    pub duration: Family<PoolLabel, Histogram, fn() -> Histogram>,
-    /// `sluice_upstream_requests_total{pool,endpoint,code}`.
-    pub upstream: Family<PoolEndpointCode, Counter>,
-    /// `sluice_inflight_requests{pool}`.
-    pub inflight: Family<PoolLabel, Gauge>,
+    requests: Family<PoolCode, Counter>,
+    duration: Family<PoolLabel, Histogram, fn() -> Histogram>,
+    upstream: Family<PoolEndpointCode, Counter>,
+    inflight: Family<PoolLabel, Gauge>,
     /// `sluice_route_version`.
     pub route_version: Gauge,
+    /// Per-pool counters of the current report window.
+    pub windows: Windows,
 }
 
 impl Metrics {
@@ -74,22 +150,22 @@ impl Metrics {
         let route_version = Gauge::default();
         registry.register(
             "requests",
-            "Requests answered, by pool and status code",
+            "Requests answered, by pool and status code sent to the client",
             requests.clone(),
         );
         registry.register(
             "request_duration_seconds",
-            "Time to the response head, by pool",
+            "Time from routing a request to its response head, by pool",
             duration.clone(),
         );
         registry.register(
             "upstream_requests",
-            "Requests sent to endpoints, by pool, endpoint and code",
+            "Requests sent to endpoints, by pool, endpoint and endpoint status code (0: no response)",
             upstream.clone(),
         );
         registry.register(
             "inflight_requests",
-            "Requests in flight, by pool",
+            "Requests in flight (until the response body ends), by pool",
             inflight.clone(),
         );
         registry.register(
@@ -104,15 +180,47 @@ impl Metrics {
             upstream,
             inflight,
             route_version,
+            windows: Windows::default(),
         }
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition (OpenMetrics).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The handles of one pool, for a table being built.
+    pub fn pool(&self, pool: &str) -> PoolMetrics {
+        let label = PoolLabel {
+            pool: pool.to_string(),
+        };
+        PoolMetrics {
+            requests: CodeCounters::new(
+                self.requests.clone(),
+                PoolCode {
+                    pool: pool.to_string(),
+                    code: 0,
+                },
+            ),
+            duration: self.duration.get_or_create_owned(&label),
+            inflight: self.inflight.get_or_create_owned(&label),
+            window: self.windows.get(pool),
+        }
+    }
+
+    /// The upstream counters of one endpoint of a pool.
+    pub fn endpoint(&self, pool: &str, endpoint: SocketAddr) -> CodeCounters<PoolEndpointCode> {
+        CodeCounters::new(
+            self.upstream.clone(),
+            PoolEndpointCode {
+                pool: pool.to_string(),
+                endpoint: endpoint.to_string(),
+                code: 0,
+            },
+        )
     }
 }
 
@@ -128,10 +236,63 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Everything a request of one pool counts into.
+#[derive(Debug)]
+pub struct PoolMetrics {
+    requests: CodeCounters<PoolCode>,
+    duration: Histogram,
+    inflight: Gauge,
+    window: Arc<PoolWindow>,
+}
+
+impl PoolMetrics {
+    /// A request was routed to this pool: it is in flight until the
+    /// returned [`Exchange`] is dropped.
+    pub fn begin(self: &Arc<Self>) -> Exchange {
+        self.inflight.inc();
+        self.window.in_flight.fetch_add(1, Ordering::Relaxed);
+        Exchange {
+            metrics: Arc::clone(self),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// One request of a pool, in flight while this lives. It travels inside the
+/// response body, so a streaming response counts until its last byte, and a
+/// client that hangs up (dropping the request future) ends it as well.
+#[derive(Debug)]
+pub struct Exchange {
+    metrics: Arc<PoolMetrics>,
+    started: Instant,
+}
+
+impl Exchange {
+    /// The response head went out with `code`: counts the request and its
+    /// latency (time to the response head).
+    pub fn respond(&self, code: u16) {
+        let elapsed = self.started.elapsed();
+        let m = &self.metrics;
+        m.requests.inc(code);
+        m.duration.observe(elapsed.as_secs_f64());
+        m.window.record(code, elapsed.as_secs_f64() * 1000.0);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.metrics.inflight.dec();
+        self.metrics
+            .window
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One pool's counters for the current report window (atomics: no lock on
 /// the request path). Kept by pool name across table versions.
 #[derive(Debug, Default)]
-pub struct PoolStats {
+pub struct PoolWindow {
     requests: AtomicU64,
     errors: AtomicU64,
     in_flight: AtomicI64,
@@ -139,15 +300,8 @@ pub struct PoolStats {
     latency_sum_us: AtomicU64,
 }
 
-impl PoolStats {
-    /// A request started.
-    pub fn start(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A request ended with `code` after `ms` milliseconds.
-    pub fn finish(&self, code: u16, ms: f64) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+impl PoolWindow {
+    fn record(&self, code: u16, ms: f64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if code >= 500 {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -161,7 +315,7 @@ impl PoolStats {
             .fetch_add((ms * 1000.0) as u64, Ordering::Relaxed);
     }
 
-    /// Takes the window's counters (in-flight is a level, not reset).
+    /// Takes the window's counters; in-flight is a level, read not reset.
     pub fn drain(&self) -> PoolReport {
         let mut latency = WireHistogram::default();
         for (slot, count) in latency.counts.iter_mut().zip(&self.latency) {
@@ -176,32 +330,109 @@ impl PoolStats {
             latency,
         }
     }
+
+    fn is_idle(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) == 0 && self.in_flight.load(Ordering::Relaxed) <= 0
+    }
 }
 
-/// Pool counters by name, outliving table swaps.
+/// Report windows by pool name. Only table builds and the reporter take the
+/// lock; requests hold their pool's `Arc<PoolWindow>` directly.
+///
+/// A removed pool's window stays until nothing references it (no table, no
+/// in-flight request) and its last counts were drained, so the requests it
+/// served in its final window still reach the controller.
 #[derive(Debug, Default)]
-pub struct StatsRegistry {
-    pools: Mutex<HashMap<String, Arc<PoolStats>>>,
+pub struct Windows {
+    pools: Mutex<HashMap<String, Arc<PoolWindow>>>,
 }
 
-impl StatsRegistry {
-    /// The counters of `pool`, created on first use.
-    pub fn get(&self, pool: &str) -> Arc<PoolStats> {
-        let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(map.entry(pool.to_string()).or_default())
+impl Windows {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<PoolWindow>>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops counters of pools no longer served (after their last drain).
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|name, stats| keep(name) || stats.in_flight.load(Ordering::Relaxed) > 0);
+    /// The window of `pool`, created on first use.
+    pub fn get(&self, pool: &str) -> Arc<PoolWindow> {
+        Arc::clone(self.lock().entry(pool.to_string()).or_default())
     }
 
-    /// Drains every pool's window.
+    /// Drops windows that nothing uses and that hold no undrained counts.
+    pub fn prune(&self) {
+        self.lock()
+            .retain(|_, w| Arc::strong_count(w) > 1 || !w.is_idle());
+    }
+
+    /// Drains every pool's window (and forgets pools nothing uses anymore).
     pub fn drain(&self) -> BTreeMap<String, PoolReport> {
-        let map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter()
-            .map(|(name, stats)| (name.clone(), stats.drain()))
-            .collect()
+        let mut map = self.lock();
+        let drained = map
+            .iter()
+            .map(|(name, w)| (name.clone(), w.drain()))
+            .collect();
+        map.retain(|_, w| Arc::strong_count(w) > 1 || !w.is_idle());
+        drained
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exchange_counts_once_and_stays_in_flight_until_dropped() {
+        let metrics = Metrics::new();
+        let pool = Arc::new(metrics.pool("web"));
+        let exchange = pool.begin();
+        exchange.respond(200);
+        let report = metrics.windows.drain();
+        assert_eq!(report["web"].requests, 1);
+        assert_eq!(report["web"].in_flight, 1);
+        assert_eq!(report["web"].latency.count(), 1);
+        drop(exchange);
+        let report = metrics.windows.drain();
+        assert_eq!((report["web"].requests, report["web"].in_flight), (0, 0));
+        let text = metrics.encode();
+        assert!(
+            text.contains("sluice_requests_total{pool=\"web\",code=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_inflight_requests{pool=\"web\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn more_codes_than_slots_are_all_counted() {
+        let metrics = Metrics::new();
+        let ep = metrics.endpoint("web", SocketAddr::from(([127, 0, 0, 1], 80)));
+        for code in 200..200 + 2 * CODE_SLOTS as u16 {
+            ep.inc(code);
+            ep.inc(code);
+        }
+        let text = metrics.encode();
+        for code in 200..200 + 2 * CODE_SLOTS as u16 {
+            let line = format!(
+                "sluice_upstream_requests_total{{pool=\"web\",endpoint=\"127.0.0.1:80\",code=\"{code}\"}} 2"
+            );
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_removed_pool_s_window_outlives_its_last_drain() {
+        let metrics = Metrics::new();
+        let pool = Arc::new(metrics.pool("gone"));
+        pool.begin().respond(503);
+        drop(pool);
+        metrics.windows.prune();
+        let report = metrics.windows.drain();
+        assert_eq!(
+            (report["gone"].requests, report["gone"].errors),
+            (1, 1),
+            "counts of the last window are kept"
+        );
+        assert!(!metrics.windows.drain().contains_key("gone"));
     }
 }

@@ -1,35 +1,31 @@
-//! What every part of the dataplane shares: the table being served, the
-//! route table it came from, readiness, and the last error.
+//! What every part of the dataplane shares: the compiled table being served,
+//! the route table it came from, readiness, and the last refusal or error.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use sluice_protocol::{Rejected, RouteEvent, RouteTable, Snapshot};
+use sluice_protocol::{ApplyError, Rejected, RouteEvent, RouteTable};
+use tokio::sync::watch;
 
-use crate::metrics::{Metrics, StatsRegistry};
+use crate::metrics::Metrics;
 use crate::table::Table;
-
-/// File name of the persisted table under `--state-dir`.
-pub const STATE_FILE: &str = "routes.json";
 
 /// Shared dataplane state.
 #[derive(Debug)]
 pub struct State {
-    /// The compiled table; requests load it once.
+    /// The compiled table; a request loads it once and keeps that version.
     pub table: ArcSwap<Table>,
+    /// The source of `table`; also serializes installs.
     routes: Mutex<RouteTable>,
-    applied: AtomicBool,
+    installed: AtomicBool,
+    applied: watch::Sender<u64>,
     listening: AtomicBool,
     draining: AtomicBool,
     last_error: Mutex<Option<String>>,
     rejected: Mutex<Option<Rejected>>,
-    /// Window counters per pool.
-    pub stats: StatsRegistry,
-    /// Prometheus metrics.
+    /// Prometheus metrics and report windows.
     pub metrics: Metrics,
-    state_dir: Option<PathBuf>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -37,19 +33,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    /// Empty state; `state_dir` is where applied tables are persisted.
-    pub fn new(state_dir: Option<PathBuf>) -> Arc<Self> {
+    /// Empty state: nothing to serve yet, not ready.
+    pub fn new() -> Arc<Self> {
         Arc::new(Self {
             table: ArcSwap::from_pointee(Table::default()),
             routes: Mutex::new(RouteTable::default()),
-            applied: AtomicBool::new(false),
+            installed: AtomicBool::new(false),
+            applied: watch::channel(0).0,
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             last_error: Mutex::new(None),
             rejected: Mutex::new(None),
-            stats: StatsRegistry::default(),
             metrics: Metrics::new(),
-            state_dir,
         })
     }
 
@@ -63,77 +58,74 @@ impl State {
         self.table.load().version
     }
 
-    /// Applies a stream event on top of the current table: all or nothing.
-    pub fn apply(&self, event: RouteEvent) -> Result<(), sluice_protocol::ApplyError> {
-        let mut next = self.routes();
+    /// Applies a stream event on top of the current table, all or nothing.
+    /// A refusal is remembered for the report; the current table stays.
+    pub fn apply(&self, event: RouteEvent) -> Result<(), ApplyError> {
         let version = event.version();
+        let mut routes = lock(&self.routes);
+        let mut next = routes.clone();
         match next.apply(event) {
             Ok(()) => {
-                self.install(next);
+                self.install_locked(&mut routes, next);
                 Ok(())
             }
             Err(e) => {
-                *lock(&self.rejected) = Some(Rejected {
-                    version,
-                    error: e.to_string(),
-                });
+                self.reject(version, &e);
                 Err(e)
             }
         }
     }
 
-    /// Builds and swaps in the table for `routes`, and persists it.
+    /// Remembers that the event for `version` was refused, and why.
+    pub fn reject(&self, version: u64, error: &dyn std::fmt::Display) {
+        *lock(&self.rejected) = Some(Rejected {
+            version,
+            error: error.to_string(),
+        });
+    }
+
+    /// Compiles `routes` and swaps the result in; clears the last error.
     pub fn install(&self, routes: RouteTable) {
-        let table = Table::build(&routes, |name| self.stats.get(name));
-        self.stats.retain(|name| routes.pools.contains_key(name));
+        let mut current = lock(&self.routes);
+        self.install_locked(&mut current, routes);
+    }
+
+    fn install_locked(&self, current: &mut RouteTable, routes: RouteTable) {
+        let table = Table::build(&routes, &self.table.load(), &self.metrics);
+        self.table.store(Arc::new(table));
+        self.metrics.windows.prune();
         self.metrics
             .route_version
             .set(i64::try_from(routes.version).unwrap_or(i64::MAX));
-        self.table.store(Arc::new(table));
-        if let Some(dir) = &self.state_dir {
-            persist(dir, &routes.snapshot());
-        }
-        *lock(&self.routes) = routes;
-        self.applied.store(true, Ordering::Release);
+        let version = routes.version;
+        *current = routes;
         *lock(&self.last_error) = None;
+        self.installed.store(true, Ordering::Release);
+        self.applied.send_replace(version);
     }
 
-    /// Loads the table persisted under `--state-dir`, if any.
-    pub fn restore(&self) -> bool {
-        let Some(path) = self.state_dir.as_ref().map(|d| d.join(STATE_FILE)) else {
-            return false;
-        };
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return false;
-        };
-        match RouteEvent::from_sse(sluice_protocol::EVENT_SNAPSHOT, &text) {
-            Ok(RouteEvent::Snapshot(s)) => {
-                let mut routes = RouteTable::default();
-                if routes.apply(RouteEvent::Snapshot(s)).is_ok() {
-                    tracing::info!(version = routes.version, path = %path.display(), "serving the persisted table until the controller answers");
-                    self.install(routes);
-                    return true;
-                }
-                false
-            }
-            _ => {
-                tracing::warn!(path = %path.display(), "ignoring an unreadable persisted table");
-                false
-            }
-        }
+    /// Wakes on every installed table (its version), for the state-dir writer.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
-    /// Records a configuration error (shown in `/debug/routes`).
+    /// Records why the latest configuration was not applied (shown in
+    /// `/debug/routes` as `lastError`).
     pub fn set_error(&self, error: String) {
         *lock(&self.last_error) = Some(error);
     }
 
-    /// The last configuration error, if the last attempt failed.
+    /// Forgets the last configuration error.
+    pub fn clear_error(&self) {
+        *lock(&self.last_error) = None;
+    }
+
+    /// The last configuration error, if the latest attempt failed.
     pub fn last_error(&self) -> Option<String> {
         lock(&self.last_error).clone()
     }
 
-    /// The last refused version, for the report.
+    /// The last refused stream event, for the report.
     pub fn rejected(&self) -> Option<Rejected> {
         lock(&self.rejected).clone()
     }
@@ -143,7 +135,7 @@ impl State {
         self.listening.store(true, Ordering::Release);
     }
 
-    /// Readiness fails from now on (SIGTERM).
+    /// Readiness fails from now on (shutdown has begun).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
@@ -151,25 +143,13 @@ impl State {
     /// Why the dataplane is not ready, if it is not.
     pub fn not_ready(&self) -> Option<&'static str> {
         if self.draining.load(Ordering::Acquire) {
-            Some("draining")
-        } else if !self.applied.load(Ordering::Acquire) {
+            Some("shutting down")
+        } else if !self.installed.load(Ordering::Acquire) {
             Some("no route table applied yet")
         } else if !self.listening.load(Ordering::Acquire) {
-            Some("listeners not up")
+            Some("listeners are not up yet")
         } else {
             None
         }
-    }
-}
-
-/// Writes the snapshot atomically (temp file + rename).
-fn persist(dir: &std::path::Path, snapshot: &Snapshot) {
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let result = serde_json::to_vec(snapshot)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, dir.join(STATE_FILE)));
-    if let Err(e) = result {
-        tracing::warn!(dir = %dir.display(), error = %e, "could not persist the route table");
     }
 }

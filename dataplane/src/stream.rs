@@ -1,37 +1,79 @@
 //! Cluster mode: follow the controller's route stream.
 //!
-//! One connection at a time; each event is applied all-or-nothing. A refused
-//! event (wrong base, invalid table) is reported and answered by reconnecting
-//! without `Last-Event-ID`, which gets a fresh snapshot. While the controller
-//! is away the last table keeps serving; reconnects back off exponentially
-//! with jitter.
+//! One connection at a time: `GET {url}/v1/routes?dataplane=<name>` with
+//! `Accept: text/event-stream`, the bearer token (re-read on every connect:
+//! projected ServiceAccount tokens rotate) and `Last-Event-ID: <version>`
+//! once a table is held, so the controller can answer with just the deltas.
+//! Each event is applied all-or-nothing. A refused event (wrong base,
+//! invalid table, unparsable) is recorded for the report and answered by
+//! reconnecting *without* `Last-Event-ID`, which gets a fresh snapshot.
+//! While the controller is away the last table keeps serving; reconnects
+//! back off exponentially with jitter.
 
+use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_protocol::{ROUTES_PATH, RouteEvent, sse};
 use tokio::sync::watch;
 
+use crate::listener::stopped;
 use crate::state::State;
 
 /// No bytes for this long (three missed keepalives) means the stream is dead.
 pub const STREAM_IDLE: Duration = Duration::from_secs(30);
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// First reconnect delay; doubles up to [`BACKOFF_MAX`], plus up to half again
+/// of jitter.
+pub const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Longest reconnect delay (before jitter).
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long the controller may take to answer a request with its headers.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a controller URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// Not a URL.
+    #[error("--controller {url:?} is not a URL: {reason}")]
+    Invalid {
+        /// The URL given.
+        url: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// `https://`, which needs the TLS client that comes later.
+    #[error(
+        "--controller {url:?}: https controller URLs arrive with TLS support; use http:// for now"
+    )]
+    Https {
+        /// The URL given.
+        url: String,
+    },
+    /// Another scheme, or none.
+    #[error("--controller {url:?}: expected an http:// URL")]
+    Scheme {
+        /// The URL given.
+        url: String,
+    },
+}
+
+/// The HTTP client for the controller. One place to change when TLS
+/// arrives: an https connector goes here, the callers stay as they are.
+pub type ControllerClient<B> = Client<HttpConnector, B>;
 
 /// Where the controller is and how to authenticate to it.
 #[derive(Clone, Debug)]
 pub struct ControllerConn {
     /// Base URL, without a trailing slash.
     pub base: String,
-    /// Bearer token file, re-read on every connect (projected tokens rotate).
+    /// Bearer token file, re-read on every connect.
     pub token_file: Option<PathBuf>,
     /// This dataplane's name.
     pub name: String,
@@ -39,21 +81,23 @@ pub struct ControllerConn {
 
 impl ControllerConn {
     /// Validates the URL.
-    pub fn new(url: &str, token_file: Option<PathBuf>, name: String) -> Result<Self, String> {
+    pub fn new(url: &str, token_file: Option<PathBuf>, name: String) -> Result<Self, UrlError> {
         let uri: Uri = url
             .parse()
-            .map_err(|e| format!("--controller {url:?}: {e}"))?;
+            .map_err(|e: http::uri::InvalidUri| UrlError::Invalid {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
         match uri.scheme_str() {
             Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "--controller {url:?}: TLS to the controller arrives with the secure channel; use http:// for now"
-                ));
-            }
-            _ => return Err(format!("--controller {url:?}: expected an http:// URL")),
+            Some("https") => return Err(UrlError::Https { url: url.into() }),
+            _ => return Err(UrlError::Scheme { url: url.into() }),
         }
-        if uri.authority().is_none() {
-            return Err(format!("--controller {url:?}: no host"));
+        if uri.query().is_some() {
+            return Err(UrlError::Invalid {
+                url: url.into(),
+                reason: "a base URL takes no query".into(),
+            });
         }
         Ok(Self {
             base: url.trim_end_matches('/').to_string(),
@@ -63,18 +107,45 @@ impl ControllerConn {
     }
 
     /// The `Authorization` header value, if a token file is configured.
-    pub fn authorization(&self) -> Result<Option<String>, String> {
+    pub async fn authorization(&self) -> Result<Option<String>, String> {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
-        let token =
-            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Some(format!("Bearer {}", token.trim())))
+        let token = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| format!("token file {}: {e}", path.display()))?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(format!("token file {} is empty", path.display()));
+        }
+        Ok(Some(format!("Bearer {token}")))
+    }
+
+    /// The stream URL for this dataplane.
+    pub fn routes_url(&self) -> String {
+        format!(
+            "{}{ROUTES_PATH}?dataplane={}",
+            self.base,
+            query_escape(&self.name)
+        )
     }
 }
 
-/// A plain HTTP client for the controller.
-pub fn http_client<B>() -> Client<HttpConnector, B>
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A client for the controller (plain HTTP for now).
+pub fn http_client<B>() -> ControllerClient<B>
 where
     B: hyper::body::Body + Send + 'static + Unpin,
     B::Data: Send,
@@ -86,15 +157,20 @@ where
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
-/// A pseudo-random jitter in `[0, max)`, from the clock: enough to spread
-/// reconnects of many dataplanes without a random-number dependency.
+/// A random delay in `[0, max)`, so that dataplanes that lost the controller
+/// together do not all come back in the same instant.
 fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
     let max_ms = max.as_millis().max(1) as u64;
-    Duration::from_millis(u64::from(nanos) % max_ms)
+    Duration::from_millis(RandomState::new().hash_one(max_ms) % max_ms)
+}
+
+/// How one connection went.
+#[derive(Debug, Default)]
+struct Session {
+    /// The controller answered 200 and the stream opened.
+    connected: bool,
+    /// An event was refused: the next connect asks for a snapshot.
+    refused: bool,
 }
 
 /// Follows the stream until `stop`.
@@ -103,97 +179,97 @@ pub async fn follow(conn: ControllerConn, state: Arc<State>, mut stop: watch::Re
     let mut backoff = BACKOFF_START;
     let mut want_snapshot = false;
     loop {
-        let outcome = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            outcome = session(&client, &conn, &state, want_snapshot) => outcome,
+        let s = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            s = session(&client, &conn, &state, want_snapshot) => s,
         };
-        match outcome {
-            Session::Refused => {
-                want_snapshot = true;
+        // Until a connect succeeds, a pending snapshot request stays pending.
+        if s.connected {
+            want_snapshot = s.refused;
+            // A controller whose events keep being refused is not retried
+            // at full speed.
+            if !s.refused {
                 backoff = BACKOFF_START;
             }
-            Session::Ended { connected } => {
-                want_snapshot = false;
-                if connected {
-                    backoff = BACKOFF_START;
-                }
-            }
         }
-        let wait = backoff + jitter(backoff / 2 + Duration::from_millis(1));
+        let wait = backoff + jitter(backoff / 2);
         backoff = (backoff * 2).min(BACKOFF_MAX);
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopped(&mut stop) => return,
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-enum Session {
-    /// An event was refused: reconnect for a snapshot.
-    Refused,
-    /// The stream ended or never opened.
-    Ended { connected: bool },
-}
-
 async fn session(
-    client: &Client<HttpConnector, Empty<Bytes>>,
+    client: &ControllerClient<Empty<Bytes>>,
     conn: &ControllerConn,
     state: &State,
     want_snapshot: bool,
 ) -> Session {
-    let failed = Session::Ended { connected: false };
-    let url = format!("{}{ROUTES_PATH}?dataplane={}", conn.base, conn.name);
-    let mut req = Request::get(&url).header(header::ACCEPT, "text/event-stream");
-    match conn.authorization() {
+    let mut session = Session::default();
+    let mut req = Request::get(conn.routes_url()).header(header::ACCEPT, "text/event-stream");
+    match conn.authorization().await {
         Ok(Some(value)) => req = req.header(header::AUTHORIZATION, value),
         Ok(None) => {}
         Err(e) => {
-            tracing::warn!(error = %e, "token file unreadable");
-            return failed;
+            tracing::warn!(error = %e, "cannot authenticate to the controller");
+            return session;
         }
     }
     let version = state.version();
-    if version > 0 && !want_snapshot {
+    let resume = version > 0 && !want_snapshot;
+    if resume {
         req = req.header("last-event-id", version.to_string());
     }
-    let Ok(req) = req.body(Empty::new()) else {
-        return failed;
+    let req = match req.body(Empty::new()) {
+        Ok(req) => req,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the route stream request");
+            return session;
+        }
     };
-    let resp = match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+    let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(req)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "controller unreachable; serving the last table");
-            return failed;
+            tracing::debug!(error = %e, serving = version, "controller unreachable; serving the last table");
+            return session;
         }
         Err(_) => {
-            tracing::debug!("controller did not answer; serving the last table");
-            return failed;
+            tracing::debug!(
+                serving = version,
+                "controller did not answer; serving the last table"
+            );
+            return session;
         }
     };
     if resp.status() != StatusCode::OK {
         let status = resp.status();
-        let body = resp
-            .into_body()
+        let body = Limited::new(resp.into_body(), 4096)
             .collect()
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         tracing::warn!(%status, body = %String::from_utf8_lossy(&body).trim(), "controller refused the route stream");
-        return failed;
+        return session;
     }
-    tracing::info!(controller = %conn.base, resume = version, "route stream connected");
+    session.connected = true;
+    tracing::info!(controller = %conn.base, resume, serving = version, "route stream connected");
     let mut body = resp.into_body();
     let mut decoder = sse::Decoder::new();
     loop {
         let frame = match tokio::time::timeout(STREAM_IDLE, body.frame()).await {
             Err(_) => {
                 tracing::warn!("route stream silent for too long; reconnecting");
-                break;
+                return session;
             }
-            Ok(None) => break,
+            Ok(None) => {
+                tracing::info!("controller closed the route stream; reconnecting");
+                return session;
+            }
             Ok(Some(Err(e))) => {
                 tracing::info!(error = %e, "route stream broke; reconnecting");
-                break;
+                return session;
             }
             Ok(Some(Ok(frame))) => frame,
         };
@@ -204,20 +280,57 @@ async fn session(
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "undecodable route stream; reconnecting");
-                break;
+                return session;
             }
         };
         for msg in messages {
-            let applied =
-                RouteEvent::from_sse(&msg.event, &msg.data).and_then(|event| state.apply(event));
+            let applied = match RouteEvent::from_sse(&msg.event, &msg.data) {
+                Ok(event) => state.apply(event),
+                Err(e) => {
+                    // The SSE id is the version the event would have made.
+                    let version = msg.id.as_deref().and_then(|id| id.parse().ok());
+                    state.reject(version.unwrap_or(0), &e);
+                    Err(e)
+                }
+            };
             match applied {
-                Ok(()) => tracing::debug!(version = state.version(), "route table applied"),
+                Ok(()) => tracing::info!(version = state.version(), "route table applied"),
                 Err(e) => {
                     tracing::warn!(error = %e, serving = state.version(), "route event refused; asking for a snapshot");
-                    return Session::Refused;
+                    session.refused = true;
+                    return session;
                 }
             }
         }
     }
-    Session::Ended { connected: true }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_the_name_escaped() {
+        let c = ControllerConn::new("http://ctl:8090/", None, "dp 1/a".into()).expect("valid");
+        assert_eq!(
+            c.routes_url(),
+            "http://ctl:8090/v1/routes?dataplane=dp%201%2Fa"
+        );
+        let err = ControllerConn::new("https://ctl:8090", None, "dp".into()).expect_err("https");
+        assert!(
+            err.to_string()
+                .contains("https controller URLs arrive with TLS support"),
+            "{err}"
+        );
+        assert!(ControllerConn::new("ctl:8090", None, "dp".into()).is_err());
+        assert!(ControllerConn::new("http://ctl?x=1", None, "dp".into()).is_err());
+    }
+
+    #[test]
+    fn jitter_stays_below_its_bound() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_millis(50)) < Duration::from_millis(50));
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
 }

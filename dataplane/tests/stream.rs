@@ -1,44 +1,16 @@
-//! Cluster mode against a scripted controller: refusals, resync, reports,
-//! and starting from the persisted table while the controller is away.
+//! Cluster mode against a scripted controller: snapshots and deltas,
+//! resuming with `Last-Event-ID`, refusals and resync, reports, and serving
+//! on while the controller is away.
 
-use std::convert::Infallible;
+mod support;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http::StatusCode;
 use sluice_dataplane::{Dataplane, Options, Source};
-use sluice_protocol::{Delta, Endpoint, PoolRoute, Report, RouteEvent, Snapshot, sse};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-
-async fn named_backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
+use sluice_protocol::{Delta, Endpoint, PoolRoute, RouteEvent, Snapshot};
+use support::*;
 
 fn pool(addr: SocketAddr) -> PoolRoute {
     PoolRoute {
@@ -50,161 +22,139 @@ fn pool(addr: SocketAddr) -> PoolRoute {
     }
 }
 
-fn frame(event: RouteEvent) -> Bytes {
-    Bytes::from(sse::encode(event.name(), event.version(), &event.to_json()))
+fn snapshot(version: u64, pools: Vec<PoolRoute>) -> RouteEvent {
+    RouteEvent::Snapshot(Snapshot { version, pools })
 }
 
-/// What the scripted controller saw.
-#[derive(Default)]
-struct Seen {
-    last_event_ids: Vec<Option<String>>,
-    reports: Vec<Report>,
-    /// Keeps open streams open until the test ends.
-    streams: Vec<mpsc::Sender<Bytes>>,
-}
-
-/// Serves `script[n]` as the events of the n-th stream connection.
-async fn controller(script: Vec<Vec<RouteEvent>>) -> (SocketAddr, Arc<Mutex<Seen>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let script = Arc::new(Mutex::new(script.into_iter()));
-    let shared = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (seen, script) = (Arc::clone(&shared), Arc::clone(&script));
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let (seen, script) = (Arc::clone(&seen), Arc::clone(&script));
-                    async move {
-                        if req.uri().path() == "/v1/reports" {
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            if let Ok(r) = serde_json::from_slice::<Report>(&body) {
-                                seen.lock().expect("lock").reports.push(r);
-                            }
-                            let empty = http_body_util::Either::Left(Full::new(Bytes::new()));
-                            return Ok::<_, Infallible>(Response::new(empty));
-                        }
-                        let id = req
-                            .headers()
-                            .get("last-event-id")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string);
-                        let events = script.lock().expect("lock").next().unwrap_or_default();
-                        let (tx, rx) = mpsc::channel::<Bytes>(16);
-                        for e in events {
-                            let _ = tx.try_send(frame(e));
-                        }
-                        let mut s = seen.lock().expect("lock");
-                        s.last_event_ids.push(id);
-                        s.streams.push(tx);
-                        let frames = futures::stream::unfold(rx, |mut rx| async move {
-                            rx.recv()
-                                .await
-                                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-                        });
-                        Ok(Response::new(http_body_util::Either::Right(
-                            StreamBody::new(frames),
-                        )))
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
-}
-
-async fn start(url: String, state_dir: &std::path::Path) -> Dataplane {
-    Dataplane::start(Options {
-        source: Source::Controller {
-            url,
-            token_file: None,
-        },
-        name: "dp-test".into(),
-        http: "127.0.0.1:0".parse().expect("addr"),
-        admin: "127.0.0.1:0".parse().expect("addr"),
-        state_dir: Some(state_dir.to_path_buf()),
-        grace_period: Duration::from_secs(1),
+fn delta(version: u64, base: u64, upserts: Vec<PoolRoute>) -> RouteEvent {
+    RouteEvent::Delta(Delta {
+        version,
+        base,
+        upserts,
+        removes: vec![],
     })
-    .await
-    .expect("dataplane starts")
 }
 
-async fn body_of(dp: &Dataplane) -> String {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::get(format!("http://{}/", dp.http_addr()))
-        .body(Empty::new())
-        .expect("req");
-    let fut = async {
-        let resp = client.request(req).await.expect("answered");
-        String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes())
-            .to_string()
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
+fn cluster(url: String, token_file: Option<std::path::PathBuf>) -> Options {
+    let mut opts = options(Source::Controller { url, token_file });
+    opts.grace_period = Duration::from_secs(1);
+    opts
+}
+
+#[tokio::test]
+async fn the_dataplane_follows_snapshots_and_deltas_and_resumes_where_it_was() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let mut ctl = FakeController::start().await;
+    let token = temp_dir("token").join("token");
+    std::fs::write(&token, "first-token\n").expect("write");
+    let dp = Dataplane::start(cluster(ctl.url(), Some(token.clone())))
         .await
-        .expect("within 5 s")
-}
+        .expect("starts");
+    let http = client();
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    let stream = ctl.next_stream().await;
+    assert_eq!(stream.last_event_id, None, "no table yet: no Last-Event-ID");
+    assert_eq!(stream.authorization.as_deref(), Some("Bearer first-token"));
+    assert_eq!(stream.query, "dataplane=dp-test");
+    stream.send(snapshot(1, vec![pool(a.addr)])).await;
+    eventually("version 1", async || dp.route_version() == 1).await;
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "a");
+
+    stream.send_raw(": keepalive\n\n").await;
+    stream.send(delta(2, 1, vec![pool(b.addr)])).await;
+    eventually("version 2", async || dp.route_version() == 2).await;
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "b");
+    let routes: serde_json::Value =
+        serde_json::from_slice(&admin_get(&http, &dp, "/debug/routes").await.body).expect("json");
+    assert_eq!(routes["version"], 2);
+    assert_eq!(routes["pools"][0]["name"], "ns/p");
+    assert_eq!(
+        routes["pools"][0]["endpoints"][0]["address"],
+        b.addr.to_string()
+    );
+
+    eventually(
+        "a report acking version 2 with the pool's traffic",
+        async || {
+            ctl.reports().iter().any(|r| {
+                r.dataplane == "dp-test"
+                    && r.applied_version == 2
+                    && r.pools.get("ns/p").is_some_and(|p| p.requests > 0)
+            })
+        },
+    )
+    .await;
+
+    // The stream drops; the dataplane resumes from version 2 with the
+    // rotated token.
+    std::fs::write(&token, "second-token\n").expect("write");
+    drop(stream);
+    let stream = ctl.next_stream().await;
+    assert_eq!(stream.last_event_id.as_deref(), Some("2"));
+    assert_eq!(stream.authorization.as_deref(), Some("Bearer second-token"));
+    stream.send(delta(3, 2, vec![pool(c.addr)])).await;
+    eventually("version 3", async || dp.route_version() == 3).await;
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "c");
+
+    // The controller goes away: the dataplane keeps serving version 3.
+    let addr = ctl.addr;
+    drop(stream);
+    drop(ctl);
+    for _ in 0..5 {
+        let got = proxy_get(&http, &dp, "x", "/").await;
+        assert_eq!((got.status, got.backend.as_str()), (StatusCode::OK, "c"));
     }
-    panic!("timed out waiting for {what}");
+    assert_eq!(
+        admin_get(&http, &dp, "/readyz").await.status,
+        StatusCode::OK
+    );
+
+    // It comes back on the same address; the dataplane reconnects and resumes.
+    let mut ctl = FakeController::start_on(addr).await;
+    let stream = ctl.next_stream().await;
+    assert_eq!(stream.last_event_id.as_deref(), Some("3"));
+    stream.send(delta(4, 3, vec![pool(a.addr)])).await;
+    eventually("version 4", async || dp.route_version() == 4).await;
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "a");
+    dp.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_refused_delta_is_reported_and_answered_with_a_fresh_snapshot() {
-    let (a, b) = (named_backend("a").await, named_backend("b").await);
-    let script = vec![
-        vec![
-            RouteEvent::Snapshot(Snapshot {
-                version: 10,
-                pools: vec![pool(a)],
-            }),
-            // Computed from a version the dataplane never had.
-            RouteEvent::Delta(Delta {
-                version: 11,
-                base: 99,
-                upserts: vec![pool(b)],
-                removes: vec![],
-            }),
-        ],
-        vec![RouteEvent::Snapshot(Snapshot {
-            version: 20,
-            pools: vec![pool(b)],
-        })],
-    ];
-    let (addr, seen) = controller(script).await;
-    let dir = std::env::temp_dir().join(format!("sluice-state-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let dp = start(format!("http://{addr}"), &dir).await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut ctl = FakeController::start().await;
+    let dp = Dataplane::start(cluster(ctl.url(), None))
+        .await
+        .expect("starts");
+    let http = client();
 
-    eventually("version 20", || dp.route_version() == 20).await;
-    assert_eq!(body_of(&dp).await, "b");
-    {
-        let s = seen.lock().expect("lock");
-        // First connect had no table; the reconnect after the refusal asks
-        // for a snapshot by sending no Last-Event-ID.
-        assert_eq!(s.last_event_ids, vec![None, None]);
-    }
+    let stream = ctl.next_stream().await;
+    assert_eq!(stream.authorization, None);
+    stream.send(snapshot(10, vec![pool(a.addr)])).await;
+    // Computed from a version the dataplane never had.
+    stream.send(delta(11, 99, vec![pool(b.addr)])).await;
+
+    // It reconnects without Last-Event-ID, which asks for a snapshot, and
+    // serves version 10 meanwhile.
+    let resync = ctl.next_stream().await;
+    assert_eq!(resync.last_event_id, None);
+    assert_eq!(dp.route_version(), 10);
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "a");
+    let routes: serde_json::Value =
+        serde_json::from_slice(&admin_get(&http, &dp, "/debug/routes").await.body).expect("json");
+    assert_eq!(routes["rejected"]["version"], 11, "{routes}");
+
+    resync.send(snapshot(20, vec![pool(b.addr)])).await;
+    eventually("version 20", async || dp.route_version() == 20).await;
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "b");
     eventually(
-        "a report carrying the refusal and the applied version",
-        || {
-            seen.lock().expect("lock").reports.iter().any(|r| {
+        "a report with the refusal and the new version",
+        async || {
+            ctl.reports().iter().any(|r| {
                 r.applied_version == 20
                     && r.rejected
                         .as_ref()
@@ -213,17 +163,71 @@ async fn a_refused_delta_is_reported_and_answered_with_a_fresh_snapshot() {
         },
     )
     .await;
-    dp.shutdown().await;
 
-    // A restart while the controller is gone serves the persisted table.
-    drop(seen);
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
-    let dp = start(format!("http://{closed}"), &dir).await;
+    // An event that does not even parse is refused the same way.
+    resync
+        .send_raw("id: 21\nevent: delta\ndata: {not json\n\n")
+        .await;
+    let again = ctl.next_stream().await;
+    assert_eq!(again.last_event_id, None);
     assert_eq!(dp.route_version(), 20);
-    assert_eq!(body_of(&dp).await, "b");
+    dp.shutdown().await;
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_first_table() {
+    let a = Backend::start("a").await;
+    let mut ctl = FakeController::start().await;
+    let dp = Dataplane::start(cluster(ctl.url(), None))
+        .await
+        .expect("starts");
+    let http = client();
+    let stream = ctl.next_stream().await;
+    let got = admin_get(&http, &dp, "/readyz").await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(got.text().contains("no route table"), "{}", got.text());
+    assert_eq!(
+        admin_get(&http, &dp, "/healthz").await.status,
+        StatusCode::OK
+    );
+    let got = proxy_get(&http, &dp, "x", "/").await;
+    assert_eq!(
+        (got.status, got.error.as_str()),
+        (StatusCode::NOT_FOUND, "no-route")
+    );
+
+    stream.send(snapshot(1, vec![pool(a.addr)])).await;
+    eventually("ready", async || {
+        admin_get(&http, &dp, "/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    dp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_serves_the_persisted_table_while_the_controller_is_away() {
+    let a = Backend::start("a").await;
+    let dir = temp_dir("state");
+    let mut ctl = FakeController::start().await;
+    let mut opts = cluster(ctl.url(), None);
+    opts.state_dir = Some(dir.clone());
+    let dp = Dataplane::start(opts).await.expect("starts");
+    let stream = ctl.next_stream().await;
+    stream.send(snapshot(7, vec![pool(a.addr)])).await;
+    eventually("version 7", async || dp.route_version() == 7).await;
+    dp.shutdown().await;
+    drop(stream);
+    drop(ctl);
+
+    let mut opts = cluster(format!("http://{}", closed_port().await), None);
+    opts.state_dir = Some(dir);
+    let dp = Dataplane::start(opts).await.expect("starts");
+    assert_eq!(dp.route_version(), 7, "serving from the first instant");
+    let http = client();
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "a");
+    assert_eq!(
+        admin_get(&http, &dp, "/readyz").await.status,
+        StatusCode::OK
+    );
     dp.shutdown().await;
 }

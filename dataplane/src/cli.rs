@@ -1,0 +1,171 @@
+//! The command line: every flag also reads `SLUICE_<FLAG>` from the
+//! environment, so a Deployment can configure the dataplane either way.
+//! Parsing ends in [`Options`]; `main` only adds the runtime and logging.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+use crate::{Options, Source};
+
+/// The Sluice L7 proxy.
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-dataplane",
+    version,
+    about,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    /// What to run instead of the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The proxy's flags.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "SLUICE_WORKERS", global = true)]
+    pub workers: Option<NonZeroUsize>,
+    /// Log format.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Flags of the proxy itself.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("source").required(true).args(["config", "controller"])))]
+pub struct RunArgs {
+    /// Standalone mode: serve the pools of this YAML file (`{pools: [PoolRoute]}`), reloaded on change.
+    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Cluster mode: follow this controller's route stream (e.g. http://sluice-controller:8090).
+    #[arg(long, env = "SLUICE_CONTROLLER", value_name = "URL")]
+    pub controller: Option<String>,
+    /// Bearer token presented to the controller, re-read on every connect.
+    #[arg(
+        long,
+        env = "SLUICE_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "config"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// Persist the last applied table in this directory and start from it.
+    #[arg(long, env = "SLUICE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Name reported to the controller (default: $HOSTNAME, the pod name in a cluster).
+    #[arg(long, env = "SLUICE_NAME")]
+    pub name: Option<String>,
+    /// HTTP listener.
+    #[arg(long, env = "SLUICE_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+    /// Admin listener (/healthz, /readyz, /metrics, /debug/routes).
+    #[arg(long, env = "SLUICE_ADMIN", default_value = "0.0.0.0:9901")]
+    pub admin: SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM (e.g. 10s, 500ms).
+    #[arg(long, env = "SLUICE_GRACE_PERIOD", default_value = "10s", value_parser = parse_duration)]
+    pub grace_period: Duration,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start three demo backends and the proxy on loopback (the README quick start).
+    Demo {
+        /// HTTP listener of the demo.
+        #[arg(long, env = "SLUICE_DEMO_HTTP", default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// Admin listener of the demo.
+        #[arg(long, env = "SLUICE_DEMO_ADMIN", default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+}
+
+/// How log lines are written (to stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<sluice_protocol::Duration>()
+        .map(|d| d.get())
+        .map_err(|e| e.to_string())
+}
+
+impl RunArgs {
+    /// The dataplane's options; `hostname` is `$HOSTNAME`, the default name.
+    /// `None` when neither source is set, which clap rules out unless a
+    /// subcommand was given.
+    pub fn options(self, hostname: Option<String>) -> Option<Options> {
+        let source = match (self.config, self.controller) {
+            (Some(path), _) => Source::File(path),
+            (None, Some(url)) => Source::Controller {
+                url,
+                token_file: self.token_file,
+            },
+            (None, None) => return None,
+        };
+        Some(Options {
+            source,
+            name: self.name.or(hostname).unwrap_or_else(|| "dataplane".into()),
+            http: self.http,
+            admin: self.admin,
+            state_dir: self.state_dir,
+            grace_period: self.grace_period,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sluice-dataplane").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_flag_has_a_sluice_env_var() {
+        let cli = Cli::command();
+        let mut commands = vec![&cli];
+        commands.extend(cli.get_subcommands());
+        for cmd in commands {
+            for arg in cmd.get_arguments() {
+                if arg.get_long().is_none() || ["help", "version"].contains(&arg.get_id().as_str())
+                {
+                    continue;
+                }
+                let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or("");
+                assert!(
+                    env.starts_with("SLUICE_"),
+                    "--{} has no env var",
+                    arg.get_id()
+                );
+            }
+        }
+        cli.debug_assert();
+    }
+
+    #[test]
+    fn exactly_one_source_unless_demo() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--config", "a.yaml", "--controller", "http://c"]).is_err());
+        assert!(parse(&["--config", "a.yaml", "--token-file", "t"]).is_err());
+        let cli = parse(&["--controller", "http://c:8090", "--grace-period", "1500ms"])
+            .expect("cluster mode");
+        let opts = cli.run.options(Some("pod-7".into())).expect("options");
+        assert!(matches!(opts.source, Source::Controller { .. }));
+        assert_eq!(opts.name, "pod-7");
+        assert_eq!(opts.grace_period, Duration::from_millis(1500));
+        let cli = parse(&["demo", "--http", "127.0.0.1:0"]).expect("demo");
+        assert!(matches!(cli.command, Some(Command::Demo { .. })));
+        assert!(parse(&["--config", "a.yaml", "--grace-period", "10"]).is_err());
+    }
+}

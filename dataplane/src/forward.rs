@@ -1,0 +1,134 @@
+//! What a request and a response look like on the far side of the proxy:
+//! hop-by-hop headers removed, `X-Forwarded-*` set, the URI pointed at the
+//! chosen endpoint. Plain functions over `http` types, tested here.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Uri, Version};
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1,
+/// plus the legacy `Keep-Alive` and `Proxy-Connection`).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers, including every header the `Connection`
+/// header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a client request's head for the endpoint at `authority`:
+/// absolute URI with the endpoint as authority (hyper's client sends it in
+/// origin-form), HTTP/1.1, hop-by-hop headers gone, and the host the request
+/// was routed by in `Host` and `X-Forwarded-Host` (an HTTP/2 client sends no
+/// `Host`, and an absolute-form target overrides it, RFC 9112 §3.2.2), and
+/// the client appended to `X-Forwarded-For`.
+pub fn request(
+    parts: &mut Parts,
+    authority: &Authority,
+    client: IpAddr,
+    original_host: Option<HeaderValue>,
+) -> Result<(), http::Error> {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path_and_query)
+        .build()?;
+    parts.version = Version::HTTP_11;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    if let Some(host) = original_host {
+        headers.insert(header::HOST, host.clone());
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    let mut xff = String::new();
+    for prior in headers.get_all(X_FORWARDED_FOR) {
+        if let Ok(prior) = prior.to_str() {
+            xff.push_str(prior.trim());
+            xff.push_str(", ");
+        }
+    }
+    xff.push_str(&client.to_string());
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Custom"),
+        );
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn the_upstream_request_names_the_endpoint_and_keeps_the_host() {
+        let (mut parts, ()) = http::Request::get("http://shop.example.com:8080/a/b?c=d")
+            .version(Version::HTTP_2)
+            .header("x-forwarded-for", "203.0.113.1")
+            .header("x-forwarded-for", "198.51.100.2")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let endpoint = Authority::from_static("10.0.0.7:80");
+        let host = HeaderValue::from_static("shop.example.com:8080");
+        request(&mut parts, &endpoint, [192, 0, 2, 3].into(), Some(host)).expect("rewrites");
+        assert_eq!(parts.uri, "http://10.0.0.7:80/a/b?c=d");
+        assert_eq!(parts.version, Version::HTTP_11);
+        let h = &parts.headers;
+        assert_eq!(h["host"], "shop.example.com:8080");
+        assert_eq!(h["x-forwarded-host"], "shop.example.com:8080");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.2, 192.0.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}
