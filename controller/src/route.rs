@@ -103,6 +103,7 @@ pub fn compute(
             CrdAlgorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
         },
         endpoints: weigh(per_backend),
+        ..Default::default()
     };
     Ok(Resolved {
         route,

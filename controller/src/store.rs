@@ -176,6 +176,7 @@ mod tests {
             path_prefix: Default::default(),
             algorithm: Default::default(),
             endpoints: vec![Endpoint::new(SocketAddr::from(([10, 0, 0, 1], port)))],
+            ..Default::default()
         }
     }
 

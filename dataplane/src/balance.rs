@@ -13,22 +13,51 @@ use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use sluice_protocol::Algorithm;
+
 /// Longest precomputed schedule. Weight sums above it (after dividing by the
 /// weights' gcd) are scaled down proportionally; every endpoint keeps at least
 /// one slot. Building costs `O(length × endpoints)`, off the request path.
 pub const MAX_SCHEDULE: u64 = 1 << 16;
 
-/// Picks among the ready endpoints of one pool.
+/// Picks among the available endpoints of one pool.
 #[derive(Debug)]
-pub struct Balancer {
+pub enum Balancer {
+    /// RoundRobin and WeightedRoundRobin.
+    Rotation(Rotation),
+}
+
+impl Balancer {
+    /// The balancer of `algorithm` over endpoints of these weights.
+    pub fn new(algorithm: Algorithm, weights: &[NonZeroU32]) -> Self {
+        match algorithm {
+            Algorithm::RoundRobin | Algorithm::WeightedRoundRobin => {
+                Self::Rotation(Rotation::new(weights))
+            }
+            // Issue 3 work in progress: the other algorithms land next.
+            _ => Self::Rotation(Rotation::new(weights)),
+        }
+    }
+
+    /// Index of the next endpoint, or `None` when there is none.
+    pub fn pick(&self) -> Option<usize> {
+        match self {
+            Self::Rotation(r) => r.pick(),
+        }
+    }
+}
+
+/// A smooth weighted rotation (a plain one when weights are equal).
+#[derive(Debug)]
+pub struct Rotation {
     len: usize,
     /// Indexes in smooth weighted order; empty when all weights are equal.
     schedule: Box<[u32]>,
     next: AtomicUsize,
 }
 
-impl Balancer {
-    /// A balancer over endpoints of these weights. The rotation starts at a
+impl Rotation {
+    /// A rotation over endpoints of these weights. The rotation starts at a
     /// random point, so dataplanes that receive the same update together do
     /// not all send their next request to the first endpoint.
     pub fn new(weights: &[NonZeroU32]) -> Self {
@@ -130,16 +159,16 @@ mod tests {
             .collect()
     }
 
-    fn picks(b: &Balancer, n: usize) -> Vec<usize> {
+    fn picks(b: &Rotation, n: usize) -> Vec<usize> {
         (0..n).map(|_| b.pick().expect("has endpoints")).collect()
     }
 
     #[test]
     fn equal_weights_cycle_through_every_endpoint() {
-        let b = Balancer::starting_at(&w(&[1, 1, 1]), 0);
+        let b = Rotation::starting_at(&w(&[1, 1, 1]), 0);
         assert_eq!(picks(&b, 6), vec![0, 1, 2, 0, 1, 2]);
         // From any starting point, every window of 3 holds all three.
-        let b = Balancer::new(&w(&[4, 4, 4]));
+        let b = Rotation::new(&w(&[4, 4, 4]));
         let mut window = picks(&b, 3);
         window.sort_unstable();
         assert_eq!(window, vec![0, 1, 2]);
@@ -147,23 +176,23 @@ mod tests {
 
     #[test]
     fn weights_3_2_1_give_nginx_s_smooth_order() {
-        let b = Balancer::starting_at(&w(&[3, 2, 1]), 0);
+        let b = Rotation::starting_at(&w(&[3, 2, 1]), 0);
         // a b a c b a: the heaviest endpoint never takes two picks in a row
         // within the cycle.
         assert_eq!(picks(&b, 6), vec![0, 1, 0, 2, 1, 0]);
-        let b = Balancer::starting_at(&w(&[5, 1, 1]), 0);
+        let b = Rotation::starting_at(&w(&[5, 1, 1]), 0);
         // nginx's documented sequence for 5:1:1.
         assert_eq!(picks(&b, 7), vec![0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
     fn a_common_factor_does_not_lengthen_the_cycle() {
-        assert_eq!(Balancer::new(&w(&[300, 200, 100])).cycle(), 6);
+        assert_eq!(Rotation::new(&w(&[300, 200, 100])).cycle(), 6);
     }
 
     #[test]
     fn huge_weight_sums_are_capped_and_keep_every_endpoint() {
-        let b = Balancer::starting_at(&w(&[u32::MAX, 1, 7]), 0);
+        let b = Rotation::starting_at(&w(&[u32::MAX, 1, 7]), 0);
         assert!(b.cycle() as u64 <= MAX_SCHEDULE + 2, "{}", b.cycle());
         let seq = picks(&b, b.cycle());
         for i in 0..3 {
@@ -173,7 +202,7 @@ mod tests {
 
     #[test]
     fn an_empty_pool_picks_nothing() {
-        assert_eq!(Balancer::new(&[]).pick(), None);
+        assert_eq!(Rotation::new(&[]).pick(), None);
     }
 
     proptest! {
@@ -185,7 +214,7 @@ mod tests {
             weights in prop::collection::vec(1u32..12, 1..7),
             start in 0usize..1000,
         ) {
-            let b = Balancer::starting_at(&w(&weights), start);
+            let b = Rotation::starting_at(&w(&weights), start);
             let g = weights.iter().fold(0u64, |g, w| gcd(g, u64::from(*w)));
             let shares: Vec<u64> = weights.iter().map(|w| u64::from(*w) / g).collect();
             let total: u64 = shares.iter().sum();

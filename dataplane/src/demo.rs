@@ -76,6 +76,7 @@ pub async fn table() -> std::io::Result<RouteTable> {
         path_prefix: Default::default(),
         algorithm: Algorithm::RoundRobin,
         endpoints,
+        ..Default::default()
     };
     Ok(RouteTable::from_pools(1, vec![pool]))
 }

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod demo;
+pub mod endpoint;
 pub mod file;
 pub mod forward;
 pub mod listener;

@@ -21,6 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::endpoint::InFlight;
 use crate::forward;
 use crate::metrics::Exchange;
 use crate::state::State;
@@ -49,6 +50,8 @@ pub enum ProxyBody {
         body: Incoming,
         /// Dropped at the end of the body (or when the client goes away).
         exchange: Option<Exchange>,
+        /// The endpoint's in-flight count, held to the last byte.
+        in_flight: Option<InFlight>,
     },
     /// An answer from Sluice itself.
     Local(Full<Bytes>),
@@ -63,10 +66,15 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Self::Upstream { body, exchange } => {
+            Self::Upstream {
+                body,
+                exchange,
+                in_flight,
+            } => {
                 let polled = Pin::new(body).poll_frame(cx);
                 if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
                     exchange.take();
+                    in_flight.take();
                 }
                 polled
             }
@@ -133,6 +141,7 @@ impl Proxy {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no-endpoints", body);
         };
 
+        let in_flight = target.begin();
         let original_host = HeaderValue::from_str(raw_host).ok();
         let (mut parts, body) = req.into_parts();
         if let Err(e) = forward::request(&mut parts, &target.authority, peer.ip(), original_host) {
@@ -146,8 +155,12 @@ impl Proxy {
                 target.upstream.inc(code);
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
-                let exchange = Some(exchange);
-                Response::from_parts(parts, ProxyBody::Upstream { body, exchange })
+                let body = ProxyBody::Upstream {
+                    body,
+                    exchange: Some(exchange),
+                    in_flight: Some(in_flight),
+                };
+                Response::from_parts(parts, body)
             }
             Err(e) => {
                 exchange.respond(502);

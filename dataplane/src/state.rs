@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use sluice_protocol::{ApplyError, Rejected, RouteEvent, RouteTable};
 use tokio::sync::watch;
 
+use crate::endpoint::Registry;
 use crate::metrics::Metrics;
 use crate::table::Table;
 
@@ -26,6 +27,8 @@ pub struct State {
     rejected: Mutex<Option<Rejected>>,
     /// Prometheus metrics and report windows.
     pub metrics: Metrics,
+    /// Endpoint and pool state carried across tables.
+    pub registry: Registry,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -45,6 +48,7 @@ impl State {
             last_error: Mutex::new(None),
             rejected: Mutex::new(None),
             metrics: Metrics::new(),
+            registry: Registry::default(),
         })
     }
 
@@ -91,7 +95,8 @@ impl State {
     }
 
     fn install_locked(&self, current: &mut RouteTable, routes: RouteTable) {
-        let table = Table::build(&routes, &self.table.load(), &self.metrics);
+        let table = Table::build(&routes, &self.table.load(), &self.metrics, &self.registry);
+        self.registry.prune();
         self.table.store(Arc::new(table));
         self.metrics.windows.prune();
         self.metrics

@@ -13,70 +13,116 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::uri::Authority;
-use sluice_protocol::{Algorithm, PoolRoute, RouteTable};
+use sluice_protocol::{PoolRoute, RouteTable};
+
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
 
 use crate::balance::Balancer;
-use crate::metrics::{CodeCounters, Metrics, PoolEndpointCode, PoolMetrics};
+use crate::endpoint::{Endpoint, PoolState, Registry};
+use crate::metrics::{Metrics, PoolMetrics};
 
-/// A ready endpoint, with what the request path needs of it precomputed.
-#[derive(Debug)]
-pub struct Target {
-    /// Socket address.
-    pub addr: SocketAddr,
-    /// The same, as the upstream URI's authority (parsed once, not per request).
-    pub authority: Authority,
-    /// `sluice_upstream_requests_total` of this endpoint.
-    pub upstream: CodeCounters<PoolEndpointCode>,
-}
-
-/// One pool as the proxy uses it. Immutable once built; a table that keeps
-/// an unchanged route reuses the previous version's `Arc<Pool>`, so its
-/// rotation carries on where it was.
+/// One pool as the proxy uses it. The route, endpoints and weights are fixed
+/// for the pool's life; which endpoints the balancer spreads traffic over
+/// follows their availability (health checks, ejections): when the pool's
+/// availability epoch moves, the next pick rebuilds the balancer over the
+/// available endpoints, or over all of them when none is (panic mode).
+/// A table that keeps an unchanged route reuses the previous `Arc<Pool>`.
 #[derive(Debug)]
 pub struct Pool {
     /// The route it was built from.
     pub route: PoolRoute,
-    targets: Vec<Target>,
-    balancer: Balancer,
+    /// The ready endpoints, in route order. Shared with earlier and later
+    /// tables for as long as the endpoint stays in the pool.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    weights: Vec<NonZeroU32>,
+    picker: ArcSwap<Picker>,
+    /// State kept across table versions.
+    pub state: Arc<PoolState>,
     /// Counters of the pool's requests.
     pub metrics: Arc<PoolMetrics>,
 }
 
+/// A balancer over the endpoints available at one availability epoch.
+#[derive(Debug)]
+struct Picker {
+    epoch: u64,
+    /// Indexes into `Pool::endpoints` of the endpoints the balancer picks from.
+    members: Box<[u32]>,
+    balancer: Balancer,
+    /// No endpoint was available: the balancer spans them all.
+    panic: bool,
+}
+
 impl Pool {
-    fn build(route: &PoolRoute, metrics: &Metrics) -> Self {
+    fn build(route: &PoolRoute, metrics: &Metrics, registry: &Registry) -> Self {
+        let state = registry.pool(&route.name);
         let ready: Vec<_> = route.endpoints.iter().filter(|e| e.ready).collect();
-        let targets = ready
+        let endpoints = ready
             .iter()
-            .map(|e| Target {
-                addr: e.address,
-                // A socket address always renders as a valid authority.
-                authority: Authority::try_from(e.address.to_string())
-                    .unwrap_or_else(|_| Authority::from_static("invalid")),
-                upstream: metrics.endpoint(&route.name, e.address),
+            .map(|e| {
+                registry.endpoint(&route.name, e.address, || {
+                    let upstream = metrics.endpoint(&route.name, e.address);
+                    Endpoint::new(e.address, upstream, Arc::clone(&state))
+                })
             })
             .collect();
-        let weights: Vec<_> = ready.iter().map(|e| e.weight).collect();
-        // Both algorithms follow the smooth weighted schedule (equal weights
-        // make it a plain rotation); the match makes a new algorithm a
-        // compile error here rather than a silent round robin.
-        let balancer = match route.algorithm {
-            Algorithm::RoundRobin | Algorithm::WeightedRoundRobin => Balancer::new(&weights),
-        };
-        Self {
+        let weights = ready.iter().map(|e| e.weight).collect();
+        let pool = Self {
             route: route.clone(),
-            targets,
-            balancer,
+            endpoints,
+            weights,
+            picker: ArcSwap::from_pointee(Picker {
+                epoch: u64::MAX,
+                members: Box::default(),
+                balancer: Balancer::new(route.algorithm, &[]),
+                panic: false,
+            }),
+            state,
             metrics: Arc::new(metrics.pool(&route.name)),
+        };
+        pool.refresh(pool.state.epoch.load(Ordering::Acquire));
+        pool
+    }
+
+    /// Rebuilds the balancer over the endpoints available now.
+    fn refresh(&self, epoch: u64) {
+        let mut members: Vec<u32> = (0..self.endpoints.len() as u32)
+            .filter(|i| self.endpoints[*i as usize].is_available())
+            .collect();
+        let panic = members.is_empty() && !self.endpoints.is_empty();
+        if panic {
+            members = (0..self.endpoints.len() as u32).collect();
         }
+        let weights: Vec<_> = members.iter().map(|i| self.weights[*i as usize]).collect();
+        self.picker.store(Arc::new(Picker {
+            epoch,
+            members: members.into_boxed_slice(),
+            balancer: Balancer::new(self.route.algorithm, &weights),
+            panic,
+        }));
     }
 
     /// The endpoint for the next request, or `None` when none is ready.
-    pub fn pick(&self) -> Option<&Target> {
-        self.balancer.pick().and_then(|i| self.targets.get(i))
+    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+        let epoch = self.state.epoch.load(Ordering::Acquire);
+        let mut picker = self.picker.load();
+        if picker.epoch != epoch {
+            self.refresh(epoch);
+            picker = self.picker.load();
+        }
+        let i = picker.balancer.pick()?;
+        let member = *picker.members.get(i)?;
+        self.endpoints.get(member as usize)
+    }
+
+    /// Whether no endpoint is available and traffic goes to all of them.
+    pub fn in_panic(&self) -> bool {
+        self.picker.load().panic
     }
 }
 
@@ -95,9 +141,15 @@ pub struct Table {
 
 impl Table {
     /// Compiles `routes`. Pools whose route equals the one in `previous`
-    /// are carried over as they are; the others get fresh balancers and
-    /// metric handles from `metrics`.
-    pub fn build(routes: &RouteTable, previous: &Table, metrics: &Metrics) -> Self {
+    /// are carried over as they are; the others get fresh balancers, with
+    /// the state of endpoints they keep taken from `registry` and metric
+    /// handles from `metrics`.
+    pub fn build(
+        routes: &RouteTable,
+        previous: &Table,
+        metrics: &Metrics,
+        registry: &Registry,
+    ) -> Self {
         let mut table = Table {
             version: routes.version,
             ..Default::default()
@@ -107,7 +159,7 @@ impl Table {
             let i = table.pools.len();
             let pool = match previous.pool(&route.name) {
                 Some(old) if old.route == *route => Arc::clone(old),
-                _ => Arc::new(Pool::build(route, metrics)),
+                _ => Arc::new(Pool::build(route, metrics, registry)),
             };
             table.pools.push(pool);
             table.by_name.insert(route.name.clone(), i);
@@ -202,7 +254,12 @@ mod tests {
     }
 
     fn table(yaml: &str) -> Table {
-        Table::build(&routes(1, yaml), &Table::default(), &Metrics::new())
+        Table::build(
+            &routes(1, yaml),
+            &Table::default(),
+            &Metrics::new(),
+            &Registry::default(),
+        )
     }
 
     fn name(t: &Table, host: &str, path: &str) -> Option<String> {
@@ -288,15 +345,44 @@ pools:
             1,
             "pools:\n  - {name: a, endpoints: [{address: 127.0.0.1:1}]}\n  - {name: b, endpoints: [{address: 127.0.0.1:2}]}\n",
         );
-        let old = Table::build(&v1, &Table::default(), &metrics);
+        let registry = Registry::default();
+        let old = Table::build(&v1, &Table::default(), &metrics, &registry);
         let v2 = routes(
             2,
             "pools:\n  - {name: a, endpoints: [{address: 127.0.0.1:1}]}\n  - {name: b, endpoints: [{address: 127.0.0.1:3}]}\n",
         );
-        let new = Table::build(&v2, &old, &metrics);
+        let new = Table::build(&v2, &old, &metrics, &registry);
         assert_eq!(new.version, 2);
         let same = |n: &str| Arc::ptr_eq(old.pool(n).expect("old"), new.pool(n).expect("new"));
         assert!(same("a"));
         assert!(!same("b"));
+    }
+
+    #[test]
+    fn endpoints_that_stay_keep_their_state_across_updates() {
+        let metrics = Metrics::new();
+        let registry = Registry::default();
+        let v1 = routes(
+            1,
+            "pools:\n  - {name: a, endpoints: [{address: 127.0.0.1:1}, {address: 127.0.0.1:2}]}\n",
+        );
+        let old = Table::build(&v1, &Table::default(), &metrics, &registry);
+        let kept = Arc::clone(&old.pool("a").expect("a").endpoints[0]);
+        let guard = kept.begin();
+        let v2 = routes(
+            2,
+            "pools:\n  - {name: a, endpoints: [{address: 127.0.0.1:1}, {address: 127.0.0.1:3}]}\n",
+        );
+        let new = Table::build(&v2, &old, &metrics, &registry);
+        drop(old);
+        registry.prune();
+        let pool = new.pool("a").expect("a");
+        assert!(Arc::ptr_eq(&kept, &pool.endpoints[0]));
+        assert_eq!(pool.endpoints[0].in_flight(), 1);
+        assert_eq!(pool.endpoints[1].in_flight(), 0);
+        drop(guard);
+        assert_eq!(pool.endpoints[0].in_flight(), 0);
+        // 127.0.0.1:2 left every table: its state is gone.
+        assert_eq!(registry.endpoints(), 2);
     }
 }

@@ -19,6 +19,7 @@ fn pool(addr: SocketAddr) -> PoolRoute {
         path_prefix: Default::default(),
         algorithm: Default::default(),
         endpoints: vec![Endpoint::new(addr)],
+        ..Default::default()
     }
 }
 

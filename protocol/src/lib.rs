@@ -8,14 +8,19 @@
 //! become one validated shape. This crate knows nothing of Kubernetes.
 
 pub mod duration;
+pub mod policy;
 pub mod report;
 pub mod route;
 pub mod sse;
 pub mod table;
 
 pub use duration::Duration;
+pub use policy::{
+    Activation, Algorithm, CircuitBreaker, HashKey, HealthCheck, OutlierDetection, Percent,
+    RateLimit, RateLimitAlgorithm, RateLimitKey, Retries, RetryOn, SessionAffinity, Timeouts, Tls,
+};
 pub use report::{Histogram, PoolReport, Rejected, Report};
-pub use route::{Algorithm, Endpoint, PathPrefix, PoolRoute, RouteFile};
+pub use route::{Endpoint, PathPrefix, PoolRoute, RouteFile};
 pub use table::{ApplyError, Delta, RouteEvent, RouteTable, Snapshot};
 
 /// Path of the route stream served by the controller.

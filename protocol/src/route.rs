@@ -12,8 +12,16 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
-/// The routing entry of one pool: where it matches, and where it sends traffic.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+use crate::policy::{
+    Activation, Algorithm, CircuitBreaker, HashKey, HealthCheck, OutlierDetection, RateLimit,
+    RateLimitKey, Retries, SessionAffinity, Timeouts, Tls,
+};
+
+/// The routing entry of one pool: where it matches, where it sends traffic,
+/// and every policy, resolved. `None` policies take their defaults (see each
+/// type's `Default`); health checks, affinity, rate limits, TLS and
+/// activation are off when omitted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolRoute {
     /// Unique name; `namespace/name` for pools from the cluster.
@@ -32,18 +40,67 @@ pub struct PoolRoute {
     /// The endpoints, already resolved (ready state, weights across backends).
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// What RingHash and Maglev hash; the source IP when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<HashKey>,
+    /// Cookie-based sticky sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<SessionAffinity>,
+    /// Active HTTP health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection (on by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Per-pool limits (Envoy's defaults when omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Retry policy (connect failures, twice, by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Connect, request and idle timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    /// Local rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// TLS termination for `hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    /// Request holding while the pool has no ready endpoint (scale from zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
 }
 
-/// Endpoint selection algorithm of a pool.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Algorithm {
-    /// Rotates through endpoints; with unequal weights it follows the smooth
-    /// weighted schedule, as Envoy's round robin does.
-    #[default]
-    RoundRobin,
-    /// Smooth weighted round robin (nginx's algorithm): weights are honoured
-    /// with the picks of each endpoint spread evenly through the cycle.
-    WeightedRoundRobin,
+impl PoolRoute {
+    /// A pool named `name` with no endpoints and every policy at its default.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The policies that are on by default, resolved.
+    pub fn outlier_detection(&self) -> OutlierDetection {
+        self.outlier_detection.clone().unwrap_or_default()
+    }
+    /// Circuit breaker thresholds, resolved.
+    pub fn circuit_breaker(&self) -> CircuitBreaker {
+        self.circuit_breaker.clone().unwrap_or_default()
+    }
+    /// Retry policy, resolved.
+    pub fn retries(&self) -> Retries {
+        self.retries.clone().unwrap_or_default()
+    }
+    /// Timeouts, resolved.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts.clone().unwrap_or_default()
+    }
+    /// The hash key, resolved (source IP by default).
+    pub fn hash_key(&self) -> HashKey {
+        self.hash_key.clone().unwrap_or(HashKey::SourceIp)
+    }
 }
 
 /// One upstream address of a pool.
@@ -248,6 +305,9 @@ pub enum RouteError {
     /// A pool has an empty name.
     #[error("pools[{index}]: name must not be empty")]
     EmptyName { index: usize },
+    /// Policies that do not fit together.
+    #[error("pool {pool:?}: {message}")]
+    Policy { pool: String, message: String },
 }
 
 impl RouteFile {
@@ -273,6 +333,12 @@ pub fn validate_pools(pools: &[PoolRoute]) -> Result<(), RouteError> {
                 name: pool.name.clone(),
             });
         }
+        if let Err(message) = check_policies(pool) {
+            return Err(RouteError::Policy {
+                pool: pool.name.clone(),
+                message,
+            });
+        }
         let mut seen = BTreeSet::new();
         for ep in &pool.endpoints {
             if !seen.insert(ep.address) {
@@ -281,6 +347,34 @@ pub fn validate_pools(pools: &[PoolRoute]) -> Result<(), RouteError> {
                     address: ep.address,
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// What the serde types alone cannot check: fields that depend on others.
+fn check_policies(pool: &PoolRoute) -> Result<(), String> {
+    if pool.hash_key.is_some() && !pool.algorithm.is_hashing() {
+        return Err(format!(
+            "hashKey is only used by RingHash and Maglev, not {:?}",
+            pool.algorithm
+        ));
+    }
+    if let Some(rl) = &pool.rate_limit {
+        match (rl.key, &rl.header) {
+            (RateLimitKey::Header, None) => {
+                return Err("rateLimit: key Header needs a header name".into());
+            }
+            (RateLimitKey::Pool | RateLimitKey::SourceIp, Some(_)) => {
+                return Err("rateLimit: header is only used with key Header".into());
+            }
+            _ => {}
+        }
+    }
+    if let Some(tls) = &pool.tls {
+        tls.check()?;
+        if pool.hosts.is_empty() {
+            return Err("tls needs hosts: the certificate is chosen by SNI".into());
         }
     }
     Ok(())

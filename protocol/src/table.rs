@@ -206,6 +206,7 @@ mod tests {
                 .iter()
                 .map(|p| Endpoint::new(SocketAddr::from(([127, 0, 0, 1], *p))))
                 .collect(),
+            ..Default::default()
         }
     }
 

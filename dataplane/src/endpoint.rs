@@ -1,0 +1,159 @@
+//! Per-endpoint and per-pool state that outlives table versions.
+//!
+//! A table update rebuilds a pool's balancer, never its state: the
+//! [`Endpoint`] of an address that stays in a pool is the same `Arc` in the
+//! new table, so its in-flight count, latency estimate, health and ejection
+//! carry over, and the [`PoolState`] (limits in use, retry budget, rate
+//! limiter, availability epoch) is kept by pool name. [`Registry`] holds the
+//! live ones weakly so that an endpoint that leaves every table is freed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use http::uri::Authority;
+
+use crate::metrics::{CodeCounters, PoolEndpointCode};
+
+/// One endpoint of one pool.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Socket address.
+    pub addr: SocketAddr,
+    /// The same, as the upstream URI's authority (parsed once).
+    pub authority: Authority,
+    /// `sluice_upstream_requests_total` of this endpoint.
+    pub upstream: CodeCounters<PoolEndpointCode>,
+    /// The owning pool's state (its availability epoch is bumped when this
+    /// endpoint's availability changes).
+    pub pool: Arc<PoolState>,
+    in_flight: AtomicU32,
+}
+
+impl Endpoint {
+    /// A fresh endpoint with no history.
+    pub fn new(
+        addr: SocketAddr,
+        upstream: CodeCounters<PoolEndpointCode>,
+        pool: Arc<PoolState>,
+    ) -> Self {
+        Self {
+            addr,
+            // A socket address always renders as a valid authority.
+            authority: Authority::try_from(addr.to_string())
+                .unwrap_or_else(|_| Authority::from_static("invalid")),
+            upstream,
+            pool,
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    /// Requests to this endpoint that have not finished.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request to this endpoint as in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Whether the endpoint may take traffic (healthy and not ejected).
+    pub fn is_available(&self) -> bool {
+        true
+    }
+}
+
+/// A request in flight to an endpoint.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// State of one pool that survives table versions.
+#[derive(Debug, Default)]
+pub struct PoolState {
+    /// Bumped whenever an endpoint's availability changes; a pool rebuilds
+    /// its balancer over the available endpoints when it sees a new value.
+    pub epoch: AtomicU64,
+}
+
+impl PoolState {
+    /// Marks the pool's availability as changed.
+    pub fn availability_changed(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The live pools' and endpoints' state, weakly held, so a table build can
+/// find the state of what it keeps.
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<RegistryInner>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryInner {
+    pools: HashMap<String, Weak<PoolState>>,
+    endpoints: HashMap<(String, SocketAddr), Weak<Endpoint>>,
+}
+
+impl Registry {
+    /// The state of pool `name`, kept or new.
+    pub fn pool(&self, name: &str) -> Arc<PoolState> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = inner.pools.get(name).and_then(Weak::upgrade) {
+            return state;
+        }
+        let state = Arc::new(PoolState::default());
+        inner.pools.insert(name.to_string(), Arc::downgrade(&state));
+        state
+    }
+
+    /// The endpoint `addr` of pool `name`, kept or made by `make`.
+    pub fn endpoint(
+        &self,
+        pool: &str,
+        addr: SocketAddr,
+        make: impl FnOnce() -> Endpoint,
+    ) -> Arc<Endpoint> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (pool.to_string(), addr);
+        if let Some(ep) = inner.endpoints.get(&key).and_then(Weak::upgrade) {
+            return ep;
+        }
+        let ep = Arc::new(make());
+        inner.endpoints.insert(key, Arc::downgrade(&ep));
+        ep
+    }
+
+    /// Forgets entries whose state was freed.
+    pub fn prune(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.pools.retain(|_, w| w.strong_count() > 0);
+        inner.endpoints.retain(|_, w| w.strong_count() > 0);
+    }
+
+    /// Number of live endpoint entries (for tests).
+    pub fn endpoints(&self) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .endpoints
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+}
