@@ -18,8 +18,10 @@ use std::num::NonZeroU32;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sluice_crds::{Algorithm as CrdAlgorithm, Backend, BackendPoolSpec, EndpointCounts};
-use sluice_protocol::route::{Host, PathPrefix};
+use sluice_protocol::route::{Host, PathPrefix, RouteError, validate_pools};
 use sluice_protocol::{Algorithm, Endpoint, PoolRoute};
 
 /// Label that ties an EndpointSlice to its Service.
@@ -101,15 +103,51 @@ pub fn compute(
         algorithm: match spec.algorithm {
             CrdAlgorithm::RoundRobin => Algorithm::RoundRobin,
             CrdAlgorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+            CrdAlgorithm::LeastRequest => Algorithm::LeastRequest,
+            CrdAlgorithm::Random => Algorithm::Random,
+            CrdAlgorithm::PeakEwma => Algorithm::PeakEwma,
+            CrdAlgorithm::RingHash => Algorithm::RingHash,
+            CrdAlgorithm::Maglev => Algorithm::Maglev,
         },
         endpoints: weigh(per_backend),
-        ..Default::default()
+        hash_key: policy("hashKey", &spec.hash_key)?,
+        session_affinity: policy("sessionAffinity", &spec.session_affinity)?,
+        health_check: policy("healthCheck", &spec.health_check)?,
+        outlier_detection: policy("outlierDetection", &spec.outlier_detection)?,
+        circuit_breaker: policy("circuitBreaker", &spec.circuit_breaker)?,
+        retries: policy("retries", &spec.retries)?,
+        timeouts: policy("timeouts", &spec.timeouts)?,
+        rate_limit: policy("rateLimit", &spec.rate_limit)?,
+        tls: None,
+        activation: None,
     };
+    validate_pools(std::slice::from_ref(&route)).map_err(|e| match e {
+        RouteError::Policy { message, .. } => InvalidSpec(format!("spec: {message}")),
+        other => InvalidSpec(other.to_string()),
+    })?;
     Ok(Resolved {
         route,
         endpoints: counts,
         unresolved,
     })
+}
+
+/// Carries one policy of the spec into the route. The CRD and the protocol
+/// share field names, so the spec's JSON is read again in the protocol's
+/// type, which validates it (durations, combinations the schema cannot
+/// express) and fills in the defaults.
+fn policy<C: Serialize, P: DeserializeOwned>(
+    field: &str,
+    value: &Option<C>,
+) -> Result<Option<P>, InvalidSpec> {
+    value
+        .as_ref()
+        .map(|v| {
+            serde_json::to_value(v)
+                .and_then(serde_json::from_value)
+                .map_err(|e| InvalidSpec(format!("spec.{field}: {e}")))
+        })
+        .transpose()
 }
 
 /// One endpoint address as the slices describe it.
@@ -558,5 +596,54 @@ pub(crate) mod tests {
                 .0
                 .starts_with("spec.hosts")
         );
+    }
+
+    #[test]
+    fn policies_reach_the_route_with_defaults_filled_in() {
+        let spec: BackendPoolSpec = serde_json::from_value(serde_json::json!({
+            "backends": [{"address": "192.0.2.10:8080"}],
+            "algorithm": "Maglev",
+            "hashKey": {"cookie": "sid"},
+            "retries": {"attempts": 3, "retryOn": ["GatewayError"]},
+            "rateLimit": {"requestsPerSecond": 10, "key": "SourceIP"},
+            "healthCheck": {"path": "/ready"},
+        }))
+        .expect("spec");
+        let r = compute("ns", "p", &spec, &Fixture::default()).expect("valid");
+        assert_eq!(r.route.algorithm, Algorithm::Maglev);
+        assert_eq!(
+            r.route.hash_key,
+            Some(sluice_protocol::HashKey::Cookie("sid".into()))
+        );
+        let retries = r.route.retries();
+        assert_eq!(retries.attempts, 3);
+        assert_eq!(retries.budget_percent.get(), 20, "default filled in");
+        let hc = r.route.health_check.expect("health check");
+        assert_eq!(
+            (hc.path.as_str(), hc.interval.get().as_secs()),
+            ("/ready", 5)
+        );
+        assert!(r.route.timeouts.is_none(), "omitted stays omitted");
+    }
+
+    #[test]
+    fn a_policy_the_schema_cannot_judge_is_an_invalid_spec() {
+        let spec: BackendPoolSpec = serde_json::from_value(serde_json::json!({
+            "backends": [{"address": "192.0.2.10:8080"}],
+            "timeouts": {"connect": "0s"},
+        }))
+        .expect("spec");
+        let err = compute("ns", "p", &spec, &Fixture::default()).expect_err("0s connect");
+        assert!(
+            err.0.contains("spec.timeouts") && err.0.contains("longer than 0s"),
+            "{err}"
+        );
+        let spec: BackendPoolSpec = serde_json::from_value(serde_json::json!({
+            "backends": [{"address": "192.0.2.10:8080"}],
+            "hashKey": {"header": "x-user"},
+        }))
+        .expect("spec");
+        let err = compute("ns", "p", &spec, &Fixture::default()).expect_err("hashKey with RR");
+        assert!(err.0.contains("hashKey"), "{err}");
     }
 }

@@ -7,6 +7,7 @@
 //! controller ever sees it.
 
 mod backend_pool;
+pub mod policy;
 mod scaling_trigger;
 
 pub use backend_pool::{
