@@ -384,6 +384,67 @@ async fn a_missing_service_is_a_false_condition_with_an_event() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_claiming_a_served_host_is_conflicted_and_takes_no_traffic() -> anyhow::Result<()> {
+    let env = Env::start(&["backend-1"]).await?;
+    // A newer pool for the same host and prefix, pointing somewhere else.
+    env.api.apply(pool("zz-copy", HOST, "does-not-exist"))?;
+    let status = until(
+        Duration::from_secs(10),
+        "Accepted=False on the newer pool",
+        || async {
+            let s = env.api.get(&pools(), NS, "zz-copy")?["status"].clone();
+            (condition(&s, "Accepted")?.0 == "False").then_some(s)
+        },
+    )
+    .await?;
+    assert_eq!(
+        condition(&status, "Accepted"),
+        Some(("False".into(), "Conflicted".into()))
+    );
+    let events = Collection::of("events.k8s.io/v1", "Event");
+    until(Duration::from_secs(10), "a Conflicted Event", || async {
+        env.api
+            .list(&events)
+            .into_iter()
+            .find(|e| e["reason"] == "Conflicted" && e["regarding"]["name"] == "zz-copy")
+    })
+    .await?;
+    // The older pool keeps serving; the winner's status stays Accepted.
+    assert_eq!(
+        env.answers(0, 4).await?.keys().collect::<Vec<_>>(),
+        vec!["backend-1"]
+    );
+    let winner = env
+        .api
+        .get(&pools(), NS, "web")
+        .map(|p| p["status"].clone());
+    assert_eq!(
+        winner
+            .as_ref()
+            .and_then(|s| condition(s, "Accepted"))
+            .map(|c| c.0),
+        Some("True".into())
+    );
+    // The winner goes: the other pool takes over the host (and, with no
+    // such Service, answers 503 rather than the old backend).
+    env.api.delete(&pools(), NS, "web");
+    until(
+        Duration::from_secs(10),
+        "the newer pool to take over",
+        || async {
+            let a = env
+                .http
+                .get(env.dataplanes[0].http_addr(), HOST, "/")
+                .await
+                .ok()?;
+            (a.status == 503).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_refuses_dataplanes_without_the_token() -> anyhow::Result<()> {
     let env = Env::start(&["backend-1"]).await?;
     let http = HttpClient::new();
