@@ -9,14 +9,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use sluice_crds::{BackendPool, EndpointCounts};
 use sluice_protocol::PoolRoute;
 use sluice_protocol::route::PathPrefix;
 
-use crate::route::{self, InvalidSpec, Lookup, SERVICE_NAME_LABEL, Unresolved};
+use crate::route::{self, InvalidSpec, Lookup, SERVICE_NAME_LABEL, TLS_REASONS, Unresolved};
 
 /// `(namespace, name)`.
 pub type Key = (String, String);
@@ -85,6 +85,12 @@ pub enum Change {
     AllServices(Vec<Service>),
     /// A watcher relisted: these are now all the slices.
     AllSlices(Vec<EndpointSlice>),
+    /// A TLS Secret was added or modified.
+    Secret(Box<Secret>),
+    /// A TLS Secret was deleted.
+    SecretDeleted(Key),
+    /// A watcher relisted: these are now all the TLS Secrets.
+    AllSecrets(Vec<Secret>),
 }
 
 /// The route changes of one batch.
@@ -108,6 +114,10 @@ pub struct Index {
     slices_by_service: BTreeMap<Key, BTreeSet<Key>>,
     /// Service key → pools that reference it.
     pools_by_service: BTreeMap<Key, BTreeSet<Key>>,
+    /// TLS Secrets referenced or not (a pool may reference one later).
+    secrets: BTreeMap<Key, Secret>,
+    /// Secret key → pools that reference it.
+    pools_by_secret: BTreeMap<Key, BTreeSet<Key>>,
     dirty: BTreeSet<Key>,
     deleted: BTreeSet<Key>,
     /// Host + path prefix → the pools claiming it, oldest first.
@@ -136,6 +146,10 @@ impl Lookup for Index {
             .flatten()
             .filter_map(|k| self.slices.get(k))
             .collect()
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
+        self.secrets.get(&(namespace.to_string(), name.to_string()))
     }
 }
 
@@ -192,6 +206,30 @@ impl Index {
                 let old: Vec<Key> = self.slices.keys().cloned().collect();
                 old.iter().for_each(|k| self.delete_slice(k));
                 slices.into_iter().for_each(|s| self.upsert_slice(s));
+            }
+            Change::Secret(secret) => {
+                let key = key_of(&*secret);
+                if self.secrets.get(&key) != Some(&*secret) {
+                    self.secrets.insert(key.clone(), *secret);
+                    self.mark_secret(&key);
+                }
+            }
+            Change::SecretDeleted(key) => {
+                self.secrets.remove(&key);
+                self.mark_secret(&key);
+            }
+            Change::AllSecrets(secrets) => {
+                let new: BTreeMap<Key, Secret> =
+                    secrets.into_iter().map(|s| (key_of(&s), s)).collect();
+                let changed: Vec<Key> = self
+                    .secrets
+                    .keys()
+                    .chain(new.keys())
+                    .filter(|k| self.secrets.get(*k) != new.get(*k))
+                    .cloned()
+                    .collect();
+                self.secrets = new;
+                changed.iter().for_each(|k| self.mark_secret(k));
             }
         }
     }
@@ -294,6 +332,9 @@ impl Index {
         for pools in self.pools_by_service.values_mut() {
             pools.remove(&key);
         }
+        for pools in self.pools_by_secret.values_mut() {
+            pools.remove(&key);
+        }
     }
 
     fn upsert_slice(&mut self, slice: EndpointSlice) {
@@ -323,6 +364,12 @@ impl Index {
                 }
             }
             self.mark_service(&svc_key);
+        }
+    }
+
+    fn mark_secret(&mut self, secret: &Key) {
+        if let Some(pools) = self.pools_by_secret.get(secret) {
+            self.dirty.extend(pools.iter().cloned());
         }
     }
 
@@ -364,6 +411,15 @@ impl Index {
                     .or_default()
                     .insert(key.clone());
             }
+            for pools in self.pools_by_secret.values_mut() {
+                pools.remove(&key);
+            }
+            if let Some(tls) = &pool.spec.tls {
+                self.pools_by_secret
+                    .entry((key.0.clone(), tls.secret_name.clone()))
+                    .or_default()
+                    .insert(key.clone());
+            }
             let conflict = self.conflict(&key);
             let outcome = route::compute(&key.0, &key.1, &pool.spec, self);
             let Some(state) = self.pools.get_mut(&key) else {
@@ -382,7 +438,16 @@ impl Index {
             }
             state.conflict = None;
             match outcome {
-                Ok(resolved) => {
+                Ok(mut resolved) => {
+                    // A Secret that went missing or bad does not take the
+                    // certificate away: the last good one keeps serving.
+                    let tls_broken = resolved
+                        .unresolved
+                        .iter()
+                        .any(|u| TLS_REASONS.contains(&u.reason));
+                    if tls_broken && resolved.route.tls.is_none() {
+                        resolved.route.tls = state.route.as_ref().and_then(|r| r.tls.clone());
+                    }
                     state.invalid = None;
                     state.unresolved = resolved.unresolved;
                     state.endpoints = resolved.endpoints;
@@ -396,6 +461,7 @@ impl Index {
             batch.touched.push(key);
         }
         self.pools_by_service.retain(|_, pools| !pools.is_empty());
+        self.pools_by_secret.retain(|_, pools| !pools.is_empty());
         batch
     }
 
@@ -613,5 +679,51 @@ mod tests {
         let batch = ix.recompute();
         assert_eq!(batch.removes, ["ns/other"]);
         assert!(batch.upserts.iter().all(|r| r.name != "ns/other"));
+    }
+
+    #[test]
+    fn a_renewed_secret_reaches_the_route_and_a_deleted_one_keeps_the_last_certificate() {
+        use crate::route::tests::{CRT, KEY, tls_secret};
+        let mut ix = Index::new();
+        let mut p = pool("ns", "p", serde_json::json!([{"address": "192.0.2.1:80"}]));
+        p.spec.tls = Some(sluice_crds::TlsRef {
+            secret_name: "p-tls".into(),
+        });
+        ix.apply(Change::Pool(Box::new(p)));
+        ix.apply(Change::AllSecrets(vec![tls_secret(
+            "ns", "p-tls", CRT, KEY,
+        )]));
+        let batch = ix.recompute();
+        let pem = |b: &Batch| {
+            b.upserts[0]
+                .tls
+                .as_ref()
+                .and_then(|t| t.certificate.clone())
+        };
+        assert_eq!(pem(&batch).as_deref(), Some(CRT));
+
+        // Renewal: same key, the chain doubled (any change will do).
+        let renewed = format!("{CRT}{CRT}");
+        ix.apply(Change::Secret(Box::new(tls_secret(
+            "ns", "p-tls", &renewed, KEY,
+        ))));
+        let batch = ix.recompute();
+        assert_eq!(pem(&batch), Some(renewed.clone()));
+
+        ix.apply(Change::SecretDeleted(("ns".into(), "p-tls".into())));
+        let batch = ix.recompute();
+        assert_eq!(
+            pem(&batch),
+            Some(renewed),
+            "the last good certificate stays"
+        );
+        let state = ix.pool(&("ns".into(), "p".into())).expect("known");
+        assert_eq!(state.unresolved[0].reason, "SecretNotFound");
+
+        // An unrelated Secret changes nothing.
+        ix.apply(Change::Secret(Box::new(tls_secret(
+            "ns", "other", CRT, KEY,
+        ))));
+        assert!(!ix.has_pending());
     }
 }

@@ -15,14 +15,16 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_crds::{Algorithm as CrdAlgorithm, Backend, BackendPoolSpec, EndpointCounts};
 use sluice_protocol::route::{Host, PathPrefix, RouteError, validate_pools};
-use sluice_protocol::{Algorithm, Endpoint, PoolRoute};
+use sluice_protocol::{Algorithm, Endpoint, PoolRoute, Tls};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -33,7 +35,13 @@ pub trait Lookup {
     fn service(&self, namespace: &str, name: &str) -> Option<&Service>;
     /// Every EndpointSlice of the Service `namespace/name`.
     fn slices(&self, namespace: &str, service: &str) -> Vec<&EndpointSlice>;
+    /// The `kubernetes.io/tls` Secret `namespace/name`, if it exists.
+    fn secret(&self, namespace: &str, name: &str) -> Option<&Secret>;
 }
+
+/// Condition reasons of a TLS Secret that did not resolve; the index keeps
+/// the pool's last good certificate when it sees one of them.
+pub const TLS_REASONS: [&str; 2] = ["SecretNotFound", "InvalidSecret"];
 
 /// A reference the controller could not resolve; becomes `ResolvedRefs=False`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +104,7 @@ pub fn compute(
         }
     }
 
-    let route = PoolRoute {
+    let mut route = PoolRoute {
         name: format!("{namespace}/{name}"),
         hosts,
         path_prefix,
@@ -121,6 +129,12 @@ pub fn compute(
         tls: None,
         activation: None,
     };
+    if let Some(tls) = &spec.tls {
+        match resolve_tls(namespace, &tls.secret_name, lookup) {
+            Ok(tls) => route.tls = Some(tls),
+            Err(problem) => unresolved.push(problem),
+        }
+    }
     validate_pools(std::slice::from_ref(&route)).map_err(|e| match e {
         RouteError::Policy { message, .. } => InvalidSpec(format!("spec: {message}")),
         other => InvalidSpec(other.to_string()),
@@ -129,6 +143,51 @@ pub fn compute(
         route,
         endpoints: counts,
         unresolved,
+    })
+}
+
+/// The certificate and key of a `kubernetes.io/tls` Secret, checked: both
+/// keys present, PEM that parses into at least one certificate and a key.
+fn resolve_tls(namespace: &str, name: &str, lookup: &impl Lookup) -> Result<Tls, Unresolved> {
+    let secret = lookup.secret(namespace, name).ok_or_else(|| Unresolved {
+        reason: "SecretNotFound",
+        message: format!(
+            "spec.tls: Secret {namespace}/{name} not found (or not of type kubernetes.io/tls)"
+        ),
+    })?;
+    let invalid = |why: String| Unresolved {
+        reason: "InvalidSecret",
+        message: format!("spec.tls: Secret {namespace}/{name}: {why}"),
+    };
+    let field = |key: &str| -> Result<String, Unresolved> {
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .ok_or_else(|| invalid(format!("has no {key}")))?;
+        String::from_utf8(bytes.0.clone()).map_err(|_| invalid(format!("{key} is not PEM text")))
+    };
+    let certificate = field("tls.crt")?;
+    let private_key = field("tls.key")?;
+    let certs = CertificateDer::pem_slice_iter(certificate.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("tls.crt: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("tls.crt holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(private_key.as_bytes())
+        .map_err(|e| invalid(format!("tls.key: {e}")))?;
+    // The same check the dataplane's rustls makes: a key it can sign with,
+    // matching the leaf certificate.
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| invalid(format!("tls.key: {e}")))?;
+    rustls::sign::CertifiedKey::new(certs, signer)
+        .keys_match()
+        .map_err(|e| invalid(format!("tls.key does not match tls.crt: {e}")))?;
+    Ok(Tls {
+        certificate: Some(certificate),
+        private_key: Some(private_key),
+        ..Tls::default()
     })
 }
 
@@ -329,11 +388,15 @@ pub(crate) mod tests {
     pub struct Fixture {
         pub services: BTreeMap<(String, String), Service>,
         pub slices: Vec<EndpointSlice>,
+        pub secrets: BTreeMap<(String, String), Secret>,
     }
 
     impl Lookup for Fixture {
         fn service(&self, ns: &str, name: &str) -> Option<&Service> {
             self.services.get(&(ns.to_string(), name.to_string()))
+        }
+        fn secret(&self, ns: &str, name: &str) -> Option<&Secret> {
+            self.secrets.get(&(ns.to_string(), name.to_string()))
         }
         fn slices(&self, ns: &str, svc: &str) -> Vec<&EndpointSlice> {
             self.slices
@@ -645,5 +708,74 @@ pub(crate) mod tests {
         .expect("spec");
         let err = compute("ns", "p", &spec, &Fixture::default()).expect_err("hashKey with RR");
         assert!(err.0.contains("hashKey"), "{err}");
+    }
+
+    pub fn tls_secret(ns: &str, name: &str, crt: &str, key: &str) -> Secret {
+        use k8s_openapi::ByteString;
+        Secret {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(
+                [
+                    ("tls.crt".to_string(), ByteString(crt.as_bytes().to_vec())),
+                    ("tls.key".to_string(), ByteString(key.as_bytes().to_vec())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    pub const CRT: &str = include_str!("testdata/tls.crt");
+    pub const KEY: &str = include_str!("testdata/tls.key");
+
+    #[test]
+    fn a_tls_secret_is_shipped_as_pem_and_a_bad_one_is_a_reason() {
+        let spec: BackendPoolSpec = serde_json::from_value(serde_json::json!({
+            "hosts": ["shop.example.com"],
+            "backends": [{"address": "192.0.2.10:8080"}],
+            "tls": {"secretName": "shop-tls"},
+        }))
+        .expect("spec");
+        let mut fx = Fixture::default();
+        let r = compute("ns", "p", &spec, &fx).expect("valid spec");
+        assert_eq!(r.unresolved[0].reason, "SecretNotFound");
+        assert!(r.route.tls.is_none());
+        assert_eq!(r.route.endpoints.len(), 1, "plain traffic still routes");
+
+        fx.secrets.insert(
+            ("ns".into(), "shop-tls".into()),
+            tls_secret("ns", "shop-tls", CRT, KEY),
+        );
+        let r = compute("ns", "p", &spec, &fx).expect("valid spec");
+        assert!(r.unresolved.is_empty(), "{:?}", r.unresolved);
+        let tls = r.route.tls.expect("tls");
+        assert_eq!(tls.certificate.as_deref(), Some(CRT));
+        assert_eq!(tls.private_key.as_deref(), Some(KEY));
+
+        for (crt, key, why) in [
+            ("not pem", KEY, "tls.crt holds no certificate"),
+            (
+                CRT,
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                "tls.key",
+            ),
+        ] {
+            fx.secrets.insert(
+                ("ns".into(), "shop-tls".into()),
+                tls_secret("ns", "shop-tls", crt, key),
+            );
+            let r = compute("ns", "p", &spec, &fx).expect("valid spec");
+            assert_eq!(r.unresolved[0].reason, "InvalidSecret");
+            assert!(
+                r.unresolved[0].message.contains(why),
+                "{}",
+                r.unresolved[0].message
+            );
+        }
     }
 }

@@ -30,6 +30,7 @@ use crate::policy::{
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!has(self.hashKey) || (has(self.algorithm) && self.algorithm in ['RingHash', 'Maglev'])").message("hashKey is only used by RingHash and Maglev"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || (has(self.hosts) && size(self.hosts) > 0 && !('*' in self.hosts))").message("tls needs hosts (the certificate is chosen by SNI), and not '*'"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackendPoolSpec {
     /// Host names matched against the Host header (and SNI): exact names,
@@ -77,6 +78,20 @@ pub struct BackendPoolSpec {
     /// Local rate limit of each dataplane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// TLS termination for `hosts`, with the certificate of a
+    /// `kubernetes.io/tls` Secret in the pool's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsRef>,
+}
+
+/// The Secret holding a pool's certificate.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRef {
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`) in the
+    /// pool's namespace; renewals reach the dataplanes without restarts.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 fn root_prefix() -> String {

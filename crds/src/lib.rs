@@ -12,7 +12,7 @@ mod scaling_trigger;
 
 pub use backend_pool::{
     Algorithm, Backend, BackendPool, BackendPoolSpec, BackendPoolStatus, DataplaneCounts,
-    EndpointCounts,
+    EndpointCounts, TlsRef,
 };
 pub use scaling_trigger::{
     Behavior, CrossVersionObjectReference, MetricSpec, MetricStatus, MetricType, PoolRef,
