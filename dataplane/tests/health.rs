@@ -453,3 +453,27 @@ async fn health_and_ejections_survive_an_unrelated_table_update() {
     );
     dp.shutdown().await;
 }
+
+#[tokio::test]
+async fn dropping_the_health_check_puts_an_unhealthy_endpoint_back() {
+    let (a, sick) = (Switch::start("a").await, Switch::start("sick").await);
+    sick.set_health(503);
+    let path = temp_dir("health-off").join("sluice.yaml");
+    std::fs::write(&path, web(CHECKS, &[a.addr, sick.addr])).expect("write");
+    let dp = start(Source::File(path.clone())).await;
+    let http = client();
+    eventually("sick to fail its checks", async || {
+        endpoint(&http, &dp, sick.addr).await["healthy"] == false
+    })
+    .await;
+    assert!(who(&http, &dp, 6).await.iter().all(|w| w == "a"));
+
+    std::fs::write(&path, web("", &[a.addr, sick.addr])).expect("write");
+    eventually("sick to take traffic without checks", async || {
+        who(&http, &dp, 2).await.contains(&"sick".into())
+    })
+    .await;
+    let pools = pools(&http, &dp).await;
+    assert_eq!(pools["pools"][0]["healthChecked"], false, "{pools}");
+    dp.shutdown().await;
+}
