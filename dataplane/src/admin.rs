@@ -1,4 +1,5 @@
-//! The admin port: `/healthz`, `/readyz`, `/metrics`, `/debug/routes`.
+//! The admin port: `/healthz`, `/readyz`, `/metrics`, `/debug/routes`,
+//! `/debug/pools`.
 
 use std::sync::Arc;
 
@@ -54,6 +55,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
                 "lastError": state.last_error(),
                 "rejected": state.rejected(),
             });
+            reply(StatusCode::OK, "application/json", format!("{body:#}\n"))
+        }
+        "/debug/pools" => {
+            let body = crate::health::pools_json(&state.table.load());
             reply(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         other => reply(

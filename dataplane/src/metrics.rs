@@ -37,6 +37,15 @@ pub struct PoolCode {
     pub code: u16,
 }
 
+/// Labels `{pool, endpoint}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolEndpoint {
+    /// Pool name.
+    pub pool: String,
+    /// Endpoint address.
+    pub endpoint: String,
+}
+
 /// Labels `{pool, endpoint, code}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolEndpointCode {
@@ -131,6 +140,7 @@ pub struct Metrics {
     duration: Family<PoolLabel, Histogram, fn() -> Histogram>,
     upstream: Family<PoolEndpointCode, Counter>,
     inflight: Family<PoolLabel, Gauge>,
+    endpoint_healthy: Family<PoolEndpoint, Gauge>,
     /// `sluice_route_version`.
     pub route_version: Gauge,
     /// Per-pool counters of the current report window.
@@ -147,6 +157,7 @@ impl Metrics {
         );
         let upstream = Family::default();
         let inflight = Family::default();
+        let endpoint_healthy = Family::default();
         let route_version = Gauge::default();
         registry.register(
             "requests",
@@ -169,6 +180,11 @@ impl Metrics {
             inflight.clone(),
         );
         registry.register(
+            "endpoint_healthy",
+            "Whether an endpoint takes traffic: 1 when it passes its health checks and is not ejected",
+            endpoint_healthy.clone(),
+        );
+        registry.register(
             "route_version",
             "Version of the route table being served",
             route_version.clone(),
@@ -179,6 +195,7 @@ impl Metrics {
             duration,
             upstream,
             inflight,
+            endpoint_healthy,
             route_version,
             windows: Windows::default(),
         }
@@ -221,6 +238,53 @@ impl Metrics {
                 code: 0,
             },
         )
+    }
+}
+
+impl Metrics {
+    /// The `sluice_endpoint_healthy` series of one endpoint of a pool, set
+    /// to 1; it leaves the family when the returned handle is dropped.
+    pub fn endpoint_healthy(&self, pool: &str, endpoint: SocketAddr) -> HealthGauge {
+        let labels = PoolEndpoint {
+            pool: pool.to_string(),
+            endpoint: endpoint.to_string(),
+        };
+        let gauge = HealthGauge {
+            family: self.endpoint_healthy.clone(),
+            labels,
+        };
+        gauge.set(true);
+        gauge
+    }
+}
+
+/// One endpoint's `sluice_endpoint_healthy` series, removed from the
+/// exposition when the endpoint's state is freed (it left every table).
+/// Set only on transitions, so it looks the series up each time rather than
+/// caching a handle that a freed namesake may have removed from the family.
+#[derive(Debug)]
+pub struct HealthGauge {
+    family: Family<PoolEndpoint, Gauge>,
+    labels: PoolEndpoint,
+}
+
+impl HealthGauge {
+    /// Sets the series: 1 available, 0 not.
+    pub fn set(&self, available: bool) {
+        self.family
+            .get_or_create(&self.labels)
+            .set(i64::from(available));
+    }
+
+    /// The pool's name.
+    pub fn pool(&self) -> &str {
+        &self.labels.pool
+    }
+}
+
+impl Drop for HealthGauge {
+    fn drop(&mut self) {
+        self.family.remove(&self.labels);
     }
 }
 

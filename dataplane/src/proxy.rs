@@ -153,6 +153,7 @@ impl Proxy {
                 let code = resp.status().as_u16();
                 exchange.respond(code);
                 target.upstream.inc(code);
+                target.record_status(code);
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
                 let body = ProxyBody::Upstream {
@@ -165,6 +166,7 @@ impl Proxy {
             Err(e) => {
                 exchange.respond(502);
                 target.upstream.inc(0);
+                target.record_failure();
                 let why = describe(&e);
                 tracing::debug!(pool = %name, endpoint = %target.addr, error = %why, "endpoint failed");
                 let body = format!("endpoint {} failed: {why}\n", target.addr);
