@@ -17,6 +17,7 @@ pub mod server;
 pub mod status;
 pub mod store;
 pub mod stream;
+pub mod tls;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 pub use auth::Auth;
+pub use tls::TlsFiles;
 
 use crate::admin::Synced;
 use crate::dataplanes::Dataplanes;
@@ -63,6 +65,8 @@ pub struct Options {
     pub status_interval: Duration,
     /// This instance's name, for Events.
     pub instance: String,
+    /// Serve the stream over TLS with this pair (reloaded on change).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Options {
@@ -75,6 +79,7 @@ impl Default for Options {
             coalesce: Duration::from_millis(5),
             status_interval: Duration::from_secs(1),
             instance: "sluice-controller".into(),
+            tls: None,
         }
     }
 }
@@ -95,6 +100,9 @@ pub enum Error {
         "--auth none is only allowed on a loopback --listen address (got {0}); use --auth static:<file>"
     )]
     UnauthenticatedNonLoopback(SocketAddr),
+    /// The stream's certificate did not load.
+    #[error("--tls-cert/--tls-key: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running controller.
@@ -224,8 +232,22 @@ impl Controller {
             auth: opts.auth.clone(),
             keepalive: opts.keepalive,
         });
+        let acceptor = match &opts.tls {
+            None => None,
+            Some(files) => {
+                let (config, resolver) = tls::server_config(files)?;
+                tasks.spawn(tls::watch_files(
+                    files.clone(),
+                    resolver,
+                    tls::RELOAD_INTERVAL,
+                    stop_rx.clone(),
+                ));
+                Some(tokio_rustls::TlsAcceptor::from(config))
+            }
+        };
         tasks.spawn(server::serve(
             stream_listener,
+            acceptor,
             move |req, peer| stream::handle(Arc::clone(&ctx), req, peer),
             stop_rx.clone(),
         ));
@@ -234,6 +256,7 @@ impl Controller {
         let admin_synced = Arc::clone(&synced);
         tasks.spawn(server::serve(
             admin_listener,
+            None,
             move |req, _| admin::handle(req, Arc::clone(&admin_synced), Arc::clone(&admin_metrics)),
             stop_rx,
         ));

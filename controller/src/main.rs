@@ -1,11 +1,12 @@
 //! `sluice-controller`: the control plane binary.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_controller::{Auth, Controller, Options};
+use sluice_controller::{Auth, Controller, Options, TlsFiles};
 
 /// Watches BackendPools and EndpointSlices and streams routes to Sluice dataplanes.
 #[derive(Parser, Debug)]
@@ -22,6 +23,23 @@ struct Cli {
     /// Dataplane authentication: `none` (loopback only) or `static:<file>` (bearer tokens, one per line).
     #[arg(long, env = "SLUICE_AUTH", default_value = "none")]
     auth: Auth,
+    /// PEM certificate chain of the stream listener; with --tls-key, the
+    /// stream is served over TLS (the files are re-read when they change).
+    #[arg(
+        long,
+        env = "SLUICE_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the stream listener.
+    #[arg(
+        long,
+        env = "SLUICE_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    tls_key: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -74,6 +92,10 @@ async fn main() -> anyhow::Result<()> {
         admin: cli.admin,
         auth: cli.auth,
         instance: cli.name,
+        tls: cli
+            .tls_cert
+            .zip(cli.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
         ..Options::default()
     };
     let controller = Controller::start(client, opts).await?;

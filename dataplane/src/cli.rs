@@ -52,6 +52,15 @@ pub struct RunArgs {
         conflicts_with = "config"
     )]
     pub token_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signed the controller's certificate, for an
+    /// https:// --controller.
+    #[arg(
+        long,
+        env = "SLUICE_CA_FILE",
+        value_name = "FILE",
+        conflicts_with = "config"
+    )]
+    pub ca_file: Option<PathBuf>,
     /// Persist the last applied table in this directory and start from it.
     #[arg(long, env = "SLUICE_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -108,6 +117,7 @@ impl RunArgs {
             (None, Some(url)) => Source::Controller {
                 url,
                 token_file: self.token_file,
+                ca_file: self.ca_file,
             },
             (None, None) => return None,
         };

@@ -55,6 +55,8 @@ pub enum Source {
         /// Bearer token file, re-read on every connect because projected
         /// ServiceAccount tokens rotate.
         token_file: Option<PathBuf>,
+        /// CA bundle that signed the controller's certificate (`https://`).
+        ca_file: Option<PathBuf>,
     },
     /// Standalone mode: a YAML `{pools: [PoolRoute]}` file, reloaded when it
     /// changes; it must be valid at start.
@@ -146,8 +148,13 @@ impl Dataplane {
                 state.install(routes);
                 Some(Background::File { path, text })
             }
-            Source::Controller { url, token_file } => {
-                let conn = ControllerConn::new(&url, token_file, opts.name.clone())?;
+            Source::Controller {
+                url,
+                token_file,
+                ca_file,
+            } => {
+                let conn =
+                    ControllerConn::new(&url, token_file, ca_file.as_deref(), opts.name.clone())?;
                 if let Some(routes) = opts.state_dir.as_deref().and_then(persist::load) {
                     tracing::info!(
                         version = routes.version,

@@ -33,7 +33,7 @@ pub async fn run(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = http_client::<Full<Bytes>>();
+    let client = http_client::<Full<Bytes>>(&conn);
     let url = format!("{}{REPORTS_PATH}", conn.base);
     let mut queue: VecDeque<Report> = VecDeque::new();
     let mut seq = 0u64;

@@ -11,7 +11,7 @@
 //! back off exponentially with jitter.
 
 use std::hash::{BuildHasher, RandomState};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_protocol::{ROUTES_PATH, RouteEvent, sse};
 use tokio::sync::watch;
+
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::listener::stopped;
 use crate::state::State;
@@ -48,25 +53,32 @@ pub enum UrlError {
         /// What the parser said.
         reason: String,
     },
-    /// `https://`, which needs the TLS client that comes later.
+    /// `https://` without the CA to check the controller's certificate.
     #[error(
-        "--controller {url:?}: https controller URLs arrive with TLS support; use http:// for now"
+        "--controller {url:?}: an https controller needs --ca-file (the CA that signed its certificate)"
     )]
-    Https {
+    NoCa {
         /// The URL given.
         url: String,
     },
+    /// The CA file is unusable.
+    #[error("--ca-file {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// Another scheme, or none.
-    #[error("--controller {url:?}: expected an http:// URL")]
+    #[error("--controller {url:?}: expected an http:// or https:// URL")]
     Scheme {
         /// The URL given.
         url: String,
     },
 }
 
-/// The HTTP client for the controller. One place to change when TLS
-/// arrives: an https connector goes here, the callers stay as they are.
-pub type ControllerClient<B> = Client<HttpConnector, B>;
+/// The HTTP client for the controller, over TLS for `https://` URLs.
+pub type ControllerClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 
 /// Where the controller is and how to authenticate to it.
 #[derive(Clone, Debug)]
@@ -77,22 +89,53 @@ pub struct ControllerConn {
     pub token_file: Option<PathBuf>,
     /// This dataplane's name.
     pub name: String,
+    /// TLS settings: roots from `--ca-file` (none for `http://`).
+    pub tls: Arc<ClientConfig>,
 }
 
 impl ControllerConn {
-    /// Validates the URL.
-    pub fn new(url: &str, token_file: Option<PathBuf>, name: String) -> Result<Self, UrlError> {
+    /// Validates the URL and loads the CA of an `https://` one.
+    pub fn new(
+        url: &str,
+        token_file: Option<PathBuf>,
+        ca_file: Option<&Path>,
+        name: String,
+    ) -> Result<Self, UrlError> {
         let uri: Uri = url
             .parse()
             .map_err(|e: http::uri::InvalidUri| UrlError::Invalid {
                 url: url.to_string(),
                 reason: e.to_string(),
             })?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(UrlError::Https { url: url.into() }),
+        let mut roots = RootCertStore::empty();
+        match (uri.scheme_str(), ca_file) {
+            (Some("http"), _) => {}
+            (Some("https"), None) => return Err(UrlError::NoCa { url: url.into() }),
+            (Some("https"), Some(path)) => {
+                let ca = |reason: String| UrlError::Ca {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| ca(e.to_string()))?;
+                    roots.add(cert).map_err(|e| ca(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(ca("no certificate in the file".into()));
+                }
+            }
             _ => return Err(UrlError::Scheme { url: url.into() }),
         }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UrlError::Invalid {
+                url: url.into(),
+                reason: e.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         if uri.query().is_some() {
             return Err(UrlError::Invalid {
                 url: url.into(),
@@ -103,6 +146,7 @@ impl ControllerConn {
             base: url.trim_end_matches('/').to_string(),
             token_file,
             name,
+            tls: Arc::new(tls),
         })
     }
 
@@ -144,8 +188,9 @@ fn query_escape(s: &str) -> String {
     out
 }
 
-/// A client for the controller (plain HTTP for now).
-pub fn http_client<B>() -> ControllerClient<B>
+/// A client for the controller, checking its certificate against the CA of
+/// `conn` on `https://`.
+pub fn http_client<B>(conn: &ControllerConn) -> ControllerClient<B>
 where
     B: hyper::body::Body + Send + 'static + Unpin,
     B::Data: Send,
@@ -154,6 +199,12 @@ where
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
     connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config((*conn.tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
@@ -175,7 +226,7 @@ struct Session {
 
 /// Follows the stream until `stop`.
 pub async fn follow(conn: ControllerConn, state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    let client = http_client::<Empty<Bytes>>();
+    let client = http_client::<Empty<Bytes>>(&conn);
     let mut backoff = BACKOFF_START;
     let mut want_snapshot = false;
     loop {
@@ -311,19 +362,21 @@ mod tests {
 
     #[test]
     fn urls_are_checked_and_the_name_escaped() {
-        let c = ControllerConn::new("http://ctl:8090/", None, "dp 1/a".into()).expect("valid");
+        let c =
+            ControllerConn::new("http://ctl:8090/", None, None, "dp 1/a".into()).expect("valid");
         assert_eq!(
             c.routes_url(),
             "http://ctl:8090/v1/routes?dataplane=dp%201%2Fa"
         );
-        let err = ControllerConn::new("https://ctl:8090", None, "dp".into()).expect_err("https");
-        assert!(
-            err.to_string()
-                .contains("https controller URLs arrive with TLS support"),
-            "{err}"
-        );
-        assert!(ControllerConn::new("ctl:8090", None, "dp".into()).is_err());
-        assert!(ControllerConn::new("http://ctl?x=1", None, "dp".into()).is_err());
+        let err =
+            ControllerConn::new("https://ctl:8090", None, None, "dp".into()).expect_err("no CA");
+        assert!(err.to_string().contains("needs --ca-file"), "{err}");
+        let missing = Path::new("/nonexistent/ca.pem");
+        let err = ControllerConn::new("https://ctl:8090", None, Some(missing), "dp".into())
+            .expect_err("unreadable CA");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        assert!(ControllerConn::new("ctl:8090", None, None, "dp".into()).is_err());
+        assert!(ControllerConn::new("http://ctl?x=1", None, None, "dp".into()).is_err());
     }
 
     #[test]

@@ -37,7 +37,11 @@ fn delta(version: u64, base: u64, upserts: Vec<PoolRoute>) -> RouteEvent {
 }
 
 fn cluster(url: String, token_file: Option<std::path::PathBuf>) -> Options {
-    let mut opts = options(Source::Controller { url, token_file });
+    let mut opts = options(Source::Controller {
+        url,
+        token_file,
+        ca_file: None,
+    });
     opts.grace_period = Duration::from_secs(1);
     opts
 }

@@ -101,6 +101,7 @@ impl Env {
                     source: Source::Controller {
                         url: format!("http://{stream_addr}"),
                         token_file: Some(token_file.clone()),
+                        ca_file: None,
                     },
                     name: format!("dp-{i}"),
                     http: "127.0.0.1:0".parse()?,
