@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod breaker;
 pub mod cli;
 pub mod demo;
 pub mod endpoint;
@@ -18,11 +19,15 @@ pub mod forward;
 pub mod listener;
 pub mod metrics;
 pub mod persist;
+pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod report;
+pub mod retry;
 pub mod state;
 pub mod stream;
 pub mod table;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -131,6 +131,7 @@ pub struct Metrics {
     duration: Family<PoolLabel, Histogram, fn() -> Histogram>,
     upstream: Family<PoolEndpointCode, Counter>,
     inflight: Family<PoolLabel, Gauge>,
+    ratelimited: Family<PoolLabel, Counter>,
     /// `sluice_route_version`.
     pub route_version: Gauge,
     /// Per-pool counters of the current report window.
@@ -147,6 +148,7 @@ impl Metrics {
         );
         let upstream = Family::default();
         let inflight = Family::default();
+        let ratelimited = Family::default();
         let route_version = Gauge::default();
         registry.register(
             "requests",
@@ -169,6 +171,11 @@ impl Metrics {
             inflight.clone(),
         );
         registry.register(
+            "ratelimited",
+            "Requests refused with 429 by the pool's rate limit, by pool",
+            ratelimited.clone(),
+        );
+        registry.register(
             "route_version",
             "Version of the route table being served",
             route_version.clone(),
@@ -179,6 +186,7 @@ impl Metrics {
             duration,
             upstream,
             inflight,
+            ratelimited,
             route_version,
             windows: Windows::default(),
         }
@@ -207,6 +215,7 @@ impl Metrics {
             ),
             duration: self.duration.get_or_create_owned(&label),
             inflight: self.inflight.get_or_create_owned(&label),
+            ratelimited: self.ratelimited.get_or_create_owned(&label),
             window: self.windows.get(pool),
         }
     }
@@ -242,6 +251,7 @@ pub struct PoolMetrics {
     requests: CodeCounters<PoolCode>,
     duration: Histogram,
     inflight: Gauge,
+    ratelimited: Counter,
     window: Arc<PoolWindow>,
 }
 
@@ -255,6 +265,11 @@ impl PoolMetrics {
             metrics: Arc::clone(self),
             started: Instant::now(),
         }
+    }
+
+    /// A request was refused by the pool's rate limit.
+    pub fn rate_limited(&self) {
+        self.ratelimited.inc();
     }
 }
 
