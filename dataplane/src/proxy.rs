@@ -371,11 +371,10 @@ async fn attempts(pool: &Pool, first: &Arc<Endpoint>, parts: Parts, body: Incomi
                     tries,
                 },
                 None => {
-                    let mut resp = local(status, reason, why);
-                    if let Some(over) = over {
-                        resp.headers_mut()
-                            .insert(OVERFLOW_HEADER, HeaderValue::from_static(over.header()));
-                    }
+                    let resp = match over {
+                        Some(over) => overflow(&pool.route.name, over),
+                        None => local(status, reason, why),
+                    };
                     Answer::Local { resp, tries }
                 }
             };
