@@ -267,3 +267,56 @@ async fn a_response_body_that_goes_silent_is_cut_after_the_idle_timeout() {
         "the cut body ends in an error, not a clean end"
     );
 }
+
+#[tokio::test]
+async fn a_post_whose_endpoint_refused_the_connection_is_sent_whole_to_another() {
+    let dead = closed_port().await;
+    let good = Backend::start("good").await;
+    // Default retries: ConnectFailure, any method.
+    let dp = start(Source::Static(table(&format!(
+        "pools:\n  - name: p\n    endpoints: [{{address: {dead}}}, {{address: {}}}]\n",
+        good.addr
+    ))))
+    .await;
+    let http = client();
+    for i in 0..6 {
+        let body = format!("order={i}");
+        let req = Request::post(format!("http://{}/echo", dp.http_addr()))
+            .header("host", "x")
+            .body(Full::new(Bytes::from(body.clone())))
+            .expect("request");
+        let got = send(&http, req).await;
+        assert_eq!((got.status, got.backend.as_str()), (StatusCode::OK, "good"));
+        assert_eq!(got.text(), body, "the body arrived whole");
+    }
+}
+
+#[tokio::test]
+async fn a_reset_is_retried_for_get_but_not_once_a_post_body_was_sent() {
+    let broken = garbage_backend().await;
+    let good = Backend::start("good").await;
+    let dp = start(Source::Static(table(&format!(
+        "pools:\n  - name: p\n    retries: {{attempts: 1, retryOn: [Reset]}}\n    endpoints: [{{address: {broken}}}, {{address: {}}}]\n",
+        good.addr
+    ))))
+    .await;
+    let http = client();
+    let mut retried = 0;
+    for _ in 0..6 {
+        let got = proxy_get(&http, &dp, "x", "/").await;
+        assert_eq!((got.status, got.backend.as_str()), (StatusCode::OK, "good"));
+        retried += usize::from(attempts(&got) == "2");
+    }
+    assert!(retried > 0, "the broken endpoint was tried");
+    let mut failed = 0;
+    for _ in 0..6 {
+        let got = send(&http, post(dp.http_addr(), "order=1")).await;
+        if got.status == StatusCode::BAD_GATEWAY {
+            assert_eq!(got.error, "upstream-failed");
+            failed += 1;
+        } else {
+            assert_eq!(got.backend, "good");
+        }
+    }
+    assert!(failed > 0, "a sent POST is not retried after a reset");
+}
