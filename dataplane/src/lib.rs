@@ -4,6 +4,8 @@
 //!
 //! Layout: [`table`] (host + prefix routing, swapped whole), [`balance`]
 //! (endpoint selection), [`proxy`] and [`forward`] (the request path),
+//! [`policy`] with [`upstream`], [`retry`], [`breaker`] and [`ratelimit`]
+//! (per-pool clients, retries, timeouts, circuit breaker, rate limits),
 //! [`listener`] (serving with graceful drain), [`stream`] and [`report`]
 //! (cluster mode), [`file`] (standalone mode), [`persist`] (`--state-dir`),
 //! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`].
