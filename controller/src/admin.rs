@@ -19,6 +19,8 @@ pub struct Synced {
     pub services: AtomicBool,
     /// EndpointSlices listed.
     pub slices: AtomicBool,
+    /// TLS Secrets listed.
+    pub secrets: AtomicBool,
 }
 
 impl Synced {
@@ -27,6 +29,7 @@ impl Synced {
         [
             ("backendpools", &self.pools),
             ("services", &self.services),
+            ("secrets", &self.secrets),
             ("endpointslices", &self.slices),
         ]
         .into_iter()

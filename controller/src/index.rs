@@ -9,19 +9,40 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use sluice_crds::{BackendPool, EndpointCounts};
 use sluice_protocol::PoolRoute;
+use sluice_protocol::route::PathPrefix;
 
-use crate::route::{self, InvalidSpec, Lookup, SERVICE_NAME_LABEL, Unresolved};
+use crate::route::{self, InvalidSpec, Lookup, SERVICE_NAME_LABEL, TLS_REASONS, Unresolved};
 
 /// `(namespace, name)`.
 pub type Key = (String, String);
 
 fn key_of<K: ResourceExt>(obj: &K) -> Key {
     (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The host + prefix pairs a spec claims (none when they do not parse: the
+/// spec is invalid and claims nothing).
+fn claims(spec: &sluice_crds::BackendPoolSpec) -> Vec<Claim> {
+    let Ok(prefix) = PathPrefix::try_from(spec.path_prefix.clone()) else {
+        return vec![];
+    };
+    let hosts: Vec<String> = if spec.hosts.is_empty() {
+        vec!["*".into()]
+    } else {
+        spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+    };
+    let mut claims: Vec<Claim> = hosts
+        .into_iter()
+        .map(|h| (h, prefix.as_str().to_string()))
+        .collect();
+    claims.sort();
+    claims.dedup();
+    claims
 }
 
 /// What the controller knows about one pool, for its status.
@@ -37,6 +58,8 @@ pub struct PoolState {
     pub endpoints: EndpointCounts,
     /// The route being served (the last good one when the spec turned invalid).
     pub route: Option<PoolRoute>,
+    /// Why the pool lost a host + path prefix to an older pool, if it did.
+    pub conflict: Option<String>,
     /// Version of the store that carries `route`.
     pub route_version: Option<u64>,
 }
@@ -62,6 +85,12 @@ pub enum Change {
     AllServices(Vec<Service>),
     /// A watcher relisted: these are now all the slices.
     AllSlices(Vec<EndpointSlice>),
+    /// A TLS Secret was added or modified.
+    Secret(Box<Secret>),
+    /// A TLS Secret was deleted.
+    SecretDeleted(Key),
+    /// A watcher relisted: these are now all the TLS Secrets.
+    AllSecrets(Vec<Secret>),
 }
 
 /// The route changes of one batch.
@@ -85,9 +114,24 @@ pub struct Index {
     slices_by_service: BTreeMap<Key, BTreeSet<Key>>,
     /// Service key → pools that reference it.
     pools_by_service: BTreeMap<Key, BTreeSet<Key>>,
+    /// TLS Secrets referenced or not (a pool may reference one later).
+    secrets: BTreeMap<Key, Secret>,
+    /// Secret key → pools that reference it.
+    pools_by_secret: BTreeMap<Key, BTreeSet<Key>>,
     dirty: BTreeSet<Key>,
     deleted: BTreeSet<Key>,
+    /// Host + path prefix → the pools claiming it, oldest first.
+    claims: BTreeMap<Claim, BTreeSet<Seniority>>,
+    /// Pool → its seniority and claims.
+    claims_of: BTreeMap<Key, (Seniority, Vec<Claim>)>,
 }
+
+/// `(host, path prefix)`; a pool without hosts claims `*`.
+type Claim = (String, String);
+
+/// Creation time (seconds; pools without one count as newest), then
+/// `namespace/name`: oldest first, ties broken by name, as Gateway API does.
+type Seniority = (i64, Key);
 
 impl Lookup for Index {
     fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
@@ -102,6 +146,10 @@ impl Lookup for Index {
             .flatten()
             .filter_map(|k| self.slices.get(k))
             .collect()
+    }
+
+    fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
+        self.secrets.get(&(namespace.to_string(), name.to_string()))
     }
 }
 
@@ -159,6 +207,30 @@ impl Index {
                 old.iter().for_each(|k| self.delete_slice(k));
                 slices.into_iter().for_each(|s| self.upsert_slice(s));
             }
+            Change::Secret(secret) => {
+                let key = key_of(&*secret);
+                if self.secrets.get(&key) != Some(&*secret) {
+                    self.secrets.insert(key.clone(), *secret);
+                    self.mark_secret(&key);
+                }
+            }
+            Change::SecretDeleted(key) => {
+                self.secrets.remove(&key);
+                self.mark_secret(&key);
+            }
+            Change::AllSecrets(secrets) => {
+                let new: BTreeMap<Key, Secret> =
+                    secrets.into_iter().map(|s| (key_of(&s), s)).collect();
+                let changed: Vec<Key> = self
+                    .secrets
+                    .keys()
+                    .chain(new.keys())
+                    .filter(|k| self.secrets.get(*k) != new.get(*k))
+                    .cloned()
+                    .collect();
+                self.secrets = new;
+                changed.iter().for_each(|k| self.mark_secret(k));
+            }
         }
     }
 
@@ -166,6 +238,12 @@ impl Index {
         let key = key_of(&pool);
         let pool = Arc::new(pool);
         self.deleted.remove(&key);
+        let created = pool
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(i64::MAX, |t| t.0.as_second());
+        let claims = claims(&pool.spec);
         match self.pools.get_mut(&key) {
             // Status-only updates (our own writes) change nothing routable.
             Some(state) if state.pool.spec == pool.spec => {
@@ -183,19 +261,78 @@ impl Index {
                         endpoints: EndpointCounts::default(),
                         route: None,
                         route_version: None,
+                        conflict: None,
                     },
                 );
             }
         }
+        self.set_claims(&key, Some(((created, key.clone()), claims)));
         self.dirty.insert(key);
+    }
+
+    /// Replaces the claims of `key`, marking every pool that shares an old
+    /// or new claim: which of them wins may have changed.
+    fn set_claims(&mut self, key: &Key, new: Option<(Seniority, Vec<Claim>)>) {
+        if self.claims_of.get(key) == new.as_ref() {
+            return;
+        }
+        let mut touched: Vec<Claim> = Vec::new();
+        if let Some((seniority, old)) = self.claims_of.remove(key) {
+            for claim in old {
+                if let Some(set) = self.claims.get_mut(&claim) {
+                    set.remove(&seniority);
+                    if set.is_empty() {
+                        self.claims.remove(&claim);
+                    }
+                }
+                touched.push(claim);
+            }
+        }
+        if let Some((seniority, claims)) = new {
+            for claim in &claims {
+                self.claims
+                    .entry(claim.clone())
+                    .or_default()
+                    .insert(seniority.clone());
+                touched.push(claim.clone());
+            }
+            self.claims_of.insert(key.clone(), (seniority, claims));
+        }
+        for claim in touched {
+            if let Some(set) = self.claims.get(&claim) {
+                self.dirty.extend(
+                    set.iter()
+                        .map(|(_, k)| k.clone())
+                        .filter(|k| self.pools.contains_key(k)),
+                );
+            }
+        }
+    }
+
+    /// The first claim of `key` that an older pool holds, as a message.
+    fn conflict(&self, key: &Key) -> Option<String> {
+        let (_, claims) = self.claims_of.get(key)?;
+        claims.iter().find_map(|claim| {
+            let (_, winner) = self.claims.get(claim)?.first()?;
+            (winner != key).then(|| {
+                format!(
+                    "host {:?} with path prefix {:?} is already served by BackendPool {}/{}, which is older",
+                    claim.0, claim.1, winner.0, winner.1
+                )
+            })
+        })
     }
 
     fn delete_pool(&mut self, key: Key) {
         if self.pools.remove(&key).is_some() {
             self.deleted.insert(key.clone());
         }
+        self.set_claims(&key, None);
         self.dirty.remove(&key);
         for pools in self.pools_by_service.values_mut() {
+            pools.remove(&key);
+        }
+        for pools in self.pools_by_secret.values_mut() {
             pools.remove(&key);
         }
     }
@@ -227,6 +364,12 @@ impl Index {
                 }
             }
             self.mark_service(&svc_key);
+        }
+    }
+
+    fn mark_secret(&mut self, secret: &Key) {
+        if let Some(pools) = self.pools_by_secret.get(secret) {
+            self.dirty.extend(pools.iter().cloned());
         }
     }
 
@@ -268,12 +411,43 @@ impl Index {
                     .or_default()
                     .insert(key.clone());
             }
+            for pools in self.pools_by_secret.values_mut() {
+                pools.remove(&key);
+            }
+            if let Some(tls) = &pool.spec.tls {
+                self.pools_by_secret
+                    .entry((key.0.clone(), tls.secret_name.clone()))
+                    .or_default()
+                    .insert(key.clone());
+            }
+            let conflict = self.conflict(&key);
             let outcome = route::compute(&key.0, &key.1, &pool.spec, self);
             let Some(state) = self.pools.get_mut(&key) else {
                 continue;
             };
+            if let Some(conflict) = conflict {
+                // The older pool keeps the traffic; this one is withdrawn.
+                state.conflict = Some(conflict);
+                state.invalid = outcome.err();
+                if let Some(route) = state.route.take() {
+                    batch.removes.push(route.name);
+                }
+                state.route_version = None;
+                batch.touched.push(key);
+                continue;
+            }
+            state.conflict = None;
             match outcome {
-                Ok(resolved) => {
+                Ok(mut resolved) => {
+                    // A Secret that went missing or bad does not take the
+                    // certificate away: the last good one keeps serving.
+                    let tls_broken = resolved
+                        .unresolved
+                        .iter()
+                        .any(|u| TLS_REASONS.contains(&u.reason));
+                    if tls_broken && resolved.route.tls.is_none() {
+                        resolved.route.tls = state.route.as_ref().and_then(|r| r.tls.clone());
+                    }
                     state.invalid = None;
                     state.unresolved = resolved.unresolved;
                     state.endpoints = resolved.endpoints;
@@ -287,6 +461,7 @@ impl Index {
             batch.touched.push(key);
         }
         self.pools_by_service.retain(|_, pools| !pools.is_empty());
+        self.pools_by_secret.retain(|_, pools| !pools.is_empty());
         batch
     }
 
@@ -308,8 +483,12 @@ mod tests {
     use sluice_crds::BackendPoolSpec;
 
     fn pool(ns: &str, name: &str, backends: serde_json::Value) -> BackendPool {
-        let spec: BackendPoolSpec =
-            serde_json::from_value(serde_json::json!({"backends": backends})).expect("spec");
+        // Each pool serves its own host, so that pools do not conflict.
+        let spec: BackendPoolSpec = serde_json::from_value(serde_json::json!({
+            "hosts": [format!("{name}.example.com")],
+            "backends": backends,
+        }))
+        .expect("spec");
         BackendPool {
             metadata: ObjectMeta {
                 namespace: Some(ns.into()),
@@ -437,5 +616,114 @@ mod tests {
         let state = ix.pool(&("ns".into(), "p".into())).expect("pool known");
         assert!(state.invalid.is_some());
         assert_eq!(state.route.as_ref().map(|r| r.endpoints.len()), Some(1));
+    }
+
+    fn claiming(name: &str, created: i64, hosts: &[&str]) -> BackendPool {
+        let mut p = pool("ns", name, serde_json::json!([{"address": "192.0.2.1:80"}]));
+        p.spec.hosts = hosts.iter().map(|h| h.to_string()).collect();
+        p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).expect("timestamp"),
+        ));
+        p
+    }
+
+    #[test]
+    fn the_older_pool_wins_a_host_and_prefix_and_the_loser_takes_over_when_it_goes() {
+        let mut ix = Index::new();
+        ix.apply(Change::Pool(Box::new(claiming(
+            "young",
+            2000,
+            &["a.example.com"],
+        ))));
+        ix.apply(Change::Pool(Box::new(claiming(
+            "old",
+            1000,
+            &["A.example.com", "b.example.com"],
+        ))));
+        ix.apply(Change::Pool(Box::new(claiming(
+            "other",
+            3000,
+            &["c.example.com"],
+        ))));
+        let batch = ix.recompute();
+        let mut names: Vec<_> = batch.upserts.iter().map(|r| r.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["ns/old", "ns/other"]);
+        let young = ix.pool(&("ns".into(), "young".into())).expect("known");
+        let why = young.conflict.as_deref().expect("conflicted");
+        assert!(
+            why.contains("ns/old") && why.contains("a.example.com"),
+            "{why}"
+        );
+        assert!(young.route.is_none());
+
+        // The winner leaves: the loser is routed, and nothing else recomputed.
+        ix.apply(Change::PoolDeleted(("ns".into(), "old".into())));
+        let batch = ix.recompute();
+        assert_eq!(batch.removes, ["ns/old"]);
+        let names: Vec<_> = batch.upserts.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["ns/young"]);
+        assert!(
+            ix.pool(&("ns".into(), "young".into()))
+                .expect("known")
+                .conflict
+                .is_none()
+        );
+
+        // A newer pool claiming the same pair loses, and a route it had is withdrawn.
+        ix.apply(Change::Pool(Box::new(claiming(
+            "other",
+            3000,
+            &["a.example.com"],
+        ))));
+        let batch = ix.recompute();
+        assert_eq!(batch.removes, ["ns/other"]);
+        assert!(batch.upserts.iter().all(|r| r.name != "ns/other"));
+    }
+
+    #[test]
+    fn a_renewed_secret_reaches_the_route_and_a_deleted_one_keeps_the_last_certificate() {
+        use crate::route::tests::{CRT, KEY, tls_secret};
+        let mut ix = Index::new();
+        let mut p = pool("ns", "p", serde_json::json!([{"address": "192.0.2.1:80"}]));
+        p.spec.tls = Some(sluice_crds::TlsRef {
+            secret_name: "p-tls".into(),
+        });
+        ix.apply(Change::Pool(Box::new(p)));
+        ix.apply(Change::AllSecrets(vec![tls_secret(
+            "ns", "p-tls", CRT, KEY,
+        )]));
+        let batch = ix.recompute();
+        let pem = |b: &Batch| {
+            b.upserts[0]
+                .tls
+                .as_ref()
+                .and_then(|t| t.certificate.clone())
+        };
+        assert_eq!(pem(&batch).as_deref(), Some(CRT));
+
+        // Renewal: same key, the chain doubled (any change will do).
+        let renewed = format!("{CRT}{CRT}");
+        ix.apply(Change::Secret(Box::new(tls_secret(
+            "ns", "p-tls", &renewed, KEY,
+        ))));
+        let batch = ix.recompute();
+        assert_eq!(pem(&batch), Some(renewed.clone()));
+
+        ix.apply(Change::SecretDeleted(("ns".into(), "p-tls".into())));
+        let batch = ix.recompute();
+        assert_eq!(
+            pem(&batch),
+            Some(renewed),
+            "the last good certificate stays"
+        );
+        let state = ix.pool(&("ns".into(), "p".into())).expect("known");
+        assert_eq!(state.unresolved[0].reason, "SecretNotFound");
+
+        // An unrelated Secret changes nothing.
+        ix.apply(Change::Secret(Box::new(tls_secret(
+            "ns", "other", CRT, KEY,
+        ))));
+        assert!(!ix.has_pending());
     }
 }

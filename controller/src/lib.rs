@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -150,6 +150,7 @@ impl Controller {
         tasks.spawn(watch_kind::<BackendPool>(
             Api::all(client.clone()),
             "BackendPool",
+            watcher::Config::default(),
             tx.clone(),
             |p| Change::Pool(Box::new(p)),
             Change::PoolDeleted,
@@ -160,6 +161,7 @@ impl Controller {
         tasks.spawn(watch_kind::<Service>(
             Api::all(client.clone()),
             "Service",
+            watcher::Config::default(),
             tx.clone(),
             |s| Change::Service(Box::new(s)),
             Change::ServiceDeleted,
@@ -167,9 +169,23 @@ impl Controller {
             Arc::clone(&synced),
             |s| &s.services,
         ));
+        // Only TLS Secrets: the filter runs in the API server, so the
+        // controller neither receives nor keeps any other Secret.
+        tasks.spawn(watch_kind::<Secret>(
+            Api::all(client.clone()),
+            "Secret",
+            watcher::Config::default().fields("type=kubernetes.io/tls"),
+            tx.clone(),
+            |s| Change::Secret(Box::new(s)),
+            Change::SecretDeleted,
+            Change::AllSecrets,
+            Arc::clone(&synced),
+            |s| &s.secrets,
+        ));
         tasks.spawn(watch_kind::<EndpointSlice>(
             Api::all(client.clone()),
             "EndpointSlice",
+            watcher::Config::default(),
             tx,
             |s| Change::Slice(Box::new(s)),
             Change::SliceDeleted,
@@ -274,6 +290,7 @@ impl Controller {
 async fn watch_kind<K>(
     api: Api<K>,
     kind: &'static str,
+    config: watcher::Config,
     tx: mpsc::Sender<(&'static str, Change)>,
     applied: fn(K) -> Change,
     deleted: fn(index::Key) -> Change,
@@ -284,9 +301,7 @@ async fn watch_kind<K>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default,
 {
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut events = watcher(api, config).default_backoff().boxed();
     let mut buffer: Vec<K> = Vec::new();
     while let Some(event) = events.next().await {
         let change = match event {

@@ -15,12 +15,16 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sluice_crds::{Algorithm as CrdAlgorithm, Backend, BackendPoolSpec, EndpointCounts};
-use sluice_protocol::route::{Host, PathPrefix};
-use sluice_protocol::{Algorithm, Endpoint, PoolRoute};
+use sluice_protocol::route::{Host, PathPrefix, RouteError, validate_pools};
+use sluice_protocol::{Algorithm, Endpoint, PoolRoute, Tls};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -31,7 +35,13 @@ pub trait Lookup {
     fn service(&self, namespace: &str, name: &str) -> Option<&Service>;
     /// Every EndpointSlice of the Service `namespace/name`.
     fn slices(&self, namespace: &str, service: &str) -> Vec<&EndpointSlice>;
+    /// The `kubernetes.io/tls` Secret `namespace/name`, if it exists.
+    fn secret(&self, namespace: &str, name: &str) -> Option<&Secret>;
 }
+
+/// Condition reasons of a TLS Secret that did not resolve; the index keeps
+/// the pool's last good certificate when it sees one of them.
+pub const TLS_REASONS: [&str; 2] = ["SecretNotFound", "InvalidSecret"];
 
 /// A reference the controller could not resolve; becomes `ResolvedRefs=False`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,22 +104,109 @@ pub fn compute(
         }
     }
 
-    let route = PoolRoute {
+    let mut route = PoolRoute {
         name: format!("{namespace}/{name}"),
         hosts,
         path_prefix,
         algorithm: match spec.algorithm {
             CrdAlgorithm::RoundRobin => Algorithm::RoundRobin,
             CrdAlgorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+            CrdAlgorithm::LeastRequest => Algorithm::LeastRequest,
+            CrdAlgorithm::Random => Algorithm::Random,
+            CrdAlgorithm::PeakEwma => Algorithm::PeakEwma,
+            CrdAlgorithm::RingHash => Algorithm::RingHash,
+            CrdAlgorithm::Maglev => Algorithm::Maglev,
         },
         endpoints: weigh(per_backend),
-        ..Default::default()
+        hash_key: policy("hashKey", &spec.hash_key)?,
+        session_affinity: policy("sessionAffinity", &spec.session_affinity)?,
+        health_check: policy("healthCheck", &spec.health_check)?,
+        outlier_detection: policy("outlierDetection", &spec.outlier_detection)?,
+        circuit_breaker: policy("circuitBreaker", &spec.circuit_breaker)?,
+        retries: policy("retries", &spec.retries)?,
+        timeouts: policy("timeouts", &spec.timeouts)?,
+        rate_limit: policy("rateLimit", &spec.rate_limit)?,
+        tls: None,
+        activation: None,
     };
+    if let Some(tls) = &spec.tls {
+        match resolve_tls(namespace, &tls.secret_name, lookup) {
+            Ok(tls) => route.tls = Some(tls),
+            Err(problem) => unresolved.push(problem),
+        }
+    }
+    validate_pools(std::slice::from_ref(&route)).map_err(|e| match e {
+        RouteError::Policy { message, .. } => InvalidSpec(format!("spec: {message}")),
+        other => InvalidSpec(other.to_string()),
+    })?;
     Ok(Resolved {
         route,
         endpoints: counts,
         unresolved,
     })
+}
+
+/// The certificate and key of a `kubernetes.io/tls` Secret, checked: both
+/// keys present, PEM that parses into at least one certificate and a key.
+fn resolve_tls(namespace: &str, name: &str, lookup: &impl Lookup) -> Result<Tls, Unresolved> {
+    let secret = lookup.secret(namespace, name).ok_or_else(|| Unresolved {
+        reason: "SecretNotFound",
+        message: format!(
+            "spec.tls: Secret {namespace}/{name} not found (or not of type kubernetes.io/tls)"
+        ),
+    })?;
+    let invalid = |why: String| Unresolved {
+        reason: "InvalidSecret",
+        message: format!("spec.tls: Secret {namespace}/{name}: {why}"),
+    };
+    let field = |key: &str| -> Result<String, Unresolved> {
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .ok_or_else(|| invalid(format!("has no {key}")))?;
+        String::from_utf8(bytes.0.clone()).map_err(|_| invalid(format!("{key} is not PEM text")))
+    };
+    let certificate = field("tls.crt")?;
+    let private_key = field("tls.key")?;
+    let certs = CertificateDer::pem_slice_iter(certificate.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("tls.crt: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("tls.crt holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(private_key.as_bytes())
+        .map_err(|e| invalid(format!("tls.key: {e}")))?;
+    // The same check the dataplane's rustls makes: a key it can sign with,
+    // matching the leaf certificate.
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| invalid(format!("tls.key: {e}")))?;
+    rustls::sign::CertifiedKey::new(certs, signer)
+        .keys_match()
+        .map_err(|e| invalid(format!("tls.key does not match tls.crt: {e}")))?;
+    Ok(Tls {
+        certificate: Some(certificate),
+        private_key: Some(private_key),
+        ..Tls::default()
+    })
+}
+
+/// Carries one policy of the spec into the route. The CRD and the protocol
+/// share field names, so the spec's JSON is read again in the protocol's
+/// type, which validates it (durations, combinations the schema cannot
+/// express) and fills in the defaults.
+fn policy<C: Serialize, P: DeserializeOwned>(
+    field: &str,
+    value: &Option<C>,
+) -> Result<Option<P>, InvalidSpec> {
+    value
+        .as_ref()
+        .map(|v| {
+            serde_json::to_value(v)
+                .and_then(serde_json::from_value)
+                .map_err(|e| InvalidSpec(format!("spec.{field}: {e}")))
+        })
+        .transpose()
 }
 
 /// One endpoint address as the slices describe it.
@@ -291,11 +388,15 @@ pub(crate) mod tests {
     pub struct Fixture {
         pub services: BTreeMap<(String, String), Service>,
         pub slices: Vec<EndpointSlice>,
+        pub secrets: BTreeMap<(String, String), Secret>,
     }
 
     impl Lookup for Fixture {
         fn service(&self, ns: &str, name: &str) -> Option<&Service> {
             self.services.get(&(ns.to_string(), name.to_string()))
+        }
+        fn secret(&self, ns: &str, name: &str) -> Option<&Secret> {
+            self.secrets.get(&(ns.to_string(), name.to_string()))
         }
         fn slices(&self, ns: &str, svc: &str) -> Vec<&EndpointSlice> {
             self.slices
@@ -558,5 +659,123 @@ pub(crate) mod tests {
                 .0
                 .starts_with("spec.hosts")
         );
+    }
+
+    #[test]
+    fn policies_reach_the_route_with_defaults_filled_in() {
+        let spec: BackendPoolSpec = serde_json::from_value(serde_json::json!({
+            "backends": [{"address": "192.0.2.10:8080"}],
+            "algorithm": "Maglev",
+            "hashKey": {"cookie": "sid"},
+            "retries": {"attempts": 3, "retryOn": ["GatewayError"]},
+            "rateLimit": {"requestsPerSecond": 10, "key": "SourceIP"},
+            "healthCheck": {"path": "/ready"},
+        }))
+        .expect("spec");
+        let r = compute("ns", "p", &spec, &Fixture::default()).expect("valid");
+        assert_eq!(r.route.algorithm, Algorithm::Maglev);
+        assert_eq!(
+            r.route.hash_key,
+            Some(sluice_protocol::HashKey::Cookie("sid".into()))
+        );
+        let retries = r.route.retries();
+        assert_eq!(retries.attempts, 3);
+        assert_eq!(retries.budget_percent.get(), 20, "default filled in");
+        let hc = r.route.health_check.expect("health check");
+        assert_eq!(
+            (hc.path.as_str(), hc.interval.get().as_secs()),
+            ("/ready", 5)
+        );
+        assert!(r.route.timeouts.is_none(), "omitted stays omitted");
+    }
+
+    #[test]
+    fn a_policy_the_schema_cannot_judge_is_an_invalid_spec() {
+        let spec: BackendPoolSpec = serde_json::from_value(serde_json::json!({
+            "backends": [{"address": "192.0.2.10:8080"}],
+            "timeouts": {"connect": "0s"},
+        }))
+        .expect("spec");
+        let err = compute("ns", "p", &spec, &Fixture::default()).expect_err("0s connect");
+        assert!(
+            err.0.contains("spec.timeouts") && err.0.contains("longer than 0s"),
+            "{err}"
+        );
+        let spec: BackendPoolSpec = serde_json::from_value(serde_json::json!({
+            "backends": [{"address": "192.0.2.10:8080"}],
+            "hashKey": {"header": "x-user"},
+        }))
+        .expect("spec");
+        let err = compute("ns", "p", &spec, &Fixture::default()).expect_err("hashKey with RR");
+        assert!(err.0.contains("hashKey"), "{err}");
+    }
+
+    pub fn tls_secret(ns: &str, name: &str, crt: &str, key: &str) -> Secret {
+        use k8s_openapi::ByteString;
+        Secret {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(
+                [
+                    ("tls.crt".to_string(), ByteString(crt.as_bytes().to_vec())),
+                    ("tls.key".to_string(), ByteString(key.as_bytes().to_vec())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    pub const CRT: &str = include_str!("testdata/tls.crt");
+    pub const KEY: &str = include_str!("testdata/tls.key");
+
+    #[test]
+    fn a_tls_secret_is_shipped_as_pem_and_a_bad_one_is_a_reason() {
+        let spec: BackendPoolSpec = serde_json::from_value(serde_json::json!({
+            "hosts": ["shop.example.com"],
+            "backends": [{"address": "192.0.2.10:8080"}],
+            "tls": {"secretName": "shop-tls"},
+        }))
+        .expect("spec");
+        let mut fx = Fixture::default();
+        let r = compute("ns", "p", &spec, &fx).expect("valid spec");
+        assert_eq!(r.unresolved[0].reason, "SecretNotFound");
+        assert!(r.route.tls.is_none());
+        assert_eq!(r.route.endpoints.len(), 1, "plain traffic still routes");
+
+        fx.secrets.insert(
+            ("ns".into(), "shop-tls".into()),
+            tls_secret("ns", "shop-tls", CRT, KEY),
+        );
+        let r = compute("ns", "p", &spec, &fx).expect("valid spec");
+        assert!(r.unresolved.is_empty(), "{:?}", r.unresolved);
+        let tls = r.route.tls.expect("tls");
+        assert_eq!(tls.certificate.as_deref(), Some(CRT));
+        assert_eq!(tls.private_key.as_deref(), Some(KEY));
+
+        for (crt, key, why) in [
+            ("not pem", KEY, "tls.crt holds no certificate"),
+            (
+                CRT,
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                "tls.key",
+            ),
+        ] {
+            fx.secrets.insert(
+                ("ns".into(), "shop-tls".into()),
+                tls_secret("ns", "shop-tls", crt, key),
+            );
+            let r = compute("ns", "p", &spec, &fx).expect("valid spec");
+            assert_eq!(r.unresolved[0].reason, "InvalidSecret");
+            assert!(
+                r.unresolved[0].message.contains(why),
+                "{}",
+                r.unresolved[0].message
+            );
+        }
     }
 }

@@ -49,9 +49,10 @@ pub fn desired_status(
         }
     };
 
-    let accepted = match &state.invalid {
-        Some(invalid) => cond("Accepted", false, "InvalidSpec", invalid.0.clone()),
-        None => cond("Accepted", true, "Accepted", "the pool is valid".into()),
+    let accepted = match (&state.invalid, &state.conflict) {
+        (Some(invalid), _) => cond("Accepted", false, "InvalidSpec", invalid.0.clone()),
+        (None, Some(conflict)) => cond("Accepted", false, "Conflicted", conflict.clone()),
+        (None, None) => cond("Accepted", true, "Accepted", "the pool is valid".into()),
     };
     let resolved = match state.unresolved.first() {
         None => cond(
@@ -78,6 +79,12 @@ pub fn desired_status(
         None => 0,
     };
     let programmed = match (state.route_version, total) {
+        (None, _) if state.conflict.is_some() => cond(
+            "Programmed",
+            false,
+            "Conflicted",
+            "an older pool serves the same host and path prefix".into(),
+        ),
         (None, _) => cond(
             "Programmed",
             false,
@@ -261,6 +268,7 @@ mod tests {
             endpoints: EndpointCounts { ready: 1, total: 2 },
             route: None,
             route_version,
+            conflict: None,
         }
     }
 

@@ -6,6 +6,11 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{
+    CircuitBreaker, HashKey, HealthCheck, OutlierDetection, RateLimit, Retries, SessionAffinity,
+    Timeouts,
+};
+
 /// A pool of backends behind a host and path prefix.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -24,6 +29,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Synced","type":"integer","jsonPath":".status.dataplanes.synced"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("!has(self.hashKey) || (has(self.algorithm) && self.algorithm in ['RingHash', 'Maglev'])").message("hashKey is only used by RingHash and Maglev"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || (has(self.hosts) && size(self.hosts) > 0 && !('*' in self.hosts))").message("tls needs hosts (the certificate is chosen by SNI), and not '*'"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackendPoolSpec {
     /// Host names matched against the Host header (and SNI): exact names,
@@ -47,6 +54,44 @@ pub struct BackendPoolSpec {
     /// How an endpoint is picked for each request.
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// What RingHash and Maglev hash (the source IP when omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<HashKey>,
+    /// Cookie-based sticky sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<SessionAffinity>,
+    /// Active HTTP health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection (on by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Per-dataplane limits (Envoy's defaults when omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Retry policy (connect failures, twice, by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Connect, request and idle timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    /// Local rate limit of each dataplane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// TLS termination for `hosts`, with the certificate of a
+    /// `kubernetes.io/tls` Secret in the pool's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsRef>,
+}
+
+/// The Secret holding a pool's certificate.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRef {
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`) in the
+    /// pool's namespace; renewals reach the dataplanes without restarts.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 fn root_prefix() -> String {
@@ -85,6 +130,16 @@ pub enum Algorithm {
     RoundRobin,
     /// Smooth weighted round robin.
     WeightedRoundRobin,
+    /// Power of two choices on in-flight requests.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Latency-aware (Linkerd's peak EWMA).
+    PeakEwma,
+    /// Consistent hashing on a ring.
+    RingHash,
+    /// Maglev consistent hashing.
+    Maglev,
 }
 
 /// What the controller observed and did.
@@ -137,9 +192,12 @@ mod tests {
         for needle in [
             "has(self.service) != has(self.address)",
             r#""shortNames":["bp"]"#,
-            r#""enum":["RoundRobin","WeightedRoundRobin"]"#,
+            r#""enum":["RoundRobin","WeightedRoundRobin","LeastRequest","Random","PeakEwma","RingHash","Maglev"]"#,
             r#""status":{}"#,
             ".status.endpoints.ready",
+            "hashKey is only used by RingHash and Maglev",
+            "hashKey takes exactly one of header, cookie or sourceIP",
+            "rateLimit.header is required with key Header",
         ] {
             assert!(crd.contains(needle), "CRD lacks {needle}");
         }
@@ -153,5 +211,34 @@ mod tests {
         assert_eq!(spec.path_prefix, "/");
         assert_eq!(spec.algorithm, Algorithm::RoundRobin);
         assert!(spec.hosts.is_empty());
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let spec: BackendPoolSpec = serde_saphyr::from_str(
+            r#"
+hosts: ["shop.example.com", "*.shop.example.com"]
+pathPrefix: /
+backends:
+  - {service: web, port: http, weight: 90}
+  - {service: web-canary, port: 8080, weight: 10}
+  - address: 192.0.2.10:8080
+algorithm: RingHash
+hashKey: {header: X-User}
+sessionAffinity: {cookieName: sluice-affinity, ttl: 1h}
+healthCheck: {path: /healthz, interval: 5s, timeout: 1s, healthyThreshold: 2, unhealthyThreshold: 3}
+outlierDetection: {consecutiveFailures: 5, baseEjectionTime: 30s, maxEjectionPercent: 50}
+circuitBreaker: {maxConnections: 1024, maxPendingRequests: 1024, maxRequests: 1024, maxRetries: 3}
+retries: {attempts: 2, perTryTimeout: 2s, retryOn: [ConnectFailure, GatewayError, Reset], budgetPercent: 20}
+timeouts: {connect: 1s, request: 30s, idle: 60s}
+rateLimit: {requestsPerSecond: 100, burst: 50, algorithm: TokenBucket, key: SourceIP}
+"#,
+        )
+        .expect("the design's example parses");
+        assert_eq!(spec.algorithm, Algorithm::RingHash);
+        assert_eq!(
+            spec.retries.and_then(|r| r.retry_on).map(|r| r.len()),
+            Some(3)
+        );
     }
 }

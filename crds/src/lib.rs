@@ -7,11 +7,12 @@
 //! controller ever sees it.
 
 mod backend_pool;
+pub mod policy;
 mod scaling_trigger;
 
 pub use backend_pool::{
     Algorithm, Backend, BackendPool, BackendPoolSpec, BackendPoolStatus, DataplaneCounts,
-    EndpointCounts,
+    EndpointCounts, TlsRef,
 };
 pub use scaling_trigger::{
     Behavior, CrossVersionObjectReference, MetricSpec, MetricStatus, MetricType, PoolRef,

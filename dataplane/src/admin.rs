@@ -1,4 +1,5 @@
-//! The admin port: `/healthz`, `/readyz`, `/metrics`, `/debug/routes`.
+//! The admin port: `/healthz`, `/readyz`, `/metrics`, `/debug/routes`,
+//! `/debug/pools`.
 
 use std::sync::Arc;
 
@@ -38,12 +39,26 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
         ),
         "/debug/routes" => {
             let routes = state.routes();
+            // Private keys never leave the process through the admin port.
+            let pools: Vec<_> = routes
+                .pools
+                .values()
+                .map(|p| {
+                    let mut p = p.clone();
+                    p.tls = p.tls.as_ref().map(|t| t.redacted());
+                    p
+                })
+                .collect();
             let body = serde_json::json!({
                 "version": routes.version,
-                "pools": routes.pools.values().collect::<Vec<_>>(),
+                "pools": pools,
                 "lastError": state.last_error(),
                 "rejected": state.rejected(),
             });
+            reply(StatusCode::OK, "application/json", format!("{body:#}\n"))
+        }
+        "/debug/pools" => {
+            let body = crate::health::pools_json(&state.table.load());
             reply(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         other => reply(

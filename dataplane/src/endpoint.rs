@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, Weak};
 use http::uri::Authority;
 
 use crate::breaker::Breaker;
-use crate::metrics::{CodeCounters, PoolEndpointCode};
+use crate::health::Health;
+use crate::metrics::{CodeCounters, HealthGauge, PoolEndpointCode};
+use crate::outlier::{self, PoolOutlier};
 use crate::ratelimit::RateLimiter;
 use crate::retry::RetryBudget;
 use crate::upstream::Upstream;
@@ -32,6 +34,8 @@ pub struct Endpoint {
     /// The owning pool's state (its availability epoch is bumped when this
     /// endpoint's availability changes).
     pub pool: Arc<PoolState>,
+    /// Active health check verdict and passive outlier (ejection) state.
+    pub health: Health,
     in_flight: AtomicU32,
 }
 
@@ -40,6 +44,7 @@ impl Endpoint {
     pub fn new(
         addr: SocketAddr,
         upstream: CodeCounters<PoolEndpointCode>,
+        healthy: HealthGauge,
         pool: Arc<PoolState>,
     ) -> Self {
         Self {
@@ -49,6 +54,7 @@ impl Endpoint {
                 .unwrap_or_else(|_| Authority::from_static("invalid")),
             upstream,
             pool,
+            health: Health::new(healthy),
             in_flight: AtomicU32::new(0),
         }
     }
@@ -66,7 +72,28 @@ impl Endpoint {
 
     /// Whether the endpoint may take traffic (healthy and not ejected).
     pub fn is_available(&self) -> bool {
-        true
+        self.health.is_available()
+    }
+
+    /// An attempt to this endpoint succeeded (for outlier detection).
+    pub fn record_success(&self) {
+        outlier::record_success(self);
+    }
+
+    /// An attempt to this endpoint failed: connect error, reset, timeout
+    /// (for outlier detection; may eject it).
+    pub fn record_failure(self: &Arc<Self>) {
+        outlier::record_failure(self);
+    }
+
+    /// The endpoint answered with `status`: 502, 503 and 504 count as
+    /// failures, anything else as a success.
+    pub fn record_status(self: &Arc<Self>, status: u16) {
+        if matches!(status, 502..=504) {
+            self.record_failure();
+        } else {
+            self.record_success();
+        }
     }
 }
 
@@ -101,6 +128,8 @@ pub struct PoolState {
     pub upstream: Mutex<Option<Arc<Upstream>>>,
     /// The rate limiter, kept while `rateLimit` stays the same.
     pub limiter: Mutex<Option<Arc<RateLimiter>>>,
+    /// Outlier detection settings and members, for ejection decisions.
+    pub outlier: PoolOutlier,
 }
 
 impl PoolState {

@@ -3,7 +3,8 @@
 //! thing it shares with the controller.
 //!
 //! Layout: [`table`] (host + prefix routing, swapped whole), [`balance`]
-//! (endpoint selection), [`proxy`] and [`forward`] (the request path),
+//! (endpoint selection), [`health`] and [`outlier`] (endpoint
+//! availability), [`proxy`] and [`forward`] (the request path),
 //! [`policy`] with [`upstream`], [`retry`], [`breaker`] and [`ratelimit`]
 //! (per-pool clients, retries, timeouts, circuit breaker, rate limits),
 //! [`listener`] (serving with graceful drain), [`stream`] and [`report`]
@@ -18,8 +19,10 @@ pub mod demo;
 pub mod endpoint;
 pub mod file;
 pub mod forward;
+pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod outlier;
 pub mod persist;
 pub mod policy;
 pub mod proxy;
@@ -181,6 +184,7 @@ impl Dataplane {
         if let Some(dir) = opts.state_dir {
             tasks.spawn(persist::run(dir, Arc::clone(&state), stop_rx.clone()));
         }
+        tasks.spawn(health::run(Arc::clone(&state), stop_rx.clone()));
         let proxy = Arc::new(Proxy::new(Arc::clone(&state)));
         let proxy_task = tokio::spawn(listener::serve(
             http,

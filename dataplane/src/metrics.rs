@@ -37,6 +37,15 @@ pub struct PoolCode {
     pub code: u16,
 }
 
+/// Labels `{pool, endpoint}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolEndpoint {
+    /// Pool name.
+    pub pool: String,
+    /// Endpoint address.
+    pub endpoint: String,
+}
+
 /// Labels `{pool, endpoint, code}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolEndpointCode {
@@ -132,6 +141,7 @@ pub struct Metrics {
     upstream: Family<PoolEndpointCode, Counter>,
     inflight: Family<PoolLabel, Gauge>,
     ratelimited: Family<PoolLabel, Counter>,
+    endpoint_healthy: Family<PoolEndpoint, Gauge>,
     /// `sluice_route_version`.
     pub route_version: Gauge,
     /// Per-pool counters of the current report window.
@@ -149,6 +159,7 @@ impl Metrics {
         let upstream = Family::default();
         let inflight = Family::default();
         let ratelimited = Family::default();
+        let endpoint_healthy = Family::default();
         let route_version = Gauge::default();
         registry.register(
             "requests",
@@ -176,6 +187,11 @@ impl Metrics {
             ratelimited.clone(),
         );
         registry.register(
+            "endpoint_healthy",
+            "Whether an endpoint takes traffic: 1 when it passes its health checks and is not ejected",
+            endpoint_healthy.clone(),
+        );
+        registry.register(
             "route_version",
             "Version of the route table being served",
             route_version.clone(),
@@ -187,6 +203,7 @@ impl Metrics {
             upstream,
             inflight,
             ratelimited,
+            endpoint_healthy,
             route_version,
             windows: Windows::default(),
         }
@@ -230,6 +247,53 @@ impl Metrics {
                 code: 0,
             },
         )
+    }
+}
+
+impl Metrics {
+    /// The `sluice_endpoint_healthy` series of one endpoint of a pool, set
+    /// to 1; it leaves the family when the returned handle is dropped.
+    pub fn endpoint_healthy(&self, pool: &str, endpoint: SocketAddr) -> HealthGauge {
+        let labels = PoolEndpoint {
+            pool: pool.to_string(),
+            endpoint: endpoint.to_string(),
+        };
+        let gauge = HealthGauge {
+            family: self.endpoint_healthy.clone(),
+            labels,
+        };
+        gauge.set(true);
+        gauge
+    }
+}
+
+/// One endpoint's `sluice_endpoint_healthy` series, removed from the
+/// exposition when the endpoint's state is freed (it left every table).
+/// Set only on transitions, so it looks the series up each time rather than
+/// caching a handle that a freed namesake may have removed from the family.
+#[derive(Debug)]
+pub struct HealthGauge {
+    family: Family<PoolEndpoint, Gauge>,
+    labels: PoolEndpoint,
+}
+
+impl HealthGauge {
+    /// Sets the series: 1 available, 0 not.
+    pub fn set(&self, available: bool) {
+        self.family
+            .get_or_create(&self.labels)
+            .set(i64::from(available));
+    }
+
+    /// The pool's name.
+    pub fn pool(&self) -> &str {
+        &self.labels.pool
+    }
+}
+
+impl Drop for HealthGauge {
+    fn drop(&mut self) {
+        self.family.remove(&self.labels);
     }
 }
 

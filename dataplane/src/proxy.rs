@@ -337,7 +337,6 @@ async fn attempts(pool: &Pool, first: &Arc<Endpoint>, parts: Parts, body: Incomi
             None => Ok(sent.await),
         };
         let attempt = outcome(target, result);
-        // Passive health (outlier detection) records the attempt here.
         let (failure, resp, status, reason, why, over) = match attempt {
             Attempt::Answered(resp) => {
                 return Answer::Upstream {
@@ -398,11 +397,12 @@ fn next_try<'p>(pool: &'p Pool, tried: &[SocketAddr]) -> Option<(&'p Arc<Endpoin
     pool.state.budget.withdraw(percent).then_some((next, held))
 }
 
-/// Turns an attempt's result into what retries, metrics and health see,
-/// and counts it in the endpoint's `sluice_upstream_requests_total` (code 0
-/// when no response came).
+/// Turns an attempt's result into what retries, metrics and health see:
+/// counts it in the endpoint's `sluice_upstream_requests_total` (code 0
+/// when no response came) and records it for outlier detection (a refusal
+/// by the pool's own circuit breaker says nothing of the endpoint).
 fn outcome(
-    target: &Endpoint,
+    target: &Arc<Endpoint>,
     result: Result<Result<Response<Incoming>, LegacyError>, Duration>,
 ) -> Attempt {
     let addr = target.addr;
@@ -410,6 +410,7 @@ fn outcome(
         Ok(Ok(resp)) => {
             let code = resp.status().as_u16();
             target.upstream.inc(code);
+            target.record_status(code);
             if !retry::gateway_error(code) {
                 return Attempt::Answered(resp);
             }
@@ -425,6 +426,7 @@ fn outcome(
         Ok(Err(e)) => e,
         Err(limit) => {
             target.upstream.inc(0);
+            target.record_failure();
             return Attempt::Failed {
                 failure: Failure::Timeout,
                 resp: None,
@@ -446,6 +448,7 @@ fn outcome(
         };
     }
     target.upstream.inc(0);
+    target.record_failure();
     let why = format!("endpoint {addr} failed: {}\n", describe(&e));
     let (failure, status, reason) = if find_cause::<ConnectTimeout>(&e).is_some() {
         (Failure::Connect, StatusCode::GATEWAY_TIMEOUT, "timeout")

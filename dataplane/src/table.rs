@@ -71,10 +71,14 @@ impl Pool {
             .map(|e| {
                 registry.endpoint(&route.name, e.address, || {
                     let upstream = metrics.endpoint(&route.name, e.address);
-                    Endpoint::new(e.address, upstream, Arc::clone(&state))
+                    let healthy = metrics.endpoint_healthy(&route.name, e.address);
+                    Endpoint::new(e.address, upstream, healthy, Arc::clone(&state))
                 })
             })
-            .collect();
+            .collect::<Vec<_>>();
+        state
+            .outlier
+            .configure(&route.outlier_detection(), &endpoints);
         let weights = ready.iter().map(|e| e.weight).collect();
         let pool = Self {
             route: route.clone(),
@@ -104,6 +108,9 @@ impl Pool {
             members = (0..self.endpoints.len() as u32).collect();
         }
         let weights: Vec<_> = members.iter().map(|i| self.weights[*i as usize]).collect();
+        if panic != self.picker.load().panic {
+            crate::health::log_panic(&self.route.name, panic, self.endpoints.len());
+        }
         self.picker.store(Arc::new(Picker {
             epoch,
             members: members.into_boxed_slice(),

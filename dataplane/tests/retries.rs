@@ -14,6 +14,10 @@ use resilience::{Blackhole, Fault, Faulty};
 use sluice_dataplane::Source;
 use support::*;
 
+/// Outlier detection off, so a failing endpoint keeps being tried and
+/// only retries stand between it and the client.
+const NO_EJECTION: &str = "outlierDetection: {consecutiveFailures: 0}";
+
 fn attempts(got: &Got) -> String {
     got.headers
         .get("x-sluice-attempts")
@@ -44,9 +48,9 @@ async fn a_dead_endpoint_among_live_ones_costs_no_failed_get() {
         .chain([dead.to_string()])
         .map(|a| format!("{{address: {a}}}"))
         .collect();
-    // Default retries: 2 attempts on ConnectFailure.
+    // Default retries (2 attempts on ConnectFailure) alone: no ejection.
     let dp = start(Source::Static(table(&format!(
-        "pools:\n  - name: p\n    endpoints: [{}]\n",
+        "pools:\n  - name: p\n    {NO_EJECTION}\n    endpoints: [{}]\n",
         eps.join(", ")
     ))))
     .await;
@@ -70,7 +74,7 @@ async fn a_503_is_retried_elsewhere_for_get_and_bodiless_post_but_not_for_post_w
     let bad = Faulty::start("bad", Fault::Status(503)).await;
     let good = Backend::start("good").await;
     let dp = start(Source::Static(table(&format!(
-        "pools:\n  - name: p\n    retries: {{attempts: 1, retryOn: [GatewayError]}}\n    endpoints: [{{address: {}}}, {{address: {}}}]\n",
+        "pools:\n  - name: p\n    {NO_EJECTION}\n    retries: {{attempts: 1, retryOn: [GatewayError]}}\n    endpoints: [{{address: {}}}, {{address: {}}}]\n",
         bad.addr, good.addr
     ))))
     .await;
@@ -115,7 +119,7 @@ async fn tries_are_bounded_by_attempts_and_by_the_endpoints_left() {
     let eps = eps.join(", ");
     let dp = start(Source::Static(table(&format!(
         "pools:
-  - {{name: two, hosts: [two], retries: {{attempts: 1, retryOn: [GatewayError]}}, endpoints: [{eps}]}}
+  - {{name: two, hosts: [two], {NO_EJECTION}, retries: {{attempts: 1, retryOn: [GatewayError]}}, endpoints: [{eps}]}}
 "
     ))))
     .await;
@@ -131,7 +135,7 @@ async fn tries_are_bounded_by_attempts_and_by_the_endpoints_left() {
 
     let dp = start(Source::Static(table(&format!(
         "pools:
-  - {{name: many, hosts: [many], retries: {{attempts: 5, retryOn: [GatewayError]}}, endpoints: [{eps}]}}
+  - {{name: many, hosts: [many], {NO_EJECTION}, retries: {{attempts: 5, retryOn: [GatewayError]}}, endpoints: [{eps}]}}
 "
     ))))
     .await;
@@ -217,7 +221,7 @@ async fn the_retry_budget_bounds_retries_when_everything_fails() {
         .map(|b| format!("{{address: {}}}", b.addr))
         .collect();
     let dp = start(Source::Static(table(&format!(
-        "pools:\n  - name: p\n    retries: {{attempts: 2, retryOn: [GatewayError], budgetPercent: 0}}\n    endpoints: [{}]\n",
+        "pools:\n  - name: p\n    {NO_EJECTION}\n    retries: {{attempts: 2, retryOn: [GatewayError], budgetPercent: 0}}\n    endpoints: [{}]\n",
         eps.join(", ")
     ))))
     .await;
@@ -296,7 +300,7 @@ async fn a_reset_is_retried_for_get_but_not_once_a_post_body_was_sent() {
     let broken = garbage_backend().await;
     let good = Backend::start("good").await;
     let dp = start(Source::Static(table(&format!(
-        "pools:\n  - name: p\n    retries: {{attempts: 1, retryOn: [Reset]}}\n    endpoints: [{{address: {broken}}}, {{address: {}}}]\n",
+        "pools:\n  - name: p\n    {NO_EJECTION}\n    retries: {{attempts: 1, retryOn: [Reset]}}\n    endpoints: [{{address: {broken}}}, {{address: {}}}]\n",
         good.addr
     ))))
     .await;

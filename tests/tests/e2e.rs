@@ -384,6 +384,141 @@ async fn a_missing_service_is_a_false_condition_with_an_event() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_claiming_a_served_host_is_conflicted_and_takes_no_traffic() -> anyhow::Result<()> {
+    let env = Env::start(&["backend-1"]).await?;
+    // A newer pool for the same host and prefix, pointing somewhere else.
+    env.api.apply(pool("zz-copy", HOST, "does-not-exist"))?;
+    let status = until(
+        Duration::from_secs(10),
+        "Accepted=False on the newer pool",
+        || async {
+            let s = env.api.get(&pools(), NS, "zz-copy")?["status"].clone();
+            (condition(&s, "Accepted")?.0 == "False").then_some(s)
+        },
+    )
+    .await?;
+    assert_eq!(
+        condition(&status, "Accepted"),
+        Some(("False".into(), "Conflicted".into()))
+    );
+    let events = Collection::of("events.k8s.io/v1", "Event");
+    until(Duration::from_secs(10), "a Conflicted Event", || async {
+        env.api
+            .list(&events)
+            .into_iter()
+            .find(|e| e["reason"] == "Conflicted" && e["regarding"]["name"] == "zz-copy")
+    })
+    .await?;
+    // The older pool keeps serving; the winner's status stays Accepted.
+    assert_eq!(
+        env.answers(0, 4).await?.keys().collect::<Vec<_>>(),
+        vec!["backend-1"]
+    );
+    let winner = env
+        .api
+        .get(&pools(), NS, "web")
+        .map(|p| p["status"].clone());
+    assert_eq!(
+        winner
+            .as_ref()
+            .and_then(|s| condition(s, "Accepted"))
+            .map(|c| c.0),
+        Some("True".into())
+    );
+    // The winner goes: the other pool takes over the host (and, with no
+    // such Service, answers 503 rather than the old backend).
+    env.api.delete(&pools(), NS, "web");
+    until(
+        Duration::from_secs(10),
+        "the newer pool to take over",
+        || async {
+            let a = env
+                .http
+                .get(env.dataplanes[0].http_addr(), HOST, "/")
+                .await
+                .ok()?;
+            (a.status == 503).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+const TEST_CRT: &str = include_str!("../../controller/src/testdata/tls.crt");
+const TEST_KEY: &str = include_str!("../../controller/src/testdata/tls.key");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_secret_reaches_the_dataplanes_and_a_missing_one_is_a_reason() -> anyhow::Result<()> {
+    let env = Env::start(&["backend-1"]).await?;
+    let mut tls_pool = pool("shop", "shop.example.com", "web");
+    tls_pool["spec"]["tls"] = json!({"secretName": "shop-tls"});
+    env.api.apply(tls_pool)?;
+    until(
+        Duration::from_secs(10),
+        "ResolvedRefs=False/SecretNotFound",
+        || async {
+            let s = env.api.get(&pools(), NS, "shop")?["status"].clone();
+            (condition(&s, "ResolvedRefs")? == ("False".into(), "SecretNotFound".into()))
+                .then_some(())
+        },
+    )
+    .await?;
+
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("shop-tls".into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                (
+                    "tls.crt".to_string(),
+                    k8s_openapi::ByteString(TEST_CRT.into()),
+                ),
+                (
+                    "tls.key".to_string(),
+                    k8s_openapi::ByteString(TEST_KEY.into()),
+                ),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let mut secret = serde_json::to_value(secret)?;
+    secret["apiVersion"] = json!("v1");
+    secret["kind"] = json!("Secret");
+    env.api.apply(secret)?;
+    until(Duration::from_secs(10), "ResolvedRefs=True", || async {
+        let s = env.api.get(&pools(), NS, "shop")?["status"].clone();
+        (condition(&s, "ResolvedRefs")?.0 == "True").then_some(())
+    })
+    .await?;
+    // Every dataplane holds the certificate; its admin port shows it
+    // without the key.
+    let first_line = TEST_CRT.lines().nth(1).unwrap_or_default().to_string();
+    for dp in &env.dataplanes {
+        let routes = until(
+            Duration::from_secs(10),
+            "the certificate on the dataplane",
+            || async {
+                let a = env
+                    .http
+                    .get(dp.admin_addr(), "admin", "/debug/routes")
+                    .await
+                    .ok()?;
+                a.body.contains(&first_line).then_some(a.body)
+            },
+        )
+        .await?;
+        let key_line = TEST_KEY.lines().nth(1).unwrap_or_default();
+        assert!(!routes.contains(key_line), "the key leaked: {routes}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_refuses_dataplanes_without_the_token() -> anyhow::Result<()> {
     let env = Env::start(&["backend-1"]).await?;
     let http = HttpClient::new();

@@ -1,0 +1,374 @@
+//! Passive outlier detection: endpoints that fail live traffic are ejected
+//! for a while, as Envoy's consecutive-5xx detector does.
+//!
+//! The proxy reports every attempt's outcome ([`crate::endpoint::Endpoint`]'s
+//! `record_success` / `record_failure`). After `consecutiveFailures` failures
+//! in a row the endpoint is ejected for `baseEjectionTime` × the number of
+//! times it was ejected (capped at [`MAX_EJECTION_TIME`] or the base, if
+//! longer), unless that would eject more than `maxEjectionPercent` of the
+//! pool — one endpoint may always be ejected. When the time is up a tokio
+//! timer puts the endpoint back in the balancer on probation (half-open):
+//! its first result decides — a success clears it, a failure ejects it again
+//! at once, for longer. The ejection count decays by one per
+//! `baseEjectionTime` spent back in service, so an endpoint that misbehaved
+//! long ago starts over with short ejections (Envoy decays it by one per
+//! detection interval; we have no interval, the base time plays its part).
+//!
+//! The success path costs two relaxed atomic loads; locks are taken only on
+//! failures that reach the threshold, on probation results and on
+//! transitions. The state lives in the `Endpoint` and the pool's
+//! `PoolState`, so it survives table updates.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use sluice_protocol::OutlierDetection;
+
+use crate::endpoint::Endpoint;
+
+/// Longest ejection, unless the base time is longer (Envoy's
+/// `max_ejection_time` default).
+pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long the `times`-th ejection in a row lasts.
+pub fn ejection_time(base: Duration, times: u32) -> Duration {
+    base.saturating_mul(times.max(1))
+        .min(base.max(MAX_EJECTION_TIME))
+}
+
+/// The ejection count after `clean` time back in service: one less per
+/// `base` elapsed.
+pub fn decayed(times: u32, clean: Duration, base: Duration) -> u32 {
+    let periods = clean.as_nanos() / base.as_nanos().max(1);
+    times.saturating_sub(u32::try_from(periods).unwrap_or(u32::MAX))
+}
+
+/// Whether one more endpoint may be ejected when `ejected` of `total` are:
+/// the share after ejecting must stay within `max_percent`, except that one
+/// endpoint may always be ejected (Envoy's rule).
+pub fn may_eject(ejected: usize, total: usize, max_percent: u32) -> bool {
+    ejected == 0 || (ejected + 1) * 100 <= total * max_percent as usize
+}
+
+/// Outlier detection settings and members of one pool; kept in its
+/// `PoolState`, refreshed by every build of the pool.
+#[derive(Debug, Default)]
+pub struct PoolOutlier {
+    /// Consecutive failures that eject; 0 = detection off. Read on every
+    /// failure, so an atomic rather than under the lock.
+    threshold: AtomicU32,
+    /// Serializes ejection decisions of the pool's endpoints, so two
+    /// endpoints failing at once cannot both pass the percentage cap.
+    inner: Mutex<PoolOutlierInner>,
+}
+
+#[derive(Debug, Default)]
+struct PoolOutlierInner {
+    base: Duration,
+    max_percent: u32,
+    members: Vec<Weak<Endpoint>>,
+}
+
+impl PoolOutlier {
+    /// Takes the settings and endpoints of a newly built pool.
+    pub fn configure(&self, config: &OutlierDetection, members: &[std::sync::Arc<Endpoint>]) {
+        let mut inner = lock(&self.inner);
+        inner.base = config.base_ejection_time.get();
+        inner.max_percent = config.max_ejection_percent.get();
+        inner.members = members.iter().map(std::sync::Arc::downgrade).collect();
+        self.threshold
+            .store(config.consecutive_failures, Ordering::Relaxed);
+    }
+}
+
+/// Outlier state of one endpoint.
+#[derive(Debug, Default)]
+pub struct Outlier {
+    failures: AtomicU32,
+    ejected: AtomicBool,
+    /// Back from an ejection, awaiting its first result.
+    probation: AtomicBool,
+    history: Mutex<History>,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    times_ejected: u32,
+    until: Option<Instant>,
+    returned_at: Option<Instant>,
+}
+
+/// What `/debug/pools` shows of an endpoint's outlier state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierView {
+    /// Ejected now.
+    pub ejected: bool,
+    /// Time left of the current ejection.
+    pub remaining: Option<Duration>,
+    /// Ejections counted towards the next one's length (decays over time).
+    pub times_ejected: u32,
+    /// Failures in a row so far.
+    pub consecutive_failures: u32,
+    /// Back from an ejection and awaiting its first result.
+    pub probation: bool,
+}
+
+impl Outlier {
+    /// Whether the endpoint is ejected now.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    /// A snapshot for debugging.
+    pub fn view(&self) -> OutlierView {
+        let history = lock(&self.history);
+        let ejected = self.is_ejected();
+        OutlierView {
+            ejected,
+            remaining: history
+                .until
+                .filter(|_| ejected)
+                .map(|u| u.saturating_duration_since(Instant::now())),
+            times_ejected: history.times_ejected,
+            consecutive_failures: self.failures.load(Ordering::Relaxed),
+            probation: self.probation.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The request path's success report: cheap unless the endpoint is on
+/// probation or had failures.
+pub fn record_success(ep: &Endpoint) {
+    let o = &ep.health.outlier;
+    if o.failures.load(Ordering::Relaxed) != 0 {
+        o.failures.store(0, Ordering::Relaxed);
+    }
+    if o.probation.load(Ordering::Relaxed) && o.probation.swap(false, Ordering::AcqRel) {
+        tracing::info!(pool = %pool_name(ep), endpoint = %ep.addr, "endpoint passed its trial after ejection");
+    }
+}
+
+/// The request path's failure report: counts, and ejects at the threshold
+/// or on a failed trial.
+pub fn record_failure(ep: &std::sync::Arc<Endpoint>) {
+    let o = &ep.health.outlier;
+    let failures = o.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+    let threshold = ep.pool.outlier.threshold.load(Ordering::Relaxed);
+    if threshold == 0 {
+        return;
+    }
+    let trial_failed = o.probation.load(Ordering::Relaxed);
+    if failures < threshold && !trial_failed {
+        return;
+    }
+    let pool = lock(&ep.pool.outlier.inner);
+    if o.is_ejected() {
+        // A late result of a request sent before the ejection.
+        return;
+    }
+    let others_ejected = pool
+        .members
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|m| !std::ptr::eq(m.as_ref(), ep.as_ref()) && m.health.outlier.is_ejected())
+        .count();
+    if !may_eject(others_ejected, pool.members.len(), pool.max_percent) {
+        return;
+    }
+    let now = Instant::now();
+    let mut history = lock(&o.history);
+    let clean = history
+        .returned_at
+        .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
+    history.times_ejected = decayed(history.times_ejected, clean, pool.base).saturating_add(1);
+    let duration = ejection_time(pool.base, history.times_ejected);
+    history.until = Some(now + duration);
+    o.failures.store(0, Ordering::Relaxed);
+    o.probation.store(false, Ordering::Relaxed);
+    o.ejected.store(true, Ordering::Release);
+    let times = history.times_ejected;
+    drop(history);
+    drop(pool);
+    tracing::info!(
+        pool = %pool_name(ep),
+        endpoint = %ep.addr,
+        failures,
+        trial_failed,
+        times_ejected = times,
+        seconds = duration.as_secs_f64(),
+        "endpoint ejected"
+    );
+    ep.health.publish(&ep.pool);
+    let weak = std::sync::Arc::downgrade(ep);
+    // Without a runtime (unit tests) nothing brings it back; the request
+    // path always runs inside one.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            tokio::time::sleep(duration).await;
+            if let Some(ep) = weak.upgrade() {
+                return_to_service(&ep);
+            }
+        });
+    }
+}
+
+/// Ends an ejection: the endpoint takes traffic again, on probation.
+fn return_to_service(ep: &Endpoint) {
+    let o = &ep.health.outlier;
+    {
+        let mut history = lock(&o.history);
+        history.until = None;
+        history.returned_at = Some(Instant::now());
+        o.failures.store(0, Ordering::Relaxed);
+        o.probation.store(true, Ordering::Relaxed);
+        o.ejected.store(false, Ordering::Release);
+    }
+    tracing::info!(pool = %pool_name(ep), endpoint = %ep.addr, "ejection over, endpoint on trial");
+    ep.health.publish(&ep.pool);
+}
+
+fn pool_name(ep: &Endpoint) -> &str {
+    ep.health.pool_name()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn ejection_time_grows_with_each_ejection_up_to_the_cap() {
+        assert_eq!(ejection_time(30 * S, 0), 30 * S);
+        assert_eq!(ejection_time(30 * S, 1), 30 * S);
+        assert_eq!(ejection_time(30 * S, 3), 90 * S);
+        assert_eq!(ejection_time(30 * S, 10), 300 * S);
+        assert_eq!(ejection_time(30 * S, u32::MAX), 300 * S);
+        // A base above the cap is used as it is.
+        assert_eq!(ejection_time(600 * S, 4), 600 * S);
+        assert_eq!(
+            ejection_time(Duration::from_millis(200), 2),
+            2 * Duration::from_millis(200)
+        );
+    }
+
+    #[test]
+    fn the_ejection_count_decays_one_per_base_time_in_service() {
+        assert_eq!(decayed(3, Duration::ZERO, 30 * S), 3);
+        assert_eq!(decayed(3, 29 * S, 30 * S), 3);
+        assert_eq!(decayed(3, 30 * S, 30 * S), 2);
+        assert_eq!(decayed(3, 95 * S, 30 * S), 0);
+        assert_eq!(decayed(3, Duration::MAX, Duration::from_nanos(1)), 0);
+        assert_eq!(decayed(0, 95 * S, 30 * S), 0);
+    }
+
+    #[test]
+    fn the_percentage_cap_always_allows_one_ejection() {
+        assert!(may_eject(0, 2, 50));
+        assert!(!may_eject(1, 2, 50));
+        assert!(may_eject(1, 4, 50));
+        assert!(!may_eject(2, 4, 50));
+        assert!(may_eject(0, 10, 0));
+        assert!(!may_eject(1, 10, 10));
+        assert!(may_eject(9, 10, 100));
+        assert!(may_eject(0, 1, 50));
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use crate::endpoint::Registry;
+    use crate::metrics::Metrics;
+    use crate::table::Table;
+    use sluice_protocol::{RouteFile, RouteTable};
+
+    fn table(yaml: &str) -> Table {
+        let file = RouteFile::from_yaml(yaml).expect("valid");
+        let routes = RouteTable::from_pools(1, file.pools);
+        Table::build(
+            &routes,
+            &Table::default(),
+            &Metrics::new(),
+            &Registry::default(),
+        )
+    }
+
+    const TWO: &str = "pools:\n  - name: p\n    outlierDetection: {consecutiveFailures: 2, baseEjectionTime: 10s, maxEjectionPercent: 50}\n    endpoints: [{address: 127.0.0.1:1}, {address: 127.0.0.1:2}]\n";
+
+    #[test]
+    fn consecutive_failures_eject_within_the_percentage_cap() {
+        let t = table(TWO);
+        let pool = t.pool("p").expect("pool");
+        let (a, b) = (&pool.endpoints[0], &pool.endpoints[1]);
+        a.record_failure();
+        a.record_success();
+        a.record_failure();
+        assert!(a.is_available(), "a success broke the run");
+        a.record_failure();
+        assert!(!a.is_available());
+        assert_eq!(a.health.outlier.view().times_ejected, 1);
+        for _ in 0..4 {
+            assert_eq!(pool.pick().map(|e| e.addr.port()), Some(2));
+        }
+        b.record_failure();
+        b.record_failure();
+        b.record_failure();
+        assert!(b.is_available(), "50 % of two: only one may be ejected");
+        assert!(!pool.in_panic());
+    }
+
+    #[test]
+    fn a_failed_trial_ejects_again_at_once_for_longer_and_a_passed_one_clears() {
+        let t = table(TWO);
+        let pool = t.pool("p").expect("pool");
+        let a = &pool.endpoints[0];
+        a.record_failure();
+        a.record_failure();
+        return_to_service(a);
+        assert!(a.is_available() && a.health.outlier.view().probation);
+        a.record_failure();
+        let view = a.health.outlier.view();
+        assert!(view.ejected);
+        assert_eq!(view.times_ejected, 2);
+        assert!(view.remaining.is_some_and(|r| r > Duration::from_secs(10)));
+        return_to_service(a);
+        a.record_status(200);
+        let view = a.health.outlier.view();
+        assert!(!view.probation && !view.ejected);
+        a.record_status(503);
+        assert!(
+            a.is_available(),
+            "one failure after a passed trial does not eject"
+        );
+    }
+
+    #[test]
+    fn zero_failures_turns_detection_off() {
+        let t = table(
+            "pools:\n  - name: p\n    outlierDetection: {consecutiveFailures: 0}\n    endpoints: [{address: 127.0.0.1:1}]\n",
+        );
+        let a = &t.pool("p").expect("pool").endpoints[0];
+        for _ in 0..100 {
+            a.record_failure();
+        }
+        assert!(a.is_available());
+    }
+
+    #[test]
+    fn a_lone_ejected_endpoint_puts_the_pool_in_panic() {
+        let t = table(
+            "pools:\n  - name: p\n    outlierDetection: {consecutiveFailures: 1}\n    endpoints: [{address: 127.0.0.1:1}]\n",
+        );
+        let pool = t.pool("p").expect("pool");
+        pool.endpoints[0].record_failure();
+        assert!(!pool.endpoints[0].is_available());
+        assert_eq!(pool.pick().map(|e| e.addr.port()), Some(1));
+        assert!(pool.in_panic());
+    }
+}
