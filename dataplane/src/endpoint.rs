@@ -14,9 +14,13 @@ use std::sync::{Arc, Mutex, Weak};
 
 use http::uri::Authority;
 
+use crate::breaker::Breaker;
 use crate::health::Health;
 use crate::metrics::{CodeCounters, HealthGauge, PoolEndpointCode};
 use crate::outlier::{self, PoolOutlier};
+use crate::ratelimit::RateLimiter;
+use crate::retry::RetryBudget;
+use crate::upstream::Upstream;
 
 /// One endpoint of one pool.
 #[derive(Debug)]
@@ -116,6 +120,14 @@ pub struct PoolState {
     /// Bumped whenever an endpoint's availability changes; a pool rebuilds
     /// its balancer over the available endpoints when it sees a new value.
     pub epoch: AtomicU64,
+    /// Circuit breaker counts (connections, pending, requests, retries).
+    pub breaker: Arc<Breaker>,
+    /// Requests and retries of the last seconds, for the retry budget.
+    pub budget: RetryBudget,
+    /// The pool's client, kept while its timeouts stay the same.
+    pub upstream: Mutex<Option<Arc<Upstream>>>,
+    /// The rate limiter, kept while `rateLimit` stays the same.
+    pub limiter: Mutex<Option<Arc<RateLimiter>>>,
     /// Outlier detection settings and members, for ejection decisions.
     pub outlier: PoolOutlier,
 }

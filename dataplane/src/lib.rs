@@ -5,12 +5,15 @@
 //! Layout: [`table`] (host + prefix routing, swapped whole), [`balance`]
 //! (endpoint selection), [`health`] and [`outlier`] (endpoint
 //! availability), [`proxy`] and [`forward`] (the request path),
+//! [`policy`] with [`upstream`], [`retry`], [`breaker`] and [`ratelimit`]
+//! (per-pool clients, retries, timeouts, circuit breaker, rate limits),
 //! [`listener`] (serving with graceful drain), [`stream`] and [`report`]
 //! (cluster mode), [`file`] (standalone mode), [`persist`] (`--state-dir`),
 //! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`].
 
 pub mod admin;
 pub mod balance;
+pub mod breaker;
 pub mod cli;
 pub mod demo;
 pub mod endpoint;
@@ -21,11 +24,15 @@ pub mod listener;
 pub mod metrics;
 pub mod outlier;
 pub mod persist;
+pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod report;
+pub mod retry;
 pub mod state;
 pub mod stream;
 pub mod table;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -140,6 +140,7 @@ pub struct Metrics {
     duration: Family<PoolLabel, Histogram, fn() -> Histogram>,
     upstream: Family<PoolEndpointCode, Counter>,
     inflight: Family<PoolLabel, Gauge>,
+    ratelimited: Family<PoolLabel, Counter>,
     endpoint_healthy: Family<PoolEndpoint, Gauge>,
     /// `sluice_route_version`.
     pub route_version: Gauge,
@@ -157,6 +158,7 @@ impl Metrics {
         );
         let upstream = Family::default();
         let inflight = Family::default();
+        let ratelimited = Family::default();
         let endpoint_healthy = Family::default();
         let route_version = Gauge::default();
         registry.register(
@@ -180,6 +182,11 @@ impl Metrics {
             inflight.clone(),
         );
         registry.register(
+            "ratelimited",
+            "Requests refused with 429 by the pool's rate limit, by pool",
+            ratelimited.clone(),
+        );
+        registry.register(
             "endpoint_healthy",
             "Whether an endpoint takes traffic: 1 when it passes its health checks and is not ejected",
             endpoint_healthy.clone(),
@@ -195,6 +202,7 @@ impl Metrics {
             duration,
             upstream,
             inflight,
+            ratelimited,
             endpoint_healthy,
             route_version,
             windows: Windows::default(),
@@ -224,6 +232,7 @@ impl Metrics {
             ),
             duration: self.duration.get_or_create_owned(&label),
             inflight: self.inflight.get_or_create_owned(&label),
+            ratelimited: self.ratelimited.get_or_create_owned(&label),
             window: self.windows.get(pool),
         }
     }
@@ -306,6 +315,7 @@ pub struct PoolMetrics {
     requests: CodeCounters<PoolCode>,
     duration: Histogram,
     inflight: Gauge,
+    ratelimited: Counter,
     window: Arc<PoolWindow>,
 }
 
@@ -319,6 +329,11 @@ impl PoolMetrics {
             metrics: Arc::clone(self),
             started: Instant::now(),
         }
+    }
+
+    /// A request was refused by the pool's rate limit.
+    pub fn rate_limited(&self) {
+        self.ratelimited.inc();
     }
 }
 

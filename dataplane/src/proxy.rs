@@ -5,6 +5,7 @@
 //! Errors Sluice answers itself are short plain-text bodies saying why, with
 //! the reason in `x-sluice-error` for scripts and dashboards.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,30 +14,28 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::request::Parts;
+use http::uri::Authority;
+use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::Error as LegacyError;
 
-use crate::endpoint::InFlight;
+use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
+use crate::endpoint::{Endpoint, InFlight};
 use crate::forward;
 use crate::metrics::Exchange;
+use crate::retry::{self, Failure, RequestTraits, idempotent};
 use crate::state::State;
-use crate::table::normalize_host;
+use crate::table::{Pool, normalize_host};
+use crate::upstream::{BoxError, ConnectTimeout, Outgoing};
 
 /// Header naming why Sluice answered a request itself.
 pub const ERROR_HEADER: &str = "x-sluice-error";
 
-/// How long an idle upstream connection stays pooled. Shorter than the
-/// usual server-side keep-alive timeouts (nginx 75 s, Node 5 s is the
-/// outlier), so Sluice mostly closes first and rarely reuses a connection
-/// the endpoint is closing.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long dialing an endpoint may take before the request fails with 502.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Header with the number of tries a response took, when more than one.
+pub const ATTEMPTS_HEADER: &str = "x-sluice-attempts";
 
 /// Body of every proxy response: the endpoint's, streamed, or a short one
 /// of Sluice's own. An enum rather than a boxed body: no allocation, and the
@@ -52,6 +51,11 @@ pub enum ProxyBody {
         exchange: Option<Exchange>,
         /// The endpoint's in-flight count, held to the last byte.
         in_flight: Option<InFlight>,
+        /// The request's place in the pool's `maxRequests`, held to the
+        /// last byte.
+        admitted: Option<Held>,
+        /// Cuts a body that stays silent for `timeouts.idle`.
+        idle: IdleTimer,
     },
     /// An answer from Sluice itself.
     Local(Full<Bytes>),
@@ -59,24 +63,39 @@ pub enum ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Upstream {
                 body,
                 exchange,
                 in_flight,
+                admitted,
+                idle,
             } => {
                 let polled = Pin::new(body).poll_frame(cx);
-                if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-                    exchange.take();
-                    in_flight.take();
+                match &polled {
+                    Poll::Pending => {
+                        if idle.expired(cx) {
+                            exchange.take();
+                            in_flight.take();
+                            admitted.take();
+                            let limit = idle.limit;
+                            return Poll::Ready(Some(Err(BodyIdle(limit).into())));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(_))) => idle.activity(),
+                    Poll::Ready(None | Some(Err(_))) => {
+                        exchange.take();
+                        in_flight.take();
+                        admitted.take();
+                    }
                 }
-                polled
+                polled.map_err(Into::into)
             }
             Self::Local(body) => Pin::new(body)
                 .poll_frame(cx)
@@ -99,25 +118,103 @@ impl Body for ProxyBody {
     }
 }
 
+/// The endpoint's response body went silent for longer than
+/// `timeouts.idle`.
+#[derive(Debug, thiserror::Error)]
+#[error("response body idle for {0:?}")]
+struct BodyIdle(Duration);
+
+/// The idle timeout of a response body. Armed only when the body first
+/// has nothing ready, so a body that arrives whole (the common small
+/// response) never touches the timer; after that, a frame records the time
+/// and the timer, when it fires, moves to that time plus the limit.
+#[derive(Debug)]
+pub struct IdleTimer {
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            timer: None,
+            last: None,
+        }
+    }
+
+    fn activity(&mut self) {
+        if self.timer.is_some() {
+            self.last = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Whether the body has been silent for the limit (registers the
+    /// waker otherwise).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            match self.last.take() {
+                Some(last) if last + limit > tokio::time::Instant::now() => {
+                    timer.as_mut().reset(last + limit);
+                }
+                _ => return true,
+            }
+        }
+    }
+}
+
 /// The forwarding service: one per listener, cloned per connection.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     state: Arc<State>,
-    client: Client<HttpConnector, Incoming>,
+}
+
+/// How a request ended, before its response went out.
+enum Answer {
+    /// The endpoint's response (a success, or the last failure when it was
+    /// a gateway error), with the endpoint's in-flight count.
+    Upstream {
+        resp: Response<Incoming>,
+        in_flight: InFlight,
+        tries: u32,
+    },
+    /// One of Sluice's own, with the tries it took.
+    Local {
+        resp: Response<ProxyBody>,
+        tries: u32,
+    },
+}
+
+/// What one attempt came to, as retries, metrics and passive health see
+/// it.
+enum Attempt {
+    /// A response to pass on.
+    Answered(Response<Incoming>),
+    /// A failure; `resp` is the endpoint's own answer for a gateway error.
+    Failed {
+        failure: Failure,
+        resp: Option<Response<Incoming>>,
+        /// Sluice's answer if this is the last try.
+        status: StatusCode,
+        reason: &'static str,
+        why: String,
+        overflow: Option<Overflow>,
+    },
 }
 
 impl Proxy {
-    /// A proxy over `state` with a pooled keep-alive HTTP/1.1 client to the
-    /// endpoints.
+    /// A proxy over `state`; each pool has its own keep-alive HTTP/1.1
+    /// client to its endpoints ([`crate::upstream`]).
     pub fn new(state: Arc<State>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
-        Self { state, client }
+        Self { state }
     }
 
     /// Handles one request from `peer`.
@@ -135,45 +232,290 @@ impl Proxy {
         };
         let exchange = pool.metrics.begin();
         let name = &pool.route.name;
+        if let Some(limiter) = &pool.policy.limiter
+            && let Err(secs) = limiter.check(req.headers(), peer.ip())
+        {
+            pool.metrics.rate_limited();
+            exchange.respond(429);
+            return rate_limited(name, secs);
+        }
+        let admitted = match pool.state.breaker.request() {
+            Ok(held) => held,
+            Err(over) => {
+                exchange.respond(503);
+                return overflow(name, over);
+            }
+        };
         let Some(target) = pool.pick() else {
             exchange.respond(503);
             let body = format!("pool {name:?} has no ready endpoints\n");
             return local(StatusCode::SERVICE_UNAVAILABLE, "no-endpoints", body);
         };
 
-        let in_flight = target.begin();
         let original_host = HeaderValue::from_str(raw_host).ok();
         let (mut parts, body) = req.into_parts();
         if let Err(e) = forward::request(&mut parts, &target.authority, peer.ip(), original_host) {
             exchange.respond(400);
             return local(StatusCode::BAD_REQUEST, "bad-request", format!("{e}\n"));
         }
-        match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(resp) => {
-                let code = resp.status().as_u16();
-                exchange.respond(code);
-                target.upstream.inc(code);
-                target.record_status(code);
+        let limit = pool.policy.request_timeout;
+        let tries = tokio::time::timeout(limit, attempts(pool, target, parts, body));
+        let (mut resp, tries) = match tries.await {
+            Ok(Answer::Upstream {
+                resp,
+                in_flight,
+                tries,
+            }) => {
+                exchange.respond(resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
                 let body = ProxyBody::Upstream {
                     body,
                     exchange: Some(exchange),
                     in_flight: Some(in_flight),
+                    admitted: Some(admitted),
+                    idle: IdleTimer::new(pool.policy.upstream.idle()),
                 };
-                Response::from_parts(parts, body)
+                (Response::from_parts(parts, body), tries)
             }
-            Err(e) => {
-                exchange.respond(502);
-                target.upstream.inc(0);
-                target.record_failure();
-                let why = describe(&e);
-                tracing::debug!(pool = %name, endpoint = %target.addr, error = %why, "endpoint failed");
-                let body = format!("endpoint {} failed: {why}\n", target.addr);
-                local(StatusCode::BAD_GATEWAY, "upstream-failed", body)
+            Ok(Answer::Local { resp, tries }) => {
+                exchange.respond(resp.status().as_u16());
+                (resp, tries)
             }
+            Err(_) => {
+                exchange.respond(504);
+                let body = format!("pool {name:?} gave no response within {limit:?}\n");
+                (local(StatusCode::GATEWAY_TIMEOUT, "timeout", body), 0)
+            }
+        };
+        if tries > 1 {
+            resp.headers_mut()
+                .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
         }
+        resp
     }
+}
+
+/// Sends the request to `first`, and again to other endpoints while the
+/// pool's retry policy, budget and `maxRetries` allow (rules in
+/// [`crate::retry`]).
+async fn attempts(pool: &Pool, first: &Arc<Endpoint>, parts: Parts, body: Incoming) -> Answer {
+    let policy = &pool.policy;
+    let retry = policy.retry;
+    let may_retry = retry.enabled() && pool.endpoints.len() > 1;
+    let mut traits = RequestTraits {
+        idempotent: idempotent(&parts.method),
+        bodiless: body.is_end_stream(),
+        body_intact: true,
+    };
+    let mut body = Outgoing::new(body, may_retry);
+    // The head is kept for retries only when one is possible: cloning it is
+    // the one cost retries add to a request that needs none.
+    let template = may_retry.then(|| parts.clone());
+    if may_retry {
+        pool.state.budget.deposit();
+    }
+    let mut head = Some(parts);
+    let mut target = first;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut _retrying: Option<Held> = None;
+    let mut tries = 1;
+    loop {
+        let in_flight = target.begin();
+        let parts = match (head.take(), &template) {
+            (Some(parts), _) => parts,
+            (None, Some(template)) => retarget(template.clone(), &target.authority),
+            // Unreachable: a retry needs the template.
+            (None, None) => return failed_answer(pool, target, tries),
+        };
+        let sent = pool
+            .policy
+            .upstream
+            .request(Request::from_parts(parts, body.attempt()));
+        let result = match retry.per_try_timeout {
+            Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
+            None => Ok(sent.await),
+        };
+        let attempt = outcome(target, result);
+        let (failure, resp, status, reason, why, over) = match attempt {
+            Attempt::Answered(resp) => {
+                return Answer::Upstream {
+                    resp,
+                    in_flight,
+                    tries,
+                };
+            }
+            Attempt::Failed {
+                failure,
+                resp,
+                status,
+                reason,
+                why,
+                overflow,
+            } => (failure, resp, status, reason, why, overflow),
+        };
+        tracing::debug!(pool = %pool.route.name, endpoint = %target.addr, try = tries, error = %why, "attempt failed");
+        traits.body_intact = body.intact();
+        let next = if tries <= retry.attempts && retry.allows(failure, traits) {
+            tried.push(target.addr);
+            next_try(pool, &tried)
+        } else {
+            None
+        };
+        let Some((next, held)) = next else {
+            return match resp {
+                Some(resp) => Answer::Upstream {
+                    resp,
+                    in_flight,
+                    tries,
+                },
+                None => {
+                    let resp = match over {
+                        Some(over) => overflow(&pool.route.name, over),
+                        None => local(status, reason, why),
+                    };
+                    Answer::Local { resp, tries }
+                }
+            };
+        };
+        drop((resp, in_flight));
+        _retrying = Some(held);
+        if failure.backs_off() {
+            tokio::time::sleep(retry::backoff(tries)).await;
+        }
+        target = next;
+        tries += 1;
+    }
+}
+
+/// The endpoint of the next retry, with its place in `maxRetries`, when
+/// one is left and the breaker and the budget allow it.
+fn next_try<'p>(pool: &'p Pool, tried: &[SocketAddr]) -> Option<(&'p Arc<Endpoint>, Held)> {
+    let next = pool.pick_excluding(tried)?;
+    let held = pool.state.breaker.retry().ok()?;
+    let percent = pool.policy.retry.budget_percent();
+    pool.state.budget.withdraw(percent).then_some((next, held))
+}
+
+/// Turns an attempt's result into what retries, metrics and health see:
+/// counts it in the endpoint's `sluice_upstream_requests_total` (code 0
+/// when no response came) and records it for outlier detection (a refusal
+/// by the pool's own circuit breaker says nothing of the endpoint).
+fn outcome(
+    target: &Arc<Endpoint>,
+    result: Result<Result<Response<Incoming>, LegacyError>, Duration>,
+) -> Attempt {
+    let addr = target.addr;
+    let e = match result {
+        Ok(Ok(resp)) => {
+            let code = resp.status().as_u16();
+            target.upstream.inc(code);
+            target.record_status(code);
+            if !retry::gateway_error(code) {
+                return Attempt::Answered(resp);
+            }
+            return Attempt::Failed {
+                failure: Failure::Gateway,
+                status: resp.status(),
+                resp: Some(resp),
+                reason: "upstream-failed",
+                why: format!("endpoint {addr} answered {code}\n"),
+                overflow: None,
+            };
+        }
+        Ok(Err(e)) => e,
+        Err(limit) => {
+            target.upstream.inc(0);
+            target.record_failure();
+            return Attempt::Failed {
+                failure: Failure::Timeout,
+                resp: None,
+                status: StatusCode::GATEWAY_TIMEOUT,
+                reason: "timeout",
+                why: format!("endpoint {addr} gave no response within perTryTimeout {limit:?}\n"),
+                overflow: None,
+            };
+        }
+    };
+    if let Some(over) = find_cause::<Overflow>(&e) {
+        return Attempt::Failed {
+            failure: Failure::Overflow,
+            resp: None,
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "overflow",
+            why: format!("{over}\n"),
+            overflow: Some(*over),
+        };
+    }
+    target.upstream.inc(0);
+    target.record_failure();
+    let why = format!("endpoint {addr} failed: {}\n", describe(&e));
+    let (failure, status, reason) = if find_cause::<ConnectTimeout>(&e).is_some() {
+        (Failure::Connect, StatusCode::GATEWAY_TIMEOUT, "timeout")
+    } else if e.is_connect() {
+        (Failure::Connect, StatusCode::BAD_GATEWAY, "upstream-failed")
+    } else {
+        (Failure::Reset, StatusCode::BAD_GATEWAY, "upstream-failed")
+    };
+    Attempt::Failed {
+        failure,
+        resp: None,
+        status,
+        reason,
+        why,
+        overflow: None,
+    }
+}
+
+/// A failure answer when nothing else is known (never expected).
+fn failed_answer(pool: &Pool, target: &Endpoint, tries: u32) -> Answer {
+    let body = format!(
+        "pool {:?}: cannot retry on {}\n",
+        pool.route.name, target.addr
+    );
+    let resp = local(StatusCode::BAD_GATEWAY, "upstream-failed", body);
+    Answer::Local { resp, tries }
+}
+
+/// The first error of type `T` in `e`'s chain of causes.
+fn find_cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// `parts` (already rewritten by [`forward::request`] for another
+/// endpoint) pointed at `authority`.
+fn retarget(mut parts: Parts, authority: &Authority) -> Parts {
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.authority = Some(authority.clone());
+    parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    parts
+}
+
+/// 429 for a request over the pool's rate limit.
+fn rate_limited(pool: &str, retry_after: u64) -> Response<ProxyBody> {
+    let body = format!("pool {pool:?} rate limit exceeded; retry after {retry_after}s\n");
+    let mut resp = local(StatusCode::TOO_MANY_REQUESTS, "rate-limited", body);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    resp
+}
+
+/// 503 for a request over one of the pool's circuit breaker limits.
+fn overflow(pool: &str, over: Overflow) -> Response<ProxyBody> {
+    let body = format!("pool {pool:?}: {over}\n");
+    let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "overflow", body);
+    resp.headers_mut()
+        .insert(OVERFLOW_HEADER, HeaderValue::from_static(over.header()));
+    resp
 }
 
 /// `:authority` (HTTP/2, or an HTTP/1.1 absolute-form target, which takes

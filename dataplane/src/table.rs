@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_protocol::{PoolRoute, RouteTable};
@@ -25,6 +26,7 @@ use arc_swap::ArcSwap;
 use crate::balance::Balancer;
 use crate::endpoint::{Endpoint, PoolState, Registry};
 use crate::metrics::{Metrics, PoolMetrics};
+use crate::policy::Policy;
 
 /// One pool as the proxy uses it. The route, endpoints and weights are fixed
 /// for the pool's life; which endpoints the balancer spreads traffic over
@@ -45,6 +47,8 @@ pub struct Pool {
     pub state: Arc<PoolState>,
     /// Counters of the pool's requests.
     pub metrics: Arc<PoolMetrics>,
+    /// Client, retries, timeouts and rate limit.
+    pub policy: Policy,
 }
 
 /// A balancer over the endpoints available at one availability epoch.
@@ -86,6 +90,7 @@ impl Pool {
                 balancer: Balancer::new(route.algorithm, &[]),
                 panic: false,
             }),
+            policy: Policy::new(route, &state),
             state,
             metrics: Arc::new(metrics.pool(&route.name)),
         };
@@ -125,6 +130,22 @@ impl Pool {
         let i = picker.balancer.pick()?;
         let member = *picker.members.get(i)?;
         self.endpoints.get(member as usize)
+    }
+
+    /// An endpoint for a retry, not among `tried`: the balancer's choice
+    /// when it offers one within a few picks, else the first untried
+    /// endpoint in route order that is available (or any, in panic mode).
+    pub fn pick_excluding(&self, tried: &[SocketAddr]) -> Option<&Arc<Endpoint>> {
+        for _ in 0..3 {
+            let e = self.pick()?;
+            if !tried.contains(&e.addr) {
+                return Some(e);
+            }
+        }
+        let panic = self.in_panic();
+        self.endpoints
+            .iter()
+            .find(|e| !tried.contains(&e.addr) && (panic || e.is_available()))
     }
 
     /// Whether no endpoint is available and traffic goes to all of them.
