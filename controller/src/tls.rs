@@ -146,3 +146,73 @@ pub async fn watch_files(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CRT_A: &str = include_str!("testdata/tls.crt");
+    const KEY_A: &str = include_str!("testdata/tls.key");
+    const CRT_B: &str = include_str!("../../tests/testdata/stream.crt");
+    const KEY_B: &str = include_str!("../../tests/testdata/stream.key");
+
+    fn leaf(r: &Reloading) -> Vec<u8> {
+        r.current.load().cert[0].to_vec()
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_changed_pair_is_served_and_a_broken_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sluice-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let files = TlsFiles {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        };
+        std::fs::write(&files.cert, CRT_A).expect("write");
+        std::fs::write(&files.key, KEY_A).expect("write");
+        let (_, resolver) = server_config(&files).expect("first pair loads");
+        assert_eq!(leaf(&resolver), der(CRT_A));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(watch_files(
+            files.clone(),
+            Arc::clone(&resolver),
+            Duration::from_millis(10),
+            stop_rx,
+        ));
+
+        // A mismatched pair (new certificate, old key) is refused: A stays.
+        std::fs::write(&files.cert, CRT_B).expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(leaf(&resolver), der(CRT_A));
+        // The key follows: B is served.
+        std::fs::write(&files.key, KEY_B).expect("write");
+        for _ in 0..200 {
+            if leaf(&resolver) == der(CRT_B) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(leaf(&resolver), der(CRT_B));
+        let _ = stop.send(true);
+        let _ = task.await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_missing_or_mismatched_pair_names_the_file() {
+        let files = TlsFiles {
+            cert: "/nonexistent/tls.crt".into(),
+            key: "/nonexistent/tls.key".into(),
+        };
+        let err = load(&files).expect_err("missing").to_string();
+        assert!(err.contains("/nonexistent/tls.crt"), "{err}");
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_controller::{Auth, Controller, Options};
+use sluice_controller::{Auth, Controller, Options, TlsFiles};
 use sluice_dataplane::{Dataplane, Options as DpOptions, Source};
 use sluice_tests::apiserver::{Collection, FakeApiServer};
 use sluice_tests::backend::Backend;
@@ -75,6 +75,12 @@ impl Env {
     /// Fake API server with a Service, slices for `names` and a pool, the
     /// controller, and two dataplanes following it.
     async fn start(names: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(names, false).await
+    }
+
+    /// The same, with the stream served over TLS (the test CA in
+    /// `tests/testdata`) when `tls` is set.
+    async fn start_with(names: &[&str], tls: bool) -> anyhow::Result<Self> {
         let api = FakeApiServer::start().await?;
         let mut backends = BTreeMap::new();
         for name in names {
@@ -92,16 +98,26 @@ impl Env {
         let token_file = dir.join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n"))?;
 
-        let controller = start_controller(&api, "127.0.0.1:0".parse()?, &token_file).await?;
+        let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let tls_files = tls.then(|| TlsFiles {
+            cert: testdata.join("stream.crt"),
+            key: testdata.join("stream.key"),
+        });
+        let controller =
+            start_controller(&api, "127.0.0.1:0".parse()?, &token_file, tls_files).await?;
         let stream_addr = controller.stream_addr();
+        let (scheme, ca_file) = match tls {
+            true => ("https", Some(testdata.join("ca.crt"))),
+            false => ("http", None),
+        };
         let mut dataplanes = Vec::new();
         for i in 0..2 {
             dataplanes.push(
                 Dataplane::start(DpOptions {
                     source: Source::Controller {
-                        url: format!("http://{stream_addr}"),
+                        url: format!("{scheme}://{stream_addr}"),
                         token_file: Some(token_file.clone()),
-                        ca_file: None,
+                        ca_file: ca_file.clone(),
                     },
                     name: format!("dp-{i}"),
                     http: "127.0.0.1:0".parse()?,
@@ -175,6 +191,7 @@ async fn start_controller(
     api: &FakeApiServer,
     listen: SocketAddr,
     token_file: &std::path::Path,
+    tls: Option<TlsFiles>,
 ) -> anyhow::Result<Controller> {
     Ok(Controller::start(
         api.client()?,
@@ -183,6 +200,7 @@ async fn start_controller(
             admin: "127.0.0.1:0".parse()?,
             auth: Auth::Static(token_file.to_path_buf()),
             status_interval: Duration::from_millis(200),
+            tls,
             ..Options::default()
         },
     )
@@ -312,7 +330,8 @@ async fn a_controller_restart_costs_no_request_and_dataplanes_resync() -> anyhow
 
     // A new controller on the same address; the dataplanes reconnect and
     // take a change made after the restart.
-    env.controller = Some(start_controller(&env.api, env.stream_addr, &env.token_file).await?);
+    env.controller =
+        Some(start_controller(&env.api, env.stream_addr, &env.token_file, None).await?);
     let b3 = Backend::start("backend-3").await?;
     env.api.apply(slice("web", &b3))?;
     env.wait_for_backends(&["backend-1", "backend-2", "backend-3"])
@@ -516,6 +535,19 @@ async fn a_tls_secret_reaches_the_dataplanes_and_a_missing_one_is_a_reason() -> 
         let key_line = TEST_KEY.lines().nth(1).unwrap_or_default();
         assert!(!routes.contains(key_line), "the key leaked: {routes}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_stream_carries_routes_and_plain_http_is_refused() -> anyhow::Result<()> {
+    let env = Env::start_with(&["backend-1", "backend-2"], true).await?;
+    env.wait_for_backends(&["backend-1", "backend-2"]).await?;
+    // A client that speaks plain HTTP to the TLS port gets no route stream.
+    let plain = env
+        .http
+        .get(env.stream_addr, "controller", "/v1/routes")
+        .await;
+    assert!(plain.is_err() || plain.is_ok_and(|a| a.status != 200));
     Ok(())
 }
 
