@@ -1,7 +1,31 @@
 //! Who may read the route stream and post reports.
+//!
+//! Three modes: `none` (loopback only), `static:<file>` (bearer tokens listed
+//! in a file) and `tokenreview:<namespace>/<serviceaccount>`: the dataplane
+//! presents its projected ServiceAccount token (audience [`AUDIENCE`]), the
+//! API server vouches for it through the TokenReview API, and only the named
+//! ServiceAccount is let in. Verdicts are cached (until the token expires, at
+//! most [`MAX_TTL`]; refusals for [`DENIED_TTL`]) so a reconnect storm does
+//! not become a TokenReview storm.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::{Api, PostParams};
+
+/// Audience the dataplanes' projected tokens are minted for.
+pub const AUDIENCE: &str = "sluice";
+/// Longest a positive TokenReview verdict is trusted.
+pub const MAX_TTL: Duration = Duration::from_secs(600);
+/// How long a refused token stays refused without asking again.
+pub const DENIED_TTL: Duration = Duration::from_secs(10);
+/// Most tokens remembered at once.
+const CACHE_LIMIT: usize = 4096;
 
 /// How the stream authenticates dataplanes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,58 +35,207 @@ pub enum Auth {
     /// Bearer tokens listed one per line in a file (re-read on each request,
     /// so a rotated Secret takes effect without a restart).
     Static(PathBuf),
+    /// Projected ServiceAccount tokens of this ServiceAccount, checked with
+    /// the TokenReview API.
+    TokenReview {
+        /// Namespace of the ServiceAccount.
+        namespace: String,
+        /// Its name.
+        service_account: String,
+    },
 }
 
 impl FromStr for Auth {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = || {
+            format!(
+                "--auth {s:?}: expected none, static:<file> or tokenreview:<namespace>/<serviceaccount>"
+            )
+        };
         match s.split_once(':') {
             _ if s == "none" => Ok(Self::None),
             Some(("static", path)) if !path.is_empty() => Ok(Self::Static(PathBuf::from(path))),
-            _ => Err(format!(
-                "--auth {s:?}: expected none or static:<file> (tokenreview arrives with the secure channel)"
-            )),
+            Some(("tokenreview", who)) => match who.split_once('/') {
+                Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {
+                    Ok(Self::TokenReview {
+                        namespace: ns.to_string(),
+                        service_account: sa.to_string(),
+                    })
+                }
+                _ => Err(usage()),
+            },
+            _ => Err(usage()),
         }
     }
 }
 
 /// Why a request was refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     /// No bearer token.
     #[error("missing bearer token")]
     Missing,
-    /// A token that is not allowed.
+    /// A token that is not valid (401).
     #[error("token not accepted")]
     Rejected,
-    /// The token file could not be read.
-    #[error("token file unreadable: {0}")]
+    /// A valid token of someone not allowed (403).
+    #[error("{0} may not read the route stream")]
+    Forbidden(String),
+    /// The check itself failed (token file unreadable, API server away).
+    #[error("cannot check the token: {0}")]
     Unavailable(String),
 }
 
-impl Auth {
+impl Denied {
+    /// The HTTP status to answer with.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::Missing | Self::Rejected => http::StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => http::StatusCode::FORBIDDEN,
+            Self::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Checks requests against an [`Auth`] mode.
+pub struct Authenticator {
+    auth: Auth,
+    client: Option<kube::Client>,
+    cache: Mutex<HashMap<String, (Result<(), Denied>, Instant)>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// An authenticator; `client` is used by `tokenreview`.
+    pub fn new(auth: Auth, client: kube::Client) -> Self {
+        Self {
+            auth,
+            client: Some(client),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Checks the `Authorization` header value.
-    pub fn check(&self, authorization: Option<&str>) -> Result<(), Denied> {
-        let path = match self {
-            Self::None => return Ok(()),
-            Self::Static(path) => path,
-        };
+    pub async fn check(&self, authorization: Option<&str>) -> Result<(), Denied> {
+        if self.auth == Auth::None {
+            return Ok(());
+        }
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(Denied::Missing)?;
-        let allowed = std::fs::read_to_string(path)
-            .map_err(|e| Denied::Unavailable(format!("{}: {e}", path.display())))?;
-        let ok = allowed
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .fold(false, |found, line| {
-                found | constant_time_eq(line.as_bytes(), token.as_bytes())
-            });
-        if ok { Ok(()) } else { Err(Denied::Rejected) }
+        match &self.auth {
+            Auth::None => Ok(()),
+            Auth::Static(path) => check_static(path, token),
+            Auth::TokenReview {
+                namespace,
+                service_account,
+            } => {
+                if let Some(cached) = self.cached(token) {
+                    return cached;
+                }
+                let user = format!("system:serviceaccount:{namespace}:{service_account}");
+                let verdict = self.review(token, &user).await;
+                if !matches!(verdict, Err(Denied::Unavailable(_))) {
+                    let ttl = match verdict {
+                        Ok(()) => expiry(token).unwrap_or(MAX_TTL).min(MAX_TTL),
+                        Err(_) => DENIED_TTL,
+                    };
+                    self.remember(token, verdict.clone(), ttl);
+                }
+                verdict
+            }
+        }
     }
+
+    fn cached(&self, token: &str) -> Option<Result<(), Denied>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(token)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(v, _)| v.clone())
+    }
+
+    fn remember(&self, token: &str, verdict: Result<(), Denied>, ttl: Duration) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_LIMIT {
+            let now = Instant::now();
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_string(), (verdict, Instant::now() + ttl));
+    }
+
+    async fn review(&self, token: &str, user: &str) -> Result<(), Denied> {
+        let Some(client) = &self.client else {
+            return Err(Denied::Unavailable("no API client".into()));
+        };
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: Some(vec![AUDIENCE.to_string()]),
+            },
+            ..TokenReview::default()
+        };
+        let api: Api<TokenReview> = Api::all(client.clone());
+        let reviewed = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| Denied::Unavailable(e.to_string()))?;
+        let status = reviewed.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(Denied::Rejected);
+        }
+        let audience_ok = status
+            .audiences
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|a| a == AUDIENCE));
+        if !audience_ok {
+            return Err(Denied::Rejected);
+        }
+        let username = status.user.and_then(|u| u.username).unwrap_or_default();
+        if username != user {
+            return Err(Denied::Forbidden(username));
+        }
+        Ok(())
+    }
+}
+
+fn check_static(path: &std::path::Path, token: &str) -> Result<(), Denied> {
+    let allowed = std::fs::read_to_string(path)
+        .map_err(|e| Denied::Unavailable(format!("{}: {e}", path.display())))?;
+    let ok = allowed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .fold(false, |found, line| {
+            found | constant_time_eq(line.as_bytes(), token.as_bytes())
+        });
+    if ok { Ok(()) } else { Err(Denied::Rejected) }
+}
+
+/// Time left before the JWT's `exp` claim, read without verifying the
+/// signature (the TokenReview already did); `None` when it has none.
+fn expiry(token: &str) -> Option<Duration> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+    Some(Duration::from_secs(exp.saturating_sub(now)))
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a
@@ -81,12 +254,45 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("tokens");
         std::fs::write(&file, "# dataplanes\nsecret-one\n\nsecret-two\n").unwrap();
-        let auth: Auth = format!("static:{}", file.display()).parse().unwrap();
-        assert_eq!(auth.check(Some("Bearer secret-two")), Ok(()));
-        assert_eq!(auth.check(Some("Bearer secret-thr")), Err(Denied::Rejected));
-        assert_eq!(auth.check(Some("Basic x")), Err(Denied::Missing));
-        assert_eq!(auth.check(None), Err(Denied::Missing));
-        assert!("tokenreview".parse::<Auth>().is_err());
+        assert_eq!(check_static(&file, "secret-two"), Ok(()));
+        assert_eq!(check_static(&file, "secret-thr"), Err(Denied::Rejected));
+        assert_eq!(
+            format!("static:{}", file.display()).parse::<Auth>(),
+            Ok(Auth::Static(file))
+        );
         assert_eq!("none".parse::<Auth>(), Ok(Auth::None));
+    }
+
+    #[test]
+    fn tokenreview_names_one_service_account() {
+        assert_eq!(
+            "tokenreview:sluice-system/sluice-dataplane".parse::<Auth>(),
+            Ok(Auth::TokenReview {
+                namespace: "sluice-system".into(),
+                service_account: "sluice-dataplane".into(),
+            })
+        );
+        for bad in [
+            "tokenreview",
+            "tokenreview:",
+            "tokenreview:ns",
+            "tokenreview:/sa",
+            "tokenreview:a/b/c",
+        ] {
+            assert!(bad.parse::<Auth>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_token_expiry_is_read_from_its_claims() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = format!(r#"{{"aud":["sluice"],"exp":{}}}"#, now + 120);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+        let left = expiry(&format!("header.{payload}.signature")).expect("exp");
+        assert!(left <= Duration::from_secs(120) && left >= Duration::from_secs(100));
+        assert_eq!(expiry("not-a-jwt"), None);
     }
 }

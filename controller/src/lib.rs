@@ -97,7 +97,7 @@ pub enum Error {
     },
     /// `--auth none` on a non-loopback address.
     #[error(
-        "--auth none is only allowed on a loopback --listen address (got {0}); use --auth static:<file>"
+        "--auth none is only allowed on a loopback --listen address (got {0}); use --auth static:<file> or tokenreview:<namespace>/<serviceaccount>"
     )]
     UnauthenticatedNonLoopback(SocketAddr),
     /// The stream's certificate did not load.
@@ -215,7 +215,7 @@ impl Controller {
             index,
             dataplanes: Arc::clone(&dataplanes),
             recorder: Recorder::new(
-                client,
+                client.clone(),
                 Reporter {
                     controller: "sluice-controller".into(),
                     instance: Some(opts.instance.clone()),
@@ -229,7 +229,7 @@ impl Controller {
         let ctx = Arc::new(StreamContext {
             store: Arc::clone(&store),
             dataplanes: Arc::clone(&dataplanes),
-            auth: opts.auth.clone(),
+            auth: Arc::new(auth::Authenticator::new(opts.auth.clone(), client.clone())),
             keepalive: opts.keepalive,
         });
         let acceptor = match &opts.tls {

@@ -20,7 +20,8 @@ struct Cli {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "SLUICE_ADMIN", default_value = "0.0.0.0:9902")]
     admin: SocketAddr,
-    /// Dataplane authentication: `none` (loopback only) or `static:<file>` (bearer tokens, one per line).
+    /// Dataplane authentication: `none` (loopback only), `static:<file>` (bearer tokens, one per line)
+    /// or `tokenreview:<namespace>/<serviceaccount>` (projected tokens, audience `sluice`).
     #[arg(long, env = "SLUICE_AUTH", default_value = "none")]
     auth: Auth,
     /// PEM certificate chain of the stream listener; with --tls-key, the

@@ -18,7 +18,7 @@ use hyper::{Request, Response};
 use sluice_protocol::{REPORTS_PATH, ROUTES_PATH, Report, sse};
 use tokio::sync::mpsc;
 
-use crate::auth::Auth;
+use crate::auth::Authenticator;
 use crate::dataplanes::Dataplanes;
 use crate::server::{Body, text};
 use crate::store::RouteStore;
@@ -34,7 +34,7 @@ pub struct StreamContext {
     /// Connected dataplanes and their acks.
     pub dataplanes: Arc<Dataplanes>,
     /// Who may connect.
-    pub auth: Auth,
+    pub auth: Arc<Authenticator>,
     /// Interval of `: keepalive` comments.
     pub keepalive: Duration,
 }
@@ -49,16 +49,20 @@ pub async fn handle(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if let Err(denied) = ctx.auth.check(authorization) {
+    if let Err(denied) = ctx.auth.check(authorization).await {
         tracing::warn!(%peer, path = req.uri().path(), reason = %denied, "refused a dataplane request");
-        let mut resp = text(
-            StatusCode::UNAUTHORIZED,
-            format!("unauthorized: {denied}\n"),
-        );
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer"),
-        );
+        let status = denied.status();
+        let what = status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_lowercase();
+        let mut resp = text(status, format!("{what}: {denied}\n"));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
         return resp;
     }
     match (req.method(), req.uri().path()) {

@@ -186,6 +186,7 @@ impl Builder {
             stopped: stopped.clone(),
             watches: AtomicUsize::new(0),
             config: self,
+            tokens: Mutex::new(BTreeMap::new()),
         });
         let task = tokio::spawn(accept(listener, shared.clone(), stopped));
         let stop = Arc::new(Stop {
@@ -220,6 +221,18 @@ impl FakeApiServer {
     /// A server with the defaults (1 s bookmarks, 1000 changes of history).
     pub async fn start() -> anyhow::Result<Self> {
         Builder::default().start().await
+    }
+
+    /// Makes the TokenReview API vouch for `token` as `username`, minted
+    /// for `audiences`; any other token is unauthenticated.
+    pub fn add_token(&self, token: &str, username: &str, audiences: &[&str]) {
+        lock(&self.shared.tokens).insert(
+            token.to_string(),
+            (
+                username.to_string(),
+                audiences.iter().map(|a| a.to_string()).collect(),
+            ),
+        );
     }
 
     /// The base URL, `http://127.0.0.1:PORT`.
@@ -371,6 +384,8 @@ fn identify(obj: &Value) -> anyhow::Result<(Collection, String, String)> {
 }
 
 struct Shared {
+    /// Tokens the TokenReview API vouches for: token → (username, audiences).
+    tokens: Mutex<BTreeMap<String, (String, Vec<String>)>>,
     state: Mutex<State>,
     log: Mutex<VecDeque<LoggedRequest>>,
     stopped: watch::Receiver<bool>,
@@ -899,6 +914,13 @@ fn route(
     };
     let target = parse_path(path).ok_or_else(not_found)?;
     let c = &target.collection;
+    if *c == Collection::new("authentication.k8s.io/v1", "tokenreviews") && method == Method::POST {
+        expect_json(ctype)?;
+        return Ok(json_response(
+            StatusCode::CREATED,
+            &token_review(shared, parse_json(body)?),
+        ));
+    }
     let view = match target.subresource.as_deref() {
         None => View::Object,
         Some("status") if shared.config.has_status(c) => View::Status,
@@ -946,6 +968,33 @@ fn route(
             format!("{method} is not supported on {path}"),
         )),
     }
+}
+
+/// Answers a TokenReview as the real API server does: authenticated when
+/// the token is known and minted for one of the requested audiences.
+fn token_review(shared: &Shared, mut review: Value) -> Value {
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let wanted: Vec<&str> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let known = lock(&shared.tokens).get(token).cloned();
+    let status = match known {
+        Some((user, audiences))
+            if wanted.is_empty() || wanted.iter().any(|w| audiences.iter().any(|a| a == w)) =>
+        {
+            let matched: Vec<&str> = if wanted.is_empty() {
+                audiences.iter().map(String::as_str).collect()
+            } else {
+                wanted.clone()
+            };
+            json!({"authenticated": true, "user": {"username": user}, "audiences": matched})
+        }
+        Some(_) => json!({"authenticated": false, "error": "token audiences are invalid"}),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    review["status"] = status;
+    review
 }
 
 fn expect_json(ctype: Option<&str>) -> Result<(), ApiError> {

@@ -45,6 +45,11 @@ impl HttpClient {
         let req = http::Request::get(format!("http://{addr}{path}"))
             .header(http::header::HOST, host)
             .body(Empty::new())?;
+        self.send(req).await
+    }
+
+    /// Sends `req` (an absolute `http://` URI), bounded by 5 s.
+    pub async fn send(&self, req: http::Request<Empty<Bytes>>) -> anyhow::Result<Answer> {
         let fut = async {
             let resp = self.inner.request(req).await?;
             let status = resp.status().as_u16();

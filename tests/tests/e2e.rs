@@ -464,6 +464,68 @@ async fn a_pool_claiming_a_served_host_is_conflicted_and_takes_no_traffic() -> a
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenreview_lets_in_only_the_dataplane_service_account() -> anyhow::Result<()> {
+    let api = FakeApiServer::start().await?;
+    let dp_user = "system:serviceaccount:sluice-system:sluice-dataplane";
+    api.add_token("good", dp_user, &["sluice"]);
+    api.add_token(
+        "other-sa",
+        "system:serviceaccount:default:default",
+        &["sluice"],
+    );
+    api.add_token(
+        "other-audience",
+        dp_user,
+        &["https://kubernetes.default.svc"],
+    );
+    let controller = Controller::start(
+        api.client()?,
+        Options {
+            listen: "127.0.0.1:0".parse()?,
+            admin: "127.0.0.1:0".parse()?,
+            auth: "tokenreview:sluice-system/sluice-dataplane"
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let http = HttpClient::new();
+    let post = |token: Option<&str>| {
+        let mut req =
+            http::Request::post(format!("http://{}/v1/reports", controller.stream_addr()));
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        req.body(http_body_util::Empty::<bytes::Bytes>::new())
+    };
+    // Let in, the empty report is then refused as a bad request.
+    assert_eq!(http.send(post(Some("good"))?).await?.status, 400);
+    assert_eq!(http.send(post(Some("good"))?).await?.status, 400);
+    let forbidden = http.send(post(Some("other-sa"))?).await?;
+    assert_eq!(forbidden.status, 403);
+    assert!(
+        forbidden
+            .body
+            .contains("system:serviceaccount:default:default"),
+        "{}",
+        forbidden.body
+    );
+    assert_eq!(http.send(post(Some("other-audience"))?).await?.status, 401);
+    assert_eq!(http.send(post(Some("forged"))?).await?.status, 401);
+    assert_eq!(http.send(post(None)?).await?.status, 401);
+    // One review per token: the second "good" request was answered from the cache.
+    let reviews = api
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains("tokenreviews"))
+        .count();
+    assert_eq!(reviews, 4);
+    controller.shutdown().await;
+    Ok(())
+}
+
 const TEST_CRT: &str = include_str!("../../controller/src/testdata/tls.crt");
 const TEST_KEY: &str = include_str!("../../controller/src/testdata/tls.key");
 
