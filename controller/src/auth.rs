@@ -102,8 +102,11 @@ impl Denied {
 pub struct Authenticator {
     auth: Auth,
     client: Option<kube::Client>,
-    cache: Mutex<HashMap<String, (Result<(), Denied>, Instant)>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
+
+/// A verdict and until when it holds.
+type Cached = (Result<(), Denied>, Instant);
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
