@@ -135,7 +135,8 @@ impl Proxy {
         };
         let exchange = pool.metrics.begin();
         let name = &pool.route.name;
-        let Some(target) = pool.pick() else {
+        let pick = pool.pick_request(req.headers(), peer.ip());
+        let Some(target) = pool.pick(&pick) else {
             exchange.respond(503);
             let body = format!("pool {name:?} has no ready endpoints\n");
             return local(StatusCode::SERVICE_UNAVAILABLE, "no-endpoints", body);
@@ -148,13 +149,18 @@ impl Proxy {
             exchange.respond(400);
             return local(StatusCode::BAD_REQUEST, "bad-request", format!("{e}\n"));
         }
+        let sent = std::time::Instant::now();
         match self.client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => {
+                target.observe_latency(sent.elapsed());
                 let code = resp.status().as_u16();
                 exchange.respond(code);
                 target.upstream.inc(code);
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
+                if let Some(cookie) = pool.affinity_cookie(&pick, target) {
+                    parts.headers.append(header::SET_COOKIE, cookie.clone());
+                }
                 let body = ProxyBody::Upstream {
                     body,
                     exchange: Some(exchange),
@@ -163,6 +169,7 @@ impl Proxy {
                 Response::from_parts(parts, body)
             }
             Err(e) => {
+                target.observe_failure(sent.elapsed());
                 exchange.respond(502);
                 target.upstream.inc(0);
                 let why = describe(&e);
