@@ -28,7 +28,8 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// reacts.
 pub const FAILURE_PENALTY: f64 = 8.0;
 
-const DECAY_US: f64 = DECAY.as_micros() as f64;
+/// [`DECAY`] in µs.
+pub const DECAY_US: f64 = DECAY.as_micros() as f64;
 
 /// Microseconds since the first call in this process: a cheap monotonic
 /// clock that fits an atomic.
@@ -92,6 +93,16 @@ impl PeakEwma {
         };
         self.estimate.store(next.to_bits(), Ordering::Relaxed);
         self.updated.store(now, Ordering::Relaxed);
+    }
+
+    /// The estimate (ns) and when it was last updated (µs since the epoch),
+    /// undecayed: comparing two endpoints' decayed estimates needs only the
+    /// difference of their update times, not the clock.
+    pub fn raw(&self) -> (f64, u64) {
+        (
+            f64::from_bits(self.estimate.load(Ordering::Relaxed)),
+            self.updated.load(Ordering::Relaxed),
+        )
     }
 
     /// The estimate at `now` (µs since the epoch), decayed toward zero since

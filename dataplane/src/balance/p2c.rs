@@ -22,7 +22,7 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use super::ewma::now_us;
+use super::ewma::DECAY_US;
 use super::random::Weighted;
 use crate::endpoint::Endpoint;
 
@@ -106,14 +106,28 @@ impl PeakEwma {
         let a = fastrand::usize(..len);
         let b = (a + 1 + fastrand::usize(..len - 1)) % len;
         let (a, b) = (group[a] as usize, group[b] as usize);
-        let now = now_us();
-        let cost = |i: usize| {
+        // Cost = estimate decayed to now × (in_flight + 1). Both decay by
+        // e^(−(now − updated)/τ), so comparing them needs only the factor
+        // e^((updated_b − updated_a)/τ) on one side: no clock read per pick.
+        let state = |i: usize| {
             let ep = members.get(i).and_then(|m| endpoints.get(*m as usize));
-            ep.map_or(f64::INFINITY, |e| {
-                e.latency().estimate_ns(now) * f64::from(e.in_flight().saturating_add(1))
+            ep.map(|e| {
+                let (estimate, updated) = e.latency().raw();
+                (
+                    estimate * f64::from(e.in_flight().saturating_add(1)),
+                    updated,
+                )
             })
         };
-        if cost(b) < cost(a) { Some(b) } else { Some(a) }
+        let (Some((cost_a, at_a)), Some((cost_b, at_b))) = (state(a), state(b)) else {
+            return Some(a);
+        };
+        let shift = (at_b as f64 - at_a as f64) / DECAY_US;
+        if cost_b * shift.exp() < cost_a {
+            Some(b)
+        } else {
+            Some(a)
+        }
     }
 }
 
