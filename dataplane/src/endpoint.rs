@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use http::uri::Authority;
 
@@ -37,6 +38,7 @@ pub struct Endpoint {
     /// Active health check verdict and passive outlier (ejection) state.
     pub health: Health,
     in_flight: AtomicU32,
+    latency: crate::balance::ewma::PeakEwma,
 }
 
 impl Endpoint {
@@ -56,6 +58,7 @@ impl Endpoint {
             pool,
             health: Health::new(healthy),
             in_flight: AtomicU32::new(0),
+            latency: crate::balance::ewma::PeakEwma::new(),
         }
     }
 
@@ -68,6 +71,27 @@ impl Endpoint {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
+    }
+
+    /// Feeds the time to a response head into the latency estimate.
+    pub fn observe_latency(&self, rtt: Duration) {
+        self.latency.observe(rtt);
+    }
+
+    /// Feeds a failed exchange (connect error, reset) into the latency
+    /// estimate as a penalty, so that PeakEwma steers away from it.
+    pub fn observe_failure(&self, elapsed: Duration) {
+        self.latency.observe_failure(elapsed);
+    }
+
+    /// The peak-EWMA latency estimate, decayed to now, in nanoseconds.
+    pub fn latency_estimate_ns(&self) -> f64 {
+        self.latency.estimate_ns(crate::balance::ewma::now_us())
+    }
+
+    /// The latency estimate (used by PeakEwma and shown in `/debug/pools`).
+    pub fn latency(&self) -> &crate::balance::ewma::PeakEwma {
+        &self.latency
     }
 
     /// Whether the endpoint may take traffic (healthy and not ejected).

@@ -285,7 +285,7 @@ mod state_tests {
     use super::*;
     use crate::endpoint::Registry;
     use crate::metrics::Metrics;
-    use crate::table::Table;
+    use crate::table::{PickRequest, Table};
     use sluice_protocol::{RouteFile, RouteTable};
 
     fn table(yaml: &str) -> Table {
@@ -314,7 +314,10 @@ mod state_tests {
         assert!(!a.is_available());
         assert_eq!(a.health.outlier.view().times_ejected, 1);
         for _ in 0..4 {
-            assert_eq!(pool.pick().map(|e| e.addr.port()), Some(2));
+            assert_eq!(
+                pool.pick(&PickRequest::default()).map(|e| e.addr.port()),
+                Some(2)
+            );
         }
         b.record_failure();
         b.record_failure();
@@ -368,7 +371,10 @@ mod state_tests {
         let pool = t.pool("p").expect("pool");
         pool.endpoints[0].record_failure();
         assert!(!pool.endpoints[0].is_available());
-        assert_eq!(pool.pick().map(|e| e.addr.port()), Some(1));
+        assert_eq!(
+            pool.pick(&PickRequest::default()).map(|e| e.addr.port()),
+            Some(1)
+        );
         assert!(pool.in_panic());
     }
 }

@@ -46,6 +46,8 @@ impl Policy {
 mod tests {
     use std::net::SocketAddr;
 
+    use crate::table::PickRequest;
+
     use sluice_protocol::{RouteFile, RouteTable};
 
     use crate::endpoint::Registry;
@@ -106,9 +108,14 @@ mod tests {
         let pool = t.pool("a").expect("a");
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         for _ in 0..10 {
-            let next = pool.pick_excluding(&[addr(1), addr(3)]).expect("one left");
+            let next = pool
+                .pick_excluding(&PickRequest::default(), &[addr(1), addr(3)])
+                .expect("one left");
             assert_eq!(next.addr, addr(2));
         }
-        assert!(pool.pick_excluding(&[addr(1), addr(2), addr(3)]).is_none());
+        assert!(
+            pool.pick_excluding(&PickRequest::default(), &[addr(1), addr(2), addr(3)])
+                .is_none()
+        );
     }
 }

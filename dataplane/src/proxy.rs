@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -28,7 +28,7 @@ use crate::forward;
 use crate::metrics::Exchange;
 use crate::retry::{self, Failure, RequestTraits, idempotent};
 use crate::state::State;
-use crate::table::{Pool, normalize_host};
+use crate::table::{PickRequest, Pool, normalize_host};
 use crate::upstream::{BoxError, ConnectTimeout, Outgoing};
 
 /// Header naming why Sluice answered a request itself.
@@ -246,7 +246,8 @@ impl Proxy {
                 return overflow(name, over);
             }
         };
-        let Some(target) = pool.pick() else {
+        let pick = pool.pick_request(req.headers(), peer.ip());
+        let Some(target) = pool.pick(&pick) else {
             exchange.respond(503);
             let body = format!("pool {name:?} has no ready endpoints\n");
             return local(StatusCode::SERVICE_UNAVAILABLE, "no-endpoints", body);
@@ -259,7 +260,7 @@ impl Proxy {
             return local(StatusCode::BAD_REQUEST, "bad-request", format!("{e}\n"));
         }
         let limit = pool.policy.request_timeout;
-        let tries = tokio::time::timeout(limit, attempts(pool, target, parts, body));
+        let tries = tokio::time::timeout(limit, attempts(pool, target, &pick, parts, body));
         let (mut resp, tries) = match tries.await {
             Ok(Answer::Upstream {
                 resp,
@@ -269,6 +270,9 @@ impl Proxy {
                 exchange.respond(resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
+                if let Some(cookie) = pool.affinity_cookie(&pick, in_flight.endpoint()) {
+                    parts.headers.append(header::SET_COOKIE, cookie.clone());
+                }
                 let body = ProxyBody::Upstream {
                     body,
                     exchange: Some(exchange),
@@ -299,7 +303,13 @@ impl Proxy {
 /// Sends the request to `first`, and again to other endpoints while the
 /// pool's retry policy, budget and `maxRetries` allow (rules in
 /// [`crate::retry`]).
-async fn attempts(pool: &Pool, first: &Arc<Endpoint>, parts: Parts, body: Incoming) -> Answer {
+async fn attempts(
+    pool: &Pool,
+    first: &Arc<Endpoint>,
+    pick: &PickRequest,
+    parts: Parts,
+    body: Incoming,
+) -> Answer {
     let policy = &pool.policy;
     let retry = policy.retry;
     let may_retry = retry.enabled() && pool.endpoints.len() > 1;
@@ -328,6 +338,7 @@ async fn attempts(pool: &Pool, first: &Arc<Endpoint>, parts: Parts, body: Incomi
             // Unreachable: a retry needs the template.
             (None, None) => return failed_answer(pool, target, tries),
         };
+        let started = Instant::now();
         let sent = pool
             .policy
             .upstream
@@ -336,7 +347,7 @@ async fn attempts(pool: &Pool, first: &Arc<Endpoint>, parts: Parts, body: Incomi
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),
         };
-        let attempt = outcome(target, result);
+        let attempt = outcome(target, result, started.elapsed());
         let (failure, resp, status, reason, why, over) = match attempt {
             Attempt::Answered(resp) => {
                 return Answer::Upstream {
@@ -358,7 +369,7 @@ async fn attempts(pool: &Pool, first: &Arc<Endpoint>, parts: Parts, body: Incomi
         traits.body_intact = body.intact();
         let next = if tries <= retry.attempts && retry.allows(failure, traits) {
             tried.push(target.addr);
-            next_try(pool, &tried)
+            next_try(pool, pick, &tried)
         } else {
             None
         };
@@ -390,8 +401,12 @@ async fn attempts(pool: &Pool, first: &Arc<Endpoint>, parts: Parts, body: Incomi
 
 /// The endpoint of the next retry, with its place in `maxRetries`, when
 /// one is left and the breaker and the budget allow it.
-fn next_try<'p>(pool: &'p Pool, tried: &[SocketAddr]) -> Option<(&'p Arc<Endpoint>, Held)> {
-    let next = pool.pick_excluding(tried)?;
+fn next_try<'p>(
+    pool: &'p Pool,
+    pick: &PickRequest,
+    tried: &[SocketAddr],
+) -> Option<(&'p Arc<Endpoint>, Held)> {
+    let next = pool.pick_excluding(pick, tried)?;
     let held = pool.state.breaker.retry().ok()?;
     let percent = pool.policy.retry.budget_percent();
     pool.state.budget.withdraw(percent).then_some((next, held))
@@ -400,14 +415,18 @@ fn next_try<'p>(pool: &'p Pool, tried: &[SocketAddr]) -> Option<(&'p Arc<Endpoin
 /// Turns an attempt's result into what retries, metrics and health see:
 /// counts it in the endpoint's `sluice_upstream_requests_total` (code 0
 /// when no response came) and records it for outlier detection (a refusal
-/// by the pool's own circuit breaker says nothing of the endpoint).
+/// by the pool's own circuit breaker says nothing of the endpoint), and
+/// feeds its latency (`elapsed`, to the response head) to the endpoint's
+/// peak EWMA, failures as a penalty.
 fn outcome(
     target: &Arc<Endpoint>,
     result: Result<Result<Response<Incoming>, LegacyError>, Duration>,
+    elapsed: Duration,
 ) -> Attempt {
     let addr = target.addr;
     let e = match result {
         Ok(Ok(resp)) => {
+            target.observe_latency(elapsed);
             let code = resp.status().as_u16();
             target.upstream.inc(code);
             target.record_status(code);
@@ -427,6 +446,7 @@ fn outcome(
         Err(limit) => {
             target.upstream.inc(0);
             target.record_failure();
+            target.observe_failure(elapsed);
             return Attempt::Failed {
                 failure: Failure::Timeout,
                 resp: None,
@@ -449,6 +469,7 @@ fn outcome(
     }
     target.upstream.inc(0);
     target.record_failure();
+    target.observe_failure(elapsed);
     let why = format!("endpoint {addr} failed: {}\n", describe(&e));
     let (failure, status, reason) = if find_cause::<ConnectTimeout>(&e).is_some() {
         (Failure::Connect, StatusCode::GATEWAY_TIMEOUT, "timeout")

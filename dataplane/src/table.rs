@@ -23,7 +23,13 @@ use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
 
-use crate::balance::Balancer;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderValue};
+
+pub use crate::balance::PickRequest;
+use crate::balance::affinity::Affinity;
+use crate::balance::{Balancer, KeySource};
 use crate::endpoint::{Endpoint, PoolState, Registry};
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::policy::Policy;
@@ -43,6 +49,10 @@ pub struct Pool {
     pub endpoints: Vec<Arc<Endpoint>>,
     weights: Vec<NonZeroU32>,
     picker: ArcSwap<Picker>,
+    /// Where RingHash and Maglev take the request's key from.
+    key: Option<KeySource>,
+    /// Cookie session affinity, when the route asks for it.
+    affinity: Option<Affinity>,
     /// State kept across table versions.
     pub state: Arc<PoolState>,
     /// Counters of the pool's requests.
@@ -80,6 +90,14 @@ impl Pool {
             .outlier
             .configure(&route.outlier_detection(), &endpoints);
         let weights = ready.iter().map(|e| e.weight).collect();
+        let key = route
+            .algorithm
+            .is_hashing()
+            .then(|| KeySource::new(&route.hash_key()));
+        let affinity = route.session_affinity.as_ref().map(|policy| {
+            let addrs: Vec<SocketAddr> = ready.iter().map(|e| e.address).collect();
+            Affinity::new(policy, &route.name, &addrs)
+        });
         let pool = Self {
             route: route.clone(),
             endpoints,
@@ -87,10 +105,12 @@ impl Pool {
             picker: ArcSwap::from_pointee(Picker {
                 epoch: u64::MAX,
                 members: Box::default(),
-                balancer: Balancer::new(route.algorithm, &[]),
+                balancer: Balancer::new(route.algorithm, &[], &[]),
                 panic: false,
             }),
             policy: Policy::new(route, &state),
+            key,
+            affinity,
             state,
             metrics: Arc::new(metrics.pool(&route.name)),
         };
@@ -111,41 +131,105 @@ impl Pool {
         if panic != self.picker.load().panic {
             crate::health::log_panic(&self.route.name, panic, self.endpoints.len());
         }
+        let addrs: Vec<_> = members
+            .iter()
+            .map(|i| self.endpoints[*i as usize].addr)
+            .collect();
         self.picker.store(Arc::new(Picker {
             epoch,
             members: members.into_boxed_slice(),
-            balancer: Balancer::new(self.route.algorithm, &weights),
+            balancer: Balancer::new(self.route.algorithm, &addrs, &weights),
             panic,
         }));
     }
 
-    /// The endpoint for the next request, or `None` when none is ready.
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        let epoch = self.state.epoch.load(Ordering::Acquire);
-        let mut picker = self.picker.load();
-        if picker.epoch != epoch {
-            self.refresh(epoch);
-            picker = self.picker.load();
+    /// What selection needs from a request: its hash key (hashing
+    /// algorithms) and the endpoint its affinity cookie names.
+    pub fn pick_request(&self, headers: &HeaderMap, peer: IpAddr) -> PickRequest {
+        PickRequest {
+            hash: self.key.as_ref().and_then(|k| k.hash(headers, peer)),
+            sticky: self.affinity.as_ref().and_then(|a| a.sticky(headers)),
         }
-        let i = picker.balancer.pick()?;
+    }
+
+    /// The balancer of the current availability epoch.
+    fn picker(&self) -> arc_swap::Guard<Arc<Picker>> {
+        let epoch = self.state.epoch.load(Ordering::Acquire);
+        let picker = self.picker.load();
+        if picker.epoch == epoch {
+            return picker;
+        }
+        self.refresh(epoch);
+        self.picker.load()
+    }
+
+    /// The endpoint for the next request, or `None` when none is ready: the
+    /// one the affinity cookie names while it is available, else the
+    /// algorithm's pick.
+    pub fn pick(&self, req: &PickRequest) -> Option<&Arc<Endpoint>> {
+        let picker = self.picker();
+        if let Some(sticky) = req.sticky
+            && picker.members.binary_search(&sticky).is_ok()
+        {
+            return self.endpoints.get(sticky as usize);
+        }
+        self.pick_member(&picker, req.hash)
+    }
+
+    fn pick_member(&self, picker: &Picker, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
+        let i = picker
+            .balancer
+            .pick(&self.endpoints, &picker.members, hash)?;
         let member = *picker.members.get(i)?;
         self.endpoints.get(member as usize)
     }
 
-    /// An endpoint for a retry, not among `tried`: the balancer's choice
-    /// when it offers one within a few picks, else the first untried
-    /// endpoint in route order that is available (or any, in panic mode).
-    pub fn pick_excluding(&self, tried: &[SocketAddr]) -> Option<&Arc<Endpoint>> {
-        for _ in 0..3 {
-            let e = self.pick()?;
-            if !tried.contains(&e.addr) {
-                return Some(e);
+    /// An endpoint not in `tried` (for retries), or `None` when every
+    /// available endpoint was tried (the caller may then [`Pool::pick`]
+    /// again). A few picks by the algorithm first (hashing algorithms move
+    /// to the key's next choices), then a scan from a random member.
+    pub fn pick_excluding(
+        &self,
+        req: &PickRequest,
+        tried: &[SocketAddr],
+    ) -> Option<&Arc<Endpoint>> {
+        let picker = self.picker();
+        let fresh = |ep: &&Arc<Endpoint>| !tried.contains(&ep.addr);
+        if let Some(sticky) = req.sticky
+            && picker.members.binary_search(&sticky).is_ok()
+            && let Some(ep) = self.endpoints.get(sticky as usize).filter(fresh)
+        {
+            return Some(ep);
+        }
+        for attempt in 0..4u64 {
+            // Rehashing keeps retries of one key on the same sequence of
+            // endpoints, on every dataplane.
+            let hash = req
+                .hash
+                .map(|h| h ^ attempt.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            if let Some(ep) = self.pick_member(&picker, hash).filter(fresh) {
+                return Some(ep);
             }
         }
-        let panic = self.in_panic();
-        self.endpoints
-            .iter()
-            .find(|e| !tried.contains(&e.addr) && (panic || e.is_available()))
+        let n = picker.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = fastrand::usize(..n);
+        (0..n)
+            .filter_map(|k| self.endpoints.get(picker.members[(start + k) % n] as usize))
+            .find(fresh)
+    }
+
+    /// The `Set-Cookie` value to add to the response when the pool has
+    /// session affinity and the request's cookie did not already name
+    /// `target`.
+    pub fn affinity_cookie(&self, req: &PickRequest, target: &Endpoint) -> Option<&HeaderValue> {
+        let affinity = self.affinity.as_ref()?;
+        if req.sticky.is_some() && req.sticky == affinity.index(&target.addr) {
+            return None;
+        }
+        affinity.set_cookie(&target.addr)
     }
 
     /// Whether no endpoint is available and traffic goes to all of them.
@@ -360,10 +444,12 @@ pools:
         );
         let pool = t.pool("p").expect("pool");
         for _ in 0..4 {
-            assert_eq!(pool.pick().map(|t| t.addr.port()), Some(2));
+            let pick = pool.pick(&PickRequest::default());
+            assert_eq!(pick.map(|t| t.addr.port()), Some(2));
         }
         let t = table("pools:\n  - {name: p, endpoints: [{address: 127.0.0.1:1, ready: false}]}\n");
-        assert!(t.pool("p").expect("pool").pick().is_none());
+        let pool = t.pool("p").expect("pool");
+        assert!(pool.pick(&PickRequest::default()).is_none());
     }
 
     #[test]

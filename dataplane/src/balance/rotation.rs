@@ -1,51 +1,17 @@
-//! Endpoint selection, built once per pool version and read lock-free per request.
-//!
 //! RoundRobin and WeightedRoundRobin share one mechanism: the smooth weighted
 //! round robin schedule (nginx's algorithm) is unrolled into an array when the
 //! table is built, and a pick is one atomic increment and an index into it.
 //! Equal weights need no array: the pick is the counter modulo the endpoint
 //! count. No lock and no allocation per pick.
-//!
-//! The balancer knows weights, not addresses: it returns an index into the
-//! pool's ready endpoints, so it stays a pure structure that the table owns.
 
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sluice_protocol::Algorithm;
-
 /// Longest precomputed schedule. Weight sums above it (after dividing by the
 /// weights' gcd) are scaled down proportionally; every endpoint keeps at least
 /// one slot. Building costs `O(length × endpoints)`, off the request path.
 pub const MAX_SCHEDULE: u64 = 1 << 16;
-
-/// Picks among the available endpoints of one pool.
-#[derive(Debug)]
-pub enum Balancer {
-    /// RoundRobin and WeightedRoundRobin.
-    Rotation(Rotation),
-}
-
-impl Balancer {
-    /// The balancer of `algorithm` over endpoints of these weights.
-    pub fn new(algorithm: Algorithm, weights: &[NonZeroU32]) -> Self {
-        match algorithm {
-            Algorithm::RoundRobin | Algorithm::WeightedRoundRobin => {
-                Self::Rotation(Rotation::new(weights))
-            }
-            // Issue 3 work in progress: the other algorithms land next.
-            _ => Self::Rotation(Rotation::new(weights)),
-        }
-    }
-
-    /// Index of the next endpoint, or `None` when there is none.
-    pub fn pick(&self) -> Option<usize> {
-        match self {
-            Self::Rotation(r) => r.pick(),
-        }
-    }
-}
 
 /// A smooth weighted rotation (a plain one when weights are equal).
 #[derive(Debug)]
