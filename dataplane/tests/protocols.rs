@@ -1,0 +1,256 @@
+//! What the proxy does with what clients send on the wire: `Upgrade`
+//! tunnels (WebSocket), and requests that are too big, malformed, too slow
+//! or abandoned, none of which may keep the proxy from serving the next.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use sluice_dataplane::{Dataplane, Source};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// An endpoint that accepts `Upgrade: echo` with 101 and then echoes every
+/// byte back; anything else gets 400 naming the `upgrade` header it saw.
+async fn upgrade_echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|mut req: Request<Incoming>| async move {
+                    let upgrade = req.headers().get("upgrade").cloned();
+                    if upgrade.as_ref().is_none_or(|u| u != "echo") {
+                        let resp = Response::builder()
+                            .status(StatusCode::BAD_REQUEST)
+                            .header("x-seen-upgrade", format!("{upgrade:?}"))
+                            .body(Empty::<Bytes>::new());
+                        return Ok::<_, Infallible>(resp.expect("response"));
+                    }
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = on_upgrade.await {
+                            let mut io = TokioIo::new(upgraded);
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = io.read(&mut buf).await {
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    let resp = Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header("upgrade", "echo")
+                        .header("connection", "upgrade")
+                        .body(Empty::<Bytes>::new());
+                    Ok(resp.expect("response"))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads a response head (up to the blank line) from a raw connection.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("a response head in time");
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+/// Everything the proxy sends until it closes the connection.
+async fn read_to_close(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut out))
+        .await
+        .expect("the proxy closed the connection in time")?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+async fn proxy_to(
+    endpoint: SocketAddr,
+    tune: impl FnOnce(&mut sluice_dataplane::Options),
+) -> Dataplane {
+    let mut opts = options(Source::Static(table(&format!(
+        "pools:\n  - {{name: p, endpoints: [{{address: {endpoint}}}]}}\n"
+    ))));
+    tune(&mut opts);
+    Dataplane::start(opts).await.expect("dataplane starts")
+}
+
+#[tokio::test]
+async fn an_upgrade_request_becomes_a_tunnel_to_the_endpoint() {
+    let dp = proxy_to(upgrade_echo_backend().await, |_| {}).await;
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo\r\n"), "{head}");
+    assert!(head.contains("connection: upgrade\r\n"), "{head}");
+    // Bytes now go through both ways, in several rounds.
+    for message in ["hello", "through the proxy", "and back"] {
+        stream.write_all(message.as_bytes()).await.expect("write");
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(back, message.as_bytes());
+    }
+
+    // `Upgrade` without `Connection: upgrade` is an ordinary header of this
+    // hop: it does not reach the endpoint.
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(head.contains("x-seen-upgrade: none"), "{head}");
+}
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_get_431_and_garbage_gets_400() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |o| o.limits.max_header_bytes = 16 * 1024).await;
+
+    // A head that reaches the limit without ending.
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    head.resize(16 * 1024, b'a');
+    stream.write_all(&head).await.expect("write");
+    let answer = read_to_close(&mut stream).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // 101 headers, over the limit of 100.
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let mut req = "GET / HTTP/1.1\r\nHost: x\r\n".to_string();
+    for i in 0..100 {
+        req.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let answer = read_to_close(&mut stream).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    for garbage in [
+        &b"this is not http\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"\x00\x01\x02\x03\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+        stream.write_all(garbage).await.expect("write");
+        let answer = read_to_close(&mut stream).await.expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{garbage:?}: {answer}");
+    }
+    // And the same proxy still serves.
+    assert_eq!(proxy_get(&client(), &dp, "x", "/").await.backend, "b");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_head_is_disconnected() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |o| {
+        o.limits.header_read_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    // hyper closes the connection without an answer (no 408).
+    let answer = read_to_close(&mut stream).await.unwrap_or_default();
+    assert_eq!(answer, "");
+    assert_eq!(proxy_get(&client(), &dp, "x", "/").await.backend, "b");
+}
+
+#[tokio::test]
+async fn a_thousand_broken_connections_leave_the_proxy_serving() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |o| {
+        o.limits.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr = dp.http_addr();
+    let mut held = Vec::new();
+    for batch in 0..20 {
+        let mut conns = JoinSet::new();
+        for i in 0..50 {
+            conns.spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.expect("connect");
+                match (batch * 50 + i) % 5 {
+                    // Garbage: answered 400.
+                    0 => {
+                        stream.write_all(b"\x16\x03\x01 nope\r\n\r\n").await.expect("write");
+                        let answer = read_to_close(&mut stream).await.unwrap_or_default();
+                        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+                        None
+                    }
+                    // Half a request line, then gone.
+                    1 => {
+                        let _ = stream.write_all(b"GET /half").await;
+                        None
+                    }
+                    // Connect and close at once.
+                    2 => None,
+                    // Half a head, kept open until the end of the test.
+                    3 => {
+                        let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+                        Some(stream)
+                    }
+                    // A body promised and never sent, then gone.
+                    _ => {
+                        let _ = stream
+                            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial")
+                            .await;
+                        None
+                    }
+                }
+            });
+        }
+        while let Some(joined) = conns.join_next().await {
+            held.extend(joined.expect("connection task"));
+        }
+    }
+    assert_eq!(held.len(), 200);
+    let http = client();
+    for _ in 0..5 {
+        let got = proxy_get(&http, &dp, "x", "/").await;
+        assert_eq!((got.status, got.backend.as_str()), (StatusCode::OK, "b"));
+    }
+    // The held connections are closed by the header read timeout.
+    for mut stream in held.drain(..10) {
+        assert_eq!(read_to_close(&mut stream).await.unwrap_or_default(), "");
+    }
+}
