@@ -83,7 +83,7 @@ pub struct RunArgs {
     /// Most headers per request; more gets 431.
     #[arg(long, env = "SLUICE_MAX_HEADERS", default_value_t = listener::MAX_HEADERS)]
     pub max_headers: usize,
-    /// How long a client may take to send a request head (or a TLS handshake) before the connection closes.
+    /// How long a client may take to send a request head (408) or a TLS handshake before the connection closes.
     #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 }

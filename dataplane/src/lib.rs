@@ -18,6 +18,7 @@ pub mod demo;
 pub mod endpoint;
 pub mod file;
 pub mod forward;
+pub mod head_timeout;
 pub mod listener;
 pub mod metrics;
 pub mod persist;

@@ -17,6 +17,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
@@ -30,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::head_timeout::HeadTimeout;
 use crate::tls::{Site, Sites};
 
 /// How long a client may take to send a request head (and, on the HTTPS
@@ -47,8 +49,10 @@ pub const MAX_HEADERS: usize = 100;
 /// over `max_header_bytes` or with more than `max_headers` headers, 400 for
 /// one that does not parse, 414 for a URI over 64 KiB; HTTP/2 peers get a
 /// stream or connection error. A head not complete within
-/// `header_read_timeout` closes the connection without an answer (hyper
-/// sends no 408; nginx does the same).
+/// `header_read_timeout` gets a 408 and the connection closes when it is the
+/// connection's first request and some of it arrived; otherwise (an idle
+/// connection, a later keep-alive request) the connection closes silently
+/// (see [`crate::head_timeout`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// See [`HEADER_READ_TIMEOUT`].
@@ -81,12 +85,13 @@ pub struct Conn {
 fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The timer makes hyper enforce its HTTP/1 header read timeout: a
-    // client that never finishes its request head is dropped. hyper's read
-    // buffer limit is what bounds the head: past it, 431.
+    // client that never finishes its request head is dropped. A second
+    // longer than ours, which answers the first request's with a 408 first.
+    // hyper's read buffer limit is what bounds the head: past it, 431.
     let mut http1 = builder.http1();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(limits.header_read_timeout + Duration::from_secs(1))
         .max_buf_size(limits.max_header_bytes.max(8 * 1024));
     if limits.max_headers != MAX_HEADERS {
         http1.max_headers(limits.max_headers);
@@ -137,7 +142,8 @@ pub async fn serve<H, F, B>(
                 match &tls {
                     None => {
                         let conn = Conn { peer, site: None };
-                        conns.spawn(serve_conn(builder, stream, conn, handler, watcher));
+                        let limit = Some(limits.header_read_timeout);
+                        conns.spawn(serve_conn(builder, stream, conn, limit, handler, watcher));
                     }
                     Some(sites) => {
                         let sites = Arc::clone(sites);
@@ -146,8 +152,11 @@ pub async fn serve<H, F, B>(
                             let handshake = tokio::time::timeout(timeout, handshake(&sites, stream));
                             match handshake.await {
                                 Ok(Ok((stream, site))) => {
+                                    // Over h2, no first-head deadline.
+                                    let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
+                                    let limit = h1.then_some(timeout);
                                     let conn = Conn { peer, site: Some(site) };
-                                    serve_conn(builder, stream, conn, handler, watcher).await;
+                                    serve_conn(builder, stream, conn, limit, handler, watcher).await;
                                 }
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -187,11 +196,13 @@ async fn handshake(
     Ok((stream, site))
 }
 
-/// Serves one connection (HTTP/1.1 with upgrades, or HTTP/2) to its end.
+/// Serves one connection (HTTP/1.1 with upgrades, or HTTP/2) to its end;
+/// `head_timeout`: the first request's head deadline (408).
 async fn serve_conn<I, H, F, B>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: I,
     conn: Conn,
+    head_timeout: Option<Duration>,
     handler: H,
     watcher: Watcher,
 ) where
@@ -203,7 +214,17 @@ async fn serve_conn<I, H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let peer = conn.peer;
+    let head_seen = Arc::new(AtomicBool::new(false));
+    let io = HeadTimeout::new(
+        io,
+        head_timeout.unwrap_or_default(),
+        Arc::clone(&head_seen),
+        head_timeout.is_some(),
+    );
     let svc = service_fn(move |req| {
+        if !head_seen.load(Ordering::Relaxed) {
+            head_seen.store(true, Ordering::Relaxed);
+        }
         let resp = handler(req, &conn);
         async move { Ok::<_, Infallible>(resp.await) }
     });

@@ -178,20 +178,56 @@ async fn too_many_or_too_large_headers_get_431_and_garbage_gets_400() {
 }
 
 #[tokio::test]
-async fn a_client_that_never_finishes_its_head_is_disconnected() {
+async fn a_client_that_never_finishes_its_head_gets_408_and_an_idle_one_is_closed() {
     let b = Backend::start("b").await;
     let dp = proxy_to(b.addr, |o| {
         o.limits.header_read_timeout = Duration::from_millis(200);
     })
     .await;
-    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    let mut slow = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .await
         .expect("write");
-    // hyper closes the connection without an answer (no 408).
-    let answer = read_to_close(&mut stream).await.unwrap_or_default();
-    assert_eq!(answer, "");
+    let mut idle = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let answer = read_to_close(&mut slow).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("x-sluice-error: request-head-timeout"),
+        "{answer}"
+    );
+    // A connection that sent nothing (a browser's speculative one) is
+    // closed without a word.
+    assert_eq!(read_to_close(&mut idle).await.unwrap_or_default(), "");
+
+    // A keep-alive connection whose first request was served is left to
+    // hyper's timeout, which closes it silently when it idles.
+    let mut kept = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut kept).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let rest = read_to_close(&mut kept).await.unwrap_or_default();
+    assert_eq!(rest, "b", "the body, then nothing");
+
+    // An h2c connection is not held to the HTTP/1 deadline.
+    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let req = Request::get("http://x/")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("the h2 connection is still open");
+    assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(proxy_get(&client(), &dp, "x", "/").await.backend, "b");
 }
 
@@ -249,8 +285,9 @@ async fn a_thousand_broken_connections_leave_the_proxy_serving() {
         let got = proxy_get(&http, &dp, "x", "/").await;
         assert_eq!((got.status, got.backend.as_str()), (StatusCode::OK, "b"));
     }
-    // The held connections are closed by the header read timeout.
+    // The held connections are answered 408 and closed.
     for mut stream in held.drain(..10) {
-        assert_eq!(read_to_close(&mut stream).await.unwrap_or_default(), "");
+        let answer = read_to_close(&mut stream).await.unwrap_or_default();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
 }
