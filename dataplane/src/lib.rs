@@ -200,20 +200,18 @@ impl Dataplane {
             tasks.spawn(persist::run(dir, Arc::clone(&state), stop_rx.clone()));
         }
         let proxy = Arc::new(Proxy::new(Arc::clone(&state)));
-        let (access_log, handler_state) = (opts.access_log, Arc::clone(&state));
+        // The access log's table handle; nothing extra per request when off.
+        let log_state = opts.access_log.then(|| Arc::clone(&state));
         let handler = move |req: hyper::Request<hyper::body::Incoming>, conn: &Conn| {
-            let (proxy, state, conn) =
-                (Arc::clone(&proxy), Arc::clone(&handler_state), conn.clone());
+            let (proxy, conn) = (Arc::clone(&proxy), conn.clone());
+            let log = (log_state.as_ref())
+                .map(|state| (Arc::clone(state), access::Entry::start(&req, conn.peer)));
             async move {
-                let entry = access_log.then(|| access::Entry::start(&req, conn.peer));
                 let resp = proxy.handle(req, conn.peer, conn.site.as_deref()).await;
-                let entry = entry.map(|mut e| {
-                    e.respond(
-                        resp.status().as_u16(),
-                        resp.body().endpoint(),
-                        &state.table.load(),
-                    );
-                    e
+                let entry = log.map(|(state, mut entry)| {
+                    let (status, endpoint) = (resp.status().as_u16(), resp.body().endpoint());
+                    entry.respond(status, endpoint, &state.table.load());
+                    entry
                 });
                 access::Logged::wrap(resp, entry)
             }

@@ -178,6 +178,37 @@ async fn too_many_or_too_large_headers_get_431_and_garbage_gets_400() {
 }
 
 #[tokio::test]
+async fn an_http2_header_list_over_the_limit_gets_431() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |o| o.limits.max_header_bytes = 16 * 1024).await;
+    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let send = async |sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>, size| {
+        let req = Request::get("http://x/")
+            .header("x-big", "a".repeat(size))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        tokio::time::timeout(WAIT, sender.send_request(req))
+            .await
+            .expect("answered in time")
+            .expect("response")
+            .status()
+    };
+    assert_eq!(
+        send(&mut sender, 32 * 1024).await,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    // The connection stays usable for requests within the limit.
+    assert_eq!(send(&mut sender, 1024).await, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_client_that_never_finishes_its_head_gets_408_and_an_idle_one_is_closed() {
     let b = Backend::start("b").await;
     let dp = proxy_to(b.addr, |o| {
