@@ -312,7 +312,8 @@ impl Dataplane {
     }
 }
 
-/// Rebuilds the HTTPS listener's certificates whenever a table is installed.
+/// Rebuilds the HTTPS listener's certificates whenever a table is
+/// installed, and re-reads certificate files every [`tls::FILE_POLL`].
 async fn follow_certificates(
     sites: Arc<tls::Sites>,
     state: Arc<State>,
@@ -320,6 +321,8 @@ async fn follow_certificates(
 ) {
     let mut applied = state.subscribe();
     sites.update(&state.routes());
+    let mut poll = tokio::time::interval(tls::FILE_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = listener::stopped(&mut stop) => return,
@@ -328,6 +331,11 @@ async fn follow_certificates(
                     return;
                 }
                 sites.update(&state.routes());
+            }
+            _ = poll.tick() => {
+                if sites.has_files() {
+                    sites.update(&state.routes());
+                }
             }
         }
     }

@@ -11,11 +11,13 @@
 //! what lets client-certificate validation differ between pools: rustls
 //! holds the verifier per config, not per certificate.
 //!
-//! The map is rebuilt whenever a table is installed and swapped whole
-//! (`ArcSwap`), so a new certificate is served to new connections without a
-//! restart while open connections keep the one they negotiated. A pool whose
-//! TLS settings did not change keeps its `ServerConfig`, and with it the
-//! session-resumption cache.
+//! The map is rebuilt whenever a table is installed, and every
+//! [`FILE_POLL`] for certificates given as files (`certFile`, `keyFile`,
+//! `clientCAFile`: a renewed certificate written over the old one), and
+//! swapped whole (`ArcSwap`), so a new certificate is served to new
+//! connections without a restart while open connections keep the one they
+//! negotiated. A pool whose settings and PEM did not change keeps its
+//! `ServerConfig`, and with it the session-resumption cache.
 //!
 //! Which site a name gets: the exact host, then the longest `*.suffix`
 //! wildcard, then a fallback: the pool whose hosts include `*`, or else, when
@@ -23,13 +25,15 @@
 //! SNI (a client dialing an IP address) gets the fallback too. With no
 //! fallback an unknown name is refused: the handshake is aborted.
 //!
-//! A pool whose PEM or files cannot be used is logged and left without TLS;
-//! the other pools are not affected. The standalone file is checked with
+//! A pool whose PEM or files cannot be used is logged (once per error) and
+//! keeps the last certificate that worked, or has no TLS if none did; the
+//! other pools are not affected. The standalone file is checked with
 //! [`check`] when it is read, so a broken certificate there rejects the file.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::RootCertStore;
@@ -41,6 +45,9 @@ use sluice_protocol::policy::Tls;
 use sluice_protocol::{PoolRoute, RouteTable};
 
 use crate::table::normalize_host;
+
+/// How often certificate files are re-read.
+pub const FILE_POLL: Duration = Duration::from_secs(2);
 
 /// Why a pool's TLS settings cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -88,13 +95,26 @@ struct SniMap {
     fallback: Option<Arc<Site>>,
 }
 
+/// The PEM a site is built from, as read (inline or from its files).
+#[derive(Debug, PartialEq, Eq)]
+struct Material {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+/// A built site with the settings and PEM it was built from.
+type Built = (Tls, Material, Arc<Site>);
+
 /// The sites of the table being served, swapped whole on every table.
 #[derive(Debug, Default)]
 pub struct Sites {
     map: ArcSwap<SniMap>,
-    /// Built sites by pool name, with the settings they were built from,
-    /// so that an unchanged pool keeps its config across tables.
-    built: Mutex<HashMap<String, (Tls, Arc<Site>)>>,
+    /// Built sites by pool name, with the settings and PEM they were built
+    /// from, so that an unchanged pool keeps its config across tables.
+    built: Mutex<HashMap<String, Built>>,
+    /// The last error of each pool whose certificate failed, logged once.
+    failed: Mutex<HashMap<String, String>>,
 }
 
 impl Sites {
@@ -115,26 +135,54 @@ impl Sites {
         map.fallback.clone()
     }
 
-    /// Rebuilds the map from `routes`. Pools whose TLS cannot be used are
-    /// logged and skipped.
+    /// Rebuilds the map from `routes`, re-reading certificate files (a
+    /// changed file is a new certificate). Pools whose TLS cannot be used
+    /// are logged and skipped.
     pub fn update(&self, routes: &RouteTable) {
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next: HashMap<String, (Tls, Arc<Site>)> = HashMap::new();
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.retain(|pool, _| routes.pools.values().any(|r| r.name == *pool));
+        let mut next: HashMap<String, Built> = HashMap::new();
         let mut map = SniMap::default();
         let (mut catch_all, mut only) = (None, None);
         for route in routes.pools.values() {
             let Some(tls) = &route.tls else { continue };
-            let site = match built.get(&route.name) {
-                Some((old, site)) if old == tls => Arc::clone(site),
-                _ => match build(route, tls) {
-                    Ok(site) => Arc::new(site),
-                    Err(e) => {
-                        tracing::error!(error = %e, "certificate not served");
-                        continue;
+            let previous = built.remove(&route.name);
+            // `Ok(None)`: the previous site is still right.
+            let fresh = load(route, tls).and_then(|material| {
+                if let Some((old, was, _)) = &previous
+                    && old == tls
+                    && *was == material
+                {
+                    return Ok(None);
+                }
+                let site = Arc::new(build(route, tls, &material)?);
+                tracing::info!(pool = %route.name, "certificate loaded");
+                Ok(Some((tls.clone(), material, site)))
+            });
+            let entry = match (fresh, previous) {
+                (Ok(Some(entry)), _) | (Ok(None), Some(entry)) => {
+                    failed.remove(&route.name);
+                    entry
+                }
+                (Ok(None), None) => continue,
+                // A file being rewritten, a broken Secret: the last good
+                // certificate of the pool stays, if there is one.
+                (Err(e), previous) => {
+                    let message = e.to_string();
+                    if failed.get(&route.name) != Some(&message) {
+                        let kept = previous.is_some();
+                        tracing::error!(error = %message, kept_previous = kept, "certificate not loaded");
+                        failed.insert(route.name.clone(), message);
                     }
-                },
+                    match previous {
+                        Some(entry) => entry,
+                        None => continue,
+                    }
+                }
             };
-            next.insert(route.name.clone(), (tls.clone(), Arc::clone(&site)));
+            let site = Arc::clone(&entry.2);
+            next.insert(route.name.clone(), entry);
             // The only site, until a second one shows up.
             only = if next.len() == 1 {
                 Some(Arc::clone(&site))
@@ -161,6 +209,14 @@ impl Sites {
         self.map.store(Arc::new(map));
     }
 
+    /// Whether any pool's certificate comes from files.
+    pub fn has_files(&self) -> bool {
+        let built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        built.values().any(|(tls, _, _)| {
+            tls.cert_file.is_some() || tls.key_file.is_some() || tls.client_ca_file.is_some()
+        })
+    }
+
     /// Whether any pool has a certificate.
     pub fn is_empty(&self) -> bool {
         let map = self.map.load();
@@ -173,7 +229,7 @@ impl Sites {
 pub fn check(pools: &[PoolRoute]) -> Result<(), TlsError> {
     for route in pools {
         if let Some(tls) = &route.tls {
-            build(route, tls)?;
+            build(route, tls, &load(route, tls)?)?;
         }
     }
     Ok(())
@@ -200,28 +256,37 @@ fn pem(
     }
 }
 
-fn build(route: &PoolRoute, tls: &Tls) -> Result<Site, TlsError> {
+fn load(route: &PoolRoute, tls: &Tls) -> Result<Material, TlsError> {
+    let fail = |message: &str| TlsError {
+        pool: route.name.clone(),
+        message: message.into(),
+    };
+    Ok(Material {
+        cert: pem(route, "certFile", &tls.certificate, &tls.cert_file)?
+            .ok_or_else(|| fail("no certificate"))?,
+        key: pem(route, "keyFile", &tls.private_key, &tls.key_file)?
+            .ok_or_else(|| fail("no private key"))?,
+        client_ca: pem(route, "clientCAFile", &tls.client_ca, &tls.client_ca_file)?,
+    })
+}
+
+fn build(route: &PoolRoute, tls: &Tls, material: &Material) -> Result<Site, TlsError> {
     let fail = |message: String| TlsError {
         pool: route.name.clone(),
         message,
     };
-    let cert_pem = pem(route, "certFile", &tls.certificate, &tls.cert_file)?
-        .ok_or_else(|| fail("no certificate".into()))?;
-    let key_pem = pem(route, "keyFile", &tls.private_key, &tls.key_file)?
-        .ok_or_else(|| fail("no private key".into()))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    let chain = CertificateDer::pem_slice_iter(&material.cert)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(format!("certificate: {e}")))?;
     if chain.is_empty() {
         return Err(fail("certificate: no PEM certificate found".into()));
     }
-    let key =
-        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| fail(format!("privateKey: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&material.key)
+        .map_err(|e| fail(format!("privateKey: {e}")))?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| fail(e.to_string()))?;
-    let ca_pem = pem(route, "clientCAFile", &tls.client_ca, &tls.client_ca_file)?;
-    let builder = match &ca_pem {
+    let builder = match &material.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca_pem) => {
             let mut roots = RootCertStore::empty();
@@ -244,7 +309,7 @@ fn build(route: &PoolRoute, tls: &Tls) -> Result<Site, TlsError> {
         .with_single_cert(chain, key)
         .map_err(|e| fail(format!("certificate and key: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let client_ca = ca_pem
+    let client_ca = (material.client_ca.as_ref())
         .is_some()
         .then(|| (tls.client_ca.clone(), tls.client_ca_file.clone()));
     Ok(Site {
@@ -276,5 +341,45 @@ mod tests {
         sites.update(&t);
         assert!(sites.is_empty());
         assert!(sites.lookup(Some("a.example.com")).is_none());
+    }
+
+    fn pool_with_cert(name: &str, host: &str, cert: &str, key: &str) -> String {
+        let q = |s: &str| serde_json::to_string(s).expect("json");
+        format!(
+            "  - {{name: {name}, hosts: [{host}], tls: {{certificate: {}, privateKey: {}}}}}\n",
+            q(cert),
+            q(key)
+        )
+    }
+
+    #[test]
+    fn a_pool_whose_new_pem_is_broken_keeps_its_last_good_certificate() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["a.example.com".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let (cert, key) = (cert.pem(), key.serialize_pem());
+        let sites = Sites::default();
+        let good = pool_with_cert("a", "a.example.com", &cert, &key);
+        sites.update(&routes(&format!("pools:\n{good}")));
+        let first = sites.lookup(Some("a.example.com")).expect("a site");
+        // The same settings again: the same config (and session cache).
+        sites.update(&routes(&format!("pools:\n{good}")));
+        let again = sites.lookup(Some("A.example.com")).expect("a site");
+        assert!(Arc::ptr_eq(&first, &again));
+        // Only one certificate: it is also the fallback.
+        assert!(sites.lookup(None).is_some_and(|s| Arc::ptr_eq(&s, &first)));
+        assert!(sites.lookup(Some("other.org")).is_some());
+
+        let broken = pool_with_cert("a", "a.example.com", "broken", &key);
+        let other = pool_with_cert("b", "b.example.com", &cert, &key);
+        sites.update(&routes(&format!("pools:\n{broken}{other}")));
+        let kept = sites.lookup(Some("a.example.com")).expect("still a site");
+        assert!(Arc::ptr_eq(&first, &kept));
+        assert_eq!(sites.lookup(Some("b.example.com")).expect("b").pool, "b");
+        // Two certificates, no catch-all: no fallback.
+        assert!(sites.lookup(None).is_none());
+        assert!(sites.lookup(Some("other.org")).is_none());
     }
 }

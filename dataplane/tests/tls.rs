@@ -428,3 +428,54 @@ async fn a_new_certificate_is_served_to_new_connections_without_a_restart() {
         .expect("handshake");
     assert!(peer_cert(&stream) == new.der);
 }
+
+#[tokio::test]
+async fn certificate_files_rewritten_in_place_are_picked_up() {
+    let b = Backend::start("b").await;
+    let ca = Ca::new();
+    let (old, new) = (
+        ca.issue(&["files.example.com"]),
+        ca.issue(&["files.example.com"]),
+    );
+    let dir = temp_dir("tls-files");
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let write = |leaf: &Leaf| {
+        std::fs::write(&cert, &leaf.cert).expect("write cert");
+        std::fs::write(&key, &leaf.key).expect("write key");
+    };
+    write(&old);
+    let yaml = format!(
+        "pools:\n  - {{name: files, hosts: [files.example.com], endpoints: [{{address: {}}}], tls: {{certFile: {}, keyFile: {}}}}}\n",
+        b.addr,
+        q(&cert.display().to_string()),
+        q(&key.display().to_string())
+    );
+    let dp = start_https(Source::Static(table(&yaml))).await;
+    let addr = https_addr(&dp);
+    let stream = connect(addr, "files.example.com", &ca, &[], None)
+        .await
+        .expect("handshake");
+    assert!(peer_cert(&stream) == old.der);
+
+    // A renewal writes the files over the old ones; the table is unchanged.
+    // (First a pause, so that the dataplane's certificate follower, which
+    // reads the files when it starts, has started: what picks the new
+    // files up is its periodic re-read.)
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    write(&new);
+    eventually("the renewed certificate to be served", async || {
+        let stream = connect(addr, "files.example.com", &ca, &[], None).await;
+        stream.is_ok_and(|s| peer_cert(&s) == new.der)
+    })
+    .await;
+    let got = H1::over(
+        connect(addr, "files.example.com", &ca, &[], None)
+            .await
+            .expect("handshake"),
+    )
+    .await
+    .get("files.example.com", "/")
+    .await
+    .expect("answer");
+    assert_eq!((got.0, got.1.as_str()), (StatusCode::OK, "b"));
+}
