@@ -251,7 +251,8 @@ impl Dataplane {
             Duration::from_millis(100),
         ));
         state.set_listening();
-        tracing::info!(%http_addr, https_addr = ?https_addr, %admin_addr, version = state.version(), "dataplane started");
+        let https = https_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        tracing::info!(%http_addr, https_addr = %https, %admin_addr, version = state.version(), "dataplane started");
         Ok(Dataplane {
             http_addr,
             https_addr,
