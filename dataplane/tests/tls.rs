@@ -479,3 +479,40 @@ async fn certificate_files_rewritten_in_place_are_picked_up() {
     .expect("answer");
     assert_eq!((got.0, got.1.as_str()), (StatusCode::OK, "b"));
 }
+
+#[tokio::test]
+async fn a_stalled_request_head_over_tls_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("b").await;
+    let ca = Ca::new();
+    let leaf = ca.issue(&["slow.example.com"]);
+    let yaml = format!(
+        "pools:\n{}",
+        tls_pool("p", "[slow.example.com]", b.addr, &leaf, None)
+    );
+    let mut opts = options(Source::Static(table(&yaml)));
+    opts.https = Some("127.0.0.1:0".parse().expect("addr"));
+    opts.limits.header_read_timeout = std::time::Duration::from_millis(200);
+    let dp = Dataplane::start(opts).await.expect("starts");
+    let mut stream = connect(
+        https_addr(&dp),
+        "slow.example.com",
+        &ca,
+        &[b"http/1.1"],
+        None,
+    )
+    .await
+    .expect("handshake");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: slow.example.com\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    // The proxy closes without close_notify: the read may end in an error
+    // after the answer.
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("closed in time");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
