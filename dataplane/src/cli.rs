@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+use crate::listener::{self, Limits};
 use crate::{Options, Source};
 
 /// The Sluice L7 proxy.
@@ -70,12 +71,43 @@ pub struct RunArgs {
     /// HTTP listener.
     #[arg(long, env = "SLUICE_HTTP", default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
+    /// HTTPS listener, terminating TLS for pools with `tls` (certificate chosen by SNI); `off` for none.
+    #[arg(long, env = "SLUICE_HTTPS", default_value = "0.0.0.0:8443", value_parser = parse_optional_addr)]
+    pub https: OptionalAddr,
     /// Admin listener (/healthz, /readyz, /metrics, /debug/routes).
     #[arg(long, env = "SLUICE_ADMIN", default_value = "0.0.0.0:9901")]
     pub admin: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM (e.g. 10s, 500ms).
     #[arg(long, env = "SLUICE_GRACE_PERIOD", default_value = "10s", value_parser = parse_duration)]
     pub grace_period: Duration,
+    /// After SIGTERM, how long new connections are still served while readiness already fails.
+    #[arg(long, env = "SLUICE_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// Write one access-log line per request (target sluice::access; JSON with --log-format json).
+    #[arg(long, env = "SLUICE_ACCESS_LOG")]
+    pub access_log: bool,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    #[arg(long, env = "SLUICE_MAX_HEADER_BYTES", default_value_t = listener::MAX_HEADER_BYTES, value_parser = clap::value_parser!(usize))]
+    pub max_header_bytes: usize,
+    /// Most headers per request; more gets 431.
+    #[arg(long, env = "SLUICE_MAX_HEADERS", default_value_t = listener::MAX_HEADERS)]
+    pub max_headers: usize,
+    /// How long a client may take to send a request head (408) or a TLS handshake before the connection closes.
+    #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+}
+
+/// A listener address, or none (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s.is_empty() || s.eq_ignore_ascii_case("off") {
+        return Ok(OptionalAddr(None));
+    }
+    s.parse()
+        .map(|a| OptionalAddr(Some(a)))
+        .map_err(|e| format!("{e} (an address like 0.0.0.0:8443, or off)"))
 }
 
 /// Subcommands.
@@ -125,9 +157,17 @@ impl RunArgs {
             source,
             name: self.name.or(hostname).unwrap_or_else(|| "dataplane".into()),
             http: self.http,
+            https: self.https.0,
             admin: self.admin,
             state_dir: self.state_dir,
             grace_period: self.grace_period,
+            drain_delay: self.drain_delay,
+            limits: Limits {
+                header_read_timeout: self.header_read_timeout,
+                max_header_bytes: self.max_header_bytes.max(8 * 1024),
+                max_headers: self.max_headers,
+            },
+            access_log: self.access_log,
         })
     }
 }
@@ -177,5 +217,37 @@ mod tests {
         let cli = parse(&["demo", "--http", "127.0.0.1:0"]).expect("demo");
         assert!(matches!(cli.command, Some(Command::Demo { .. })));
         assert!(parse(&["--config", "a.yaml", "--grace-period", "10"]).is_err());
+    }
+
+    #[test]
+    fn https_drain_limits_and_access_log_have_defaults_and_flags() {
+        let opts = parse(&["--config", "a.yaml"])
+            .expect("defaults")
+            .run
+            .options(None)
+            .expect("options");
+        assert_eq!(opts.https, Some("0.0.0.0:8443".parse().expect("addr")));
+        assert_eq!(opts.drain_delay, Duration::from_secs(5));
+        assert_eq!(opts.limits, Limits::default());
+        assert!(!opts.access_log);
+        let opts = parse(&[
+            "--config",
+            "a.yaml",
+            "--https",
+            "off",
+            "--drain-delay",
+            "0s",
+            "--access-log",
+            "--max-headers",
+            "50",
+        ])
+        .expect("flags")
+        .run
+        .options(None)
+        .expect("options");
+        assert_eq!(opts.https, None);
+        assert_eq!(opts.drain_delay, Duration::ZERO);
+        assert_eq!(opts.limits.max_headers, 50);
+        assert!(opts.access_log);
     }
 }

@@ -40,6 +40,14 @@ pub enum FileError {
         /// What is wrong.
         error: RouteError,
     },
+    /// A pool's certificate, key or client CA cannot be used.
+    #[error("{}: {error}", path.display())]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// Which pool and what is wrong.
+        error: crate::tls::TlsError,
+    },
 }
 
 /// Reads and validates the file as table `version`; also returns the text,
@@ -55,6 +63,10 @@ pub fn load(path: &Path, version: u64) -> Result<(RouteTable, String), FileError
 
 fn parse(path: &Path, text: &str, version: u64) -> Result<RouteTable, FileError> {
     let file = RouteFile::from_yaml(text).map_err(|error| FileError::Invalid {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    crate::tls::check(&file.pools).map_err(|error| FileError::Tls {
         path: path.to_path_buf(),
         error,
     })?;

@@ -52,12 +52,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// origin-form), HTTP/1.1, hop-by-hop headers gone, and the host the request
 /// was routed by in `Host` and `X-Forwarded-Host` (an HTTP/2 client sends no
 /// `Host`, and an absolute-form target overrides it, RFC 9112 §3.2.2), and
-/// the client appended to `X-Forwarded-For`.
+/// the client appended to `X-Forwarded-For`, `X-Forwarded-Proto` saying
+/// whether it came over TLS. An upgrade request (WebSocket) keeps its
+/// `Upgrade` and `Connection: upgrade`.
 pub fn request(
     parts: &mut Parts,
     authority: &Authority,
     client: IpAddr,
     original_host: Option<HeaderValue>,
+    https: bool,
 ) -> Result<(), http::Error> {
     let path_and_query = parts
         .uri
@@ -69,9 +72,13 @@ pub fn request(
         .authority(authority.clone())
         .path_and_query(path_and_query)
         .build()?;
+    let upgrade = crate::upgrade::requested(parts.version, &parts.headers);
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        crate::upgrade::keep(headers, protocol);
+    }
     if let Some(host) = original_host {
         headers.insert(header::HOST, host.clone());
         headers.insert(X_FORWARDED_HOST, host);
@@ -87,7 +94,8 @@ pub fn request(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     Ok(())
 }
 
@@ -122,7 +130,14 @@ mod tests {
             .into_parts();
         let endpoint = Authority::from_static("10.0.0.7:80");
         let host = HeaderValue::from_static("shop.example.com:8080");
-        request(&mut parts, &endpoint, [192, 0, 2, 3].into(), Some(host)).expect("rewrites");
+        request(
+            &mut parts,
+            &endpoint,
+            [192, 0, 2, 3].into(),
+            Some(host),
+            false,
+        )
+        .expect("rewrites");
         assert_eq!(parts.uri, "http://10.0.0.7:80/a/b?c=d");
         assert_eq!(parts.version, Version::HTTP_11);
         let h = &parts.headers;

@@ -7,10 +7,13 @@
 //! availability), [`proxy`] and [`forward`] (the request path),
 //! [`policy`] with [`upstream`], [`retry`], [`breaker`] and [`ratelimit`]
 //! (per-pool clients, retries, timeouts, circuit breaker, rate limits),
-//! [`listener`] (serving with graceful drain), [`stream`] and [`report`]
+//! [`listener`] (serving with limits and graceful drain), [`tls`]
+//! (termination, certificates by SNI), [`upgrade`], [`access`] (the access
+//! log), [`stream`] and [`report`]
 //! (cluster mode), [`file`] (standalone mode), [`persist`] (`--state-dir`),
 //! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`].
 
+pub mod access;
 pub mod admin;
 pub mod balance;
 pub mod breaker;
@@ -19,6 +22,7 @@ pub mod demo;
 pub mod endpoint;
 pub mod file;
 pub mod forward;
+pub mod head_timeout;
 pub mod health;
 pub mod listener;
 pub mod metrics;
@@ -32,6 +36,8 @@ pub mod retry;
 pub mod state;
 pub mod stream;
 pub mod table;
+pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -44,6 +50,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::listener::{Conn, Limits};
 use crate::proxy::Proxy;
 use crate::state::State;
 use crate::stream::ControllerConn;
@@ -79,8 +86,11 @@ pub struct Options {
     pub source: Source,
     /// Name reported to the controller (the pod name in a cluster).
     pub name: String,
-    /// HTTP listener.
+    /// HTTP listener (HTTP/1.1 and h2c).
     pub http: SocketAddr,
+    /// HTTPS listener, terminating TLS for the pools that have `tls`;
+    /// `None`: no HTTPS listener.
+    pub https: Option<SocketAddr>,
     /// Admin listener.
     pub admin: SocketAddr,
     /// Where every applied table is persisted; in cluster mode the table
@@ -88,6 +98,14 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// How long in-flight requests may take to finish on shutdown.
     pub grace_period: Duration,
+    /// How long, on shutdown, readiness is already failing while new
+    /// connections are still served, so that load balancers and
+    /// kube-proxy stop sending traffic before the listeners close.
+    pub drain_delay: Duration,
+    /// Limits on what clients may send.
+    pub limits: Limits,
+    /// Whether every request is written to the access log.
+    pub access_log: bool,
 }
 
 /// Why the dataplane could not start.
@@ -120,10 +138,12 @@ enum Background {
 #[derive(Debug)]
 pub struct Dataplane {
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
     state: Arc<State>,
+    drain_delay: Duration,
     stop: watch::Sender<bool>,
-    proxy_task: tokio::task::JoinHandle<()>,
+    proxy_tasks: Vec<tokio::task::JoinHandle<()>>,
     tasks: JoinSet<()>,
 }
 
@@ -173,6 +193,11 @@ impl Dataplane {
             }
         };
         let (http, http_addr) = bind(opts.http).await?;
+        let https = match opts.https {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let https_addr = https.as_ref().map(|(_, addr)| *addr);
         let (admin, admin_addr) = bind(opts.admin).await?;
 
         match source {
@@ -193,30 +218,67 @@ impl Dataplane {
         }
         tasks.spawn(health::run(Arc::clone(&state), stop_rx.clone()));
         let proxy = Arc::new(Proxy::new(Arc::clone(&state)));
-        let proxy_task = tokio::spawn(listener::serve(
+        // The access log's table handle; nothing extra per request when off.
+        let log_state = opts.access_log.then(|| Arc::clone(&state));
+        let handler = move |req: hyper::Request<hyper::body::Incoming>, conn: &Conn| {
+            let (proxy, conn) = (Arc::clone(&proxy), conn.clone());
+            let log = (log_state.as_ref())
+                .map(|state| (Arc::clone(state), access::Entry::start(&req, conn.peer)));
+            async move {
+                let resp = proxy.handle(req, conn.peer, conn.site.as_deref()).await;
+                let entry = log.map(|(state, mut entry)| {
+                    let (status, endpoint) = (resp.status().as_u16(), resp.body().endpoint());
+                    entry.respond(status, endpoint, &state.table.load());
+                    entry
+                });
+                access::Logged::wrap(resp, entry)
+            }
+        };
+        let mut proxy_tasks = vec![tokio::spawn(listener::serve(
             http,
-            move |req, peer| {
-                let proxy = Arc::clone(&proxy);
-                async move { proxy.handle(req, peer).await }
-            },
+            None,
+            opts.limits,
+            handler.clone(),
             stop_rx.clone(),
             opts.grace_period,
-        ));
+        ))];
+        if let Some((https, _)) = https {
+            let sites = Arc::new(tls::Sites::default());
+            sites.update(&state.routes());
+            tasks.spawn(follow_certificates(
+                Arc::clone(&sites),
+                Arc::clone(&state),
+                stop_rx.clone(),
+            ));
+            proxy_tasks.push(tokio::spawn(listener::serve(
+                https,
+                Some(sites),
+                opts.limits,
+                handler,
+                stop_rx.clone(),
+                opts.grace_period,
+            )));
+        }
         let admin_state = Arc::clone(&state);
         tasks.spawn(listener::serve(
             admin,
-            move |req, _| admin::handle(Arc::clone(&admin_state), req),
+            None,
+            Limits::default(),
+            move |req, _: &Conn| admin::handle(Arc::clone(&admin_state), req),
             stop_rx,
             Duration::from_millis(100),
         ));
         state.set_listening();
-        tracing::info!(%http_addr, %admin_addr, version = state.version(), "dataplane started");
+        let https = https_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        tracing::info!(%http_addr, https_addr = %https, %admin_addr, version = state.version(), "dataplane started");
         Ok(Dataplane {
             http_addr,
+            https_addr,
             admin_addr,
             state,
+            drain_delay: opts.drain_delay,
             stop,
-            proxy_task,
+            proxy_tasks,
             tasks,
         })
     }
@@ -224,6 +286,11 @@ impl Dataplane {
     /// Address of the HTTP listener.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Address of the HTTPS listener, if there is one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// Address of the admin listener.
@@ -236,15 +303,22 @@ impl Dataplane {
         self.state.version()
     }
 
-    /// Graceful stop: readiness fails, the listeners stop accepting,
+    /// Graceful stop: readiness fails at once; for the drain delay new
+    /// connections are still served; then the listeners stop accepting,
     /// in-flight requests finish within the grace period (idle keep-alive
     /// connections close at once), then the background tasks end (the state
     /// writer persisting the last table first).
     pub async fn shutdown(mut self) {
         self.state.start_draining();
+        if !self.drain_delay.is_zero() {
+            tracing::info!(delay = ?self.drain_delay, "not ready; still serving new connections for the drain delay");
+            tokio::time::sleep(self.drain_delay).await;
+        }
         self.stop.send_replace(true);
-        if let Err(e) = (&mut self.proxy_task).await {
-            tracing::warn!(error = %e, "proxy task failed");
+        for task in &mut self.proxy_tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "proxy task failed");
+            }
         }
         let joined = tokio::time::timeout(TASKS_GRACE, async {
             while self.tasks.join_next().await.is_some() {}
@@ -254,5 +328,34 @@ impl Dataplane {
             tracing::warn!("background tasks did not stop in time; aborting them");
         }
         self.tasks.shutdown().await;
+    }
+}
+
+/// Rebuilds the HTTPS listener's certificates whenever a table is
+/// installed, and re-reads certificate files every [`tls::FILE_POLL`].
+async fn follow_certificates(
+    sites: Arc<tls::Sites>,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut applied = state.subscribe();
+    sites.update(&state.routes());
+    let mut poll = tokio::time::interval(tls::FILE_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = listener::stopped(&mut stop) => return,
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                sites.update(&state.routes());
+            }
+            _ = poll.tick() => {
+                if sites.has_files() {
+                    sites.update(&state.routes());
+                }
+            }
+        }
     }
 }

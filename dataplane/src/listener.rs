@@ -8,12 +8,16 @@
 //! Connections are served with hyper-util's `auto` builder rather than
 //! hyper's HTTP/1 one: it serves HTTP/1.1 with keep-alive and also HTTP/2
 //! with prior knowledge (h2c) on the same port, telling them apart by the
-//! connection preface, at no cost to HTTP/1.1 clients. (Endpoints are
-//! always spoken to in HTTP/1.1 for now.)
+//! connection preface, at no cost to HTTP/1.1 clients; over TLS, ALPN
+//! offers `h2` and `http/1.1` and the same detection follows. (Endpoints
+//! are always spoken to in HTTP/1.1.) Connections are served "with
+//! upgrades", so that the proxy can tunnel `Upgrade` requests (WebSocket).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
@@ -21,36 +25,104 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// How long a client may take to send a request head.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::head_timeout::HeadTimeout;
+use crate::tls::{Site, Sites};
 
-/// Serves `handler` on `listener` until `stop`, then drains for up to `grace`.
+/// How long a client may take to send a request head (and, on the HTTPS
+/// listener, to finish the TLS handshake).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (request line and headers) taken, in bytes.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most headers a request may carry. hyper's own default: keeping it lets
+/// hyper parse headers into a stack array; any other value costs a heap
+/// allocation per request.
+pub const MAX_HEADERS: usize = 100;
+
+/// What a client may send before its request is refused, per connection.
+/// Over the limits, hyper answers HTTP/1 requests itself: 431 for a head
+/// over `max_header_bytes` or with more than `max_headers` headers, 400 for
+/// one that does not parse, 414 for a URI over 64 KiB; HTTP/2 peers get a
+/// stream or connection error. A head not complete within
+/// `header_read_timeout` gets a 408 and the connection closes when it is the
+/// connection's first request and some of it arrived; otherwise (an idle
+/// connection, a later keep-alive request) the connection closes silently
+/// (see [`crate::head_timeout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// See [`MAX_HEADER_BYTES`]; at least 8 KiB (hyper's minimum buffer).
+    pub max_header_bytes: usize,
+    /// See [`MAX_HEADERS`].
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_header_bytes: MAX_HEADER_BYTES,
+            max_headers: MAX_HEADERS,
+        }
+    }
+}
+
+/// The connection a request came on.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The TLS site its handshake chose; `None` for plain HTTP.
+    pub site: Option<Arc<Site>>,
+}
+
+fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The timer makes hyper enforce its HTTP/1 header read timeout: a
+    // client that never finishes its request head is dropped. A second
+    // longer than ours, which answers the first request's with a 408 first.
+    // hyper's read buffer limit is what bounds the head: past it, 431.
+    let mut http1 = builder.http1();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout + Duration::from_secs(1))
+        .max_buf_size(limits.max_header_bytes.max(8 * 1024));
+    if limits.max_headers != MAX_HEADERS {
+        http1.max_headers(limits.max_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Serves `handler` on `listener` until `stop`, then drains for up to
+/// `grace`. With `tls`, every connection is a TLS handshake first, its
+/// certificate chosen by SNI from `tls`; a name with no certificate is
+/// refused.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
+    tls: Option<Arc<Sites>>,
+    limits: Limits,
     handler: H,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, &Conn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The timer makes hyper enforce its HTTP/1 header read timeout (30 s by
-    // default): a client that never finishes its request head is dropped.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder(limits));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -65,18 +137,33 @@ pub async fn serve<H, F, B>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let svc = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req, peer).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                conns.spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                let (builder, handler, watcher) =
+                    (Arc::clone(&builder), handler.clone(), graceful.watcher());
+                match &tls {
+                    None => {
+                        let conn = Conn { peer, site: None };
+                        let limit = Some(limits.header_read_timeout);
+                        conns.spawn(serve_conn(builder, stream, conn, limit, handler, watcher));
                     }
-                });
+                    Some(sites) => {
+                        let sites = Arc::clone(sites);
+                        let timeout = limits.header_read_timeout;
+                        conns.spawn(async move {
+                            let handshake = tokio::time::timeout(timeout, handshake(&sites, stream));
+                            match handshake.await {
+                                Ok(Ok((stream, site))) => {
+                                    // Over h2, no first-head deadline.
+                                    let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
+                                    let limit = h1.then_some(timeout);
+                                    let conn = Conn { peer, site: Some(site) };
+                                    serve_conn(builder, stream, conn, limit, handler, watcher).await;
+                                }
+                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -89,6 +176,62 @@ pub async fn serve<H, F, B>(
         }
     }
     conns.shutdown().await;
+}
+
+/// Reads the ClientHello, picks the site by SNI, completes the handshake.
+async fn handshake(
+    sites: &Sites,
+    stream: TcpStream,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Arc<Site>)> {
+    let acceptor = rustls::server::Acceptor::default();
+    let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
+    let hello = start.client_hello();
+    let Some(site) = sites.lookup(hello.server_name()) else {
+        let name = hello.server_name().unwrap_or("").to_string();
+        return Err(std::io::Error::other(format!(
+            "no certificate for server name {name:?}"
+        )));
+    };
+    let stream = start.into_stream(Arc::clone(&site.config)).await?;
+    Ok((stream, site))
+}
+
+/// Serves one connection (HTTP/1.1 with upgrades, or HTTP/2) to its end;
+/// `head_timeout`: the first request's head deadline (408).
+async fn serve_conn<I, H, F, B>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: I,
+    conn: Conn,
+    head_timeout: Option<Duration>,
+    handler: H,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, &Conn) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let peer = conn.peer;
+    let head_seen = Arc::new(AtomicBool::new(false));
+    let io = HeadTimeout::new(
+        io,
+        head_timeout.unwrap_or_default(),
+        Arc::clone(&head_seen),
+        head_timeout.is_some(),
+    );
+    let svc = service_fn(move |req| {
+        if !head_seen.load(Ordering::Relaxed) {
+            head_seen.store(true, Ordering::Relaxed);
+        }
+        let resp = handler(req, &conn);
+        async move { Ok::<_, Infallible>(resp.await) }
+    });
+    let served = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
+    if let Err(e) = served.await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone). The watch guard

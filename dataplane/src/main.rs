@@ -45,9 +45,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 source: Source::Static(table),
                 name: "demo".into(),
                 http,
+                https: None,
                 admin,
                 state_dir: None,
                 grace_period: Duration::from_secs(1),
+                drain_delay: Duration::ZERO,
+                limits: Default::default(),
+                access_log: false,
             };
             (opts, true)
         }
@@ -72,7 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("Press Ctrl-C to stop.");
     }
     shutdown_signal().await;
-    tracing::info!("shutting down: readiness off, draining in-flight requests");
+    tracing::info!("shutting down: readiness off, then draining in-flight requests");
     dataplane.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -29,6 +29,8 @@ use crate::metrics::Exchange;
 use crate::retry::{self, Failure, RequestTraits, idempotent};
 use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
+use crate::tls::{self, Site};
+use crate::upgrade;
 use crate::upstream::{BoxError, ConnectTimeout, Outgoing};
 
 /// Header naming why Sluice answered a request itself.
@@ -171,6 +173,16 @@ impl IdleTimer {
     }
 }
 
+impl ProxyBody {
+    /// The endpoint that answered, for the access log; `None` when Sluice did.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Upstream { in_flight, .. } => in_flight.as_ref().map(|f| f.endpoint().addr),
+            Self::Local(_) => None,
+        }
+    }
+}
+
 /// The forwarding service: one per listener, cloned per connection.
 #[derive(Debug, Clone)]
 pub struct Proxy {
@@ -217,8 +229,14 @@ impl Proxy {
         Self { state }
     }
 
-    /// Handles one request from `peer`.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    /// Handles one request from `peer`, on a connection that negotiated
+    /// TLS `site` (`None`: plain HTTP).
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        site: Option<&Site>,
+    ) -> Response<ProxyBody> {
         let table = self.state.table.load_full();
         let Some(raw_host) = request_host(&req) else {
             let body = "request has no Host header\n".to_string();
@@ -230,6 +248,17 @@ impl Proxy {
             let body = format!("no pool matches host {host:?} path {path:?}\n");
             return local(StatusCode::NOT_FOUND, "no-route", body);
         };
+        if !tls::admits(site, &pool.route) {
+            let body = format!(
+                "pool {:?} requires a client certificate: connect with TLS to one of its hosts\n",
+                pool.route.name
+            );
+            return local(
+                StatusCode::MISDIRECTED_REQUEST,
+                "client-cert-required",
+                body,
+            );
+        }
         let exchange = pool.metrics.begin();
         let name = &pool.route.name;
         if let Some(limiter) = &pool.policy.limiter
@@ -255,7 +284,15 @@ impl Proxy {
 
         let original_host = HeaderValue::from_str(raw_host).ok();
         let (mut parts, body) = req.into_parts();
-        if let Err(e) = forward::request(&mut parts, &target.authority, peer.ip(), original_host) {
+        let upgrade = upgrade::take(&mut parts);
+        let https = site.is_some();
+        if let Err(e) = forward::request(
+            &mut parts,
+            &target.authority,
+            peer.ip(),
+            original_host,
+            https,
+        ) {
             exchange.respond(400);
             return local(StatusCode::BAD_REQUEST, "bad-request", format!("{e}\n"));
         }
@@ -273,6 +310,7 @@ impl Proxy {
                 if let Some(cookie) = pool.affinity_cookie(&pick, in_flight.endpoint()) {
                     parts.headers.append(header::SET_COOKIE, cookie.clone());
                 }
+                upgrade::switch(upgrade, &mut parts, in_flight.endpoint());
                 let body = ProxyBody::Upstream {
                     body,
                     exchange: Some(exchange),

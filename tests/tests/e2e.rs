@@ -121,9 +121,13 @@ impl Env {
                     },
                     name: format!("dp-{i}"),
                     http: "127.0.0.1:0".parse()?,
+                    https: None,
                     admin: "127.0.0.1:0".parse()?,
                     state_dir: None,
                     grace_period: Duration::from_secs(1),
+                    drain_delay: Duration::ZERO,
+                    limits: Default::default(),
+                    access_log: false,
                 })
                 .await?,
             );

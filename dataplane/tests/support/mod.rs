@@ -229,9 +229,13 @@ pub fn options(source: Source) -> Options {
         source,
         name: "dp-test".into(),
         http: "127.0.0.1:0".parse().expect("addr"),
+        https: None,
         admin: "127.0.0.1:0".parse().expect("addr"),
         state_dir: None,
         grace_period: Duration::from_secs(5),
+        drain_delay: Duration::ZERO,
+        limits: Default::default(),
+        access_log: false,
     }
 }
 

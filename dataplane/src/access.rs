@@ -1,0 +1,152 @@
+//! The access log: one `tracing` event per request, at info level on the
+//! target `sluice::access`, written when the response body ends (or the
+//! client goes away), so that its duration and byte count cover the whole
+//! exchange. With `--log-format json` each is one JSON object per line.
+//!
+//! Off by default (`--access-log` turns it on): formatting and writing a
+//! line costs more CPU than proxying a small request, and the Prometheus
+//! metrics already count every request. When off, the only cost is a
+//! `None` check per response body frame.
+//!
+//! Fields: `method`, `host`, `path`, `version`, `status`, `pool` (empty when
+//! no pool matched), `endpoint` (empty when Sluice answered itself),
+//! `duration_ms`, `bytes` (response body bytes sent), `client` (peer IP),
+//! `user_agent`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Buf;
+use http::{Method, Request, Response, Version, header};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::table::{Table, normalize_host};
+
+/// The target of access-log events, for filtering (`RUST_LOG=sluice::access=off`).
+pub const TARGET: &str = "sluice::access";
+
+/// What is known of a request when it arrives.
+#[derive(Debug)]
+pub struct Entry {
+    started: Instant,
+    method: Method,
+    version: Version,
+    host: String,
+    path: String,
+    user_agent: String,
+    client: IpAddr,
+    status: u16,
+    pool: String,
+    endpoint: Option<SocketAddr>,
+    bytes: u64,
+}
+
+impl Entry {
+    /// Starts the entry of `req` from `peer`.
+    pub fn start<B>(req: &Request<B>, peer: SocketAddr) -> Box<Self> {
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or_else(|| header(header::HOST));
+        Box::new(Self {
+            started: Instant::now(),
+            method: req.method().clone(),
+            version: req.version(),
+            host: host.to_string(),
+            path: req.uri().path().to_string(),
+            user_agent: header(header::USER_AGENT).to_string(),
+            client: peer.ip(),
+            status: 0,
+            pool: String::new(),
+            endpoint: None,
+            bytes: 0,
+        })
+    }
+
+    /// Records the response head: its status, the endpoint that answered
+    /// (if one did) and the pool `table` routes the request to.
+    pub fn respond(&mut self, status: u16, endpoint: Option<SocketAddr>, table: &Table) {
+        self.status = status;
+        self.endpoint = endpoint;
+        if let Some(pool) = table.route(&normalize_host(&self.host), &self.path) {
+            self.pool.clone_from(&pool.route.name);
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let endpoint = self.endpoint.map(|e| e.to_string()).unwrap_or_default();
+        tracing::info!(
+            target: TARGET,
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            version = ?self.version,
+            status = self.status,
+            pool = %self.pool,
+            endpoint = %endpoint,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            bytes = self.bytes,
+            client = %self.client,
+            user_agent = %self.user_agent,
+            "request"
+        );
+    }
+}
+
+/// A response body that writes the request's access-log entry when it ends.
+#[derive(Debug)]
+pub struct Logged<B> {
+    body: B,
+    entry: Option<Box<Entry>>,
+}
+
+impl<B> Logged<B> {
+    /// Wraps `resp`'s body; with `entry`, the entry is written at its end.
+    pub fn wrap(resp: Response<B>, entry: Option<Box<Entry>>) -> Response<Self> {
+        resp.map(|body| Logged { body, entry })
+    }
+}
+
+impl<B: Body + Unpin> Body for Logged<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(entry) = &mut this.entry {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        entry.bytes += data.remaining() as u64;
+                    }
+                }
+                Poll::Ready(_) => this.entry = None,
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

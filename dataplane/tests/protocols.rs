@@ -1,0 +1,428 @@
+//! What the proxy does with what clients send on the wire: `Upgrade`
+//! tunnels (WebSocket), and requests that are too big, malformed, too slow
+//! or abandoned, none of which may keep the proxy from serving the next.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use sluice_dataplane::{Dataplane, Source};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+
+/// An endpoint that accepts `Upgrade: echo` with 101 and then echoes every
+/// byte back; anything else gets 400 naming the `upgrade` header it saw.
+async fn upgrade_echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|mut req: Request<Incoming>| async move {
+                    let upgrade = req.headers().get("upgrade").cloned();
+                    if upgrade.as_ref().is_none_or(|u| u != "echo") {
+                        let resp = Response::builder()
+                            .status(StatusCode::BAD_REQUEST)
+                            .header("x-seen-upgrade", format!("{upgrade:?}"))
+                            .body(Empty::<Bytes>::new());
+                        return Ok::<_, Infallible>(resp.expect("response"));
+                    }
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = on_upgrade.await {
+                            let mut io = TokioIo::new(upgraded);
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = io.read(&mut buf).await {
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    let resp = Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header("upgrade", "echo")
+                        .header("connection", "upgrade")
+                        .body(Empty::<Bytes>::new());
+                    Ok(resp.expect("response"))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads a response head (up to the blank line) from a raw connection.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("a response head in time");
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+/// Everything the proxy sends until it closes the connection.
+async fn read_to_close(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut out))
+        .await
+        .expect("the proxy closed the connection in time")?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+async fn proxy_to(
+    endpoint: SocketAddr,
+    tune: impl FnOnce(&mut sluice_dataplane::Options),
+) -> Dataplane {
+    let mut opts = options(Source::Static(table(&format!(
+        "pools:\n  - {{name: p, endpoints: [{{address: {endpoint}}}]}}\n"
+    ))));
+    tune(&mut opts);
+    Dataplane::start(opts).await.expect("dataplane starts")
+}
+
+#[tokio::test]
+async fn an_upgrade_request_becomes_a_tunnel_to_the_endpoint() {
+    let dp = proxy_to(upgrade_echo_backend().await, |_| {}).await;
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo\r\n"), "{head}");
+    assert!(head.contains("connection: upgrade\r\n"), "{head}");
+    // Bytes now go through both ways, in several rounds.
+    for message in ["hello", "through the proxy", "and back"] {
+        stream.write_all(message.as_bytes()).await.expect("write");
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(back, message.as_bytes());
+    }
+
+    // `Upgrade` without `Connection: upgrade` is an ordinary header of this
+    // hop: it does not reach the endpoint.
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(head.contains("x-seen-upgrade: none"), "{head}");
+}
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_get_431_and_garbage_gets_400() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |o| o.limits.max_header_bytes = 16 * 1024).await;
+
+    // A head that reaches the limit without ending.
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    head.resize(16 * 1024, b'a');
+    stream.write_all(&head).await.expect("write");
+    let answer = read_to_close(&mut stream).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // 101 headers, over the limit of 100.
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let mut req = "GET / HTTP/1.1\r\nHost: x\r\n".to_string();
+    for i in 0..100 {
+        req.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let answer = read_to_close(&mut stream).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    for garbage in [
+        &b"this is not http\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"\x00\x01\x02\x03\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+        stream.write_all(garbage).await.expect("write");
+        let answer = read_to_close(&mut stream).await.expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{garbage:?}: {answer}");
+    }
+    // And the same proxy still serves.
+    assert_eq!(proxy_get(&client(), &dp, "x", "/").await.backend, "b");
+}
+
+#[tokio::test]
+async fn an_http2_header_list_over_the_limit_gets_431() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |o| o.limits.max_header_bytes = 16 * 1024).await;
+    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let send = async |sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>, size| {
+        let req = Request::get("http://x/")
+            .header("x-big", "a".repeat(size))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        tokio::time::timeout(WAIT, sender.send_request(req))
+            .await
+            .expect("answered in time")
+            .expect("response")
+            .status()
+    };
+    assert_eq!(
+        send(&mut sender, 32 * 1024).await,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    // The connection stays usable for requests within the limit.
+    assert_eq!(send(&mut sender, 1024).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_head_gets_408_and_an_idle_one_is_closed() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |o| {
+        o.limits.header_read_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut slow = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let mut idle = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let answer = read_to_close(&mut slow).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("x-sluice-error: request-head-timeout"),
+        "{answer}"
+    );
+    // A connection that sent nothing (a browser's speculative one) is
+    // closed without a word.
+    assert_eq!(read_to_close(&mut idle).await.unwrap_or_default(), "");
+
+    // A keep-alive connection whose first request was served is left to
+    // hyper's timeout, which closes it silently when it idles.
+    let mut kept = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut kept).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let rest = read_to_close(&mut kept).await.unwrap_or_default();
+    assert_eq!(rest, "b", "the body, then nothing");
+
+    // An h2c connection is not held to the HTTP/1 deadline.
+    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let req = Request::get("http://x/")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("the h2 connection is still open");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(proxy_get(&client(), &dp, "x", "/").await.backend, "b");
+}
+
+#[tokio::test]
+async fn a_thousand_broken_connections_leave_the_proxy_serving() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |o| {
+        o.limits.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr = dp.http_addr();
+    let mut held = Vec::new();
+    for batch in 0..20 {
+        let mut conns = JoinSet::new();
+        for i in 0..50 {
+            conns.spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.expect("connect");
+                match (batch * 50 + i) % 5 {
+                    // Garbage: answered 400.
+                    0 => {
+                        stream.write_all(b"\x16\x03\x01 nope\r\n\r\n").await.expect("write");
+                        let answer = read_to_close(&mut stream).await.unwrap_or_default();
+                        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+                        None
+                    }
+                    // Half a request line, then gone.
+                    1 => {
+                        let _ = stream.write_all(b"GET /half").await;
+                        None
+                    }
+                    // Connect and close at once.
+                    2 => None,
+                    // Half a head, kept open until the end of the test.
+                    3 => {
+                        let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+                        Some(stream)
+                    }
+                    // A body promised and never sent, then gone.
+                    _ => {
+                        let _ = stream
+                            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial")
+                            .await;
+                        None
+                    }
+                }
+            });
+        }
+        while let Some(joined) = conns.join_next().await {
+            held.extend(joined.expect("connection task"));
+        }
+    }
+    assert_eq!(held.len(), 200);
+    let http = client();
+    for _ in 0..5 {
+        let got = proxy_get(&http, &dp, "x", "/").await;
+        assert_eq!((got.status, got.backend.as_str()), (StatusCode::OK, "b"));
+    }
+    // The held connections are answered 408 and closed.
+    for mut stream in held.drain(..10) {
+        let answer = read_to_close(&mut stream).await.unwrap_or_default();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+}
+
+/// An endpoint that holds each request until `start` is notified, then
+/// reads its whole body and answers with the number of bytes.
+async fn held_reader_backend(start: std::sync::Arc<Notify>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let start = std::sync::Arc::clone(&start);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let start = std::sync::Arc::clone(&start);
+                    async move {
+                        start.notified().await;
+                        let mut body = req.into_body();
+                        let mut n = 0usize;
+                        while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await
+                        {
+                            n += frame.data_ref().map_or(0, |d| d.len());
+                        }
+                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                            n.to_string(),
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upload_to_an_endpoint_that_does_not_read_is_held_back_not_buffered() {
+    const CHUNK: usize = 64 * 1024;
+    const ATTEMPT: usize = 256 * 1024 * 1024;
+    let start = std::sync::Arc::new(Notify::new());
+    let dp = proxy_to(
+        held_reader_backend(std::sync::Arc::clone(&start)).await,
+        |_| {},
+    )
+    .await;
+    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
+    let body = http_body_util::StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|f| (f, rx))
+    }));
+    let req = Request::post("/upload")
+        .header("host", "x")
+        .body(body)
+        .expect("request");
+    let response = tokio::spawn(sender.send_request(req));
+    // Push until the proxy stops taking bytes (nothing moves for a while),
+    // at most 256 MiB. The chunk is static: the test allocates nothing.
+    static ZEROS: [u8; CHUNK] = [0; CHUNK];
+    let mut pushed = 0;
+    while pushed < ATTEMPT {
+        let frame = Ok(hyper::body::Frame::data(Bytes::from_static(&ZEROS)));
+        match tokio::time::timeout(Duration::from_millis(500), tx.send(frame)).await {
+            Ok(sent) => sent.expect("body still wanted"),
+            Err(_) => break,
+        }
+        pushed += CHUNK;
+    }
+    // What went in sits in the kernel's socket buffers on the way (about
+    // 10 MiB on loopback here, autotuned) and a chunk or two in the proxy:
+    // bounded, far below what the client tried to send.
+    assert!(
+        pushed < 64 * 1024 * 1024,
+        "{} MiB went in while the endpoint read nothing",
+        pushed >> 20
+    );
+    // Once the endpoint reads, everything arrives.
+    start.notify_one();
+    let rest = async {
+        for _ in 0..16 {
+            tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(&ZEROS))))
+                .await
+                .expect("send");
+            pushed += CHUNK;
+        }
+        drop(tx);
+    };
+    tokio::time::timeout(WAIT, rest)
+        .await
+        .expect("the rest of the body in time");
+    let resp = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("answered in time")
+        .expect("task")
+        .expect("response");
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body), pushed.to_string());
+}
