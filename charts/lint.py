@@ -51,6 +51,8 @@ CONTROLLER_RULES = [
     (("sluice.io",), ("backendpools", "scalingtriggers"), ("get", "list", "watch")),
     (("sluice.io",), ("backendpools/status", "scalingtriggers/status"), ("get", "patch", "update")),
     (("",), ("services",), ("get", "list", "watch")),
+    # TLS certificates of pools; the controller lists type kubernetes.io/tls only.
+    (("",), ("secrets",), ("get", "list", "watch")),
     (("discovery.k8s.io",), ("endpointslices",), ("get", "list", "watch")),
     (("events.k8s.io",), ("events",), ("create", "patch")),
     (("",), ("events",), ("create", "patch")),
