@@ -24,11 +24,19 @@ fn init_logging(format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime, which skips the work-stealing
+    // scheduler's cross-thread bookkeeping (bench/: less CPU per request).
+    let mut runtime = match cli.workers.map(|n| n.get()) {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        workers => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = workers {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     runtime.enable_all();
-    if let Some(n) = cli.workers {
-        runtime.worker_threads(n.get());
-    }
     runtime
         .build()
         .context("cannot start the tokio runtime")?
