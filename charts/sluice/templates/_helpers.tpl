@@ -39,15 +39,88 @@ app.kubernetes.io/component: {{ . }}
 {{- default (printf "%s-token" (include "sluice.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
 
-{{/* Where the token Secret is mounted in both pods. */}}
+{{/* Where the token is in both pods (static: the Secret's key; tokenreview: the
+     dataplane's projected ServiceAccount token), and the stream TLS files. */}}
 {{- define "sluice.tokenFile" -}}/var/run/sluice/token{{- end -}}
+{{- define "sluice.tlsCertFile" -}}/var/run/sluice/tls.crt{{- end -}}
+{{- define "sluice.tlsKeyFile" -}}/var/run/sluice/tls.key{{- end -}}
+{{- define "sluice.caFile" -}}/var/run/sluice/ca.crt{{- end -}}
+
+{{/* The ServiceAccount whose projected tokens the controller accepts. */}}
+{{- define "sluice.dataplaneServiceAccount" -}}
+{{- printf "%s-dataplane" (include "sluice.fullname" .) -}}
+{{- end -}}
+
+{{/* Where the stream's certificate comes from: existing | certManager | generated. */}}
+{{- define "sluice.streamTLSSource" -}}
+{{- if .Values.streamTLS.existingSecret -}}existing
+{{- else if .Values.streamTLS.certManager.issuerRef -}}certManager
+{{- else -}}generated
+{{- end -}}
+{{- end -}}
+
+{{/* The kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) of the stream. */}}
+{{- define "sluice.streamTLSSecret" -}}
+{{- $src := include "sluice.streamTLSSource" . -}}
+{{- if eq $src "existing" -}}
+{{- .Values.streamTLS.existingSecret -}}
+{{- else if eq $src "certManager" -}}
+{{- printf "%s-controller-tls" (include "sluice.fullname" .) -}}
+{{- else -}}
+{{- printf "%s-stream-tls" (include "sluice.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* DNS names of the controller Service, which its certificate must carry. */}}
+{{- define "sluice.controllerDNSNames" -}}
+{{- $svc := printf "%s-controller" (include "sluice.fullname" .) -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson -}}
+{{- end -}}
+
+{{/* Data (base64) of the generated stream TLS Secret, as JSON: the existing
+     Secret's when the cluster has it (lookup), so upgrades keep the
+     certificate; else a new CA and a certificate for the controller Service.
+     The CA key is never stored. Computed once per render (memoized in
+     .Values) because the Secret and the dataplane's checksum/stream-ca
+     annotation must see the same random certificate. */}}
+{{- define "sluice.streamTLSData" -}}
+{{- if not (hasKey .Values "__sluiceStreamTLS") -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "sluice.streamTLSSecret" .) -}}
+{{- $old := (and $existing $existing.data) | default dict -}}
+{{- $data := dict -}}
+{{- if and (index $old "ca.crt") (index $old "tls.crt") (index $old "tls.key") -}}
+{{- $data = pick $old "ca.crt" "tls.crt" "tls.key" -}}
+{{- else -}}
+{{- $names := include "sluice.controllerDNSNames" . | fromJsonArray -}}
+{{- $days := int .Values.streamTLS.validityDays -}}
+{{- $ca := genCA (printf "%s-stream-ca" (include "sluice.fullname" .)) $days -}}
+{{- $cert := genSignedCert (index $names 2) nil $names $days $ca -}}
+{{- $data = dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) -}}
+{{- end -}}
+{{- $_ := set .Values "__sluiceStreamTLS" $data -}}
+{{- end -}}
+{{- index .Values "__sluiceStreamTLS" | toJson -}}
+{{- end -}}
+
+{{/* Values the schema cannot reject on its own. */}}
+{{- define "sluice.validate" -}}
+{{- if and .Values.auth.existingSecret (ne .Values.auth.mode "static") -}}
+{{- fail "auth.existingSecret is a static token Secret: set auth.mode=static too (the default, tokenreview, needs no Secret)" -}}
+{{- end -}}
+{{- if and .Values.streamTLS.existingSecret .Values.streamTLS.certManager.issuerRef -}}
+{{- fail "streamTLS.existingSecret and streamTLS.certManager.issuerRef exclude each other: pick one source of the stream certificate" -}}
+{{- end -}}
+{{- end -}}
 
 {{- define "sluice.image" -}}
 {{- printf "%s:%s" .image.repository (.image.tag | default .root.Chart.AppVersion | toString) -}}
 {{- end -}}
 
+{{/* The stream URL the dataplanes follow; https when streamTLS is on, for the
+     Service name the certificate carries. */}}
 {{- define "sluice.controllerURL" -}}
-{{- printf "http://%s-controller.%s.svc:8090" (include "sluice.fullname" .) .Release.Namespace -}}
+{{- printf "%s://%s-controller.%s.svc:8090" (ternary "https" "http" .Values.streamTLS.enabled) (include "sluice.fullname" .) .Release.Namespace -}}
 {{- end -}}
 
 {{/* Prometheus scrape annotations plus the user's pod annotations. */}}
