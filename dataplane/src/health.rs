@@ -309,7 +309,7 @@ async fn probe(
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| describe(&e))?;
+        let resp = client.request(req).await.map_err(|e| crate::proxy::describe(&e))?;
         let status = resp.status();
         // Read (a bounded part of) the body so the connection can be reused.
         let _ = Limited::new(resp.into_body(), MAX_BODY).collect().await;
@@ -318,17 +318,6 @@ async fn probe(
     tokio::time::timeout(timeout, exchange)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
-}
-
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 /// `/debug/pools`: every pool's endpoints with their health, ejection and

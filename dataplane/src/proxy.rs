@@ -602,7 +602,7 @@ pub fn local(status: StatusCode, reason: &'static str, body: String) -> Response
 
 /// The error and its causes on one line, e.g. "client error (Connect): tcp
 /// connect error: Connection refused (os error 111)".
-fn describe(e: &dyn std::error::Error) -> String {
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
