@@ -354,7 +354,6 @@ fn pool_json(pool: &Pool) -> Value {
 
 fn endpoint_json(ep: &Endpoint, weight: u32) -> Value {
     let o = ep.health.outlier.view();
-    // Add the latency estimate ("ewma") here once `Endpoint` carries one.
     json!({
         "address": ep.addr.to_string(),
         "weight": weight,
@@ -366,6 +365,9 @@ fn endpoint_json(ep: &Endpoint, weight: u32) -> Value {
         "onTrial": o.probation,
         "consecutiveFailures": o.consecutive_failures,
         "inFlight": ep.in_flight(),
+        // Peak-EWMA latency estimate, decayed to now (kept for every
+        // algorithm; PeakEwma balances on it).
+        "ewmaMs": (ep.latency_estimate_ns() / 1e6 * 1000.0).round() / 1000.0,
     })
 }
 

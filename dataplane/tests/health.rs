@@ -196,6 +196,7 @@ async fn an_endpoint_failing_its_health_checks_is_taken_out_and_brought_back() {
     assert_eq!(ep["weight"], 1, "{ep}");
     assert_eq!(ep["consecutiveFailures"], 0, "{ep}");
     assert_eq!(ep["inFlight"], 0, "{ep}");
+    assert!(ep["ewmaMs"].as_f64().is_some_and(|ms| ms >= 0.0), "{ep}");
     let pools = pools(&http, &dp).await;
     assert_eq!(pools["pools"][0]["panic"], false, "{pools}");
     assert_eq!(pools["pools"][0]["inFlight"], 0, "{pools}");
