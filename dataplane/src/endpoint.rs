@@ -21,7 +21,7 @@ use crate::metrics::{CodeCounters, HealthGauge, PoolEndpointCode};
 use crate::outlier::{self, PoolOutlier};
 use crate::ratelimit::RateLimiter;
 use crate::retry::RetryBudget;
-use crate::upstream::Upstream;
+use crate::upstream::{Conn, Upstream};
 
 /// One endpoint of one pool.
 #[derive(Debug)]
@@ -39,6 +39,8 @@ pub struct Endpoint {
     pub health: Health,
     in_flight: AtomicU32,
     latency: crate::balance::ewma::PeakEwma,
+    /// Idle keep-alive connections to this endpoint, most recent last.
+    pub idle: Mutex<Vec<Conn>>,
 }
 
 impl Endpoint {
@@ -59,6 +61,7 @@ impl Endpoint {
             health: Health::new(healthy),
             in_flight: AtomicU32::new(0),
             latency: crate::balance::ewma::PeakEwma::new(),
+            idle: Mutex::new(Vec::new()),
         }
     }
 

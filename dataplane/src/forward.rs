@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Uri, Version};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1,
@@ -47,9 +47,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrites a client request's head for the endpoint at `authority`:
-/// absolute URI with the endpoint as authority (hyper's client sends it in
-/// origin-form), HTTP/1.1, hop-by-hop headers gone, and the host the request
+/// Rewrites a client request's head for an endpoint: origin-form URI,
+/// HTTP/1.1, hop-by-hop headers gone, and the host the request
 /// was routed by in `Host` and `X-Forwarded-Host` (an HTTP/2 client sends no
 /// `Host`, and an absolute-form target overrides it, RFC 9112 §3.2.2), and
 /// the client appended to `X-Forwarded-For`, `X-Forwarded-Proto` saying
@@ -57,7 +56,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `Upgrade` and `Connection: upgrade`.
 pub fn request(
     parts: &mut Parts,
-    authority: &Authority,
     client: IpAddr,
     original_host: Option<HeaderValue>,
     https: bool,
@@ -67,11 +65,9 @@ pub fn request(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(path_and_query)
-        .build()?;
+    // Origin-form: the connection already goes to the endpoint, and
+    // `Host` names what the client asked for.
+    parts.uri = Uri::from(path_and_query);
     let upgrade = crate::upgrade::requested(parts.version, &parts.headers);
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
@@ -128,17 +124,9 @@ mod tests {
             .body(())
             .expect("request")
             .into_parts();
-        let endpoint = Authority::from_static("10.0.0.7:80");
         let host = HeaderValue::from_static("shop.example.com:8080");
-        request(
-            &mut parts,
-            &endpoint,
-            [192, 0, 2, 3].into(),
-            Some(host),
-            false,
-        )
-        .expect("rewrites");
-        assert_eq!(parts.uri, "http://10.0.0.7:80/a/b?c=d");
+        request(&mut parts, [192, 0, 2, 3].into(), Some(host), false).expect("rewrites");
+        assert_eq!(parts.uri, "/a/b?c=d");
         assert_eq!(parts.version, Version::HTTP_11);
         let h = &parts.headers;
         assert_eq!(h["host"], "shop.example.com:8080");

@@ -309,7 +309,10 @@ async fn probe(
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| crate::proxy::describe(&e))?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| crate::proxy::describe(&e))?;
         let status = resp.status();
         // Read (a bounded part of) the body so the connection can be reused.
         let _ = Limited::new(resp.into_body(), MAX_BODY).collect().await;

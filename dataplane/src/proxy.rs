@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::Authority;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Error as LegacyError;
 
 use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::endpoint::{Endpoint, InFlight};
@@ -31,7 +29,7 @@ use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
 use crate::tls::{self, Site};
 use crate::upgrade;
-use crate::upstream::{BoxError, ConnectTimeout, Outgoing};
+use crate::upstream::{BoxError, Conn, Outgoing, UpstreamError};
 
 /// Header naming why Sluice answered a request itself.
 pub const ERROR_HEADER: &str = "x-sluice-error";
@@ -53,6 +51,10 @@ pub enum ProxyBody {
         exchange: Option<Exchange>,
         /// The endpoint's in-flight count, held to the last byte.
         in_flight: Option<InFlight>,
+        /// The connection the body arrives on: back to the endpoint's idle
+        /// list after the last byte, dropped if the body fails or is
+        /// abandoned.
+        conn: Option<Conn>,
         /// The request's place in the pool's `maxRequests`, held to the
         /// last byte.
         admitted: Option<Held>,
@@ -76,23 +78,43 @@ impl Body for ProxyBody {
                 body,
                 exchange,
                 in_flight,
+                conn,
                 admitted,
                 idle,
             } => {
-                let polled = Pin::new(body).poll_frame(cx);
+                let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
                     Poll::Pending => {
                         if idle.expired(cx) {
                             exchange.take();
+                            conn.take();
                             in_flight.take();
                             admitted.take();
                             let limit = idle.limit;
                             return Poll::Ready(Some(Err(BodyIdle(limit).into())));
                         }
                     }
-                    Poll::Ready(Some(Ok(_))) => idle.activity(),
-                    Poll::Ready(None | Some(Err(_))) => {
+                    Poll::Ready(Some(Ok(_))) => {
+                        idle.activity();
+                        // hyper stops polling a body that says it has
+                        // ended: the connection goes back now.
+                        if body.is_end_stream()
+                            && let (Some(c), Some(f)) = (conn.take(), in_flight.as_ref())
+                        {
+                            c.release(f.endpoint());
+                        }
+                    }
+                    Poll::Ready(None) => {
                         exchange.take();
+                        if let (Some(c), Some(f)) = (conn.take(), in_flight.as_ref()) {
+                            c.release(f.endpoint());
+                        }
+                        in_flight.take();
+                        admitted.take();
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        exchange.take();
+                        conn.take();
                         in_flight.take();
                         admitted.take();
                     }
@@ -196,6 +218,8 @@ enum Answer {
     Upstream {
         resp: Response<Incoming>,
         in_flight: InFlight,
+        /// The connection, to be reused once the body was read.
+        conn: Option<Conn>,
         tries: u32,
     },
     /// One of Sluice's own, with the tries it took.
@@ -286,13 +310,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let upgrade = upgrade::take(&mut parts);
         let https = site.is_some();
-        if let Err(e) = forward::request(
-            &mut parts,
-            &target.authority,
-            peer.ip(),
-            original_host,
-            https,
-        ) {
+        if let Err(e) = forward::request(&mut parts, peer.ip(), original_host, https) {
             exchange.respond(400);
             return local(StatusCode::BAD_REQUEST, "bad-request", format!("{e}\n"));
         }
@@ -302,10 +320,19 @@ impl Proxy {
             Ok(Answer::Upstream {
                 resp,
                 in_flight,
+                conn,
                 tries,
             }) => {
                 exchange.respond(resp.status().as_u16());
+                // After a 101 the connection is a tunnel, never pooled again.
+                let mut conn = conn.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
                 let (mut parts, body) = resp.into_parts();
+                // A body that is empty from the start is never polled.
+                if body.is_end_stream()
+                    && let Some(c) = conn.take()
+                {
+                    c.release(in_flight.endpoint());
+                }
                 forward::strip_hop_by_hop(&mut parts.headers);
                 if let Some(cookie) = pool.affinity_cookie(&pick, in_flight.endpoint()) {
                     parts.headers.append(header::SET_COOKIE, cookie.clone());
@@ -315,6 +342,7 @@ impl Proxy {
                     body,
                     exchange: Some(exchange),
                     in_flight: Some(in_flight),
+                    conn,
                     admitted: Some(admitted),
                     idle: IdleTimer::new(pool.policy.upstream.idle()),
                 };
@@ -356,10 +384,12 @@ async fn attempts(
         bodiless: body.is_end_stream(),
         body_intact: true,
     };
-    let mut body = Outgoing::new(body, may_retry);
-    // The head is kept for retries only when one is possible: cloning it is
-    // the one cost retries add to a request that needs none.
-    let template = may_retry.then(|| parts.clone());
+    // A connect failure hands the request back, so retrying it needs no
+    // copy; only retries after sending (resets, gateway errors) need the
+    // head kept aside, and the body shared until it is first read.
+    let resends = may_retry && retry.resends();
+    let mut body = Outgoing::new(body, resends);
+    let template = resends.then(|| parts.clone());
     if may_retry {
         pool.state.budget.deposit();
     }
@@ -372,18 +402,33 @@ async fn attempts(
         let in_flight = target.begin();
         let parts = match (head.take(), &template) {
             (Some(parts), _) => parts,
-            (None, Some(template)) => retarget(template.clone(), &target.authority),
-            // Unreachable: a retry needs the template.
+            (None, Some(template)) => template.clone(),
+            // Unreachable: a retry after sending needs the template.
             (None, None) => return failed_answer(pool, target, tries),
         };
         let started = Instant::now();
-        let sent = pool
-            .policy
+        let sent = policy
             .upstream
-            .request(Request::from_parts(parts, body.attempt()));
+            .send(target, Request::from_parts(parts, body.attempt()));
         let result = match retry.per_try_timeout {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),
+        };
+        let result = result.map(|r| {
+            r.map_err(|(e, back)| {
+                // Not sent: the request stays in hand for the next try.
+                if let Some(back) = back {
+                    let (parts, sent_body) = back.into_parts();
+                    head = Some(parts);
+                    body.restore(sent_body);
+                }
+                e
+            })
+        });
+        let (result, conn) = match result {
+            Ok(Ok((resp, conn))) => (Ok(Ok(resp)), Some(conn)),
+            Ok(Err(e)) => (Ok(Err(e)), None),
+            Err(limit) => (Err(limit), None),
         };
         let attempt = outcome(target, result, started.elapsed());
         let (failure, resp, status, reason, why, over) = match attempt {
@@ -391,6 +436,7 @@ async fn attempts(
                 return Answer::Upstream {
                     resp,
                     in_flight,
+                    conn,
                     tries,
                 };
             }
@@ -416,6 +462,7 @@ async fn attempts(
                 Some(resp) => Answer::Upstream {
                     resp,
                     in_flight,
+                    conn,
                     tries,
                 },
                 None => {
@@ -427,7 +474,8 @@ async fn attempts(
                 }
             };
         };
-        drop((resp, in_flight));
+        // An unread failed response: its connection is not reused.
+        drop((resp, conn, in_flight));
         _retrying = Some(held);
         if failure.backs_off() {
             tokio::time::sleep(retry::backoff(tries)).await;
@@ -458,7 +506,7 @@ fn next_try<'p>(
 /// peak EWMA, failures as a penalty.
 fn outcome(
     target: &Arc<Endpoint>,
-    result: Result<Result<Response<Incoming>, LegacyError>, Duration>,
+    result: Result<Result<Response<Incoming>, UpstreamError>, Duration>,
     elapsed: Duration,
 ) -> Attempt {
     let addr = target.addr;
@@ -495,26 +543,26 @@ fn outcome(
             };
         }
     };
-    if let Some(over) = find_cause::<Overflow>(&e) {
+    if let UpstreamError::Overflow(over) = e {
         return Attempt::Failed {
             failure: Failure::Overflow,
             resp: None,
             status: StatusCode::SERVICE_UNAVAILABLE,
             reason: "overflow",
             why: format!("{over}\n"),
-            overflow: Some(*over),
+            overflow: Some(over),
         };
     }
     target.upstream.inc(0);
     target.record_failure();
     target.observe_failure(elapsed);
     let why = format!("endpoint {addr} failed: {}\n", describe(&e));
-    let (failure, status, reason) = if find_cause::<ConnectTimeout>(&e).is_some() {
-        (Failure::Connect, StatusCode::GATEWAY_TIMEOUT, "timeout")
-    } else if e.is_connect() {
-        (Failure::Connect, StatusCode::BAD_GATEWAY, "upstream-failed")
-    } else {
-        (Failure::Reset, StatusCode::BAD_GATEWAY, "upstream-failed")
+    let (failure, status, reason) = match e {
+        UpstreamError::ConnectTimeout(_) => {
+            (Failure::Connect, StatusCode::GATEWAY_TIMEOUT, "timeout")
+        }
+        _ if e.is_connect() => (Failure::Connect, StatusCode::BAD_GATEWAY, "upstream-failed"),
+        _ => (Failure::Reset, StatusCode::BAD_GATEWAY, "upstream-failed"),
     };
     Attempt::Failed {
         failure,
@@ -534,29 +582,6 @@ fn failed_answer(pool: &Pool, target: &Endpoint, tries: u32) -> Answer {
     );
     let resp = local(StatusCode::BAD_GATEWAY, "upstream-failed", body);
     Answer::Local { resp, tries }
-}
-
-/// The first error of type `T` in `e`'s chain of causes.
-fn find_cause<'e, T: std::error::Error + 'static>(
-    e: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e T> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(found) = err.downcast_ref::<T>() {
-            return Some(found);
-        }
-        cur = err.source();
-    }
-    None
-}
-
-/// `parts` (already rewritten by [`forward::request`] for another
-/// endpoint) pointed at `authority`.
-fn retarget(mut parts: Parts, authority: &Authority) -> Parts {
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.authority = Some(authority.clone());
-    parts.uri = Uri::from_parts(uri).unwrap_or_default();
-    parts
 }
 
 /// 429 for a request over the pool's rate limit.

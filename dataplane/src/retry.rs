@@ -70,6 +70,12 @@ impl RetryPolicy {
         self.attempts > 0 && (self.connect_failure || self.reset || self.gateway_error)
     }
 
+    /// Whether a request may be tried again after it was sent (resets,
+    /// gateway errors), which needs its head kept aside.
+    pub fn resends(&self) -> bool {
+        self.attempts > 0 && (self.reset || self.gateway_error)
+    }
+
     /// Whether an attempt that failed with `failure` may be tried again,
     /// as far as the request is concerned (budget, limits and endpoints
     /// left are checked by the caller).

@@ -1,41 +1,44 @@
-//! Connections to a pool's endpoints: one keep-alive HTTP/1.1 client per
-//! pool (as Envoy keeps a connection pool per cluster), so the pool's
-//! `timeouts.connect` and `timeouts.idle` apply to its connections only,
-//! and its circuit breaker can count them.
+//! Connections to a pool's endpoints: keep-alive HTTP/1.1 connections held
+//! by each endpoint (LIFO, so the warmest is reused and the others can time
+//! out), dialed with the pool's `timeouts.connect` and dropped after
+//! `timeouts.idle` unused.
 //!
-//! The connector wraps hyper-util's `HttpConnector`: a connect first takes
-//! a place in `maxConnections` (held by the connection until it closes,
-//! idle ones included) and in `maxPendingRequests` (held while
-//! connecting). hyper-util's pool asks the connector only when it has no
-//! idle connection for the endpoint, so at the limit a request that would
-//! need a new connection fails at once with the overflow — it does not
-//! queue for a busy connection to come free, as Envoy's pending queue
-//! would. A request is "pending" while the connection it asked for is
-//! being made.
+//! Written on hyper's connection API rather than hyper-util's pooled client:
+//! a checkout is a pop from the endpoint's own list (no pool-wide map keyed
+//! by authority, no boxed connect future per request), getting a connection
+//! is separate from sending (so a connect failure leaves the request in
+//! hand to retry elsewhere, without a copy), and a request that a pooled
+//! connection refused before sending a byte (the server closed it while it
+//! sat idle) is resent on a fresh connection, never reported as a failure.
 //!
-//! The client's request body is [`RequestBody`]: the client's own body,
-//! passed through, or shared with later attempts until the first read so
-//! that a request whose body was never sent can be retried.
+//! The circuit breaker counts here: a new connection first takes a place in
+//! `maxConnections` (held by the connection's task until it closes, idle
+//! ones included) and in `maxPendingRequests` (held while connecting). At
+//! the limit a request that needs a new connection fails at once with the
+//! overflow; it does not queue for a busy connection to come free, as
+//! Envoy's pending queue would.
+//!
+//! The request body is [`RequestBody`]: the client's own body, passed
+//! through, or shared with later attempts until the first read so that a
+//! request whose body was never sent can be retried.
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Uri};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use sluice_protocol::policy::Timeouts;
 use tokio::net::TcpStream;
-use tower_service::Service;
 
-use crate::breaker::{Breaker, Held};
+use crate::breaker::{Breaker, Overflow};
+use crate::endpoint::Endpoint;
 
 /// Errors crossing hyper's boxed error types.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -45,37 +48,78 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 #[error("connect timed out after {0:?}")]
 pub struct ConnectTimeout(pub Duration);
 
-/// One pool's client to its endpoints.
+/// Why an attempt got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The pool is at `maxConnections` or `maxPendingRequests`.
+    #[error("{0}")]
+    Overflow(Overflow),
+    /// Dialing took too long.
+    #[error("{0}")]
+    ConnectTimeout(ConnectTimeout),
+    /// The endpoint could not be reached: nothing was sent.
+    #[error("tcp connect error: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The HTTP/1.1 connection could not be set up: nothing was sent.
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    /// The connection failed after the request was (at least partly) sent.
+    #[error("{0}")]
+    Send(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether the request never left: a connect-time failure.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectTimeout(_) | Self::Connect(_) | Self::Handshake(_)
+        )
+    }
+}
+
+/// An idle (or checked-out) connection to one endpoint.
+#[derive(Debug)]
+pub struct Conn {
+    sender: SendRequest<RequestBody>,
+    /// When it was last returned idle.
+    since: Instant,
+}
+
+impl Conn {
+    /// Puts the connection back on `endpoint`'s idle list, after its
+    /// response was read to the end.
+    pub fn release(mut self, endpoint: &Endpoint) {
+        if self.sender.is_closed() {
+            return;
+        }
+        self.since = Instant::now();
+        let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.push(self);
+    }
+}
+
+/// One pool's connection settings and circuit breaker.
 #[derive(Debug)]
 pub struct Upstream {
-    client: Client<Connector, RequestBody>,
+    breaker: Arc<Breaker>,
     connect: Duration,
     idle: Duration,
 }
 
 impl Upstream {
-    /// A client with the pool's timeouts, counting into `breaker`.
+    /// A pool's upstream with its timeouts, counting into `breaker`.
     pub fn new(timeouts: &Timeouts, breaker: Arc<Breaker>) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        let connector = Connector {
-            http,
-            breaker,
-            timeout: timeouts.connect.get(),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(timeouts.idle.get())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Self {
-            client,
+            breaker,
             connect: timeouts.connect.get(),
             idle: timeouts.idle.get(),
         }
     }
 
-    /// The client for a pool being built: the kept one (and its pooled
-    /// connections) when the connect and idle timeouts are unchanged.
+    /// The upstream for a pool being built: the kept one when the connect
+    /// and idle timeouts are unchanged. (Idle connections belong to the
+    /// endpoints, so they survive either way.)
     pub fn kept(
         slot: &Mutex<Option<Arc<Upstream>>>,
         timeouts: &Timeouts,
@@ -93,102 +137,104 @@ impl Upstream {
         u
     }
 
-    /// Sends one attempt.
-    pub fn request(&self, req: Request<RequestBody>) -> ResponseFuture {
-        self.client.request(req)
-    }
-
-    /// Longest silence allowed on a response body.
+    /// Longest silence allowed on a response body, and on an idle
+    /// connection.
     pub fn idle(&self) -> Duration {
         self.idle
     }
-}
 
-/// `HttpConnector` with the pool's connect timeout and circuit breaker.
-#[derive(Clone, Debug)]
-pub struct Connector {
-    http: HttpConnector,
-    breaker: Arc<Breaker>,
-    timeout: Duration,
-}
-
-impl Service<Uri> for Connector {
-    type Response = Counted;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Counted, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let admitted = self
-            .breaker
-            .connection()
-            .and_then(|conn| self.breaker.pending().map(|pending| (conn, pending)));
-        let timeout = self.timeout;
-        let connecting = self.http.call(uri);
-        Box::pin(async move {
-            let (conn, _pending) = admitted?;
-            match tokio::time::timeout(timeout, connecting).await {
-                Ok(Ok(io)) => Ok(Counted { io, _conn: conn }),
-                Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(ConnectTimeout(timeout).into()),
+    /// Sends one attempt to `endpoint` on a pooled connection or a new
+    /// one. A connect-time failure gives the request back (nothing was
+    /// sent); the connection comes back with the response, to be
+    /// [released](Conn::release) when its body has been read.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Conn), (UpstreamError, Option<Request<RequestBody>>)> {
+        let mut req = req;
+        // A pooled connection that turns out closed refuses the request
+        // before writing it; then the request goes on a fresh connection.
+        while let Some(mut conn) = self.checkout(endpoint) {
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, conn)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err((UpstreamError::Send(e.into_error()), None)),
+                },
             }
+        }
+        let mut conn = match self.connect(endpoint).await {
+            Ok(conn) => conn,
+            Err(e) => return Err((e, Some(req))),
+        };
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, conn)),
+            Err(mut e) => {
+                let back = e.take_message();
+                let err = e.into_error();
+                // Refused before a byte was written: as good as a failed connect.
+                let err = match back {
+                    Some(_) => UpstreamError::Handshake(err),
+                    None => UpstreamError::Send(err),
+                };
+                Err((err, back))
+            }
+        }
+    }
+
+    /// The most recently used idle connection of `endpoint` that can take a
+    /// request now; expired and closed ones are dropped on the way.
+    fn checkout(&self, endpoint: &Endpoint) -> Option<Conn> {
+        let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut busy = Vec::new();
+        let mut found = None;
+        while let Some(conn) = idle.pop() {
+            if conn.sender.is_closed() || now.duration_since(conn.since) >= self.idle {
+                continue;
+            }
+            if conn.sender.is_ready() {
+                found = Some(conn);
+                break;
+            }
+            // Still finishing its last exchange: keep it for later.
+            busy.push(conn);
+        }
+        idle.extend(busy);
+        found
+    }
+
+    /// Dials `endpoint` within the connect timeout and the breaker's limits.
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Conn, UpstreamError> {
+        let held = self.breaker.connection().map_err(UpstreamError::Overflow)?;
+        let pending = self.breaker.pending().map_err(UpstreamError::Overflow)?;
+        let dial = tokio::time::timeout(self.connect, TcpStream::connect(endpoint.addr));
+        let stream = match dial.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+            Err(_) => return Err(UpstreamError::ConnectTimeout(ConnectTimeout(self.connect))),
+        };
+        drop(pending);
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            // The connection counts in `maxConnections` until it closes.
+            let _held = held;
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Conn {
+            sender,
+            since: Instant::now(),
         })
-    }
-}
-
-/// A connection to an endpoint, counted in `maxConnections` until closed.
-#[derive(Debug)]
-pub struct Counted {
-    io: TokioIo<TcpStream>,
-    _conn: Held,
-}
-
-impl Connection for Counted {
-    fn connected(&self) -> Connected {
-        self.io.connected()
-    }
-}
-
-impl hyper::rt::Read for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -237,6 +283,13 @@ impl Outgoing {
             Self::Empty => true,
             Self::Once(b) => b.is_some(),
             Self::Shared { slot, .. } => slot.lock().map(|s| s.is_some()).unwrap_or(false),
+        }
+    }
+
+    /// Takes back the body of an attempt that never sent it.
+    pub fn restore(&mut self, body: RequestBody) {
+        if let (Self::Once(slot), RequestBody::Direct(b)) = (&mut *self, body) {
+            *slot = Some(b);
         }
     }
 
