@@ -131,6 +131,9 @@ pub struct Controller {
     admin_addr: SocketAddr,
     store: Arc<RouteStore>,
     leader: watch::Receiver<bool>,
+    /// Kept so that leadership receivers never see a closed channel (which
+    /// the stream takes as the end of leadership).
+    _leader_tx: Arc<watch::Sender<bool>>,
     stop: watch::Sender<bool>,
     /// The elector, apart from `tasks` so that shutdown can wait for it to
     /// release the lease before everything else is aborted.
@@ -342,6 +345,7 @@ impl Controller {
             admin_addr,
             store,
             leader,
+            _leader_tx: leader_tx,
             stop,
             elector,
             tasks,

@@ -6,8 +6,8 @@
 //! its own task, and when it catches up it gets one coalesced event, never a
 //! backlog.
 //!
-//! Only the leader serves, and only once its caches are synced (a partial
-//! table would take routes away from dataplanes). Anyone else answers 503
+//! Only the leader serves (and sends its first event only once its caches
+//! are synced: a partial table would take routes away). A follower answers 503
 //! with `Retry-After: 1`, which a dataplane treats like an unreachable
 //! controller: it keeps its last table and retries. When leadership is lost,
 //! open streams end at once, so dataplanes reconnect through the Service to
@@ -30,6 +30,9 @@ use crate::auth::Authenticator;
 use crate::dataplanes::Dataplanes;
 use crate::server::{Body, text};
 use crate::store::RouteStore;
+
+/// How often a stream opened before the caches synced checks again.
+const SYNC_POLL: Duration = Duration::from_millis(10);
 
 /// Largest report body accepted.
 const MAX_REPORT_BYTES: usize = 8 * 1024 * 1024;
@@ -96,13 +99,7 @@ pub async fn handle(
 
 /// Why this replica does not serve dataplanes now, if it does not.
 fn not_serving(ctx: &StreamContext) -> Option<&'static str> {
-    if !*ctx.leader.borrow() {
-        Some("not the leader\n")
-    } else if !ctx.synced.waiting().is_empty() {
-        Some("caches not synced yet\n")
-    } else {
-        None
-    }
+    (!*ctx.leader.borrow()).then_some("not the leader\n")
 }
 
 fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
@@ -133,6 +130,14 @@ fn routes(ctx: Arc<StreamContext>, req: &Request<Incoming>, peer: SocketAddr) ->
         let mut versions = ctx.store.subscribe();
         let mut leader = ctx.leader.clone();
         let mut sent = resume;
+        // A table built from partial caches would take routes away from the
+        // dataplane: the first event waits for every cache's first list.
+        while !ctx.synced.waiting().is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(SYNC_POLL) => {}
+                _ = tx.closed() => return,
+            }
+        }
         loop {
             if !*leader.borrow_and_update() {
                 tracing::info!(dataplane = %name, "no longer the leader; closing the route stream");
