@@ -61,6 +61,15 @@ CONTROLLER_RULES = [
     (("events.k8s.io",), ("events",), ("create", "patch")),
     (("",), ("events",), ("create", "patch")),
 ]
+# Leader election, namespaced: create any Lease, read and renew only the
+# controller's own, as (apiGroups, resources, verbs, resourceNames).
+def lease_rules(lease_name: str) -> list:
+    return sorted([
+        (("coordination.k8s.io",), ("leases",), ("create",), ()),
+        (("coordination.k8s.io",), ("leases",), ("get", "update"), (lease_name,)),
+    ])
+
+
 # With auth.mode tokenreview (the default) only: the dataplanes' tokens.
 TOKENREVIEW_RULE = (("authentication.k8s.io",), ("tokenreviews",), ("create",))
 
@@ -76,6 +85,7 @@ NON_DEFAULT = {
     "metrics": {"scrapeAnnotations": False},
     "controller": {
         "image": {"tag": "dev", "pullPolicy": "Always"},
+        "replicas": 3,
         "logFormat": "text",
         "extraArgs": ["--name=edge-controller"],
         "extraEnv": [{"name": "EXTRA", "value": "1"}],
@@ -445,14 +455,36 @@ def check_contract(docs: list[dict], release_prefix: str, namespace: str):
         want_rules = CONTROLLER_RULES  # no TokenReview without tokenreview
 
     sa_name = ctl["spec"]["template"]["spec"]["serviceAccountName"]
-    roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole")]
-    bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
-    expect(len(roles) == 1 and roles[0]["kind"] == "ClusterRole", f"expected one ClusterRole, got {len(roles)} roles")
-    rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in roles[0]["rules"])
+    cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    cluster_bindings = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    expect(len(cluster_roles) == 1, f"expected one ClusterRole, got {len(cluster_roles)}")
+    rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in cluster_roles[0]["rules"])
     expect(rules == sorted(want_rules), f"ClusterRole rules differ from least privilege:\n  {rules}")
-    expect(len(bindings) == 1 and bindings[0]["roleRef"]["name"] == roles[0]["metadata"]["name"]
-           and bindings[0]["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": namespace}],
+    expect(all("resourceNames" not in r for r in cluster_roles[0]["rules"]), "ClusterRole: unexpected resourceNames")
+    expect(len(cluster_bindings) == 1
+           and cluster_bindings[0]["roleRef"]["name"] == cluster_roles[0]["metadata"]["name"]
+           and cluster_bindings[0]["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": namespace}],
            "the ClusterRoleBinding must bind the ClusterRole to the controller's ServiceAccount only")
+
+    # Leader election: one namespaced Role for the controller's own Lease.
+    expect("--leader-elect" in cc.get("args", []), "controller: --leader-elect")
+    lease_name = cf.get("--lease-name", "")
+    expect(lease_name == f"{release_prefix}-controller", f"controller --lease-name {lease_name!r}")
+    env = {e["name"]: e for e in cc.get("env", [])}
+    expect(env.get("POD_NAMESPACE", {}).get("valueFrom") == {"fieldRef": {"fieldPath": "metadata.namespace"}},
+           "controller: POD_NAMESPACE from the downward API (the Lease's namespace)")
+    roles = [d for d in docs if d["kind"] == "Role"]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    expect(len(roles) == 1 and len(bindings) == 1,
+           f"expected one Role and one RoleBinding, got {len(roles)}, {len(bindings)}")
+    role_rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"]),
+                         tuple(r.get("resourceNames", []))) for r in roles[0]["rules"])
+    expect(role_rules == lease_rules(lease_name),
+           f"leader-election Role rules differ from least privilege:\n  {role_rules}")
+    expect(bindings[0]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": roles[0]["metadata"]["name"]}
+           and bindings[0]["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": namespace}],
+           "the RoleBinding must bind the leader-election Role to the controller's ServiceAccount only")
     expect(("ServiceAccount", sa_name) in objs, f"controller ServiceAccount {sa_name} missing")
 
     # Dataplane: no API access at all (a projected token for audience sluice
@@ -526,6 +558,7 @@ def check_defaults(docs: list[dict], notes: str):
             ("Service", "sluice-controller"), ("Service", "sluice-dataplane"), ("Service", "sluice-dataplane-admin"),
             ("ServiceAccount", "sluice-controller"), ("ServiceAccount", "sluice-dataplane"),
             ("ClusterRole", "sluice-controller"), ("ClusterRoleBinding", "sluice-controller"),
+            ("Role", "sluice-controller-leader-election"), ("RoleBinding", "sluice-controller-leader-election"),
             ("Secret", "sluice-stream-tls"), ("PodDisruptionBudget", "sluice-dataplane")}
     expect(set(objs) == want, f"default objects differ: extra {set(objs) - want}, missing {want - set(objs)}")
     ctl, dp = objs[("Deployment", "sluice-controller")], objs[("Deployment", "sluice-dataplane")]
@@ -595,6 +628,7 @@ def check_non_default(docs: list[dict], notes: str):
     expect(mounted_file(dp, "/var/run/sluice/token") == ("secret", "my-token", "token"), "existingSecret is mounted")
     expect(container(ctl)["image"] == "ghcr.io/sluice-lb/sluice-controller:dev", container(ctl)["image"])
     expect(container(ctl)["imagePullPolicy"] == "Always", "controller pullPolicy")
+    expect(ctl["spec"]["replicas"] == 3, "controller replicas: several, electing a leader")
     expect(container(dp)["image"] == "registry.example.com/dp:1.2.3", container(dp)["image"])
     cf, df = flags(container(ctl)), flags(container(dp))
     expect(cf.get("--log-format") == "text" and cf.get("--name") == "edge-controller", f"controller args {cf}")

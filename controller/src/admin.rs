@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::StatusCode;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::server::{Body, text};
@@ -39,23 +40,27 @@ impl Synced {
     }
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics`.
+/// Serves `/healthz`, `/readyz` and `/metrics`. Ready means caches synced
+/// and leading: the Service then sends dataplanes to the leader only.
 pub async fn handle(
     req: Request<Incoming>,
     synced: Arc<Synced>,
+    leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             let waiting = synced.waiting();
-            if waiting.is_empty() {
-                text(StatusCode::OK, "ready\n")
-            } else {
+            if !waiting.is_empty() {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("waiting for the first list of: {}\n", waiting.join(", ")),
                 )
+            } else if !*leader.borrow() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not leader\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
             }
         }
         "/metrics" => {

@@ -5,12 +5,18 @@
 //! Layout: [`route`] (pure route computation), [`index`] (watch events →
 //! routes, incremental), [`store`] (versioned table, deltas), [`stream`]
 //! (SSE + reports), [`dataplanes`] (acks), [`status`] (status + Events),
-//! [`admin`], [`metrics`]. [`Controller::start`] wires them.
+//! [`leader`] (Lease election), [`admin`], [`metrics`]. [`Controller::start`]
+//! wires them.
+//!
+//! With leader election every replica watches and indexes (warm caches make
+//! a takeover fast), but only the leader serves streams and reports, writes
+//! status and reports ready, so the Service sends dataplanes to it alone.
 
 pub mod admin;
 pub mod auth;
 pub mod dataplanes;
 pub mod index;
+pub mod leader;
 pub mod metrics;
 pub mod route;
 pub mod server;
@@ -38,6 +44,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 pub use auth::Auth;
+pub use leader::LeaseConfig;
 pub use tls::TlsFiles;
 
 use crate::admin::Synced;
@@ -67,6 +74,13 @@ pub struct Options {
     pub instance: String,
     /// Serve the stream over TLS with this pair (reloaded on change).
     pub tls: Option<TlsFiles>,
+    /// Leader election; `None` (one replica, tests) always leads.
+    pub lease: Option<LeaseConfig>,
+    /// How long a new leader waits before its first status write, so that
+    /// the dataplanes that followed its predecessor have reconnected and
+    /// reported (their reconnect backoff is at most 5 s) and status does not
+    /// flap to `NoDataplanes` at every failover.
+    pub takeover_settle: Duration,
 }
 
 impl Default for Options {
@@ -80,6 +94,8 @@ impl Default for Options {
             status_interval: Duration::from_secs(1),
             instance: "sluice-controller".into(),
             tls: None,
+            lease: None,
+            takeover_settle: Duration::from_secs(5),
         }
     }
 }
@@ -100,6 +116,9 @@ pub enum Error {
         "--auth none is only allowed on a loopback --listen address (got {0}); use --auth static:<file> or tokenreview:<namespace>/<serviceaccount>"
     )]
     UnauthenticatedNonLoopback(SocketAddr),
+    /// The leader-election settings do not hold together.
+    #[error("leader election: {0}")]
+    Lease(String),
     /// The stream's certificate did not load.
     #[error("--tls-cert/--tls-key: {0}")]
     Tls(#[from] tls::TlsError),
@@ -111,7 +130,14 @@ pub struct Controller {
     stream_addr: SocketAddr,
     admin_addr: SocketAddr,
     store: Arc<RouteStore>,
+    leader: watch::Receiver<bool>,
+    /// Kept so that leadership receivers never see a closed channel (which
+    /// the stream takes as the end of leadership).
+    _leader_tx: Arc<watch::Sender<bool>>,
     stop: watch::Sender<bool>,
+    /// The elector, apart from `tasks` so that shutdown can wait for it to
+    /// release the lease before everything else is aborted.
+    elector: Option<tokio::task::JoinHandle<()>>,
     tasks: JoinSet<()>,
 }
 
@@ -127,6 +153,9 @@ impl Controller {
     pub async fn start(client: Client, opts: Options) -> Result<Self, Error> {
         if opts.auth == Auth::None && !opts.listen.ip().is_loopback() {
             return Err(Error::UnauthenticatedNonLoopback(opts.listen));
+        }
+        if let Some(lease) = &opts.lease {
+            lease.validate().map_err(Error::Lease)?;
         }
         let stream_listener = bind(opts.listen).await?;
         let admin_listener = bind(opts.admin).await?;
@@ -153,6 +182,19 @@ impl Controller {
         let wake = Arc::new(Notify::new());
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+
+        // Without election this replica always leads. The sender lives as
+        // long as the controller, so receivers never see it closed.
+        let (leader_tx, leader) = watch::channel(opts.lease.is_none());
+        let leader_tx = Arc::new(leader_tx);
+        let elector = opts.lease.clone().map(|config| {
+            tokio::spawn(leader::run(
+                Api::namespaced(client.clone(), &config.namespace),
+                config,
+                Arc::clone(&leader_tx),
+                stop_rx.clone(),
+            ))
+        });
 
         let (tx, rx) = mpsc::channel::<(&'static str, Change)>(1024);
         tasks.spawn(watch_kind::<BackendPool>(
@@ -223,6 +265,8 @@ impl Controller {
             ),
             wake,
             interval: opts.status_interval,
+            leader: leader.clone(),
+            takeover_settle: opts.takeover_settle,
         };
         tasks.spawn(writer.run(stop_rx.clone()));
 
@@ -231,6 +275,8 @@ impl Controller {
             dataplanes: Arc::clone(&dataplanes),
             auth: Arc::new(auth::Authenticator::new(opts.auth.clone(), client.clone())),
             keepalive: opts.keepalive,
+            leader: leader.clone(),
+            synced: Arc::clone(&synced),
         });
         let acceptor = match &opts.tls {
             None => None,
@@ -254,12 +300,31 @@ impl Controller {
 
         let admin_metrics = Arc::clone(&metrics);
         let admin_synced = Arc::clone(&synced);
+        let admin_leader = leader.clone();
         tasks.spawn(server::serve(
             admin_listener,
             None,
-            move |req, _| admin::handle(req, Arc::clone(&admin_synced), Arc::clone(&admin_metrics)),
+            move |req, _| {
+                admin::handle(
+                    req,
+                    Arc::clone(&admin_synced),
+                    admin_leader.clone(),
+                    Arc::clone(&admin_metrics),
+                )
+            },
             stop_rx,
         ));
+
+        let leader_gauge = metrics.leader.clone();
+        let mut leading = leader.clone();
+        tasks.spawn(async move {
+            loop {
+                leader_gauge.set(i64::from(*leading.borrow_and_update()));
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
 
         let gauge_store = Arc::clone(&store);
         tasks.spawn(async move {
@@ -279,7 +344,10 @@ impl Controller {
             stream_addr,
             admin_addr,
             store,
+            leader,
+            _leader_tx: leader_tx,
             stop,
+            elector,
             tasks,
         })
     }
@@ -299,11 +367,32 @@ impl Controller {
         self.store.version()
     }
 
-    /// Stops serving and ends all tasks. Aborting a server task drops its
-    /// connection set, which closes every open route stream, so dataplanes
-    /// notice at once and reconnect (to this controller's successor).
+    /// Whether this replica leads (always, without election).
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    /// Stops serving, releases the lease when it holds it (so a follower
+    /// takes over at its next attempt, not after the lease expires) and
+    /// ends all tasks. Aborting a server task drops its connection set,
+    /// which closes every open route stream, so dataplanes notice at once
+    /// and reconnect (to this controller's successor).
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
+        if let Some(elector) = self.elector.take() {
+            // Bounded inside by the renew deadline.
+            let _ = elector.await;
+        }
+        self.tasks.shutdown().await;
+    }
+
+    /// Stops at once without releasing the lease, as a killed or partitioned
+    /// replica would: followers take over only when the lease expires.
+    pub async fn kill(mut self) {
+        if let Some(elector) = self.elector.take() {
+            elector.abort();
+            let _ = elector.await;
+        }
         self.tasks.shutdown().await;
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_controller::{Auth, Controller, Options, TlsFiles};
+use sluice_controller::{Auth, Controller, LeaseConfig, Options, TlsFiles};
 
 /// Watches BackendPools and EndpointSlices and streams routes to Sluice dataplanes.
 #[derive(Parser, Debug)]
@@ -44,9 +44,34 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Name of this instance in Events (the pod name in a cluster).
+    /// Name of this instance in Events and its identity in the leader
+    /// Lease (the pod name in a cluster).
     #[arg(long, env = "SLUICE_NAME", default_value = "sluice-controller")]
     name: String,
+    /// Elect a leader with a coordination.k8s.io Lease, so that several
+    /// replicas can run: only the leader serves dataplanes, writes status
+    /// and reports ready.
+    #[arg(long, env = "SLUICE_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease [default: $POD_NAMESPACE, else the service
+    /// account's namespace, else sluice-system].
+    #[arg(long, env = "SLUICE_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the Lease, the same for every replica.
+    #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
+    lease_name: String,
+}
+
+/// The controller's own namespace: the downward API's `POD_NAMESPACE`, else
+/// the mounted service account's, else `sluice-system`.
+fn own_namespace() -> String {
+    const SA_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| std::fs::read_to_string(SA_NAMESPACE).ok())
+        .map(|ns| ns.trim().to_string())
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "sluice-system".to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,11 +113,19 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration found (in-cluster service account or KUBECONFIG)")?;
+    let lease = cli.leader_elect.then(|| {
+        LeaseConfig::new(
+            cli.lease_namespace.unwrap_or_else(own_namespace),
+            cli.lease_name,
+            cli.name.clone(),
+        )
+    });
     let opts = Options {
         listen: cli.listen,
         admin: cli.admin,
         auth: cli.auth,
         instance: cli.name,
+        lease,
         tls: cli
             .tls_cert
             .zip(cli.tls_key)

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub route_version: Gauge,
     /// Dataplanes present (stream open or reporting).
     pub dataplanes_connected: Gauge,
+    /// 1 while this replica holds the lease (always, without election).
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -39,6 +41,7 @@ impl Metrics {
             );
         let route_version = Gauge::default();
         let dataplanes_connected = Gauge::default();
+        let leader = Gauge::default();
         registry.register(
             "reconcile_duration_seconds",
             "Time to turn a batch of watch events into published routes",
@@ -54,11 +57,17 @@ impl Metrics {
             "Dataplanes holding a stream open or reporting",
             dataplanes_connected.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica is the leader (serves streams, writes status)",
+            leader.clone(),
+        );
         Self {
             registry,
             reconcile_duration,
             route_version,
             dataplanes_connected,
+            leader,
         }
     }
 

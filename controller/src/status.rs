@@ -149,6 +149,10 @@ pub struct StatusWriter {
     pub wake: Arc<Notify>,
     /// How often acks are re-examined without a wake-up.
     pub interval: Duration,
+    /// Only the leader writes.
+    pub leader: watch::Receiver<bool>,
+    /// How long after gaining leadership the first write waits.
+    pub takeover_settle: Duration,
 }
 
 /// A write we made, to avoid repeating it before the watch shows it back.
@@ -164,11 +168,34 @@ impl StatusWriter {
     /// Runs until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut written: BTreeMap<Key, Written> = BTreeMap::new();
+        let mut leader = self.leader.clone();
+        // A replica leading from the start (no election) writes at once.
+        let mut settle = match *leader.borrow_and_update() {
+            true => Duration::ZERO,
+            false => self.takeover_settle,
+        };
+        let mut leading_since = leader.borrow().then(Instant::now);
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.interval) => {}
+                Ok(()) = leader.changed() => {}
+            }
+            match (*leader.borrow_and_update(), leading_since) {
+                (false, _) => {
+                    // What we wrote may be overwritten by the next leader.
+                    leading_since = None;
+                    settle = self.takeover_settle;
+                    written.clear();
+                    continue;
+                }
+                (true, None) => {
+                    leading_since = Some(Instant::now());
+                    continue;
+                }
+                (true, Some(since)) if since.elapsed() < settle => continue,
+                (true, Some(_)) => {}
             }
             let present = self.dataplanes.present();
             let now = Timestamp::now();
@@ -192,6 +219,10 @@ impl StatusWriter {
                     .collect()
             };
             for (key, pool, desired) in work {
+                // Leadership lost mid-batch: stop writing at once.
+                if !*leader.borrow() {
+                    break;
+                }
                 if self.write(&key, &pool, &desired).await {
                     written.insert(
                         key,

@@ -5,6 +5,13 @@
 //! The task writes into a one-slot channel, so a slow reader holds back only
 //! its own task, and when it catches up it gets one coalesced event, never a
 //! backlog.
+//!
+//! Only the leader serves (and sends its first event only once its caches
+//! are synced: a partial table would take routes away). A follower answers 503
+//! with `Retry-After: 1`, which a dataplane treats like an unreachable
+//! controller: it keeps its last table and retries. When leadership is lost,
+//! open streams end at once, so dataplanes reconnect through the Service to
+//! the new leader.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,12 +23,16 @@ use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use sluice_protocol::{REPORTS_PATH, ROUTES_PATH, Report, sse};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use crate::admin::Synced;
 use crate::auth::Authenticator;
 use crate::dataplanes::Dataplanes;
 use crate::server::{Body, text};
 use crate::store::RouteStore;
+
+/// How often a stream opened before the caches synced checks again.
+const SYNC_POLL: Duration = Duration::from_millis(10);
 
 /// Largest report body accepted.
 const MAX_REPORT_BYTES: usize = 8 * 1024 * 1024;
@@ -37,6 +48,10 @@ pub struct StreamContext {
     pub auth: Arc<Authenticator>,
     /// Interval of `: keepalive` comments.
     pub keepalive: Duration,
+    /// Whether this replica leads.
+    pub leader: watch::Receiver<bool>,
+    /// Whether the caches behind the table are complete.
+    pub synced: Arc<Synced>,
 }
 
 /// Routes one request.
@@ -45,6 +60,13 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
+    // Before authentication: a follower does no TokenReviews.
+    if let Some(why) = not_serving(&ctx) {
+        let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, why);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        return resp;
+    }
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -75,6 +97,11 @@ pub async fn handle(
     }
 }
 
+/// Why this replica does not serve dataplanes now, if it does not.
+fn not_serving(ctx: &StreamContext) -> Option<&'static str> {
+    (!*ctx.leader.borrow()).then_some("not the leader\n")
+}
+
 fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.uri()
         .query()?
@@ -101,8 +128,21 @@ fn routes(ctx: Arc<StreamContext>, req: &Request<Incoming>, peer: SocketAddr) ->
     tokio::spawn(async move {
         let _guard = guard;
         let mut versions = ctx.store.subscribe();
+        let mut leader = ctx.leader.clone();
         let mut sent = resume;
+        // A table built from partial caches would take routes away from the
+        // dataplane: the first event waits for every cache's first list.
+        while !ctx.synced.waiting().is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(SYNC_POLL) => {}
+                _ = tx.closed() => return,
+            }
+        }
         loop {
+            if !*leader.borrow_and_update() {
+                tracing::info!(dataplane = %name, "no longer the leader; closing the route stream");
+                break;
+            }
             versions.borrow_and_update();
             if let Some(event) = ctx.store.event_since(sent) {
                 let frame = sse::encode(event.name(), event.version(), &event.to_json());
@@ -120,6 +160,7 @@ fn routes(ctx: Arc<StreamContext>, req: &Request<Incoming>, peer: SocketAddr) ->
                     }
                 }
                 _ = tx.closed() => break,
+                changed = leader.changed() => if changed.is_err() { break },
             }
         }
         tracing::info!(dataplane = %name, "route stream closed");

@@ -1,8 +1,9 @@
 //! End-to-end test support: an API-server fake that speaks the real
-//! Kubernetes HTTP protocol, loopback backends, a small HTTP client and
+//! Kubernetes HTTP protocol, loopback backends, a Service stand-in, a small HTTP client and
 //! bounded waits. The tests themselves live in `tests/tests/`.
 
 pub mod apiserver;
 pub mod backend;
 pub mod client;
+pub mod service;
 pub mod wait;
