@@ -28,12 +28,15 @@ use crate::subscriber::{Seen, Shared};
 use crate::world::{ENDPOINTS, ExpectCell};
 
 const POOLS: usize = 1_000;
+/// Simulated dataplanes; `PROPAGATION_DATAPLANES` overrides it (to see how
+/// much of the latency is the subscribers sharing this machine's cores).
 const DATAPLANES: usize = 50;
 const SINGLE_CHANGES: usize = 200;
 /// Quiet time after each single change converged, before the next one.
 const SINGLE_GAP: Duration = Duration::from_millis(20);
 const BURST: usize = 1_000;
 const SNAPSHOT_RUNS: usize = 20;
+const IDLE_SAMPLE: Duration = Duration::from_secs(3);
 
 const TARGET_SINGLE_P99: Duration = Duration::from_millis(100);
 const TARGET_SNAPSHOT: Duration = Duration::from_millis(50);
@@ -45,9 +48,11 @@ fn main() -> anyhow::Result<()> {
         return controller::child(&api_url);
     }
     // `cargo test --all-targets` runs bench targets without `--bench`: a
-    // three-minute end-to-end timing run is not a test.
+    // timing run of most of a minute is not a test.
     if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("propagation: a benchmark; run it with `cargo bench -p sluice-tests --bench propagation`");
+        eprintln!(
+            "propagation: a benchmark; run it with `cargo bench -p sluice-tests --bench propagation`"
+        );
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -58,11 +63,15 @@ fn main() -> anyhow::Result<()> {
 
 /// Every figure the report prints.
 struct Figures {
+    dataplanes: usize,
     setup: Duration,
     setup_cpu: f64,
+    idle_cpu: f64,
     snapshot_bytes: usize,
     single: Vec<Duration>,
     single_fake: Vec<Duration>,
+    single_first: Vec<Duration>,
+    delta_apply: Duration,
     single_cpu: f64,
     burst_write: Duration,
     burst_fake: Option<Duration>,
@@ -78,14 +87,22 @@ struct Figures {
 
 async fn run() -> anyhow::Result<()> {
     let header = system::describe();
-    eprintln!("propagation: {POOLS} pools x {ENDPOINTS} endpoints, {DATAPLANES} dataplanes");
+    let dataplanes = std::env::var("PROPAGATION_DATAPLANES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DATAPLANES);
+    eprintln!("propagation: {POOLS} pools x {ENDPOINTS} endpoints, {dataplanes} dataplanes");
     // History must outlast the burst (slices plus the status writes it causes).
     let api = FakeApiServer::builder()
         .history_limit(200_000)
         .start()
         .await?;
     let mut addresses: Vec<Vec<SocketAddr>> = (0..POOLS)
-        .map(|i| (0..ENDPOINTS).map(|j| world::initial_address(i, j)).collect())
+        .map(|i| {
+            (0..ENDPOINTS)
+                .map(|j| world::initial_address(i, j))
+                .collect()
+        })
         .collect();
     for (i, addrs) in addresses.iter().enumerate() {
         api.apply(world::service(i))?;
@@ -102,13 +119,14 @@ async fn run() -> anyhow::Result<()> {
     let epoch = Instant::now();
     let ctl = controller::Process::start(api.url())?;
     let cpu0 = ctl.cpu_seconds()?;
+    eprintln!("propagation: controller pid {}", ctl.pid());
     let shared = Arc::new(Shared {
         controller: ctl.stream_addr,
         expect: Arc::clone(&expect),
         epoch,
     });
     let (stop_tx, stop) = watch::channel(false);
-    let seen: Vec<Arc<Seen>> = (0..DATAPLANES).map(|_| Arc::default()).collect();
+    let seen: Vec<Arc<Seen>> = (0..dataplanes).map(|_| Arc::default()).collect();
     for (n, s) in seen.iter().enumerate() {
         tokio::spawn(subscriber::follow(
             format!("dp-{n}"),
@@ -125,7 +143,7 @@ async fn run() -> anyhow::Result<()> {
     ));
 
     eprintln!("propagation: setup");
-    let setup = converged(&seen, setup_seq, epoch, Duration::from_secs(60)).await?;
+    let (_, setup) = converged(&seen, setup_seq, epoch, Duration::from_secs(60)).await?;
     let setup_cpu = ctl.cpu_seconds()? - cpu0;
     let snapshot_bytes = seen[0].bytes.load(Ordering::Relaxed) as usize;
     // Let the status writer and the first reports settle.
@@ -136,6 +154,8 @@ async fn run() -> anyhow::Result<()> {
     let mut change = 0usize;
     let mut single = Vec::with_capacity(SINGLE_CHANGES);
     let mut single_fake = Vec::with_capacity(SINGLE_CHANGES);
+    let mut single_first = Vec::with_capacity(SINGLE_CHANGES);
+    let deltas_before = delta_totals(&seen);
     let cpu1 = ctl.cpu_seconds()?;
     for c in 0..SINGLE_CHANGES {
         // Spread over the pools rather than always the same one.
@@ -145,19 +165,27 @@ async fn run() -> anyhow::Result<()> {
         let seq = expect.set(HashMap::from([(world::pool_name(i), addresses[i][0])]));
         let written = epoch.elapsed();
         api.put(world::slice(i, &addresses[i]))?;
-        let done = converged(&seen, seq, epoch, Duration::from_secs(10)).await?;
-        single.push(done.saturating_sub(written));
+        let (first, last) = converged(&seen, seq, epoch, Duration::from_secs(10)).await?;
+        single.push(last.saturating_sub(written));
+        single_first.push(first.saturating_sub(written));
         if let Some(at) = reached(&probe_seen, seq, epoch, Duration::from_secs(1)).await {
             single_fake.push(at.saturating_sub(written));
         }
         tokio::time::sleep(SINGLE_GAP).await;
     }
     let single_cpu = ctl.cpu_seconds()? - cpu1;
+    let deltas_after = delta_totals(&seen);
+    let delta_apply = Duration::from_nanos(
+        (deltas_after.1 - deltas_before.1) / (deltas_after.0 - deltas_before.0).max(1),
+    );
 
     eprintln!("propagation: burst of {BURST} changes");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let deltas0: u64 = seen.iter().map(|s| s.deltas.load(Ordering::Relaxed)).sum();
-    let snaps0: u64 = seen.iter().map(|s| s.snapshots.load(Ordering::Relaxed)).sum();
+    let snaps0: u64 = seen
+        .iter()
+        .map(|s| s.snapshots.load(Ordering::Relaxed))
+        .sum();
     let mut targets = HashMap::new();
     let mut slices = Vec::with_capacity(BURST);
     for k in 0..BURST {
@@ -181,33 +209,49 @@ async fn run() -> anyhow::Result<()> {
     .await??;
     let burst = converged(&seen, seq, epoch, Duration::from_secs(30))
         .await?
+        .1
         .saturating_sub(written);
     let burst_fake = reached(&probe_seen, seq, epoch, Duration::from_secs(5))
         .await
         .map(|at| at.saturating_sub(written));
     let burst_cpu = ctl.cpu_seconds()? - cpu2;
-    let burst_deltas =
-        seen.iter().map(|s| s.deltas.load(Ordering::Relaxed)).sum::<u64>() - deltas0;
-    let burst_snapshots =
-        seen.iter().map(|s| s.snapshots.load(Ordering::Relaxed)).sum::<u64>() - snaps0;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let burst_deltas = seen
+        .iter()
+        .map(|s| s.deltas.load(Ordering::Relaxed))
+        .sum::<u64>()
+        - deltas0;
+    let burst_snapshots = seen
+        .iter()
+        .map(|s| s.snapshots.load(Ordering::Relaxed))
+        .sum::<u64>()
+        - snaps0;
+    // What an idle controller spends (status re-examination every second,
+    // a report a second from each dataplane), once the burst has settled.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle0 = ctl.cpu_seconds()?;
+    tokio::time::sleep(IDLE_SAMPLE).await;
+    let idle_cpu = (ctl.cpu_seconds()? - idle0) / IDLE_SAMPLE.as_secs_f64();
     let (rss_end, hwm) = ctl.memory()?;
 
     eprintln!("propagation: snapshot encode/apply, {SNAPSHOT_RUNS} runs");
     let table = fetch_table(ctl.stream_addr).await?;
     stop_tx.send_replace(true);
-    let snapshot = tokio::task::spawn_blocking(move || snapshot::measure(&table, SNAPSHOT_RUNS))
-        .await??;
+    let snapshot =
+        tokio::task::spawn_blocking(move || snapshot::measure(&table, SNAPSHOT_RUNS)).await??;
     drop(ctl);
 
     print_report(
         &header,
         Figures {
+            dataplanes,
             setup,
             setup_cpu,
+            idle_cpu,
             snapshot_bytes,
             single,
             single_fake,
+            single_first,
+            delta_apply,
             single_cpu,
             burst_write,
             burst_fake,
@@ -225,13 +269,13 @@ async fn run() -> anyhow::Result<()> {
 }
 
 /// Waits until every subscriber has met expectation `seq`; returns when the
-/// last one did, as time since `epoch`.
+/// first and the last one did, as times since `epoch`.
 async fn converged(
     seen: &[Arc<Seen>],
     seq: u64,
     epoch: Instant,
     limit: Duration,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, Duration)> {
     let deadline = Instant::now() + limit;
     loop {
         let done = seen
@@ -239,12 +283,13 @@ async fn converged(
             .filter(|s| s.seq.load(Ordering::Acquire) >= seq)
             .count();
         if done == seen.len() {
-            let last = seen
+            let at: Vec<u64> = seen
                 .iter()
                 .map(|s| s.at_nanos.load(Ordering::Acquire))
-                .max()
-                .unwrap_or(0);
-            return Ok(Duration::from_nanos(last).min(epoch.elapsed()));
+                .collect();
+            let first = Duration::from_nanos(at.iter().copied().min().unwrap_or(0));
+            let last = Duration::from_nanos(at.iter().copied().max().unwrap_or(0));
+            return Ok((first, last.min(epoch.elapsed())));
         }
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -255,20 +300,29 @@ async fn converged(
     }
 }
 
+/// Deltas applied by all subscribers, and the nanoseconds they took.
+fn delta_totals(seen: &[Arc<Seen>]) -> (u64, u64) {
+    seen.iter().fold((0, 0), |(n, t), s| {
+        (
+            n + s.deltas.load(Ordering::Relaxed),
+            t + s.delta_nanos.load(Ordering::Relaxed),
+        )
+    })
+}
+
 /// When the probe met expectation `seq`, if it did within `limit`.
 async fn reached(seen: &Arc<Seen>, seq: u64, epoch: Instant, limit: Duration) -> Option<Duration> {
     converged(std::slice::from_ref(seen), seq, epoch, limit)
         .await
         .ok()
+        .map(|(_, last)| last)
 }
 
 /// The controller's current table, as a new dataplane would get it.
 async fn fetch_table(controller: SocketAddr) -> anyhow::Result<RouteTable> {
     use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
     let req = http::Request::get(format!(
         "http://{controller}{}?dataplane=bench-snapshot",
         sluice_protocol::ROUTES_PATH
@@ -312,6 +366,7 @@ fn verdict(pass: bool) -> &'static str {
 fn print_report(header: &str, mut f: Figures) {
     f.single.sort_unstable();
     f.single_fake.sort_unstable();
+    f.single_first.sort_unstable();
     let p = |xs: &[Duration], q| percentile(xs, q);
     let spread = |xs: &[Duration]| {
         format!(
@@ -323,18 +378,19 @@ fn print_report(header: &str, mut f: Figures) {
         )
     };
     let snapshot_total = f.snapshot.encode + f.snapshot.apply;
-    println!("# Propagation: {POOLS} pools x {ENDPOINTS} endpoints, {DATAPLANES} dataplanes\n");
+    let dataplanes = f.dataplanes;
+    println!("# Propagation: {POOLS} pools x {ENDPOINTS} endpoints, {dataplanes} dataplanes\n");
     println!("```\n{header}\n```\n");
     println!("| measure | figure | target | |");
     println!("|---|---|---|---|");
     println!(
-        "| setup: controller start → all {DATAPLANES} dataplanes hold all {POOLS} pools | {} (controller CPU {:.2} s; snapshot {:.0} KiB) | — | |",
+        "| setup: controller start → all {dataplanes} dataplanes hold all {POOLS} pools | {} (controller CPU {:.2} s; dp-0 received {:.0} KiB) | — | |",
         ms(f.setup),
         f.setup_cpu,
         f.snapshot_bytes as f64 / 1024.0
     );
     println!(
-        "| single slice change → all {DATAPLANES} applied ({} changes) | {} | p99 < {} | {} |",
+        "| single slice change → all {dataplanes} applied ({} changes) | {} | p99 < {} | {} |",
         f.single.len(),
         spread(&f.single),
         ms(TARGET_SINGLE_P99),
@@ -345,21 +401,32 @@ fn print_report(header: &str, mut f: Figures) {
         spread(&f.single_fake)
     );
     println!(
-        "| controller CPU per single change | {:.2} ms | — | |",
-        f.single_cpu * 1000.0 / f.single.len().max(1) as f64
+        "| of which: write → the first dataplane applied | {} | — | |",
+        spread(&f.single_first)
     );
     println!(
-        "| burst: {BURST} slice changes → all {DATAPLANES} applied all | {} (writes took {}; a kube watcher saw the last after {}) | < {} | {} |",
+        "| one dataplane: parse + apply one delta (`RouteTable::apply`, mean) | {} × {dataplanes} dataplanes on these cores | — | |",
+        ms(f.delta_apply)
+    );
+    println!(
+        "| controller CPU: per single change (incl. idle work) / idle | {:.2} ms / {:.0} ms per s | — | |",
+        f.single_cpu * 1000.0 / f.single.len().max(1) as f64,
+        f.idle_cpu * 1000.0
+    );
+    println!(
+        "| burst: {BURST} slice changes → all {dataplanes} applied all | {} (the fake took {} to take the writes; a kube watcher saw the last after {}, the dataplanes {} later) | < {} | {} |",
         ms(f.burst),
         ms(f.burst_write),
         f.burst_fake.map_or_else(|| "—".to_string(), ms),
+        f.burst_fake
+            .map_or_else(|| "—".to_string(), |at| ms(f.burst.saturating_sub(at))),
         ms(TARGET_BURST),
         verdict(f.burst < TARGET_BURST)
     );
     println!(
         "| burst: events per dataplane, controller CPU | {:.1} deltas + {:.1} snapshots, {:.2} s CPU | — | |",
-        f.burst_deltas as f64 / DATAPLANES as f64,
-        f.burst_snapshots as f64 / DATAPLANES as f64,
+        f.burst_deltas as f64 / f.dataplanes as f64,
+        f.burst_snapshots as f64 / f.dataplanes as f64,
         f.burst_cpu
     );
     println!(
@@ -371,9 +438,18 @@ fn print_report(header: &str, mut f: Figures) {
         ms(TARGET_SNAPSHOT),
         verdict(snapshot_total < TARGET_SNAPSHOT)
     );
+    let cold = snapshot_total + f.snapshot.build;
     println!(
-        "| then compiled into the proxy's table (`Table::build`, all pools new) | {} | — | |",
-        ms(f.snapshot.build)
+        "| the same + compiled into the proxy's table from nothing (`Table::build`: a dataplane's first table) | {} + {} = {} | < {} | {} |",
+        ms(snapshot_total),
+        ms(f.snapshot.build),
+        ms(cold),
+        ms(TARGET_SNAPSHOT),
+        verdict(cold < TARGET_SNAPSHOT)
+    );
+    println!(
+        "| compiled over a previous table with the same pools (a resync) | {} | — | |",
+        ms(f.snapshot.rebuild)
     );
     println!(
         "| controller RSS, peak (VmHWM) over the whole run | {} ({:.0} MB) | < {:.0} MB | {} |",

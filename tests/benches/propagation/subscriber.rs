@@ -34,6 +34,8 @@ pub struct Seen {
     pub deltas: AtomicU64,
     /// Bytes of SSE received.
     pub bytes: AtomicU64,
+    /// Time spent parsing and applying deltas, in nanoseconds.
+    pub delta_nanos: AtomicU64,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -51,7 +53,12 @@ pub struct Shared {
 
 /// Follows the stream as dataplane `name` until `stop`; reconnects (with
 /// `Last-Event-ID`) when the stream ends.
-pub async fn follow(name: String, shared: Arc<Shared>, seen: Arc<Seen>, stop: watch::Receiver<bool>) {
+pub async fn follow(
+    name: String,
+    shared: Arc<Shared>,
+    seen: Arc<Seen>,
+    stop: watch::Receiver<bool>,
+) {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     tokio::spawn(report_every_second(
         client.clone(),
@@ -64,7 +71,9 @@ pub async fn follow(name: String, shared: Arc<Shared>, seen: Arc<Seen>, stop: wa
     let mut progress = Progress::default();
     while !*stop.borrow() {
         let result = stream_once(&client, &name, &shared, &seen, &mut table, &mut progress).await;
-        if let Err(e) = result {
+        if let Err(e) = result
+            && !*stop.borrow()
+        {
             eprintln!("{name}: stream ended: {e}; reconnecting");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -97,6 +106,7 @@ async fn stream_once(
         };
         seen.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         for msg in decoder.push(&chunk)? {
+            let started = Instant::now();
             let event = RouteEvent::from_sse(&msg.event, &msg.data)?;
             let changed: Option<Vec<String>> = match &event {
                 RouteEvent::Snapshot(_) => None,
@@ -108,12 +118,14 @@ async fn stream_once(
                         .collect(),
                 ),
             };
-            let counter = match changed {
-                None => &seen.snapshots,
-                Some(_) => &seen.deltas,
-            };
             table.apply(event)?;
-            counter.fetch_add(1, Ordering::Relaxed);
+            if changed.is_some() {
+                seen.deltas.fetch_add(1, Ordering::Relaxed);
+                let took = started.elapsed().as_nanos() as u64;
+                seen.delta_nanos.fetch_add(took, Ordering::Relaxed);
+            } else {
+                seen.snapshots.fetch_add(1, Ordering::Relaxed);
+            }
             seen.version.store(table.version, Ordering::Release);
             let expect = shared.expect.current();
             let holds = |pool: &str, addr: SocketAddr| {
