@@ -5,5 +5,6 @@
 pub mod apiserver;
 pub mod backend;
 pub mod client;
+pub mod load;
 pub mod service;
 pub mod wait;

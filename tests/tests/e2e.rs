@@ -5,8 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -15,6 +14,7 @@ use sluice_dataplane::{Dataplane, Options as DpOptions, Source};
 use sluice_tests::apiserver::{Collection, FakeApiServer};
 use sluice_tests::backend::Backend;
 use sluice_tests::client::HttpClient;
+use sluice_tests::load::Load;
 use sluice_tests::wait::until;
 
 const NS: &str = "shop";
@@ -294,41 +294,18 @@ async fn a_controller_restart_costs_no_request_and_dataplanes_resync() -> anyhow
     env.wait_for_backends(&["backend-1", "backend-2"]).await?;
 
     // Steady load through both dataplanes for the whole restart.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for dp in &env.dataplanes {
-        let (addr, http, stop, ok, failed) = (
-            dp.http_addr(),
-            env.http.clone(),
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-        );
-        load.push(tokio::spawn(async move {
-            // Bounded: at most 20 000 requests or until told to stop.
-            for _ in 0..20_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match http.get(addr, HOST, "/").await {
-                    Ok(a) if a.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }));
-    }
+    let addrs: Vec<_> = env.dataplanes.iter().map(|d| d.http_addr()).collect();
+    let load = Load::start(&env.http, &addrs, HOST);
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     if let Some(c) = env.controller.take() {
         c.shutdown().await;
     }
     // The controller is away: the dataplanes keep serving their last table.
-    let served_before = ok.load(Ordering::Relaxed);
+    let served_before = load.served();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
-        ok.load(Ordering::Relaxed) > served_before,
+        load.served() > served_before,
         "no traffic served while the controller was down"
     );
 
@@ -341,11 +318,7 @@ async fn a_controller_restart_costs_no_request_and_dataplanes_resync() -> anyhow
     env.wait_for_backends(&["backend-1", "backend-2", "backend-3"])
         .await?;
 
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await?;
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.finish().await?;
     println!("{ok} requests served across the restart, {failed} failed");
     assert_eq!(failed, 0);
     assert!(ok > 100, "too little load to mean anything: {ok}");

@@ -7,8 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -17,6 +16,7 @@ use sluice_dataplane::{Dataplane, Options as DpOptions, Source};
 use sluice_tests::apiserver::{Collection, FakeApiServer};
 use sluice_tests::backend::Backend;
 use sluice_tests::client::HttpClient;
+use sluice_tests::load::Load;
 use sluice_tests::service::{Replica, ServiceProxy};
 use sluice_tests::wait::until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -353,31 +353,8 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_no_request_fails() -> 
     .await?;
 
     // Steady load through both dataplanes for the whole failover.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for dp in &dataplanes {
-        let (addr, http, stop, ok, failed) = (
-            dp.http_addr(),
-            cluster.http.clone(),
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-        );
-        load.push(tokio::spawn(async move {
-            // Bounded: at most 20 000 requests or until told to stop.
-            for _ in 0..20_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match http.get(addr, HOST, "/").await {
-                    Ok(a) if a.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }));
-    }
+    let addrs: Vec<_> = dataplanes.iter().map(|d| d.http_addr()).collect();
+    let load = Load::start(&cluster.http, &addrs, HOST);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The leader dies without releasing the lease.
@@ -415,11 +392,7 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_no_request_fails() -> 
     .await?;
     assert_eq!(status["endpoints"], json!({"ready": 3, "total": 3}));
 
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await?;
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.finish().await?;
     println!("{ok} requests served across the failover, {failed} failed");
     assert_eq!(failed, 0);
     assert!(ok > 100, "too little load to mean anything: {ok}");
