@@ -104,6 +104,11 @@ pub fn compute(
         }
     }
 
+    if spec.algorithm == CrdAlgorithm::Unknown {
+        return Err(InvalidSpec(
+            "spec.algorithm: not one of RoundRobin, WeightedRoundRobin, LeastRequest, Random, PeakEwma, RingHash, Maglev".into(),
+        ));
+    }
     let mut route = PoolRoute {
         name: format!("{namespace}/{name}"),
         hosts,
@@ -116,6 +121,8 @@ pub fn compute(
             CrdAlgorithm::PeakEwma => Algorithm::PeakEwma,
             CrdAlgorithm::RingHash => Algorithm::RingHash,
             CrdAlgorithm::Maglev => Algorithm::Maglev,
+            // Refused above.
+            CrdAlgorithm::Unknown => Algorithm::RoundRobin,
         },
         endpoints: weigh(per_backend),
         hash_key: policy("hashKey", &spec.hash_key)?,

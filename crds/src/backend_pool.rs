@@ -140,6 +140,12 @@ pub enum Algorithm {
     RingHash,
     /// Maglev consistent hashing.
     Maglev,
+    /// A value this controller does not know (the schema refuses unknown
+    /// values, but a newer CRD may carry one): the pool is refused with a
+    /// condition rather than breaking the watch of every pool.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// What the controller observed and did.

@@ -591,6 +591,45 @@ async fn over_tls_the_stream_carries_routes_and_plain_http_is_refused() -> anyho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_algorithm_and_a_missing_port_are_conditions_with_events() -> anyhow::Result<()>
+{
+    let env = Env::start(&["backend-1"]).await?;
+    // The API server's schema would refuse this value; a newer CRD (or this
+    // fake, which has no schema) lets it through to the controller.
+    let mut odd = pool("odd", "odd.example.com", "web");
+    odd["spec"]["algorithm"] = json!("Fastest");
+    env.api.apply(odd)?;
+    let mut portless = pool("portless", "portless.example.com", "web");
+    portless["spec"]["backends"][0]["port"] = json!("grpc");
+    env.api.apply(portless)?;
+
+    let events = Collection::of("events.k8s.io/v1", "Event");
+    for (name, type_, reason) in [
+        ("odd", "Accepted", "InvalidSpec"),
+        ("portless", "ResolvedRefs", "PortNotFound"),
+    ] {
+        until(Duration::from_secs(10), "the condition", || async {
+            let s = env.api.get(&pools(), NS, name)?["status"].clone();
+            (condition(&s, type_)? == ("False".into(), reason.into())).then_some(())
+        })
+        .await?;
+        until(Duration::from_secs(10), "the Event", || async {
+            env.api
+                .list(&events)
+                .into_iter()
+                .find(|e| e["reason"] == reason && e["regarding"]["name"] == name)
+        })
+        .await?;
+    }
+    // The other pools' watch was not broken: the good pool still serves and
+    // follows changes.
+    let b2 = Backend::start("backend-2").await?;
+    env.api.apply(slice("web", &b2))?;
+    env.wait_for_backends(&["backend-1", "backend-2"]).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_refuses_dataplanes_without_the_token() -> anyhow::Result<()> {
     let env = Env::start(&["backend-1"]).await?;
     let http = HttpClient::new();
