@@ -785,4 +785,15 @@ pub(crate) mod tests {
             );
         }
     }
+
+    #[test]
+    fn an_unknown_enum_value_in_a_policy_is_an_invalid_spec_naming_the_field() {
+        let spec: BackendPoolSpec = serde_json::from_value(serde_json::json!({
+            "backends": [{"address": "192.0.2.10:8080"}],
+            "retries": {"retryOn": ["ConnectFailure", "Sometimes"]},
+        }))
+        .expect("an unknown value still parses");
+        let err = compute("ns", "p", &spec, &Fixture::default()).expect_err("refused");
+        assert!(err.0.contains("spec.retries"), "{err}");
+    }
 }

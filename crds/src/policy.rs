@@ -119,6 +119,11 @@ pub enum RetryOn {
     Reset,
     /// 502, 503, 504 or a per-try timeout.
     GatewayError,
+    /// A value this controller does not know: the policy is refused with a
+    /// condition naming the field.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// Retry policy.
@@ -168,6 +173,11 @@ pub enum RateLimitAlgorithm {
     TokenBucket,
     /// Sliding one-second window.
     SlidingWindow,
+    /// A value this controller does not know: the policy is refused with a
+    /// condition naming the field.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// What a rate limit counts by.
@@ -180,6 +190,11 @@ pub enum RateLimitKey {
     SourceIp,
     /// Each value of `header`.
     Header,
+    /// A value this controller does not know: the policy is refused with a
+    /// condition naming the field.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// Local rate limit of each dataplane.
