@@ -164,10 +164,25 @@ struct Written {
 /// How long a write is trusted to show up in the watch before it is redone.
 const WRITE_SETTLE: Duration = Duration::from_secs(5);
 
+/// First wait after a failed status write; doubles per failure up to
+/// [`RETRY_MAX`], so an API server in trouble is not hammered.
+const RETRY_START: Duration = Duration::from_secs(1);
+/// Longest wait between tries of a failing status write.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The wait after the `failures`-th failure in a row (1-based).
+fn retry_after(failures: u32) -> Duration {
+    RETRY_START
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(RETRY_MAX)
+}
+
 impl StatusWriter {
     /// Runs until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut written: BTreeMap<Key, Written> = BTreeMap::new();
+        // Pools whose last write failed: failures in a row, and when to retry.
+        let mut failing: BTreeMap<Key, (u32, Instant)> = BTreeMap::new();
         let mut leader = self.leader.clone();
         // A replica leading from the start (no election) writes at once.
         let mut settle = match *leader.borrow_and_update() {
@@ -188,6 +203,7 @@ impl StatusWriter {
                     leading_since = None;
                     settle = self.takeover_settle;
                     written.clear();
+                    failing.clear();
                     continue;
                 }
                 (true, None) => {
@@ -202,6 +218,7 @@ impl StatusWriter {
             let work: Vec<(Key, Arc<BackendPool>, BackendPoolStatus)> = {
                 let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
                 written.retain(|k, _| index.pool(k).is_some());
+                failing.retain(|k, _| index.pool(k).is_some());
                 index
                     .pools()
                     .filter_map(|(key, state)| {
@@ -214,7 +231,11 @@ impl StatusWriter {
                         let recent = written
                             .get(key)
                             .is_some_and(|w| w.status == desired && w.at.elapsed() < WRITE_SETTLE);
-                        (!recent).then(|| (key.clone(), Arc::clone(&state.pool), desired))
+                        let backing_off = failing
+                            .get(key)
+                            .is_some_and(|(_, retry_at)| Instant::now() < *retry_at);
+                        (!recent && !backing_off)
+                            .then(|| (key.clone(), Arc::clone(&state.pool), desired))
                     })
                     .collect()
             };
@@ -223,7 +244,13 @@ impl StatusWriter {
                 if !*leader.borrow() {
                     break;
                 }
-                if self.write(&key, &pool, &desired).await {
+                if !self.write(&key, &pool, &desired).await {
+                    let failures = failing.get(&key).map_or(1, |(n, _)| n + 1);
+                    let wait = retry_after(failures);
+                    tracing::warn!(pool = %format!("{}/{}", key.0, key.1), failures, retry_in = ?wait, "status write failed; backing off");
+                    failing.insert(key, (failures, Instant::now() + wait));
+                } else {
+                    failing.remove(&key);
                     written.insert(
                         key,
                         Written {
@@ -248,7 +275,7 @@ impl StatusWriter {
             .patch_status(&key.1, &params, &Patch::Apply(&patch))
             .await
         {
-            tracing::warn!(pool = %format!("{}/{}", key.0, key.1), error = %e, "status write failed; will retry");
+            tracing::warn!(pool = %format!("{}/{}", key.0, key.1), error = %e, "status write failed");
             return false;
         }
         let reference = pool.object_ref(&());
@@ -361,5 +388,12 @@ mod tests {
         let again = desired_status(&s, &[dp("a", 3)], Some(&first), Timestamp::now());
         assert_eq!(again, first);
         assert!(transitions(Some(&first), &again).is_empty());
+    }
+
+    #[test]
+    fn failed_writes_back_off_exponentially_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_after(u32::MAX), RETRY_MAX);
     }
 }
