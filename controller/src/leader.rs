@@ -210,6 +210,7 @@ pub async fn run(
     api: Api<Lease>,
     config: LeaseConfig,
     leader: Arc<watch::Sender<bool>>,
+    on_lead: impl Fn() + Send,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut election = Election::new(config.identity.clone(), config.lease_duration);
@@ -232,6 +233,8 @@ pub async fn run(
                 renewed = Some(Instant::now());
                 if !leading {
                     tracing::info!(%lease, identity = %config.identity, "became the leader");
+                    // Before anything is served as the leader.
+                    on_lead();
                     leader.send_replace(true);
                 }
             }

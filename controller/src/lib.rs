@@ -124,6 +124,14 @@ pub enum Error {
     Tls(#[from] tls::TlsError),
 }
 
+/// Microseconds since the epoch, where route versions start.
+fn clock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
 /// A running controller.
 #[derive(Debug)]
 pub struct Controller {
@@ -170,10 +178,7 @@ impl Controller {
 
         // Versions start from the clock so a restarted controller never hands
         // out a version its predecessor used (resumes from those get snapshots).
-        let first = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
+        let first = clock_micros();
         let store = Arc::new(RouteStore::new(first));
         let dataplanes = Arc::new(Dataplanes::default());
         let index = Arc::new(Mutex::new(Index::new()));
@@ -188,10 +193,12 @@ impl Controller {
         let (leader_tx, leader) = watch::channel(opts.lease.is_none());
         let leader_tx = Arc::new(leader_tx);
         let elector = opts.lease.clone().map(|config| {
+            let store = Arc::clone(&store);
             tokio::spawn(leader::run(
                 Api::namespaced(client.clone(), &config.namespace),
                 config,
                 Arc::clone(&leader_tx),
+                move || store.lead(clock_micros()),
                 stop_rx.clone(),
             ))
         });

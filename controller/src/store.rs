@@ -118,6 +118,22 @@ impl RouteStore {
         next
     }
 
+    /// This replica became the leader: its versions jump past `now` (the
+    /// clock in microseconds, beyond any version the previous leader could
+    /// have handed out) and every older base gets a snapshot. A follower's
+    /// store counted its own versions from its start, and a dataplane
+    /// resuming from the old leader's numbers must never be taken for one
+    /// of ours.
+    pub fn lead(&self, now: u64) {
+        let mut inner = self.lock();
+        let v = inner.version.max(now) + 1;
+        inner.version = v;
+        inner.first = v;
+        inner.horizon = v;
+        drop(inner);
+        self.version_tx.send_replace(v);
+    }
+
     /// The version at which `name` last changed, if it is in the table.
     pub fn pool_version(&self, name: &str) -> Option<u64> {
         self.lock().pools.get(name).map(|(_, v)| *v)
@@ -255,5 +271,35 @@ mod tests {
             }
             prop_assert_eq!(subscriber, current);
         }
+    }
+
+    #[test]
+    fn a_new_leader_never_takes_an_old_leaders_version_for_its_own() {
+        // Two replicas started a microsecond apart and saw the same changes.
+        let old = RouteStore::new(1_000);
+        let new = RouteStore::new(1_001);
+        for p in 0..5u16 {
+            old.publish(vec![route("a", p)], vec![]);
+            new.publish(vec![route("a", p)], vec![]);
+        }
+        let resumed_from = old.publish(vec![route("b", 1)], vec![]);
+        // Without the jump, the follower knows a version with that number.
+        assert!(matches!(
+            new.event_since(Some(resumed_from)),
+            Some(RouteEvent::Delta(_)) | None
+        ));
+        new.lead(2_000_000);
+        assert!(new.version() > 2_000_000);
+        assert!(matches!(
+            new.event_since(Some(resumed_from)),
+            Some(RouteEvent::Snapshot(_))
+        ));
+        // Its own later versions resume with deltas as usual.
+        let since = new.version();
+        new.publish(vec![route("c", 1)], vec![]);
+        assert!(matches!(
+            new.event_since(Some(since)),
+            Some(RouteEvent::Delta(_))
+        ));
     }
 }
