@@ -10,7 +10,7 @@
 //! [`listener`] (serving with limits and graceful drain), [`tls`]
 //! (termination, certificates by SNI), [`upgrade`], [`access`] (the access
 //! log), [`stream`] and [`report`]
-//! (cluster mode), [`file`] (standalone mode), [`persist`] (`--state-dir`),
+//! (cluster mode), [`file`](mod@file) (standalone mode), [`persist`] (`--state-dir`),
 //! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`].
 
 pub mod access;
