@@ -67,10 +67,11 @@ impl State {
     pub fn apply(&self, event: RouteEvent) -> Result<(), ApplyError> {
         let version = event.version();
         let mut routes = lock(&self.routes);
-        let mut next = routes.clone();
-        match next.apply(event) {
+        // `RouteTable::apply` checks everything before it changes anything,
+        // so a refused event leaves the table as it was: no copy needed.
+        match routes.apply(event) {
             Ok(()) => {
-                self.install_locked(&mut routes, next);
+                self.installed_locked(&routes);
                 Ok(())
             }
             Err(e) => {
@@ -91,11 +92,14 @@ impl State {
     /// Compiles `routes` and swaps the result in; clears the last error.
     pub fn install(&self, routes: RouteTable) {
         let mut current = lock(&self.routes);
-        self.install_locked(&mut current, routes);
+        *current = routes;
+        self.installed_locked(&current);
     }
 
-    fn install_locked(&self, current: &mut RouteTable, routes: RouteTable) {
-        let table = Table::build(&routes, &self.table.load(), &self.metrics, &self.registry);
+    /// Compiles and serves `routes`, which the caller just stored (and
+    /// still holds the lock of).
+    fn installed_locked(&self, routes: &RouteTable) {
+        let table = Table::build(routes, &self.table.load(), &self.metrics, &self.registry);
         self.registry.prune();
         self.table.store(Arc::new(table));
         self.metrics.windows.prune();
@@ -103,7 +107,6 @@ impl State {
             .route_version
             .set(i64::try_from(routes.version).unwrap_or(i64::MAX));
         let version = routes.version;
-        *current = routes;
         *lock(&self.last_error) = None;
         self.installed.store(true, Ordering::Release);
         self.applied.send_replace(version);

@@ -134,14 +134,14 @@ impl RouteTable {
                     });
                 }
                 validate_pools(&d.upserts)?;
-                let mut next = self.pools.clone();
+                // Everything that can refuse the delta was checked above:
+                // change the table in place, at the cost of what changed.
                 for name in &d.removes {
-                    next.remove(name);
+                    self.pools.remove(name);
                 }
                 for pool in d.upserts {
-                    next.insert(pool.name.clone(), pool);
+                    self.pools.insert(pool.name.clone(), pool);
                 }
-                self.pools = next;
                 self.version = d.version;
             }
         }
@@ -230,6 +230,23 @@ mod tests {
             }))
             .expect_err("wrong base");
         assert!(matches!(err, ApplyError::BaseMismatch { have: 5, base: 6 }));
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn an_invalid_delta_is_refused_and_changes_nothing() {
+        let mut t = table(5, &[("a".into(), vec![1])]);
+        let before = t.clone();
+        // Removes "a" and upserts a pool listing one endpoint twice.
+        let err = t
+            .apply(RouteEvent::Delta(Delta {
+                version: 6,
+                base: 5,
+                upserts: vec![pool("b", &[2, 2])],
+                removes: vec!["a".into()],
+            }))
+            .expect_err("duplicate endpoint");
+        assert!(err.to_string().contains("more than once"), "{err}");
         assert_eq!(t, before);
     }
 
