@@ -5,6 +5,7 @@
 //! Layout: [`route`] (pure route computation), [`index`] (watch events →
 //! routes, incremental), [`store`] (versioned table, deltas), [`stream`]
 //! (SSE + reports), [`dataplanes`] (acks), [`status`] (status + Events),
+//! [`autoscale`] (pure scaling decisions),
 //! [`leader`] (Lease election), [`admin`], [`metrics`]. [`Controller::start`]
 //! wires them.
 //!
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod autoscale;
 pub mod dataplanes;
 pub mod index;
 pub mod leader;
