@@ -466,9 +466,17 @@ impl Index {
     }
 
     /// Records the store version that now carries each pool's route.
-    pub fn set_route_versions(&mut self, version_of: impl Fn(&str) -> Option<u64>) {
-        for state in self.pools.values_mut() {
-            if let Some(route) = &state.route {
+    /// Only the pools of the batch (`touched`) can have moved: the others
+    /// keep the version they had, so this costs the batch, not the table.
+    pub fn set_route_versions(
+        &mut self,
+        touched: &[Key],
+        version_of: impl Fn(&str) -> Option<u64>,
+    ) {
+        for key in touched {
+            if let Some(state) = self.pools.get_mut(key)
+                && let Some(route) = &state.route
+            {
                 state.route_version = version_of(&route.name);
             }
         }

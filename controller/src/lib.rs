@@ -493,7 +493,7 @@ async fn run_index(
             let mut ix = index.lock().unwrap_or_else(|p| p.into_inner());
             let batch = ix.recompute();
             let version = store.publish(batch.upserts, batch.removes);
-            ix.set_route_versions(|name| store.pool_version(name));
+            ix.set_route_versions(&batch.touched, |name| store.pool_version(name));
             tracing::debug!(version, touched = batch.touched.len(), "routes published");
         }
         let elapsed = started.elapsed().as_secs_f64();
