@@ -217,6 +217,7 @@ impl Dataplane {
             tasks.spawn(persist::run(dir, Arc::clone(&state), stop_rx.clone()));
         }
         tasks.spawn(health::run(Arc::clone(&state), stop_rx.clone()));
+        tasks.spawn(upstream::reap(Arc::clone(&state), stop_rx.clone()));
         let proxy = Arc::new(Proxy::new(Arc::clone(&state)));
         // The access log's table handle; nothing extra per request when off.
         let log_state = opts.access_log.then(|| Arc::clone(&state));

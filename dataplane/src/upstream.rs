@@ -99,6 +99,42 @@ impl Conn {
     }
 }
 
+/// Longest time between two sweeps of idle connections (shorter when a
+/// pool's `timeouts.idle` is: half of the shortest).
+pub const REAP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Closes the idle connections of every endpoint in the current table that
+/// have waited longer than their pool's `timeouts.idle` (and those the
+/// endpoint closed), every [`REAP_INTERVAL`] at most, until `stop`. Without it an
+/// endpoint that stops getting requests would keep its idle connections,
+/// and their places in `maxConnections`, until the endpoint closed them.
+pub async fn reap(state: Arc<crate::state::State>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let every = state
+            .table
+            .load()
+            .pools()
+            .iter()
+            .map(|p| p.policy.upstream.idle() / 2)
+            .min()
+            .unwrap_or(REAP_INTERVAL)
+            .clamp(Duration::from_millis(50), REAP_INTERVAL);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let table = state.table.load_full();
+        let now = Instant::now();
+        for pool in table.pools() {
+            let limit = pool.policy.upstream.idle();
+            for endpoint in &pool.endpoints {
+                let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < limit);
+            }
+        }
+    }
+}
+
 /// One pool's connection settings and circuit breaker.
 #[derive(Debug)]
 pub struct Upstream {

@@ -267,3 +267,40 @@ async fn header_values_have_their_own_buckets_and_requests_without_share_one() {
         );
     }
 }
+
+/// An idle upstream connection is closed once it has waited `timeouts.idle`,
+/// even when no request comes to find it expired (its place in
+/// `maxConnections` is freed too).
+#[tokio::test]
+async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // One connection: answer one request, then wait for the proxy to close it.
+    let closed = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut buf = vec![0u8; 4096];
+        let n = conn.read(&mut buf).await.expect("request");
+        assert!(n > 0);
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .expect("answer");
+        // EOF (0 bytes) is the proxy closing its idle connection.
+        let n = tokio::time::timeout(WAIT, conn.read(&mut buf)).await;
+        n.ok().and_then(Result::ok)
+    });
+    let dp = start(Source::Static(table(&format!(
+        "pools:\n  - name: p\n    timeouts: {{idle: 200ms}}\n    endpoints: [{{address: {addr}}}]\n"
+    ))))
+    .await;
+    let got = proxy_get(&client(), &dp, "x", "/").await;
+    assert_eq!(got.status, StatusCode::OK);
+    let read = closed.await.expect("backend task");
+    assert_eq!(
+        read,
+        Some(0),
+        "the idle connection was not closed within {WAIT:?}"
+    );
+}
