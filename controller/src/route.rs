@@ -105,9 +105,11 @@ pub fn compute(
     }
 
     if spec.algorithm == CrdAlgorithm::Unknown {
-        return Err(InvalidSpec(
-            "spec.algorithm: not one of RoundRobin, WeightedRoundRobin, LeastRequest, Random, PeakEwma, RingHash, Maglev".into(),
-        ));
+        let known: Vec<String> = Algorithm::ALL.iter().map(|a| format!("{a:?}")).collect();
+        return Err(InvalidSpec(format!(
+            "spec.algorithm: not one of {}",
+            known.join(", ")
+        )));
     }
     let mut route = PoolRoute {
         name: format!("{namespace}/{name}"),

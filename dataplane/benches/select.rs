@@ -21,16 +21,6 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-const ALGORITHMS: [Algorithm; 7] = [
-    Algorithm::RoundRobin,
-    Algorithm::WeightedRoundRobin,
-    Algorithm::LeastRequest,
-    Algorithm::Random,
-    Algorithm::PeakEwma,
-    Algorithm::RingHash,
-    Algorithm::Maglev,
-];
-
 struct Setup {
     endpoints: Vec<std::sync::Arc<sluice_dataplane::endpoint::Endpoint>>,
     members: Vec<u32>,
@@ -68,7 +58,7 @@ fn bench(c: &mut Criterion) {
     let keys = keys();
     let mut group = c.benchmark_group("pick");
     for n in [10, 1000] {
-        for algorithm in ALGORITHMS {
+        for algorithm in Algorithm::ALL {
             let s = setup(algorithm, n);
             let mut k = 0usize;
             group.bench_function(BenchmarkId::new(format!("{algorithm:?}"), n), |b| {
@@ -92,7 +82,7 @@ fn table() {
         "algorithm", "endpoints", "ns/pick", "allocs/pick"
     );
     for n in [10, 1000] {
-        for algorithm in ALGORITHMS {
+        for algorithm in Algorithm::ALL {
             let s = setup(algorithm, n);
             let region = Region::new(GLOBAL);
             let started = Instant::now();

@@ -38,6 +38,17 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm, in the order the design lists them.
+    pub const ALL: [Algorithm; 7] = [
+        Self::RoundRobin,
+        Self::WeightedRoundRobin,
+        Self::LeastRequest,
+        Self::Random,
+        Self::PeakEwma,
+        Self::RingHash,
+        Self::Maglev,
+    ];
+
     /// Whether the algorithm hashes requests with a [`HashKey`].
     pub fn is_hashing(self) -> bool {
         matches!(self, Self::RingHash | Self::Maglev)

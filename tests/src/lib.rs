@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod backend;
 pub mod client;
+pub mod dataplane;
 pub mod load;
 pub mod service;
 pub mod wait;

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_controller::{Auth, Controller, Options, TlsFiles};
-use sluice_dataplane::{Dataplane, Options as DpOptions, Source};
+use sluice_dataplane::{Dataplane, Source};
 use sluice_tests::apiserver::{Collection, FakeApiServer};
 use sluice_tests::backend::Backend;
 use sluice_tests::client::HttpClient;
+use sluice_tests::dataplane::loopback;
 use sluice_tests::load::Load;
 use sluice_tests::wait::until;
 
@@ -113,22 +114,14 @@ impl Env {
         let mut dataplanes = Vec::new();
         for i in 0..2 {
             dataplanes.push(
-                Dataplane::start(DpOptions {
-                    source: Source::Controller {
+                Dataplane::start(loopback(
+                    Source::Controller {
                         url: format!("{scheme}://{stream_addr}"),
                         token_file: Some(token_file.clone()),
                         ca_file: ca_file.clone(),
                     },
-                    name: format!("dp-{i}"),
-                    http: "127.0.0.1:0".parse()?,
-                    https: None,
-                    admin: "127.0.0.1:0".parse()?,
-                    state_dir: None,
-                    grace_period: Duration::from_secs(1),
-                    drain_delay: Duration::ZERO,
-                    limits: Default::default(),
-                    access_log: false,
-                })
+                    &format!("dp-{i}"),
+                ))
                 .await?,
             );
         }

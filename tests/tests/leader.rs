@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_controller::{Auth, Controller, LeaseConfig, Options};
-use sluice_dataplane::{Dataplane, Options as DpOptions, Source};
+use sluice_dataplane::{Dataplane, Source};
 use sluice_tests::apiserver::{Collection, FakeApiServer};
 use sluice_tests::backend::Backend;
 use sluice_tests::client::HttpClient;
+use sluice_tests::dataplane::loopback;
 use sluice_tests::load::Load;
 use sluice_tests::service::{Replica, ServiceProxy};
 use sluice_tests::wait::until;
@@ -160,22 +161,14 @@ impl Cluster {
     }
 
     async fn dataplane(&self, url: String, name: &str) -> anyhow::Result<Dataplane> {
-        Ok(Dataplane::start(DpOptions {
-            source: Source::Controller {
+        Ok(Dataplane::start(loopback(
+            Source::Controller {
                 url,
                 token_file: Some(self.token_file.clone()),
                 ca_file: None,
             },
-            name: name.to_string(),
-            http: "127.0.0.1:0".parse()?,
-            https: None,
-            admin: "127.0.0.1:0".parse()?,
-            state_dir: None,
-            grace_period: Duration::from_secs(1),
-            drain_delay: Duration::ZERO,
-            limits: Default::default(),
-            access_log: false,
-        })
+            name,
+        ))
         .await?)
     }
 

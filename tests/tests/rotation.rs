@@ -16,6 +16,7 @@ use sluice_controller::{Controller, Options};
 use sluice_dataplane::{Dataplane, Options as DpOptions, Source};
 use sluice_tests::apiserver::FakeApiServer;
 use sluice_tests::backend::Backend;
+use sluice_tests::dataplane::loopback;
 use sluice_tests::wait::until;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -120,20 +121,15 @@ async fn a_renewed_certificate_is_served_with_no_failed_request() -> anyhow::Res
     )
     .await?;
     let dp = Dataplane::start(DpOptions {
-        source: Source::Controller {
-            url: format!("http://{}", controller.stream_addr()),
-            token_file: None,
-            ca_file: None,
-        },
-        name: "dp-0".into(),
-        http: "127.0.0.1:0".parse()?,
         https: Some("127.0.0.1:0".parse()?),
-        admin: "127.0.0.1:0".parse()?,
-        state_dir: None,
-        grace_period: Duration::from_secs(1),
-        drain_delay: Duration::ZERO,
-        limits: Default::default(),
-        access_log: false,
+        ..loopback(
+            Source::Controller {
+                url: format!("http://{}", controller.stream_addr()),
+                token_file: None,
+                ca_file: None,
+            },
+            "dp-0",
+        )
     })
     .await?;
     let addr = dp

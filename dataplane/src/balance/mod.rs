@@ -126,22 +126,12 @@ mod tests {
     use super::*;
     use random::tests::w;
 
-    const ALL: [Algorithm; 7] = [
-        Algorithm::RoundRobin,
-        Algorithm::WeightedRoundRobin,
-        Algorithm::LeastRequest,
-        Algorithm::Random,
-        Algorithm::PeakEwma,
-        Algorithm::RingHash,
-        Algorithm::Maglev,
-    ];
-
     #[test]
     fn every_algorithm_follows_weights_3_2_1() {
         let eps = testing::endpoints(3);
         let addrs: Vec<_> = eps.iter().map(|e| e.addr).collect();
         let members = [0, 1, 2];
-        for algorithm in ALL {
+        for algorithm in Algorithm::ALL {
             let b = Balancer::new(algorithm, &addrs, &w(&[3, 2, 1]));
             let mut counts = [0usize; 3];
             let n = 60_000u64;
@@ -169,7 +159,7 @@ mod tests {
     #[test]
     fn every_algorithm_picks_nothing_from_nothing_and_the_one_from_one() {
         let eps = testing::endpoints(1);
-        for algorithm in ALL {
+        for algorithm in Algorithm::ALL {
             let empty = Balancer::new(algorithm, &[], &[]);
             assert_eq!(empty.pick(&eps, &[], None), None, "{algorithm:?}");
             let one = Balancer::new(algorithm, &[eps[0].addr], &w(&[7]));
