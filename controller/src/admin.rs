@@ -22,6 +22,8 @@ pub struct Synced {
     pub slices: AtomicBool,
     /// TLS Secrets listed.
     pub secrets: AtomicBool,
+    /// ScalingTriggers listed (they decide which routes hold requests).
+    pub triggers: AtomicBool,
 }
 
 impl Synced {
@@ -32,6 +34,7 @@ impl Synced {
             ("services", &self.services),
             ("secrets", &self.secrets),
             ("endpointslices", &self.slices),
+            ("scalingtriggers", &self.triggers),
         ]
         .into_iter()
         .filter(|(_, flag)| !flag.load(Ordering::Acquire))

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use sluice_crds::{BackendPool, EndpointCounts};
-use sluice_protocol::PoolRoute;
+use sluice_crds::{BackendPool, EndpointCounts, ScalingTrigger};
 use sluice_protocol::route::PathPrefix;
+use sluice_protocol::{Activation, PoolRoute};
 
 use crate::route::{self, InvalidSpec, Lookup, SERVICE_NAME_LABEL, TLS_REASONS, Unresolved};
 
@@ -91,6 +91,12 @@ pub enum Change {
     SecretDeleted(Key),
     /// A watcher relisted: these are now all the TLS Secrets.
     AllSecrets(Vec<Secret>),
+    /// A ScalingTrigger was added or modified.
+    Trigger(Box<ScalingTrigger>),
+    /// A ScalingTrigger was deleted.
+    TriggerDeleted(Key),
+    /// A watcher relisted: these are now all the ScalingTriggers.
+    AllTriggers(Vec<ScalingTrigger>),
 }
 
 /// The route changes of one batch.
@@ -124,6 +130,8 @@ pub struct Index {
     claims: BTreeMap<Claim, BTreeSet<Seniority>>,
     /// Pool → its seniority and claims.
     claims_of: BTreeMap<Key, (Seniority, Vec<Claim>)>,
+    /// ScalingTriggers, for the autoscaler and for `activation`.
+    triggers: BTreeMap<Key, Arc<ScalingTrigger>>,
 }
 
 /// `(host, path prefix)`; a pool without hosts claims `*`.
@@ -167,6 +175,49 @@ impl Index {
     /// State of one pool.
     pub fn pool(&self, key: &Key) -> Option<&PoolState> {
         self.pools.get(key)
+    }
+
+    /// Every ScalingTrigger, for the autoscaler.
+    pub fn triggers(&self) -> impl Iterator<Item = (&Key, &Arc<ScalingTrigger>)> {
+        self.triggers.iter()
+    }
+
+    /// Whether a pool's route holds requests while it has no endpoints: a
+    /// ScalingTrigger driven by the pool may scale its target to zero.
+    fn activation(&self, pool: &Key) -> Option<Activation> {
+        self.triggers
+            .iter()
+            .any(|((ns, _), t)| {
+                *ns == pool.0 && t.spec.pool_ref.name == pool.1 && t.spec.min_replicas == 0
+            })
+            .then(Activation::default)
+    }
+
+    fn upsert_trigger(&mut self, trigger: ScalingTrigger) {
+        let key = key_of(&trigger);
+        let trigger = Arc::new(trigger);
+        if let Some(old) = self.triggers.insert(key.clone(), Arc::clone(&trigger))
+            && old.spec == trigger.spec
+        {
+            return;
+        }
+        self.mark_trigger_pools(&key.0, &trigger);
+    }
+
+    fn delete_trigger(&mut self, key: &Key) {
+        if let Some(old) = self.triggers.remove(key) {
+            self.mark_trigger_pools(&key.0, &old);
+        }
+    }
+
+    /// Marks the pool a trigger drives (its `activation` may change). A
+    /// trigger that moved to another pool is marked through its old spec
+    /// by the caller passing the old object too.
+    fn mark_trigger_pools(&mut self, namespace: &str, trigger: &ScalingTrigger) {
+        let pool = (namespace.to_string(), trigger.spec.pool_ref.name.clone());
+        if self.pools.contains_key(&pool) {
+            self.dirty.insert(pool);
+        }
     }
 
     /// Records a change and marks the pools it affects.
@@ -217,6 +268,30 @@ impl Index {
             Change::SecretDeleted(key) => {
                 self.secrets.remove(&key);
                 self.mark_secret(&key);
+            }
+            Change::Trigger(trigger) => {
+                let key = key_of(&*trigger);
+                if let Some(old) = self.triggers.get(&key).cloned()
+                    && old.spec != trigger.spec
+                {
+                    // The old pool loses this trigger if `poolRef` moved.
+                    self.mark_trigger_pools(&key.0, &old);
+                }
+                self.upsert_trigger(*trigger);
+            }
+            Change::TriggerDeleted(key) => self.delete_trigger(&key),
+            Change::AllTriggers(triggers) => {
+                let keep: BTreeSet<Key> = triggers.iter().map(key_of).collect();
+                let gone: Vec<Key> = self
+                    .triggers
+                    .keys()
+                    .filter(|k| !keep.contains(*k))
+                    .cloned()
+                    .collect();
+                gone.iter().for_each(|k| self.delete_trigger(k));
+                for trigger in triggers {
+                    self.apply(Change::Trigger(Box::new(trigger)));
+                }
             }
             Change::AllSecrets(secrets) => {
                 let new: BTreeMap<Key, Secret> =
@@ -421,6 +496,7 @@ impl Index {
                     .insert(key.clone());
             }
             let conflict = self.conflict(&key);
+            let activation = self.activation(&key);
             let outcome = route::compute(&key.0, &key.1, &pool.spec, self);
             let Some(state) = self.pools.get_mut(&key) else {
                 continue;
@@ -448,6 +524,7 @@ impl Index {
                     if tls_broken && resolved.route.tls.is_none() {
                         resolved.route.tls = state.route.as_ref().and_then(|r| r.tls.clone());
                     }
+                    resolved.route.activation = activation;
                     state.invalid = None;
                     state.unresolved = resolved.unresolved;
                     state.endpoints = resolved.endpoints;
@@ -733,5 +810,61 @@ mod tests {
             "ns", "other", CRT, KEY,
         ))));
         assert!(!ix.has_pending());
+    }
+
+    fn trigger(ns: &str, name: &str, pool: &str, min: i32) -> ScalingTrigger {
+        let spec = serde_json::from_value(serde_json::json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "poolRef": {"name": pool}, "minReplicas": min, "maxReplicas": 5,
+        }))
+        .expect("spec");
+        let mut t = ScalingTrigger::new(name, spec);
+        t.metadata.namespace = Some(ns.into());
+        t
+    }
+
+    #[test]
+    fn a_trigger_that_may_scale_to_zero_marks_its_pool_for_activation() {
+        let mut ix = Index::new();
+        ix.apply(Change::Pool(Box::new(pool(
+            "ns",
+            "web",
+            serde_json::json!([{"address": "192.0.2.1:80"}]),
+        ))));
+        let first = ix.recompute();
+        assert_eq!(first.upserts[0].activation, None);
+
+        ix.apply(Change::Trigger(Box::new(trigger("ns", "t", "web", 0))));
+        let batch = ix.recompute();
+        assert_eq!(batch.upserts.len(), 1);
+        assert_eq!(batch.upserts[0].activation, Some(Activation::default()));
+        assert_eq!(ix.triggers().count(), 1);
+
+        // A status-only update (our own write) changes nothing.
+        let mut same = trigger("ns", "t", "web", 0);
+        same.status = Some(Default::default());
+        ix.apply(Change::Trigger(Box::new(same)));
+        assert!(!ix.has_pending());
+
+        // minReplicas back to 1, or a trigger in another namespace: no activation.
+        ix.apply(Change::Trigger(Box::new(trigger("ns", "t", "web", 1))));
+        ix.apply(Change::Trigger(Box::new(trigger("other", "t", "web", 0))));
+        let batch = ix.recompute();
+        assert_eq!(batch.upserts[0].activation, None);
+
+        // Moving the trigger to another pool releases the first one.
+        ix.apply(Change::Trigger(Box::new(trigger("ns", "t", "web", 0))));
+        assert_eq!(
+            ix.recompute().upserts[0].activation,
+            Some(Activation::default())
+        );
+        ix.apply(Change::Trigger(Box::new(trigger("ns", "t", "api", 0))));
+        assert_eq!(ix.recompute().upserts[0].activation, None);
+
+        ix.apply(Change::Trigger(Box::new(trigger("ns", "t", "web", 0))));
+        ix.recompute();
+        ix.apply(Change::AllTriggers(vec![]));
+        assert_eq!(ix.recompute().upserts[0].activation, None);
+        assert_eq!(ix.triggers().count(), 0);
     }
 }

@@ -21,11 +21,13 @@ pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod route;
+pub mod scaler;
 pub mod server;
 pub mod status;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod traffic;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -40,7 +42,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use sluice_crds::BackendPool;
+use sluice_crds::{BackendPool, ScalingTrigger};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
@@ -53,9 +55,11 @@ use crate::admin::Synced;
 use crate::dataplanes::Dataplanes;
 use crate::index::{Change, Index};
 use crate::metrics::{KindLabel, Metrics};
+use crate::scaler::Scaler;
 use crate::status::StatusWriter;
 use crate::store::RouteStore;
 use crate::stream::StreamContext;
+use crate::traffic::Traffic;
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -83,6 +87,8 @@ pub struct Options {
     /// reported (their reconnect backoff is at most 5 s) and status does not
     /// flap to `NoDataplanes` at every failover.
     pub takeover_settle: Duration,
+    /// Time between two autoscaler passes (held requests also wake it).
+    pub scale_interval: Duration,
 }
 
 impl Default for Options {
@@ -98,6 +104,7 @@ impl Default for Options {
             tls: None,
             lease: None,
             takeover_settle: Duration::from_secs(5),
+            scale_interval: Duration::from_secs(1),
         }
     }
 }
@@ -241,6 +248,17 @@ impl Controller {
             Arc::clone(&synced),
             |s| &s.secrets,
         ));
+        tasks.spawn(watch_kind::<ScalingTrigger>(
+            Api::all(client.clone()),
+            "ScalingTrigger",
+            watcher::Config::default(),
+            tx.clone(),
+            |t| Change::Trigger(Box::new(t)),
+            Change::TriggerDeleted,
+            Change::AllTriggers,
+            Arc::clone(&synced),
+            |s| &s.triggers,
+        ));
         tasks.spawn(watch_kind::<EndpointSlice>(
             Api::all(client.clone()),
             "EndpointSlice",
@@ -261,17 +279,32 @@ impl Controller {
             opts.coalesce,
         ));
 
+        let traffic = Arc::new(Traffic::default());
+        let demand = Arc::new(Notify::new());
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "sluice-controller".into(),
+                instance: Some(opts.instance.clone()),
+            },
+        );
+        let scaler = Scaler {
+            client: client.clone(),
+            index: Arc::clone(&index),
+            traffic: Arc::clone(&traffic),
+            recorder: recorder.clone(),
+            metrics: Arc::clone(&metrics),
+            leader: leader.clone(),
+            demand: Arc::clone(&demand),
+            interval: opts.scale_interval,
+        };
+        tasks.spawn(scaler.run(stop_rx.clone()));
+
         let writer = StatusWriter {
             client: client.clone(),
             index,
             dataplanes: Arc::clone(&dataplanes),
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: "sluice-controller".into(),
-                    instance: Some(opts.instance.clone()),
-                },
-            ),
+            recorder,
             wake,
             interval: opts.status_interval,
             leader: leader.clone(),
@@ -286,6 +319,8 @@ impl Controller {
             keepalive: opts.keepalive,
             leader: leader.clone(),
             synced: Arc::clone(&synced),
+            traffic,
+            demand,
         });
         let acceptor = match &opts.tls {
             None => None,

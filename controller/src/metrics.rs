@@ -1,6 +1,7 @@
 //! The controller's Prometheus metrics (names fixed by DESIGN.md).
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -11,6 +12,22 @@ use prometheus_client::registry::Registry;
 pub struct KindLabel {
     /// The kind of object whose change triggered the work.
     pub kind: String,
+}
+
+/// Labels of `sluice_scale_decisions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabels {
+    /// `namespace/name` of the ScalingTrigger.
+    pub trigger: String,
+    /// `up` or `down`.
+    pub direction: String,
+}
+
+/// Label of `sluice_desired_replicas`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabel {
+    /// `namespace/name` of the ScalingTrigger.
+    pub trigger: String,
 }
 
 fn reconcile_histogram() -> Histogram {
@@ -29,6 +46,10 @@ pub struct Metrics {
     pub dataplanes_connected: Gauge,
     /// 1 while this replica holds the lease (always, without election).
     pub leader: Gauge,
+    /// Scale patches made, by trigger and direction.
+    pub scale_decisions: Family<ScaleLabels, Counter>,
+    /// The replica count each trigger last decided.
+    pub desired_replicas: Family<TriggerLabel, Gauge>,
 }
 
 impl Metrics {
@@ -62,12 +83,26 @@ impl Metrics {
             "1 while this replica is the leader (serves streams, writes status)",
             leader.clone(),
         );
+        let scale_decisions = Family::<ScaleLabels, Counter>::default();
+        registry.register(
+            "scale_decisions",
+            "Scale patches made by the autoscaler, by trigger and direction",
+            scale_decisions.clone(),
+        );
+        let desired_replicas = Family::<TriggerLabel, Gauge>::default();
+        registry.register(
+            "desired_replicas",
+            "The replica count each ScalingTrigger last decided",
+            desired_replicas.clone(),
+        );
         Self {
             registry,
             reconcile_duration,
             route_version,
             dataplanes_connected,
             leader,
+            scale_decisions,
+            desired_replicas,
         }
     }
 

@@ -32,21 +32,9 @@ pub fn desired_status(
     now: Timestamp,
 ) -> BackendPoolStatus {
     let generation = state.pool.metadata.generation;
-    let prev = |t: &str| previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == t));
+    let before = previous.map_or(&[][..], |s| &s.conditions[..]);
     let cond = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let last_transition_time = match prev(type_) {
-            Some(p) if p.status == status => p.last_transition_time.clone(),
-            _ => Time(now),
-        };
-        Condition {
-            type_: type_.to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
-            message,
-            observed_generation: generation,
-            last_transition_time,
-        }
+        condition(before, type_, ok, reason, message, generation, now)
     };
 
     let accepted = match (&state.invalid, &state.conflict) {
@@ -119,19 +107,49 @@ pub fn desired_status(
     }
 }
 
+/// A condition of `type_`, keeping the transition time of the same
+/// condition in `previous` when its status did not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    observed_generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = match previous.iter().find(|c| c.type_ == type_) {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation,
+        last_transition_time,
+    }
+}
+
+/// Conditions of `new` whose status or reason differs from `old`.
+pub fn changed<'a>(old: &[Condition], new: &'a [Condition]) -> impl Iterator<Item = &'a Condition> {
+    new.iter().filter(|c| {
+        let before = old.iter().find(|o| o.type_ == c.type_);
+        before.is_none_or(|b| b.status != c.status || b.reason != c.reason)
+    })
+}
+
 /// Conditions of `new` whose status or reason differs from `old`, skipping
 /// the transient `Programmed/Pending` that every route change passes through.
 pub fn transitions<'a>(
     old: Option<&BackendPoolStatus>,
     new: &'a BackendPoolStatus,
 ) -> Vec<&'a Condition> {
-    new.conditions
-        .iter()
+    let old = old.map_or(&[][..], |s| &s.conditions[..]);
+    changed(old, &new.conditions)
         .filter(|c| !(c.type_ == "Programmed" && c.reason == "Pending"))
-        .filter(|c| {
-            let before = old.and_then(|s| s.conditions.iter().find(|o| o.type_ == c.type_));
-            before.is_none_or(|b| b.status != c.status || b.reason != c.reason)
-        })
         .collect()
 }
 

@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode, header};
@@ -23,13 +23,14 @@ use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use sluice_protocol::{REPORTS_PATH, ROUTES_PATH, Report, sse};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::admin::Synced;
 use crate::auth::Authenticator;
 use crate::dataplanes::Dataplanes;
 use crate::server::{Body, text};
 use crate::store::RouteStore;
+use crate::traffic::Traffic;
 
 /// How often a stream opened before the caches synced checks again.
 const SYNC_POLL: Duration = Duration::from_millis(10);
@@ -52,6 +53,10 @@ pub struct StreamContext {
     pub leader: watch::Receiver<bool>,
     /// Whether the caches behind the table are complete.
     pub synced: Arc<Synced>,
+    /// The reported traffic, for the autoscaler.
+    pub traffic: Arc<Traffic>,
+    /// Woken when a report shows requests held for activation.
+    pub demand: Arc<Notify>,
 }
 
 /// Routes one request.
@@ -210,6 +215,11 @@ async fn report(ctx: Arc<StreamContext>, req: Request<Incoming>) -> Response<Bod
     if let Some(rejected) = &report.rejected {
         tracing::warn!(dataplane = %report.dataplane, version = rejected.version, error = %rejected.error, "dataplane rejected a route version");
     }
-    ctx.dataplanes.report(&report);
+    if ctx.dataplanes.report(&report) {
+        ctx.traffic.record(&report, Instant::now());
+        if report.pools.values().any(|p| p.pending > 0) {
+            ctx.demand.notify_one();
+        }
+    }
     text(StatusCode::NO_CONTENT, "")
 }

@@ -11,6 +11,7 @@
 pub mod behavior;
 pub mod idle;
 pub mod metrics;
+pub mod observe;
 pub mod schedule;
 pub mod spec;
 

@@ -127,10 +127,21 @@ impl Spec {
                     .map(|d| SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
             })
             .transpose()?;
+        let window = duration("window", &spec.window)?;
+        if window.is_zero() || window > crate::traffic::RETENTION {
+            return Err(error(
+                "window",
+                format!(
+                    "{} must be above zero and at most {}s",
+                    spec.window,
+                    crate::traffic::RETENTION.as_secs()
+                ),
+            ));
+        }
         Ok(Self {
             min_replicas: spec.min_replicas,
             max_replicas: spec.max_replicas,
-            window: duration("window", &spec.window)?,
+            window,
             targets,
             schedules,
             idle_after,
@@ -194,6 +205,7 @@ mod tests {
                 "spec.metrics[0].averageValue",
             ),
             (r#","idleAfter":"soon""#, "spec.idleAfter"),
+            (r#","window":"1h""#, "spec.window"),
         ];
         for (extra, field) in cases {
             let e = Spec::from_crd(&parse(&format!("{BASE}{extra}}}"))).expect_err(extra);
