@@ -58,6 +58,8 @@ CONTROLLER_RULES = [
     # TLS certificates of pools; the controller lists type kubernetes.io/tls only.
     (("",), ("secrets",), ("get", "list", "watch")),
     (("discovery.k8s.io",), ("endpointslices",), ("get", "list", "watch")),
+    # ScalingTrigger targets, any kind with /scale (as HPA): never their spec.
+    (("*",), ("*/scale",), ("get", "patch")),
     (("events.k8s.io",), ("events",), ("create", "patch")),
     (("",), ("events",), ("create", "patch")),
 ]
