@@ -1,8 +1,8 @@
 //! `ScalingTrigger`: which workload a pool's traffic scales, and how.
 //!
-//! The schema is complete and validated now; the autoscaler that acts on it
-//! arrives with the autoscaling work. Shapes and defaults of `behavior` follow
-//! `autoscaling/v2` so HPA users read it without a manual.
+//! The controller's autoscaler acts on it (`controller/src/scaler/`, with
+//! the pure decisions in `controller/src/autoscale/`). Shapes and defaults of
+//! `behavior` follow `autoscaling/v2` so HPA users read it without a manual.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
