@@ -1,10 +1,14 @@
 //! End-to-end test support: an API-server fake that speaks the real
-//! Kubernetes HTTP protocol, loopback backends, a Service stand-in, a small HTTP client and
-//! bounded waits. The tests themselves live in `tests/tests/`.
+//! Kubernetes HTTP protocol, loopback backends, a simulated cluster that
+//! makes a Deployment's replicas real, the closed autoscaling loop
+//! built on it, a Service stand-in, a small HTTP
+//! client and bounded waits. The tests themselves live in `tests/tests/`.
 
 pub mod apiserver;
 pub mod backend;
 pub mod client;
+pub mod closed_loop;
+pub mod cluster;
 pub mod dataplane;
 pub mod load;
 pub mod service;

@@ -27,6 +27,31 @@ pub struct Load {
 impl Load {
     /// Starts loading `addrs` with `Host: host`.
     pub fn start(http: &HttpClient, addrs: &[SocketAddr], host: &'static str) -> Self {
+        Self::spawn(http, addrs, host, None)
+    }
+
+    /// Starts loading `addrs` with `Host: host` at a steady `per_second`
+    /// requests per second in all (split evenly across `addrs`), for the
+    /// autoscaling tests, whose assertions depend on the offered rate. A
+    /// loader that falls behind skips ticks rather than bursting to catch up.
+    pub fn paced(
+        http: &HttpClient,
+        addrs: &[SocketAddr],
+        host: &'static str,
+        per_second: f64,
+    ) -> Self {
+        let each = per_second / addrs.len().max(1) as f64;
+        let every = Duration::from_secs_f64(1.0 / each.max(0.01));
+        Self::spawn(http, addrs, host, Some(every))
+    }
+
+    /// One loader per address; `every` paces it, else it sleeps 2 ms between requests.
+    fn spawn(
+        http: &HttpClient,
+        addrs: &[SocketAddr],
+        host: &'static str,
+        every: Option<Duration>,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -36,7 +61,15 @@ impl Load {
                 let (addr, http) = (*addr, http.clone());
                 let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
                 tokio::spawn(async move {
+                    let mut ticks = every.map(|every| {
+                        let mut t = tokio::time::interval(every);
+                        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                        t
+                    });
                     for _ in 0..MAX_REQUESTS {
+                        if let Some(ticks) = ticks.as_mut() {
+                            ticks.tick().await;
+                        }
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
@@ -44,7 +77,9 @@ impl Load {
                             Ok(a) if a.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
                             _ => failed.fetch_add(1, Ordering::Relaxed),
                         };
-                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        if ticks.is_none() {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
                     }
                 })
             })

@@ -7,12 +7,16 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+    WatchEvent,
+};
+use kube::discovery::{Scope, pinned_kind};
 use kube::runtime::watcher::{self, Event};
 use kube::{CustomResource, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sluice_tests::apiserver::{Collection, FakeApiServer};
+use sluice_tests::apiserver::{Collection, FakeApiServer, Resource};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -703,5 +707,163 @@ async fn test_controls_and_the_status_subresource_builder() -> anyhow::Result<()
         "networkpolicies"
     );
     assert_eq!(Collection::of("v1", "Endpoints").plural, "endpoints");
+    Ok(())
+}
+
+/// The scale-target path of the autoscaler: resolve `{apiVersion, kind}`
+/// with kube's discovery, then read and patch `/scale` through a dynamic
+/// `Api`, never touching the Deployment's spec directly.
+#[tokio::test]
+async fn pinned_kind_resolves_a_deployment_and_its_scale_subresource() -> anyhow::Result<()> {
+    let fake = FakeApiServer::start().await?;
+    let client = fake.client()?;
+    fake.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "replicas": 2,
+            "selector": {
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["b", "a"]}],
+            },
+            "template": {"metadata": {"labels": {"app": "web", "tier": "a"}}},
+        },
+        "status": {"replicas": 2, "readyReplicas": 2},
+    }))?;
+
+    let gvk = GroupVersionKind::gvk("apps", "v1", "Deployment");
+    let (ar, caps) = bounded("discovery", pinned_kind(&client, &gvk)).await??;
+    assert_eq!(
+        (ar.api_version.as_str(), ar.plural.as_str()),
+        ("apps/v1", "deployments")
+    );
+    assert_eq!(caps.scope, Scope::Namespaced);
+    let mut subresources: Vec<&str> = caps
+        .subresources
+        .iter()
+        .map(|(r, _)| r.plural.as_str())
+        .collect();
+    subresources.sort_unstable();
+    assert_eq!(subresources, ["scale", "status"]);
+
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "shop", &ar);
+    let scale = api.get_scale("web").await?;
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(2));
+    let status = scale.status.expect("scale status");
+    assert_eq!(
+        (status.replicas, status.selector.as_deref()),
+        (2, Some("app=web,tier in (a,b)")),
+        "the selector is the Deployment's spec.selector as a string"
+    );
+
+    let patched = api
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 7}})),
+        )
+        .await?;
+    assert_eq!(patched.spec.and_then(|s| s.replicas), Some(7));
+    let apps = Collection::of("apps/v1", "Deployment");
+    let stored = fake
+        .wait_for(&apps, "shop", "web", |d| d["spec"]["replicas"] == 7, WAIT)
+        .await?;
+    assert_eq!(
+        stored["status"]["replicas"], 2,
+        "status is the workload controller's"
+    );
+
+    // The same through the core group (`/api/v1`) and a custom resource group.
+    let (svc, caps) =
+        pinned_kind(&fake.client()?, &GroupVersionKind::gvk("", "v1", "Service")).await?;
+    assert_eq!(
+        (svc.plural.as_str(), caps.subresources.len()),
+        ("services", 0)
+    );
+    let st = GroupVersionKind::gvk("sluice.io", "v1alpha1", "ScalingTrigger");
+    let (st, caps) = pinned_kind(&fake.client()?, &st).await?;
+    assert_eq!(st.plural, "scalingtriggers");
+    let names: Vec<&str> = caps
+        .subresources
+        .iter()
+        .map(|(r, _)| r.plural.as_str())
+        .collect();
+    assert_eq!(names, ["status"]);
+    Ok(())
+}
+
+/// A target that cannot be scaled: discovery does not list `x/scale`, its
+/// `/scale` answers 404 NotFound as on a real server, and an unknown kind
+/// is a discovery error, not a hang.
+#[tokio::test]
+async fn a_kind_without_scale_answers_404_and_discovery_omits_it() -> anyhow::Result<()> {
+    let fake = FakeApiServer::builder()
+        .without_scale_subresource("apps/v1", "statefulsets")
+        .resource(Resource::namespaced("example.io/v1", "Widget").with_status())
+        .resource(
+            Resource::namespaced("example.io/v1", "Gadget")
+                .with_status()
+                .with_scale(),
+        )
+        .start()
+        .await?;
+    let client = fake.client()?;
+    for (api_version, kind) in [("apps/v1", "StatefulSet"), ("example.io/v1", "Widget")] {
+        fake.put(json!({"apiVersion": api_version, "kind": kind,
+            "metadata": {"name": "w", "namespace": "default"}, "spec": {"replicas": 1}}))?;
+        let (group, version) = api_version.split_once('/').expect("a group version");
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (ar, caps) = pinned_kind(&client, &gvk).await?;
+        assert!(
+            caps.subresources.iter().all(|(r, _)| r.plural != "scale"),
+            "{kind} lists no scale subresource"
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+        match api.get_scale("w").await {
+            Err(kube::Error::Api(status)) => assert!(status.is_not_found(), "{kind}: {status:?}"),
+            other => anyhow::bail!("{kind}/scale should be 404 NotFound, got {other:?}"),
+        }
+        let patch = Patch::Merge(json!({"spec": {"replicas": 3}}));
+        let patched = api.patch_scale("w", &PatchParams::default(), &patch).await;
+        assert!(
+            matches!(patched, Err(kube::Error::Api(ref s)) if s.is_not_found()),
+            "{kind}: {patched:?}"
+        );
+    }
+
+    // A custom resource registered with scale: its selector is `status.selector`.
+    fake.put(json!({"apiVersion": "example.io/v1", "kind": "Gadget",
+        "metadata": {"name": "g", "namespace": "default"}, "spec": {"replicas": 4},
+        "status": {"replicas": 3, "selector": "app=gadget"}}))?;
+    let (ar, _) = pinned_kind(
+        &client,
+        &GroupVersionKind::gvk("example.io", "v1", "Gadget"),
+    )
+    .await?;
+    let scale = Api::<DynamicObject>::namespaced_with(client.clone(), "default", &ar)
+        .get_scale("g")
+        .await?;
+    let status = scale.status.expect("scale status");
+    assert_eq!(
+        (status.replicas, status.selector.as_deref()),
+        (3, Some("app=gadget"))
+    );
+
+    let missing = pinned_kind(&client, &GroupVersionKind::gvk("apps", "v1", "Nope")).await;
+    assert!(
+        matches!(missing, Err(kube::Error::Discovery(_))),
+        "{missing:?}"
+    );
+    let unknown_group = pinned_kind(&client, &GroupVersionKind::gvk("nope.io", "v1", "Nope")).await;
+    assert!(
+        matches!(unknown_group, Err(kube::Error::Api(ref s)) if s.is_not_found()),
+        "{unknown_group:?}"
+    );
+    // The group lists kube's full discovery starts from.
+    let groups = client.list_api_groups().await?;
+    assert!(groups.groups.iter().any(|g| g.name == "apps"));
+    assert!(groups.groups.iter().any(|g| g.name == "example.io"));
+    let core = client.list_core_api_versions().await?;
+    assert_eq!(core.versions, ["v1"]);
     Ok(())
 }

@@ -12,7 +12,8 @@
 //! `generateName`), replace (optimistic concurrency), delete (with
 //! preconditions); merge, strategic-merge (as merge), server-side-apply (as a
 //! merge of the applied fields, creating when absent) and JSON patches; the
-//! `status` and `scale` subresources; watch with replay from a bounded
+//! `status` and `scale` subresources; discovery of the registered kinds
+//! (so `kube::discovery::pinned_kind` resolves them); watch with replay from a bounded
 //! history, synthetic ADDED events, `sendInitialEvents`, periodic bookmarks,
 //! `timeoutSeconds`, selector-aware ADDED/DELETED transitions and an ERROR
 //! `410 Expired` event once the requested version has left the history.
@@ -22,11 +23,13 @@
 //! finalizers, admission or defaulting.
 //!
 //! The files follow the request: `routes` accepts connections and
-//! dispatches each request, `object`, `list` and `watch` answer it,
+//! dispatches each request, `discovery` describes the registered kinds,
+//! `object`, `list` and `watch` answer it,
 //! `select` and `patch` are the selector and patch languages they share,
 //! `store` holds the objects and their change history, and `response`
 //! turns results and failures into HTTP responses.
 
+mod discovery;
 mod list;
 mod object;
 mod patch;
@@ -46,6 +49,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use discovery::Registry;
+pub use discovery::Resource;
 use patch::merge_patch;
 use routes::accept;
 use store::State;
@@ -110,6 +115,8 @@ pub struct Builder {
     history_limit: usize,
     with_status: BTreeSet<Collection>,
     without_status: BTreeSet<Collection>,
+    without_scale: BTreeSet<Collection>,
+    resources: Registry,
 }
 
 impl Default for Builder {
@@ -119,6 +126,11 @@ impl Default for Builder {
             history_limit: 1000,
             with_status: BTreeSet::new(),
             without_status: BTreeSet::new(),
+            without_scale: BTreeSet::new(),
+            resources: Resource::defaults()
+                .into_iter()
+                .map(|r| (r.collection(), r))
+                .collect(),
         }
     }
 }
@@ -139,25 +151,66 @@ impl Builder {
 
     /// Gives a collection a `status` subresource: writes to the object then
     /// leave `.status` alone and `/status` writes touch only `.status`.
-    /// Every collection outside core `v1` has one unless told otherwise.
+    /// A registered kind has one when registered with it; a collection
+    /// nobody registered has one outside core `v1`. This overrides both.
     pub fn status_subresource(mut self, group_version: &str, plural: &str) -> Self {
         let c = Collection::new(group_version, plural);
+        if let Some(r) = self.resources.get_mut(&c) {
+            r.status = true;
+        }
         self.without_status.remove(&c);
         self.with_status.insert(c);
         self
     }
 
-    /// Takes the `status` subresource away from a collection outside core `v1`.
+    /// Takes the `status` subresource away from a collection.
     pub fn without_status_subresource(mut self, group_version: &str, plural: &str) -> Self {
         let c = Collection::new(group_version, plural);
+        if let Some(r) = self.resources.get_mut(&c) {
+            r.status = false;
+        }
         self.with_status.remove(&c);
         self.without_status.insert(c);
         self
     }
 
+    /// Registers a kind for discovery, replacing any registration of the
+    /// same collection; its subresources are the ones it is registered with.
+    /// The built-in registrations are listed in [`Resource::defaults`].
+    pub fn resource(mut self, resource: Resource) -> Self {
+        self.resources.insert(resource.collection(), resource);
+        self
+    }
+
+    /// Takes the `scale` subresource away from a collection: its `/scale`
+    /// answers `404 NotFound` and discovery no longer lists `plural/scale`,
+    /// as for a kind that cannot be scaled.
+    pub fn without_scale_subresource(mut self, group_version: &str, plural: &str) -> Self {
+        let c = Collection::new(group_version, plural);
+        if let Some(r) = self.resources.get_mut(&c) {
+            r.scale = false;
+        }
+        self.without_scale.insert(c);
+        self
+    }
+
     fn has_status(&self, c: &Collection) -> bool {
-        self.with_status.contains(c)
-            || (c.group_version != "v1" && !self.without_status.contains(c))
+        if self.with_status.contains(c) {
+            return true;
+        }
+        if self.without_status.contains(c) {
+            return false;
+        }
+        match self.resources.get(c) {
+            Some(r) => r.status,
+            None => c.group_version != "v1",
+        }
+    }
+
+    /// Registered kinds have `scale` when registered with it; others keep
+    /// the fake's old permissive default of serving it.
+    fn has_scale(&self, c: &Collection) -> bool {
+        !self.without_scale.contains(c) && self.resources.get(c).is_none_or(|r| r.scale)
     }
 
     /// Binds `127.0.0.1:0` and serves until [`FakeApiServer::shutdown`] or

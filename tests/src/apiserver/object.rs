@@ -32,17 +32,13 @@ pub(super) fn render(obj: &Value, view: View) -> Value {
         return obj.clone();
     }
     let meta = &obj["metadata"];
-    let selector = obj["status"]["selector"]
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| {
-            let labels = obj["spec"]["selector"]["matchLabels"].as_object()?;
-            let terms: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect();
-            Some(terms.join(","))
-        });
+    // Workloads (Deployment, StatefulSet, ...) report their `spec.selector`
+    // as a selector string; custom resources point `labelSelectorPath` at
+    // a string, conventionally `status.selector`.
+    let selector = match &obj["spec"]["selector"] {
+        s @ Value::Object(_) => Some(selector_string(s)),
+        _ => obj["status"]["selector"].as_str().map(str::to_owned),
+    };
     json!({
         "apiVersion": "autoscaling/v1", "kind": "Scale",
         "metadata": {
@@ -53,6 +49,42 @@ pub(super) fn render(obj: &Value, view: View) -> Value {
         "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
         "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
     })
+}
+
+/// A `metav1.LabelSelector` in the string form `kubectl get -l` takes, as
+/// the real server writes it in a Scale: requirements sorted by key, values
+/// sorted within `in`/`notin`.
+fn selector_string(selector: &Value) -> String {
+    let mut terms: Vec<(String, String)> = Vec::new();
+    if let Some(labels) = selector["matchLabels"].as_object() {
+        for (k, v) in labels {
+            terms.push((k.clone(), format!("{k}={}", v.as_str().unwrap_or_default())));
+        }
+    }
+    for e in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let key = e["key"].as_str().unwrap_or_default().to_string();
+        let mut values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        values.sort_unstable();
+        let term = match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "DoesNotExist" => format!("!{key}"),
+            _ => key.clone(),
+        };
+        terms.push((key, term));
+    }
+    terms.sort();
+    let terms: Vec<String> = terms.into_iter().map(|(_, t)| t).collect();
+    terms.join(",")
 }
 
 /// The object after writing `incoming` (a whole object, or a Scale) through `view`.

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::discovery::discovery;
 use super::list::list;
 use super::object::{View, delete, drop_status, render, write};
 use super::patch::PatchType;
@@ -231,6 +232,11 @@ fn route(
             format!("the server could not find the requested resource ({path})"),
         )
     };
+    if method == Method::GET
+        && let Some(answer) = discovery(&shared.config.resources, path)
+    {
+        return answer;
+    }
     let target = parse_path(path).ok_or_else(not_found)?;
     let c = &target.collection;
     if *c == Collection::new("authentication.k8s.io/v1", "tokenreviews") && method == Method::POST {
@@ -243,7 +249,7 @@ fn route(
     let view = match target.subresource.as_deref() {
         None => View::Object,
         Some("status") if shared.config.has_status(c) => View::Status,
-        Some("scale") => View::Scale,
+        Some("scale") if shared.config.has_scale(c) => View::Scale,
         Some(_) => return Err(not_found()),
     };
     let ns = target.namespace.clone().unwrap_or_default();
