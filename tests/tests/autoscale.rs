@@ -45,6 +45,13 @@ async fn a_ten_fold_step_scales_up_and_traffic_reaches_the_new_replicas() -> any
         })
         .await?;
     assert!(scaled <= 10, "maxReplicas bounds it: {scaled}");
+    env.cluster
+        .wait_until(
+            "the cluster to see the scale",
+            Duration::from_secs(10),
+            |r| i64::from(r.desired) >= scaled,
+        )
+        .await?;
     let (_, first) = env
         .cluster
         .timeline()

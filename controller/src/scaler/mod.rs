@@ -205,7 +205,11 @@ impl Scaler {
                         trigger,
                         EventType::Normal,
                         "SuccessfulRescale",
-                        format!("New size: {}; {}", decision.desired, decision.message()),
+                        format!(
+                            "New size: {}; reason: {}",
+                            decision.desired,
+                            decision.message()
+                        ),
                     )
                     .await;
                 }
@@ -216,7 +220,7 @@ impl Scaler {
                         EventType::Warning,
                         "FailedRescale",
                         format!(
-                            "New size: {}; {}; error: {e}",
+                            "New size: {}; reason: {}; error: {e}",
                             decision.desired,
                             decision.message()
                         ),
