@@ -20,6 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::activation;
 use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::endpoint::{Endpoint, InFlight};
 use crate::forward;
@@ -284,14 +285,28 @@ impl Proxy {
             );
         }
         let exchange = pool.metrics.begin();
-        let name = &pool.route.name;
         if let Some(limiter) = &pool.policy.limiter
             && let Err(secs) = limiter.check(req.headers(), peer.ip())
         {
             pool.metrics.rate_limited();
             exchange.respond(429);
-            return rate_limited(name, secs);
+            return rate_limited(&pool.route.name, secs);
         }
+        self.dispatch(pool, exchange, req, peer, site).await
+    }
+
+    /// Takes the request (routed to `pool`, within its rate limit) on from
+    /// the circuit breaker: picks an endpoint and forwards; a pool without
+    /// endpoints holds it when it has `activation`.
+    async fn dispatch(
+        &self,
+        pool: &Arc<Pool>,
+        exchange: Exchange,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        site: Option<&Site>,
+    ) -> Response<ProxyBody> {
+        let name = &pool.route.name;
         let admitted = match pool.state.breaker.request() {
             Ok(held) => held,
             Err(over) => {
@@ -301,12 +316,17 @@ impl Proxy {
         };
         let pick = pool.pick_request(req.headers(), peer.ip());
         let Some(target) = pool.pick(&pick) else {
+            if activation::holds(pool) {
+                // A held request takes no place in `maxRequests`.
+                drop(admitted);
+                return self.held(Arc::clone(pool), exchange, req, peer, site).await;
+            }
             exchange.respond(503);
             let body = format!("pool {name:?} has no ready endpoints\n");
             return local(StatusCode::SERVICE_UNAVAILABLE, "no-endpoints", body);
         };
 
-        let original_host = HeaderValue::from_str(raw_host).ok();
+        let original_host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
         let (mut parts, body) = req.into_parts();
         let upgrade = upgrade::take(&mut parts);
         let https = site.is_some();
@@ -363,6 +383,48 @@ impl Proxy {
                 .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
         }
         resp
+    }
+
+    /// Holds a request for `pool`, which has no endpoints, until a table
+    /// gives it some (then on through the normal path, on that table), or
+    /// answers 503 (queue full, timeout, shutdown). Boxed: it recurses
+    /// through [`Proxy::dispatch`], and only held requests pay for it.
+    fn held<'a>(
+        &'a self,
+        pool: Arc<Pool>,
+        exchange: Exchange,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        site: Option<&'a Site>,
+    ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
+        Box::pin(async move {
+            let timeout = pool.route.activation.as_ref().map(|a| a.timeout.get());
+            let started = tokio::time::Instant::from_std(exchange.started());
+            let deadline = started + timeout.unwrap_or_default();
+            let pending = exchange.hold();
+            match activation::hold(&self.state, &pool, deadline).await {
+                Err(refused) => {
+                    let exchange = pending.resume(&pool.metrics);
+                    exchange.respond(503);
+                    local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        refused.reason,
+                        refused.body,
+                    )
+                }
+                Ok(table) => match table.pool(&pool.route.name) {
+                    Some(now) => {
+                        let exchange = pending.resume(&now.metrics);
+                        self.dispatch(now, exchange, req, peer, site).await
+                    }
+                    // The pool left the table: route the request afresh.
+                    None => {
+                        drop(pending);
+                        self.handle(req, peer, site).await
+                    }
+                },
+            }
+        })
     }
 }
 
