@@ -11,9 +11,16 @@
 //!
 //! Release happens where tables are installed ([`release`]): every queue
 //! whose pool no longer needs holding (it has endpoints, lost `activation`,
-//! or left the table) hands its requests back in arrival order, and each
-//! goes through the proxy's normal path on the new table. A client that
-//! hangs up drops its [`Waiter`], which takes its place out of the queue.
+//! or left the table) hands its requests back, and each goes through the
+//! proxy's normal path on the new table. They go one after another in
+//! arrival order: a released request holds the [`Turn`] until it has picked
+//! its endpoint and started its first attempt (dialed, or handed the request
+//! to a pooled connection), then passes it to the next, so picks, circuit
+//! breaker places and connection attempts follow arrival order while the
+//! exchanges themselves overlap. (An endpoint may still see two neighbours
+//! swapped when the second's connection is ready first.) A client that hangs
+//! up drops its [`Waiter`], which takes its place out of the queue, or skips
+//! its turn.
 //! On shutdown the listeners stop and no table can arrive anymore, so the
 //! held requests are answered at once ([`Signals::shut_down`]).
 //!
@@ -21,6 +28,7 @@
 //! looks at `activation` after its pick found no endpoint.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, oneshot, watch};
@@ -87,10 +95,12 @@ pub struct Queue {
     waiters: Mutex<Waiters>,
 }
 
+type Waiting = VecDeque<(u64, oneshot::Sender<Turn>)>;
+
 #[derive(Debug, Default)]
 struct Waiters {
     next_id: u64,
-    list: VecDeque<(u64, oneshot::Sender<()>)>,
+    list: Waiting,
 }
 
 /// The queue is full.
@@ -99,7 +109,7 @@ pub struct Full;
 
 impl Waiters {
     /// Adds a waiter at the back; `true` with it when the queue was empty.
-    fn push(&mut self, max: u32) -> Result<(u64, oneshot::Receiver<()>, bool), Full> {
+    fn push(&mut self, max: u32) -> Result<(u64, oneshot::Receiver<Turn>, bool), Full> {
         if self.list.len() >= max as usize {
             return Err(Full);
         }
@@ -146,17 +156,52 @@ impl Queue {
         Ok((waiter, first))
     }
 
-    /// Wakes every held request, oldest first, and empties the queue.
-    /// Returns how many there were.
+    /// Empties the queue and gives the oldest request its [`Turn`]; the
+    /// others follow in order. Returns how many were held.
     pub fn release(&self) -> usize {
         let released = std::mem::take(&mut self.lock().list);
         let n = released.len();
-        for (_, tx) in released {
-            // A waiter dropped meanwhile has nothing to wake.
-            let _ = tx.send(());
-        }
+        pass(released);
         n
     }
+}
+
+/// A released request's turn to start: while it lives, the requests
+/// released after it wait; dropping it wakes the next.
+#[derive(Debug)]
+pub struct Turn {
+    rest: Waiting,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        pass(std::mem::take(&mut self.rest));
+    }
+}
+
+/// Gives the turn to the first of `rest` still waiting (one that went
+/// away is skipped).
+fn pass(mut rest: Waiting) {
+    while let Some((_, tx)) = rest.pop_front() {
+        match tx.send(Turn { rest }) {
+            Ok(()) => return,
+            Err(mut turn) => rest = std::mem::take(&mut turn.rest),
+        }
+    }
+}
+
+/// Runs `fut`, passing `turn` on once `fut` was first polled: a released
+/// request's first attempt has then started. `None` (every request that was
+/// never held) costs a branch per poll.
+pub async fn relay<F: Future>(fut: F, turn: Option<Turn>) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut turn = turn;
+    std::future::poll_fn(move |cx| {
+        let polled = fut.as_mut().poll(cx);
+        turn.take();
+        polled
+    })
+    .await
 }
 
 /// One held request's place in its pool's queue; dropping it (the client
@@ -165,7 +210,7 @@ impl Queue {
 pub struct Waiter {
     queue: Arc<Queue>,
     id: u64,
-    rx: oneshot::Receiver<()>,
+    rx: oneshot::Receiver<Turn>,
 }
 
 impl Drop for Waiter {
@@ -175,10 +220,11 @@ impl Drop for Waiter {
 }
 
 /// How a wait ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Woken {
-    /// The queue was released: the pool may have endpoints now.
-    Released,
+    /// The queue was released and it is this request's turn: the pool may
+    /// have endpoints now.
+    Released(Turn),
     /// The deadline passed first.
     TimedOut,
     /// The dataplane is shutting down.
@@ -191,7 +237,12 @@ impl Waiter {
     pub async fn wait(&mut self, deadline: Instant, shutdown: &mut watch::Receiver<bool>) -> Woken {
         tokio::select! {
             biased;
-            _ = &mut self.rx => Woken::Released,
+            // The sender is only dropped unsent by a release that found
+            // this waiter gone, which cannot be while it waits.
+            turn = &mut self.rx => match turn {
+                Ok(turn) => Woken::Released(turn),
+                Err(_) => Woken::Released(Turn { rest: Waiting::new() }),
+            },
             _ = shutdown.wait_for(|s| *s) => Woken::ShutDown,
             _ = tokio::time::sleep_until(deadline) => Woken::TimedOut,
         }
@@ -211,11 +262,16 @@ pub fn holds(pool: &Arc<Pool>) -> bool {
 
 /// Holds a request for `pool` (which [`holds`]) until a table gives it
 /// endpoints or takes it away; `deadline` is the request's arrival plus the
-/// activation timeout. `Ok`: the table to serve it on; `Err`: the 503.
-pub async fn hold(state: &State, pool: &Pool, deadline: Instant) -> Result<Arc<Table>, Refused> {
+/// activation timeout. `Ok`: the table to serve it on, with its turn when
+/// it was released with others; `Err`: the 503.
+pub async fn hold(
+    state: &State,
+    pool: &Pool,
+    deadline: Instant,
+) -> Result<(Arc<Table>, Option<Turn>), Refused> {
     let name = &pool.route.name;
     let Some(activation) = &pool.route.activation else {
-        return Ok(state.table.load_full());
+        return Ok((state.table.load_full(), None));
     };
     let max = activation.max_pending;
     let timeout = activation.timeout;
@@ -232,11 +288,11 @@ pub async fn hold(state: &State, pool: &Pool, deadline: Instant) -> Result<Arc<T
     // look again now that the place is taken.
     let table = state.table.load_full();
     if !must_hold(&table, name) {
-        return Ok(table);
+        return Ok((table, None));
     }
     let mut shutdown = state.activation.shutdown.subscribe();
     match waiter.wait(deadline, &mut shutdown).await {
-        Woken::Released => Ok(state.table.load_full()),
+        Woken::Released(turn) => Ok((state.table.load_full(), Some(turn))),
         Woken::TimedOut => Err(Refused {
             reason: TIMEOUT_REASON,
             body: format!(
@@ -293,12 +349,13 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn release_wakes_every_waiter_in_arrival_order() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn released_waiters_take_their_turns_in_arrival_order() {
         let queue = Arc::new(Queue::default());
-        let mut waiters: Vec<Waiter> = (0..5).map(|_| queue.hold(10).expect("room").0).collect();
-        // The third one went away before the release.
+        let mut waiters: Vec<Waiter> = (0..8).map(|_| queue.hold(10).expect("room").0).collect();
+        // One went away before the release, one goes away after it.
         drop(waiters.remove(2));
+        let leaving = waiters.remove(4);
         let order = Arc::new(Mutex::new(Vec::new()));
         let shutdown = never();
         let mut tasks = Vec::new();
@@ -308,16 +365,17 @@ mod tests {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 let woken = w.wait(deadline, &mut rx).await;
                 order.lock().expect("lock").push(i);
-                woken
+                tokio::task::yield_now().await;
+                matches!(woken, Woken::Released(_))
             }));
         }
-        tokio::task::yield_now().await;
-        assert_eq!(queue.release(), 4);
+        assert_eq!(queue.release(), 7);
         assert!(queue.is_empty());
+        drop(leaving);
         for t in tasks {
-            assert_eq!(t.await.expect("task"), Woken::Released);
+            assert!(t.await.expect("task"), "released");
         }
-        assert_eq!(*order.lock().expect("lock"), vec![0, 1, 2, 3]);
+        assert_eq!(*order.lock().expect("lock"), vec![0, 1, 2, 3, 4, 5]);
         assert_eq!(queue.release(), 0);
     }
 
@@ -328,7 +386,7 @@ mod tests {
         let (mut w, _) = queue.hold(10).expect("room");
         let deadline = Instant::now() + Duration::from_millis(50);
         let woken = w.wait(deadline, &mut shutdown.subscribe()).await;
-        assert_eq!(woken, Woken::TimedOut);
+        assert!(matches!(woken, Woken::TimedOut), "{woken:?}");
         assert!(Instant::now() >= deadline);
         drop(w);
         assert!(queue.is_empty());
@@ -336,9 +394,7 @@ mod tests {
         let (mut w, _) = queue.hold(10).expect("room");
         shutdown.send_replace(true);
         let later = Instant::now() + Duration::from_secs(30);
-        assert_eq!(
-            w.wait(later, &mut shutdown.subscribe()).await,
-            Woken::ShutDown
-        );
+        let woken = w.wait(later, &mut shutdown.subscribe()).await;
+        assert!(matches!(woken, Woken::ShutDown), "{woken:?}");
     }
 }

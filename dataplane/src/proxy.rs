@@ -292,12 +292,14 @@ impl Proxy {
             exchange.respond(429);
             return rate_limited(&pool.route.name, secs);
         }
-        self.dispatch(pool, exchange, req, peer, site).await
+        self.dispatch(pool, exchange, req, peer, site, None).await
     }
 
     /// Takes the request (routed to `pool`, within its rate limit) on from
     /// the circuit breaker: picks an endpoint and forwards; a pool without
-    /// endpoints holds it when it has `activation`.
+    /// endpoints holds it when it has `activation`. `turn`: a released
+    /// request's place in the release order, passed on once its first
+    /// attempt started (or it was answered).
     async fn dispatch(
         &self,
         pool: &Arc<Pool>,
@@ -305,6 +307,7 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
         site: Option<&Site>,
+        turn: Option<activation::Turn>,
     ) -> Response<ProxyBody> {
         let name = &pool.route.name;
         let admitted = match pool.state.breaker.request() {
@@ -317,8 +320,9 @@ impl Proxy {
         let pick = pool.pick_request(req.headers(), peer.ip());
         let Some(target) = pool.pick(&pick) else {
             if activation::holds(pool) {
-                // A held request takes no place in `maxRequests`.
-                drop(admitted);
+                // A held request takes no place in `maxRequests`, and
+                // holds up no one released after it.
+                drop((admitted, turn));
                 return self.held(Arc::clone(pool), exchange, req, peer, site).await;
             }
             exchange.respond(503);
@@ -336,7 +340,7 @@ impl Proxy {
         }
         let limit = pool.policy.request_timeout;
         let tries = tokio::time::timeout(limit, attempts(pool, target, &pick, parts, body));
-        let (mut resp, tries) = match tries.await {
+        let (mut resp, tries) = match activation::relay(tries, turn).await {
             Ok(Answer::Upstream {
                 resp,
                 in_flight,
@@ -412,14 +416,14 @@ impl Proxy {
                         refused.body,
                     )
                 }
-                Ok(table) => match table.pool(&pool.route.name) {
+                Ok((table, turn)) => match table.pool(&pool.route.name) {
                     Some(now) => {
                         let exchange = pending.resume(&now.metrics);
-                        self.dispatch(now, exchange, req, peer, site).await
+                        self.dispatch(now, exchange, req, peer, site, turn).await
                     }
                     // The pool left the table: route the request afresh.
                     None => {
-                        drop(pending);
+                        drop((pending, turn));
                         self.handle(req, peer, site).await
                     }
                 },
