@@ -187,7 +187,9 @@ async fn held_requests_are_released_in_arrival_order_when_endpoints_appear() {
 #[tokio::test]
 async fn a_request_held_past_the_timeout_gets_503_with_the_reason() {
     let mut ctl = FakeController::start().await;
-    let first = pool(&[], 10, Duration::from_millis(300));
+    // An endpoint that is not ready counts as none.
+    let mut first = pool(&[closed_port().await], 10, Duration::from_millis(300));
+    first.endpoints[0].ready = false;
     let (dp, _stream) = serving(&mut ctl, first, INTERVAL).await;
     let http = client();
 
