@@ -212,6 +212,14 @@ pub struct Proxy {
     state: Arc<State>,
 }
 
+/// Where a request came from: the client, and the TLS site its connection
+/// negotiated (`None`: plain HTTP).
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    peer: SocketAddr,
+    site: Option<&'a Site>,
+}
+
 /// How a request ended, before its response went out.
 enum Answer {
     /// The endpoint's response (a success, or the last failure when it was
@@ -292,12 +300,16 @@ impl Proxy {
             exchange.respond(429);
             return rate_limited(&pool.route.name, secs);
         }
-        self.dispatch(pool, exchange, req, peer, site, None).await
+        let original_host = HeaderValue::from_str(raw_host).ok();
+        let from = Origin { peer, site };
+        self.dispatch(pool, exchange, req, original_host, from, None)
+            .await
     }
 
     /// Takes the request (routed to `pool`, within its rate limit) on from
     /// the circuit breaker: picks an endpoint and forwards; a pool without
-    /// endpoints holds it when it has `activation`. `turn`: a released
+    /// endpoints holds it when it has `activation`. `original_host`: the
+    /// `Host` the client sent, for `X-Forwarded-Host`. `turn`: a released
     /// request's place in the release order, passed on once its first
     /// attempt started (or it was answered).
     async fn dispatch(
@@ -305,10 +317,11 @@ impl Proxy {
         pool: &Arc<Pool>,
         exchange: Exchange,
         req: Request<Incoming>,
-        peer: SocketAddr,
-        site: Option<&Site>,
+        original_host: Option<HeaderValue>,
+        from: Origin<'_>,
         turn: Option<activation::Turn>,
     ) -> Response<ProxyBody> {
+        let Origin { peer, site } = from;
         let name = &pool.route.name;
         let admitted = match pool.state.breaker.request() {
             Ok(held) => held,
@@ -323,14 +336,14 @@ impl Proxy {
                 // A held request takes no place in `maxRequests`, and
                 // holds up no one released after it.
                 drop((admitted, turn));
-                return self.held(Arc::clone(pool), exchange, req, peer, site).await;
+                let pool = Arc::clone(pool);
+                return self.held(pool, exchange, req, original_host, from).await;
             }
             exchange.respond(503);
             let body = format!("pool {name:?} has no ready endpoints\n");
             return local(StatusCode::SERVICE_UNAVAILABLE, "no-endpoints", body);
         };
 
-        let original_host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
         let (mut parts, body) = req.into_parts();
         let upgrade = upgrade::take(&mut parts);
         let https = site.is_some();
@@ -398,8 +411,8 @@ impl Proxy {
         pool: Arc<Pool>,
         exchange: Exchange,
         req: Request<Incoming>,
-        peer: SocketAddr,
-        site: Option<&'a Site>,
+        original_host: Option<HeaderValue>,
+        from: Origin<'a>,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
         Box::pin(async move {
             let timeout = pool.route.activation.as_ref().map(|a| a.timeout.get());
@@ -419,12 +432,13 @@ impl Proxy {
                 Ok((table, turn)) => match table.pool(&pool.route.name) {
                     Some(now) => {
                         let exchange = pending.resume(&now.metrics);
-                        self.dispatch(now, exchange, req, peer, site, turn).await
+                        let host = original_host;
+                        self.dispatch(now, exchange, req, host, from, turn).await
                     }
                     // The pool left the table: route the request afresh.
                     None => {
                         drop((pending, turn));
-                        self.handle(req, peer, site).await
+                        self.handle(req, from.peer, from.site).await
                     }
                 },
             }
