@@ -168,6 +168,7 @@ impl RunArgs {
                 max_headers: self.max_headers,
             },
             access_log: self.access_log,
+            report_interval: crate::report::INTERVAL,
         })
     }
 }

@@ -157,6 +157,8 @@ pub struct PoolState {
     pub limiter: Mutex<Option<Arc<RateLimiter>>>,
     /// Outlier detection settings and members, for ejection decisions.
     pub outlier: PoolOutlier,
+    /// Requests held for activation while the pool has no endpoints.
+    pub held: Arc<crate::activation::Queue>,
 }
 
 impl PoolState {

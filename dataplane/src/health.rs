@@ -351,6 +351,8 @@ fn pool_json(pool: &Pool) -> Value {
         "healthChecked": pool.route.health_check.is_some(),
         "panic": panic,
         "inFlight": in_flight,
+        // Requests held for activation (scale from zero).
+        "pending": pool.state.held.len(),
         "endpoints": endpoints,
     })
 }

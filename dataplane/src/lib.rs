@@ -5,6 +5,7 @@
 //! Layout: [`table`] (host + prefix routing, swapped whole), [`balance`]
 //! (endpoint selection), [`health`] and [`outlier`] (endpoint
 //! availability), [`proxy`] and [`forward`] (the request path),
+//! [`activation`] (holding requests for a pool scaled to zero),
 //! [`policy`] with [`upstream`], [`retry`], [`breaker`] and [`ratelimit`]
 //! (per-pool clients, retries, timeouts, circuit breaker, rate limits),
 //! [`listener`] (serving with limits and graceful drain), [`tls`]
@@ -14,6 +15,7 @@
 //! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`].
 
 pub mod access;
+pub mod activation;
 pub mod admin;
 pub mod balance;
 pub mod breaker;
@@ -106,6 +108,9 @@ pub struct Options {
     pub limits: Limits,
     /// Whether every request is written to the access log.
     pub access_log: bool,
+    /// How often the controller gets a report (cluster mode); new demand
+    /// for a pool scaled to zero is reported at once regardless.
+    pub report_interval: Duration,
 }
 
 /// Why the dataplane could not start.
@@ -208,8 +213,12 @@ impl Dataplane {
             Some(Background::Controller(conn)) => {
                 let stream = stream::follow(conn.clone(), Arc::clone(&state), stop_rx.clone());
                 tasks.spawn(stream);
-                let reports =
-                    report::run(conn, Arc::clone(&state), report::INTERVAL, stop_rx.clone());
+                let reports = report::run(
+                    conn,
+                    Arc::clone(&state),
+                    opts.report_interval,
+                    stop_rx.clone(),
+                );
                 tasks.spawn(reports);
             }
         }
@@ -307,7 +316,8 @@ impl Dataplane {
     /// Graceful stop: readiness fails at once; for the drain delay new
     /// connections are still served; then the listeners stop accepting,
     /// in-flight requests finish within the grace period (idle keep-alive
-    /// connections close at once), then the background tasks end (the state
+    /// connections close at once; requests held for activation are
+    /// answered 503 at once), then the background tasks end (the state
     /// writer persisting the last table first).
     pub async fn shutdown(mut self) {
         self.state.start_draining();
@@ -316,6 +326,9 @@ impl Dataplane {
             tokio::time::sleep(self.drain_delay).await;
         }
         self.stop.send_replace(true);
+        // No table arrives after the stop: held requests get their 503 now
+        // rather than at the end of the grace period.
+        self.state.activation.shut_down();
         for task in &mut self.proxy_tasks {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "proxy task failed");

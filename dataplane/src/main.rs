@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 drain_delay: Duration::ZERO,
                 limits: Default::default(),
                 access_log: false,
+                report_interval: sluice_dataplane::report::INTERVAL,
             };
             (opts, true)
         }

@@ -358,6 +358,48 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// The request is held for activation: from in flight to pending,
+    /// keeping its arrival time for the latency of its eventual answer.
+    pub fn hold(self) -> Pending {
+        self.metrics.window.pending.fetch_add(1, Ordering::Relaxed);
+        Pending {
+            metrics: Arc::clone(&self.metrics),
+            started: self.started,
+        }
+    }
+
+    /// When the request was routed.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+}
+
+/// A request held for activation: counted in its pool's `pending` while
+/// this lives, not in flight.
+#[derive(Debug)]
+pub struct Pending {
+    metrics: Arc<PoolMetrics>,
+    started: Instant,
+}
+
+impl Pending {
+    /// The request leaves the queue and is in flight again in `pool` (the
+    /// same pool's metrics, possibly of a newer table); its latency still
+    /// counts from its arrival.
+    pub fn resume(self, pool: &Arc<PoolMetrics>) -> Exchange {
+        let mut exchange = pool.begin();
+        exchange.started = self.started;
+        exchange
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.metrics.window.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Exchange {
     fn drop(&mut self) {
         self.metrics.inflight.dec();
@@ -375,6 +417,7 @@ pub struct PoolWindow {
     requests: AtomicU64,
     errors: AtomicU64,
     in_flight: AtomicI64,
+    pending: AtomicI64,
     latency: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
     latency_sum_us: AtomicU64,
 }
@@ -394,7 +437,8 @@ impl PoolWindow {
             .fetch_add((ms * 1000.0) as u64, Ordering::Relaxed);
     }
 
-    /// Takes the window's counters; in-flight is a level, read not reset.
+    /// Takes the window's counters; in-flight and pending are levels, read
+    /// not reset.
     pub fn drain(&self) -> PoolReport {
         let mut latency = WireHistogram::default();
         for (slot, count) in latency.counts.iter_mut().zip(&self.latency) {
@@ -405,13 +449,15 @@ impl PoolWindow {
             requests: self.requests.swap(0, Ordering::Relaxed),
             errors: self.errors.swap(0, Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed).max(0) as u64,
-            pending: 0,
+            pending: self.pending.load(Ordering::Relaxed).max(0) as u64,
             latency,
         }
     }
 
     fn is_idle(&self) -> bool {
-        self.requests.load(Ordering::Relaxed) == 0 && self.in_flight.load(Ordering::Relaxed) <= 0
+        self.requests.load(Ordering::Relaxed) == 0
+            && self.in_flight.load(Ordering::Relaxed) <= 0
+            && self.pending.load(Ordering::Relaxed) <= 0
     }
 }
 
@@ -480,6 +526,28 @@ mod tests {
             text.contains("sluice_inflight_requests{pool=\"web\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_held_request_is_pending_not_in_flight_and_keeps_its_arrival_time() {
+        let metrics = Metrics::new();
+        let pool = Arc::new(metrics.pool("zero"));
+        let exchange = pool.begin();
+        let started = exchange.started();
+        let pending = exchange.hold();
+        let report = metrics.windows.drain();
+        assert_eq!((report["zero"].pending, report["zero"].in_flight), (1, 0));
+        metrics.windows.prune();
+        assert!(
+            metrics.windows.drain().contains_key("zero"),
+            "kept while held"
+        );
+        let exchange = pending.resume(&pool);
+        assert_eq!(exchange.started(), started);
+        exchange.respond(200);
+        let report = metrics.windows.drain();
+        assert_eq!((report["zero"].pending, report["zero"].in_flight), (0, 1));
+        assert_eq!(report["zero"].requests, 1);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::activation;
 use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::endpoint::{Endpoint, InFlight};
 use crate::forward;
@@ -211,6 +212,14 @@ pub struct Proxy {
     state: Arc<State>,
 }
 
+/// Where a request came from: the client, and the TLS site its connection
+/// negotiated (`None`: plain HTTP).
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    peer: SocketAddr,
+    site: Option<&'a Site>,
+}
+
 /// How a request ended, before its response went out.
 enum Answer {
     /// The endpoint's response (a success, or the last failure when it was
@@ -284,14 +293,36 @@ impl Proxy {
             );
         }
         let exchange = pool.metrics.begin();
-        let name = &pool.route.name;
         if let Some(limiter) = &pool.policy.limiter
             && let Err(secs) = limiter.check(req.headers(), peer.ip())
         {
             pool.metrics.rate_limited();
             exchange.respond(429);
-            return rate_limited(name, secs);
+            return rate_limited(&pool.route.name, secs);
         }
+        let original_host = HeaderValue::from_str(raw_host).ok();
+        let from = Origin { peer, site };
+        self.dispatch(pool, exchange, req, original_host, from, None)
+            .await
+    }
+
+    /// Takes the request (routed to `pool`, within its rate limit) on from
+    /// the circuit breaker: picks an endpoint and forwards; a pool without
+    /// endpoints holds it when it has `activation`. `original_host`: the
+    /// `Host` the client sent, for `X-Forwarded-Host`. `turn`: a released
+    /// request's place in the release order, passed on once its first
+    /// attempt started (or it was answered).
+    async fn dispatch(
+        &self,
+        pool: &Arc<Pool>,
+        exchange: Exchange,
+        req: Request<Incoming>,
+        original_host: Option<HeaderValue>,
+        from: Origin<'_>,
+        turn: Option<activation::Turn>,
+    ) -> Response<ProxyBody> {
+        let Origin { peer, site } = from;
+        let name = &pool.route.name;
         let admitted = match pool.state.breaker.request() {
             Ok(held) => held,
             Err(over) => {
@@ -301,12 +332,18 @@ impl Proxy {
         };
         let pick = pool.pick_request(req.headers(), peer.ip());
         let Some(target) = pool.pick(&pick) else {
+            if activation::holds(pool) {
+                // A held request takes no place in `maxRequests`, and
+                // holds up no one released after it.
+                drop((admitted, turn));
+                let pool = Arc::clone(pool);
+                return self.held(pool, exchange, req, original_host, from).await;
+            }
             exchange.respond(503);
             let body = format!("pool {name:?} has no ready endpoints\n");
             return local(StatusCode::SERVICE_UNAVAILABLE, "no-endpoints", body);
         };
 
-        let original_host = HeaderValue::from_str(raw_host).ok();
         let (mut parts, body) = req.into_parts();
         let upgrade = upgrade::take(&mut parts);
         let https = site.is_some();
@@ -316,7 +353,7 @@ impl Proxy {
         }
         let limit = pool.policy.request_timeout;
         let tries = tokio::time::timeout(limit, attempts(pool, target, &pick, parts, body));
-        let (mut resp, tries) = match tries.await {
+        let (mut resp, tries) = match activation::relay(tries, turn).await {
             Ok(Answer::Upstream {
                 resp,
                 in_flight,
@@ -363,6 +400,49 @@ impl Proxy {
                 .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
         }
         resp
+    }
+
+    /// Holds a request for `pool`, which has no endpoints, until a table
+    /// gives it some (then on through the normal path, on that table), or
+    /// answers 503 (queue full, timeout, shutdown). Boxed: it recurses
+    /// through [`Proxy::dispatch`], and only held requests pay for it.
+    fn held<'a>(
+        &'a self,
+        pool: Arc<Pool>,
+        exchange: Exchange,
+        req: Request<Incoming>,
+        original_host: Option<HeaderValue>,
+        from: Origin<'a>,
+    ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
+        Box::pin(async move {
+            let timeout = pool.route.activation.as_ref().map(|a| a.timeout.get());
+            let started = tokio::time::Instant::from_std(exchange.started());
+            let deadline = started + timeout.unwrap_or_default();
+            let pending = exchange.hold();
+            match activation::hold(&self.state, &pool, deadline).await {
+                Err(refused) => {
+                    let exchange = pending.resume(&pool.metrics);
+                    exchange.respond(503);
+                    local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        refused.reason,
+                        refused.body,
+                    )
+                }
+                Ok((table, turn)) => match table.pool(&pool.route.name) {
+                    Some(now) => {
+                        let exchange = pending.resume(&now.metrics);
+                        let host = original_host;
+                        self.dispatch(now, exchange, req, host, from, turn).await
+                    }
+                    // The pool left the table: route the request afresh.
+                    None => {
+                        drop((pending, turn));
+                        self.handle(req, from.peer, from.site).await
+                    }
+                },
+            }
+        })
     }
 }
 

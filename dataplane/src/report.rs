@@ -8,6 +8,13 @@
 //! queued behind it, which has never been sent, so folding cannot double
 //! count. At most two reports wait, however long the controller is away;
 //! failures are logged at debug level and retried on the next tick.
+//!
+//! A pool that starts holding requests for activation (scale from zero)
+//! closes the window early, so the controller hears of the demand at once
+//! rather than up to a tick later. An early report is an ordinary window
+//! (shorter, with its own `seq`), queued like any other; there is at most
+//! one per [`EARLY_GAP`], so a stream of new demand cannot make the
+//! reporter spin.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,6 +33,9 @@ use crate::stream::{ControllerClient, ControllerConn, RESPONSE_TIMEOUT, http_cli
 /// How often a report is sent.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
+/// Least time between a report and an early one (sent for new demand).
+pub const EARLY_GAP: Duration = Duration::from_millis(100);
+
 /// Posts a report every `interval` until `stop`.
 pub async fn run(
     conn: ControllerConn,
@@ -40,11 +50,21 @@ pub async fn run(
     let mut window_start = Instant::now();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => return,
             _ = ticks.tick() => {}
+            _ = state.activation.demanded() => {
+                // Early, but not sooner than EARLY_GAP after the last one.
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    _ = ticks.tick() => {}
+                    _ = tokio::time::sleep_until(last + EARLY_GAP) => {}
+                }
+            }
         }
+        last = tokio::time::Instant::now();
         let now = Instant::now();
         let report = Report {
             dataplane: conn.name.clone(),

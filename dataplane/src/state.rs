@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use sluice_protocol::{ApplyError, Rejected, RouteEvent, RouteTable};
 use tokio::sync::watch;
 
+use crate::activation::{self, Signals};
 use crate::endpoint::Registry;
 use crate::metrics::Metrics;
 use crate::table::Table;
@@ -29,6 +30,8 @@ pub struct State {
     pub metrics: Metrics,
     /// Endpoint and pool state carried across tables.
     pub registry: Registry,
+    /// Demand and shutdown signals of requests held for activation.
+    pub activation: Signals,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -49,6 +52,7 @@ impl State {
             rejected: Mutex::new(None),
             metrics: Metrics::new(),
             registry: Registry::default(),
+            activation: Signals::default(),
         })
     }
 
@@ -99,9 +103,18 @@ impl State {
     /// Compiles and serves `routes`, which the caller just stored (and
     /// still holds the lock of).
     fn installed_locked(&self, routes: &RouteTable) {
-        let table = Table::build(routes, &self.table.load(), &self.metrics, &self.registry);
+        let previous = self.table.load_full();
+        let table = Arc::new(Table::build(
+            routes,
+            &previous,
+            &self.metrics,
+            &self.registry,
+        ));
         self.registry.prune();
-        self.table.store(Arc::new(table));
+        self.table.store(Arc::clone(&table));
+        // After the store: a released request routes on the new table.
+        activation::release(&previous, &table);
+        drop(previous);
         self.metrics.windows.prune();
         self.metrics
             .route_version

@@ -21,5 +21,6 @@ pub fn loopback(source: Source, name: &str) -> Options {
         drain_delay: Duration::ZERO,
         limits: Default::default(),
         access_log: false,
+        report_interval: sluice_dataplane::report::INTERVAL,
     }
 }

@@ -236,6 +236,7 @@ pub fn options(source: Source) -> Options {
         drain_delay: Duration::ZERO,
         limits: Default::default(),
         access_log: false,
+        report_interval: sluice_dataplane::report::INTERVAL,
     }
 }
 
