@@ -199,9 +199,11 @@ fn scaling_active(
 fn metric_status(p: &crate::autoscale::Proposal) -> MetricStatus {
     let type_ = p.target.metric_type();
     match p.observed {
+        // Milli-units, as HPA's quantities: readable, and not a new
+        // value for every last digit of a float.
         Observed::AverageValue(v) => MetricStatus {
             type_,
-            average_value: Some(v),
+            average_value: Some((v * 1000.0).round() / 1000.0),
             value: None,
         },
         Observed::Value(d) => MetricStatus {
@@ -250,7 +252,7 @@ mod tests {
     fn decision(current: i32, desired: i32) -> Decision {
         let proposal = Proposal {
             target: Target::RequestsPerSecond(100.0),
-            observed: Observed::AverageValue(161.0),
+            observed: Observed::AverageValue(161.0004),
             ratio: 1.61,
             replicas: desired,
         };
