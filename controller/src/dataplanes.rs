@@ -106,3 +106,34 @@ impl Dataplanes {
         map.values().map(|e| e.state.clone()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(seq: u64) -> Report {
+        Report {
+            dataplane: "dp-0".into(),
+            applied_version: 7,
+            window_ms: 1000,
+            seq,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_retried_report_is_not_fresh_and_the_next_one_is() {
+        let registry = Dataplanes::default();
+        assert!(registry.report(&report(1)));
+        // The answer was lost and the dataplane posted the same report again.
+        assert!(!registry.report(&report(1)));
+        assert!(registry.report(&report(2)));
+        // Another dataplane's sequence is its own.
+        let mut other = report(2);
+        other.dataplane = "dp-1".into();
+        assert!(registry.report(&other));
+        let present = registry.present();
+        assert_eq!(present.len(), 2);
+        assert_eq!(present[0].applied_version, 7);
+    }
+}
