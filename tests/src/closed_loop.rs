@@ -92,24 +92,36 @@ impl Loop {
     /// Starts everything; `workload` should name Deployment `web`, Service
     /// `web` and port `http` in [`NS`], as [`Loop::workload`] does.
     pub async fn start(workload: Workload) -> anyhow::Result<Self> {
-        let api = FakeApiServer::start().await?;
+        Self::start_on(FakeApiServer::start().await?, workload, Self::options()).await
+    }
+
+    /// The controller's options in [`Loop::start`]: loopback listeners on
+    /// port 0, `--auth none`, status re-examined every 200 ms.
+    pub fn options() -> Options {
+        Options {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            auth: Auth::None,
+            status_interval: Duration::from_millis(200),
+            ..Options::default()
+        }
+    }
+
+    /// [`Loop::start`] on an API server the caller started (with its own
+    /// registered kinds, or objects such as a Lease already in place) and
+    /// with the controller's `options` (see [`Loop::options`]).
+    pub async fn start_on(
+        api: FakeApiServer,
+        workload: Workload,
+        options: Options,
+    ) -> anyhow::Result<Self> {
         let cluster = Cluster::start(&api, workload).await?;
         api.apply(json!({
             "apiVersion": "sluice.io/v1alpha1", "kind": "BackendPool",
             "metadata": {"name": "web", "namespace": NS},
             "spec": {"hosts": [HOST], "pathPrefix": "/", "backends": [{"service": "web", "port": "http"}]},
         }))?;
-        let controller = Controller::start(
-            api.client()?,
-            Options {
-                listen: "127.0.0.1:0".parse()?,
-                admin: "127.0.0.1:0".parse()?,
-                auth: Auth::None,
-                status_interval: Duration::from_millis(200),
-                ..Options::default()
-            },
-        )
-        .await?;
+        let controller = Controller::start(api.client()?, options).await?;
         let url = format!("http://{}", controller.stream_addr());
         let mut dataplanes = Vec::new();
         for i in 0..2 {
