@@ -276,8 +276,13 @@ impl Scaler {
         }
         let before = held.map_or(&[][..], |s| &s.conditions[..]);
         let written_before = mem.written.as_ref().map(|(s, _)| &s.conditions[..]);
+        // One Warning per distinct problem (an invalid spec turns two
+        // conditions False with the same reason and message).
+        let mut warned: Vec<(&str, &str)> = Vec::new();
         for c in changed(written_before.unwrap_or(before), &desired.conditions) {
-            if c.status == "False" && c.type_ != "ScalingLimited" {
+            let problem = (c.reason.as_str(), c.message.as_str());
+            if c.status == "False" && c.type_ != "ScalingLimited" && !warned.contains(&problem) {
+                warned.push(problem);
                 self.event(trigger, EventType::Warning, &c.reason, c.message.clone())
                     .await;
             }

@@ -60,12 +60,16 @@ pub fn desired_status(
             ];
         }
         Outcome::NoScale(message) => {
+            // As HPA: only AbleToScale changes; the others stay as they were.
             status.conditions = vec![cond(
                 "AbleToScale",
                 false,
                 "FailedGetScale",
                 message.clone(),
             )];
+            status
+                .conditions
+                .extend(before.iter().filter(|c| c.type_ != "AbleToScale").cloned());
         }
         Outcome::Decided {
             decision,
