@@ -50,6 +50,15 @@ impl HttpClient {
 
     /// Sends `req` (an absolute `http://` URI), bounded by 5 s.
     pub async fn send(&self, req: http::Request<Empty<Bytes>>) -> anyhow::Result<Answer> {
+        self.send_within(req, Duration::from_secs(5)).await
+    }
+
+    /// Sends `req`, bounded by `limit`.
+    pub async fn send_within(
+        &self,
+        req: http::Request<Empty<Bytes>>,
+        limit: Duration,
+    ) -> anyhow::Result<Answer> {
         let fut = async {
             let resp = self.inner.request(req).await?;
             let status = resp.status().as_u16();
@@ -65,6 +74,25 @@ impl HttpClient {
                 body: String::from_utf8_lossy(&body).into_owned(),
             })
         };
-        tokio::time::timeout(Duration::from_secs(5), fut).await?
+        tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))?
+    }
+
+    /// Which backends (`x-backend`) answer `n` GETs of `/` through `addr`
+    /// with `Host: host`; any answer but 200 is an error.
+    pub async fn tally(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        n: usize,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let a = self.get(addr, host, "/").await?;
+            anyhow::ensure!(a.status == 200, "status {} body {:?}", a.status, a.body);
+            *seen.entry(a.backend.unwrap_or_default()).or_insert(0) += 1;
+        }
+        Ok(seen)
     }
 }

@@ -11,10 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Empty;
 use serde_json::{Value, json};
 use sluice_controller::{Auth, Controller, Options};
 use sluice_dataplane::{Dataplane, Source};
@@ -154,16 +151,9 @@ impl Loop {
     /// Which replicas answer `n` requests through dataplane `dp`; any
     /// answer but 200 is an error.
     pub async fn answers(&self, dp: usize, n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
-        let mut seen = BTreeMap::new();
-        for _ in 0..n {
-            let a = self
-                .http
-                .get(self.dataplanes[dp].http_addr(), HOST, "/")
-                .await?;
-            anyhow::ensure!(a.status == 200, "status {} body {:?}", a.status, a.body);
-            *seen.entry(a.backend.unwrap_or_default()).or_insert(0) += 1;
-        }
-        Ok(seen)
+        self.http
+            .tally(self.dataplanes[dp].http_addr(), HOST, n)
+            .await
     }
 
     /// Waits until `n` requests through each dataplane are answered by a
@@ -309,26 +299,11 @@ pub fn condition(status: &Value, type_: &str) -> Option<(String, String)> {
 /// `GET /` for the pool through `addr` on a fresh connection, waiting up
 /// to [`HELD_REQUEST_LIMIT`], as long as activation may hold it.
 pub async fn get_held(addr: SocketAddr) -> anyhow::Result<Answer> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let req = http::Request::get(format!("http://{addr}/"))
         .header(http::header::HOST, HOST)
         .body(Empty::new())?;
-    let fut = async {
-        let resp = client.request(req).await?;
-        let status = resp.status().as_u16();
-        let backend = resp
-            .headers()
-            .get("x-backend")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::Ok(Answer {
-            status,
-            backend,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
-    };
-    tokio::time::timeout(HELD_REQUEST_LIMIT, fut)
+    HttpClient::new()
+        .send_within(req, HELD_REQUEST_LIMIT)
         .await
-        .map_err(|_| anyhow::anyhow!("the held request got no answer in {HELD_REQUEST_LIMIT:?}"))?
+        .map_err(|e| anyhow::anyhow!("the held request: {e}"))
 }

@@ -138,16 +138,9 @@ impl Env {
 
     /// Which backends answer `n` requests through dataplane `dp`.
     async fn answers(&self, dp: usize, n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
-        let mut seen = BTreeMap::new();
-        for _ in 0..n {
-            let a = self
-                .http
-                .get(self.dataplanes[dp].http_addr(), HOST, "/")
-                .await?;
-            anyhow::ensure!(a.status == 200, "status {} body {:?}", a.status, a.body);
-            *seen.entry(a.backend.unwrap_or_default()).or_insert(0) += 1;
-        }
-        Ok(seen)
+        self.http
+            .tally(self.dataplanes[dp].http_addr(), HOST, n)
+            .await
     }
 
     /// Waits until both dataplanes send traffic to exactly `expected`.
