@@ -14,6 +14,7 @@ use sluice_dataplane::{Dataplane, Source};
 use sluice_tests::apiserver::{Collection, FakeApiServer};
 use sluice_tests::backend::Backend;
 use sluice_tests::client::HttpClient;
+use sluice_tests::closed_loop::condition;
 use sluice_tests::dataplane::loopback;
 use sluice_tests::load::Load;
 use sluice_tests::wait::until;
@@ -200,19 +201,6 @@ async fn start_controller(
 fn unique() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
-}
-
-fn condition(status: &Value, type_: &str) -> Option<(String, String)> {
-    status["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().to_string(),
-                c["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
