@@ -11,8 +11,9 @@
 //! already count it. Retried reports are filtered out before they get here
 //! (`Dataplanes::report` sees the repeated `seq`).
 //!
-//! Memory is bounded: samples older than [`RETENTION`] are dropped on every
-//! report, and windows are capped at it.
+//! Memory is bounded by what the autoscaler asks for: a pool driven by a
+//! trigger keeps its samples for the trigger's `window` (at most
+//! [`RETENTION`]); any other pool only its newest sample per dataplane.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -77,26 +78,39 @@ pub struct Measured {
     pub dataplanes: usize,
 }
 
+/// One pool's series, and how much of it the autoscaler needs.
+#[derive(Debug, Default)]
+struct PoolSeries {
+    /// Samples older than this are dropped (the newest always stays, for
+    /// `pending` and staleness). Zero until a trigger asks for the pool.
+    keep: Duration,
+    dataplanes: BTreeMap<String, Series>,
+}
+
 /// Reported traffic, shared by the report handler and the autoscaler.
 #[derive(Debug, Default)]
 pub struct Traffic {
-    /// Pool name (`ns/name`) → dataplane → samples.
-    pools: Mutex<BTreeMap<String, BTreeMap<String, Series>>>,
+    /// Pool name (`ns/name`) → its series.
+    pools: Mutex<BTreeMap<String, PoolSeries>>,
 }
 
 impl Traffic {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, BTreeMap<String, Series>>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, PoolSeries>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a (fresh, never retried) report received at `now`.
+    /// Adds a (fresh, never retried) report received at `now`. Dataplanes
+    /// report every pool of their table each window, idle ones included;
+    /// a pool a dataplane stops reporting has left its table and drops out
+    /// with the dataplane's other stale series at the next [`Traffic::keep`].
     pub fn record(&self, report: &Report, now: Instant) {
         let window = Duration::from_millis(report.window_ms);
         let mut pools = self.lock();
         for (pool, traffic) in &report.pools {
-            let series = pools
-                .entry(pool.clone())
-                .or_default()
+            let entry = pools.entry(pool.clone()).or_default();
+            let keep = entry.keep;
+            let series = entry
+                .dataplanes
                 .entry(report.dataplane.clone())
                 .or_default();
             series.last_seen = Some(now);
@@ -110,45 +124,33 @@ impl Traffic {
                 pending: traffic.pending,
                 latency: traffic.latency.clone(),
             });
-        }
-        // A dataplane that reports keeps its other pools alive too: a pool
-        // it no longer mentions simply had no traffic (the dataplane drops
-        // idle windows), which is a zero, not a missing dataplane.
-        for (pool, dataplanes) in pools.iter_mut() {
-            if report.pools.contains_key(pool) {
-                continue;
-            }
-            if let Some(series) = dataplanes.get_mut(&report.dataplane) {
-                series.last_seen = Some(now);
-                series.report_window = window;
-                series.samples.push_back(Sample {
-                    at: now,
-                    window,
-                    requests: 0,
-                    errors: 0,
-                    in_flight: 0,
-                    pending: 0,
-                    latency: Histogram::default(),
-                });
-            }
-        }
-        Self::prune(&mut pools, now);
-    }
-
-    fn prune(pools: &mut BTreeMap<String, BTreeMap<String, Series>>, now: Instant) {
-        for dataplanes in pools.values_mut() {
-            dataplanes.retain(|_, series| {
-                while series
+            while series.samples.len() > 1
+                && series
                     .samples
                     .front()
-                    .is_some_and(|s| now.saturating_duration_since(s.at) > RETENTION)
-                {
-                    series.samples.pop_front();
-                }
-                !series.stale(now) && !series.samples.is_empty()
-            });
+                    .is_some_and(|s| now.saturating_duration_since(s.at) >= keep)
+            {
+                series.samples.pop_front();
+            }
         }
-        pools.retain(|_, dataplanes| !dataplanes.is_empty());
+    }
+
+    /// Sets how long each pool's samples are kept (the longest `window` of
+    /// the triggers driving it, at most [`RETENTION`]); every other pool
+    /// keeps only its newest sample. Also forgets stale dataplanes and the
+    /// pools left without any. The autoscaler calls it once per pass.
+    pub fn keep(&self, windows: &BTreeMap<String, Duration>, now: Instant) {
+        let mut pools = self.lock();
+        for (name, pool) in pools.iter_mut() {
+            pool.keep = windows
+                .get(name)
+                .map_or(Duration::ZERO, |w| (*w).min(RETENTION));
+            pool.dataplanes.retain(|_, series| !series.stale(now));
+        }
+        pools.retain(|_, pool| !pool.dataplanes.is_empty());
+        for (name, window) in windows {
+            pools.entry(name.clone()).or_default().keep = (*window).min(RETENTION);
+        }
     }
 
     /// The pool's traffic over the `window` before `now`.
@@ -156,7 +158,7 @@ impl Traffic {
         let window = window.min(RETENTION);
         let pools = self.lock();
         let mut out = Measured::default();
-        let Some(dataplanes) = pools.get(pool) else {
+        let Some(PoolSeries { dataplanes, .. }) = pools.get(pool) else {
             return out;
         };
         let mut latency = Histogram::default();
@@ -263,6 +265,7 @@ mod tests {
     fn rates_add_up_across_dataplanes_and_average_over_the_window() {
         let traffic = Traffic::default();
         let t0 = Instant::now();
+        traffic.keep(&[(WEB.to_string(), Duration::from_secs(30))].into(), t0);
         for i in 0..10u64 {
             let at = t0 + Duration::from_secs(i);
             traffic.record(&report("a", WEB, 100, 4), at);
@@ -292,6 +295,7 @@ mod tests {
         let traffic = Traffic::default();
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
+        traffic.keep(&[(WEB.to_string(), Duration::from_secs(30))].into(), t0);
         traffic.record(&report("a", WEB, 100, 0), t0);
         for i in 0..=5u64 {
             traffic.record(&report("b", WEB, 100, 0), at(i));
@@ -324,18 +328,40 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_the_dataplane_stops_mentioning_counts_as_quiet() {
+    fn a_pool_the_dataplane_stops_reporting_drops_out_and_is_forgotten() {
         let traffic = Traffic::default();
         let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
         traffic.record(&report("a", WEB, 100, 0), t0);
+        // The pool left the dataplane's table: its reports name other pools.
         for i in 1..=10u64 {
-            traffic.record(
-                &report("a", "shop/other", 1, 0),
-                t0 + Duration::from_secs(i),
-            );
+            traffic.record(&report("a", "shop/other", 1, 0), at(i));
         }
-        let m = traffic.measure(WEB, Duration::from_secs(5), t0 + Duration::from_secs(10));
-        assert_eq!((m.dataplanes, m.requests_per_second), (1, Some(0.0)));
+        let m = traffic.measure(WEB, Duration::from_secs(30), at(10));
+        assert_eq!((m.dataplanes, m.requests_per_second), (0, None));
+        traffic.keep(&BTreeMap::new(), at(10));
+        assert_eq!(traffic.lock().len(), 1, "only shop/other is kept");
+    }
+
+    #[test]
+    fn only_a_watched_pool_keeps_more_than_its_newest_sample() {
+        let traffic = Traffic::default();
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        for i in 0..5u64 {
+            traffic.record(&report("a", WEB, 100 * (i + 1), 0), at(i));
+        }
+        // Nobody asked for the pool: the newest sample is all there is.
+        let m = traffic.measure(WEB, Duration::from_secs(30), at(4));
+        assert_eq!(m.requests_per_second, Some(500.0));
+        traffic.keep(&[(WEB.to_string(), Duration::from_secs(3))].into(), at(4));
+        for i in 5..10u64 {
+            traffic.record(&report("a", WEB, 100, 0), at(i));
+        }
+        let series = traffic.lock()[WEB].dataplanes["a"].samples.len();
+        assert_eq!(series, 3, "samples within the 3 s the trigger needs");
+        let m = traffic.measure(WEB, Duration::from_secs(3), at(9));
+        assert_eq!(m.requests_per_second, Some(100.0));
     }
 
     #[test]

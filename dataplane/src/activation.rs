@@ -261,13 +261,13 @@ pub fn holds(pool: &Arc<Pool>) -> bool {
 }
 
 /// Holds a request for `pool` (which [`holds`]) until a table gives it
-/// endpoints or takes it away; `deadline` is the request's arrival plus the
-/// activation timeout. `Ok`: the table to serve it on, with its turn when
-/// it was released with others; `Err`: the 503.
+/// endpoints or takes it away, at most the activation timeout from its
+/// arrival. `Ok`: the table to serve it on, with its turn when it was
+/// released with others; `Err`: the 503.
 pub async fn hold(
     state: &State,
     pool: &Pool,
-    deadline: Instant,
+    arrived: Instant,
 ) -> Result<(Arc<Table>, Option<Turn>), Refused> {
     let name = &pool.route.name;
     let Some(activation) = &pool.route.activation else {
@@ -275,6 +275,7 @@ pub async fn hold(
     };
     let max = activation.max_pending;
     let timeout = activation.timeout;
+    let deadline = arrived + timeout.get();
     let (mut waiter, first) = pool.state.held.hold(max).map_err(|Full| Refused {
         reason: OVERFLOW_REASON,
         body: format!(

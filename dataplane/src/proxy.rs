@@ -415,11 +415,9 @@ impl Proxy {
         from: Origin<'a>,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
         Box::pin(async move {
-            let timeout = pool.route.activation.as_ref().map(|a| a.timeout.get());
-            let started = tokio::time::Instant::from_std(exchange.started());
-            let deadline = started + timeout.unwrap_or_default();
+            let arrived = tokio::time::Instant::from_std(exchange.started());
             let pending = exchange.hold();
-            match activation::hold(&self.state, &pool, deadline).await {
+            match activation::hold(&self.state, &pool, arrived).await {
                 Err(refused) => {
                     let exchange = pending.resume(&pool.metrics);
                     exchange.respond(503);

@@ -128,8 +128,9 @@ async fn steady_load_at_the_target_makes_no_scale_changes() -> anyhow::Result<()
     let env = Loop::start(Loop::workload().replicas(2)).await?;
     env.cluster.wait_settled(2, Duration::from_secs(10)).await?;
     env.wait_for_ready_replicas().await?;
-    // Exactly the target per replica, and two full windows of it before
-    // the trigger exists, so its first look sees the steady rate.
+    // Exactly the target per replica, already flowing when the trigger
+    // arrives (the controller keeps a pool's history only once a trigger
+    // reads it, so the first look sees the newest report of each dataplane).
     let load = Load::paced(&env.http, &env.addrs(), HOST, 2.0 * TARGET_RPS);
     tokio::time::sleep(2 * WINDOW).await;
     let created = Instant::now();

@@ -120,6 +120,8 @@ impl Scaler {
                 }
                 keep
             });
+            // What each pool's triggers need kept of its traffic.
+            let mut windows: BTreeMap<String, Duration> = BTreeMap::new();
             for (key, trigger, ready) in work {
                 if !*leader.borrow() {
                     break;
@@ -131,12 +133,19 @@ impl Scaler {
                         ..Memory::default()
                     };
                 }
-                self.pass(&key, &trigger, ready, mem, &mut targets).await;
+                if let Some((pool, window)) =
+                    self.pass(&key, &trigger, ready, mem, &mut targets).await
+                {
+                    let kept = windows.entry(pool).or_default();
+                    *kept = (*kept).max(window);
+                }
             }
+            self.traffic.keep(&windows, Instant::now());
         }
     }
 
-    /// One trigger, one pass.
+    /// One trigger, one pass. Returns the pool and the window whose
+    /// traffic the trigger reads (none while its spec is invalid).
     async fn pass(
         &self,
         key: &Key,
@@ -144,26 +153,27 @@ impl Scaler {
         ready: Option<i32>,
         mem: &mut Memory,
         targets: &mut Targets,
-    ) {
+    ) -> Option<(String, Duration)> {
         let now = Timestamp::now();
         let spec = match Spec::from_crd(&trigger.spec) {
             Ok(spec) => spec,
             Err(e) => {
                 let outcome = Outcome::InvalidSpec(e.to_string());
                 self.write_status(key, trigger, &outcome, mem, now).await;
-                return;
+                return None;
             }
         };
+        let pool = format!("{}/{}", key.0, trigger.spec.pool_ref.name);
+        let watched = Some((pool.clone(), spec.window));
         let target = &trigger.spec.scale_target_ref;
         let scale = match targets.get(&key.0, target).await {
             Ok(scale) => scale,
             Err(e) => {
                 self.write_status(key, trigger, &Outcome::NoScale(e), mem, now)
                     .await;
-                return;
+                return watched;
             }
         };
-        let pool = format!("{}/{}", key.0, trigger.spec.pool_ref.name);
         let at = Instant::now();
         let stable = self.traffic.measure(&pool, spec.window, at);
         let burst = self
@@ -236,6 +246,7 @@ impl Scaler {
             update_error,
         };
         self.write_status(key, trigger, &outcome, mem, now).await;
+        watched
     }
 
     async fn write_status(
