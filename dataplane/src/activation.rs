@@ -310,9 +310,15 @@ pub async fn hold(
 }
 
 /// Releases, after `table` replaced `previous`, the queues of the pools
-/// that no longer hold requests on `table`.
+/// that no longer hold requests on `table`. Only a pool that had
+/// `activation` on `previous` can have a queue: one held under an older
+/// table was released when that table was replaced.
 pub fn release(previous: &Table, table: &Table) {
-    for pool in previous.pools().iter().chain(table.pools()) {
+    let had_activation = previous
+        .pools()
+        .iter()
+        .filter(|p| p.route.activation.is_some());
+    for pool in had_activation {
         if !must_hold(table, &pool.route.name) {
             let n = pool.state.held.release();
             if n > 0 {
