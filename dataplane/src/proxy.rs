@@ -352,7 +352,11 @@ impl Proxy {
             return local(StatusCode::BAD_REQUEST, "bad-request", format!("{e}\n"));
         }
         let limit = pool.policy.request_timeout;
-        let tries = tokio::time::timeout(limit, attempts(pool, target, &pick, parts, body));
+        // Boxed: the attempts make a future of kilobytes, and every layer
+        // above would otherwise copy it whole when it moves (hyper moves the
+        // request's future into place once more).
+        let attempts = Box::pin(attempts(pool, target, &pick, parts, body));
+        let tries = tokio::time::timeout(limit, attempts);
         let (mut resp, tries) = match activation::relay(tries, turn).await {
             Ok(Answer::Upstream {
                 resp,
