@@ -40,7 +40,7 @@ pub struct Endpoint {
     in_flight: AtomicU32,
     latency: crate::balance::ewma::PeakEwma,
     /// Idle keep-alive connections to this endpoint, most recent last.
-    pub idle: Mutex<Vec<Conn>>,
+    pub idle: Mutex<Vec<Box<Conn>>>,
 }
 
 impl Endpoint {

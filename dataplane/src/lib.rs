@@ -24,6 +24,7 @@ pub mod demo;
 pub mod endpoint;
 pub mod file;
 pub mod forward;
+pub mod h1;
 pub mod head_timeout;
 pub mod health;
 pub mod listener;

@@ -30,7 +30,7 @@ use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
 use crate::tls::{self, Site};
 use crate::upgrade;
-use crate::upstream::{BoxError, Conn, Outgoing, UpstreamError};
+use crate::upstream::{BoxError, Outgoing, ResponseBody, UpstreamError};
 
 /// Header naming why Sluice answered a request itself.
 pub const ERROR_HEADER: &str = "x-sluice-error";
@@ -46,16 +46,13 @@ pub const ATTEMPTS_HEADER: &str = "x-sluice-attempts";
 pub enum ProxyBody {
     /// The endpoint's response body.
     Upstream {
-        /// The body as hyper's client received it.
-        body: Incoming,
+        /// The body, read off the endpoint's connection (which goes back
+        /// to the endpoint's idle list after the last byte).
+        body: ResponseBody,
         /// Dropped at the end of the body (or when the client goes away).
         exchange: Option<Exchange>,
         /// The endpoint's in-flight count, held to the last byte.
         in_flight: Option<InFlight>,
-        /// The connection the body arrives on: back to the endpoint's idle
-        /// list after the last byte, dropped if the body fails or is
-        /// abandoned.
-        conn: Option<Conn>,
         /// The request's place in the pool's `maxRequests`, held to the
         /// last byte.
         admitted: Option<Held>,
@@ -79,7 +76,6 @@ impl Body for ProxyBody {
                 body,
                 exchange,
                 in_flight,
-                conn,
                 admitted,
                 idle,
             } => {
@@ -88,39 +84,23 @@ impl Body for ProxyBody {
                     Poll::Pending => {
                         if idle.expired(cx) {
                             exchange.take();
-                            conn.take();
                             in_flight.take();
                             admitted.take();
                             let limit = idle.limit;
                             return Poll::Ready(Some(Err(BodyIdle(limit).into())));
                         }
                     }
-                    Poll::Ready(Some(Ok(_))) => {
-                        idle.activity();
-                        // hyper stops polling a body that says it has
-                        // ended: the connection goes back now.
-                        if body.is_end_stream()
-                            && let (Some(c), Some(f)) = (conn.take(), in_flight.as_ref())
-                        {
-                            c.release(f.endpoint());
-                        }
-                    }
-                    Poll::Ready(None) => {
+                    // (The body puts its connection back itself, with the
+                    // last byte: hyper stops polling a body that says it
+                    // has ended.)
+                    Poll::Ready(Some(Ok(_))) => idle.activity(),
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                         exchange.take();
-                        if let (Some(c), Some(f)) = (conn.take(), in_flight.as_ref()) {
-                            c.release(f.endpoint());
-                        }
-                        in_flight.take();
-                        admitted.take();
-                    }
-                    Poll::Ready(Some(Err(_))) => {
-                        exchange.take();
-                        conn.take();
                         in_flight.take();
                         admitted.take();
                     }
                 }
-                polled.map_err(Into::into)
+                polled
             }
             Self::Local(body) => Pin::new(body)
                 .poll_frame(cx)
@@ -225,10 +205,8 @@ enum Answer {
     /// The endpoint's response (a success, or the last failure when it was
     /// a gateway error), with the endpoint's in-flight count.
     Upstream {
-        resp: Response<Incoming>,
+        resp: Response<ResponseBody>,
         in_flight: InFlight,
-        /// The connection, to be reused once the body was read.
-        conn: Option<Conn>,
         tries: u32,
     },
     /// One of Sluice's own, with the tries it took.
@@ -242,11 +220,11 @@ enum Answer {
 /// it.
 enum Attempt {
     /// A response to pass on.
-    Answered(Response<Incoming>),
+    Answered(Response<ResponseBody>),
     /// A failure; `resp` is the endpoint's own answer for a gateway error.
     Failed {
         failure: Failure,
-        resp: Option<Response<Incoming>>,
+        resp: Option<Response<ResponseBody>>,
         /// Sluice's answer if this is the last try.
         status: StatusCode,
         reason: &'static str,
@@ -361,29 +339,19 @@ impl Proxy {
             Ok(Answer::Upstream {
                 resp,
                 in_flight,
-                conn,
                 tries,
             }) => {
                 exchange.respond(resp.status().as_u16());
-                // After a 101 the connection is a tunnel, never pooled again.
-                let mut conn = conn.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
-                let (mut parts, body) = resp.into_parts();
-                // A body that is empty from the start is never polled.
-                if body.is_end_stream()
-                    && let Some(c) = conn.take()
-                {
-                    c.release(in_flight.endpoint());
-                }
+                let (mut parts, mut body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
                 if let Some(cookie) = pool.affinity_cookie(&pick, in_flight.endpoint()) {
                     parts.headers.append(header::SET_COOKIE, cookie.clone());
                 }
-                upgrade::switch(upgrade, &mut parts, in_flight.endpoint());
+                upgrade::switch(upgrade, &mut parts, &mut body, in_flight.endpoint());
                 let body = ProxyBody::Upstream {
                     body,
                     exchange: Some(exchange),
                     in_flight: Some(in_flight),
-                    conn,
                     admitted: Some(admitted),
                     idle: IdleTimer::new(pool.policy.upstream.idle()),
                 };
@@ -507,18 +475,12 @@ async fn attempts(
                 e
             })
         });
-        let (result, conn) = match result {
-            Ok(Ok((resp, conn))) => (Ok(Ok(resp)), Some(conn)),
-            Ok(Err(e)) => (Ok(Err(e)), None),
-            Err(limit) => (Err(limit), None),
-        };
         let attempt = outcome(target, result, started.elapsed());
         let (failure, resp, status, reason, why, over) = match attempt {
             Attempt::Answered(resp) => {
                 return Answer::Upstream {
                     resp,
                     in_flight,
-                    conn,
                     tries,
                 };
             }
@@ -544,7 +506,6 @@ async fn attempts(
                 Some(resp) => Answer::Upstream {
                     resp,
                     in_flight,
-                    conn,
                     tries,
                 },
                 None => {
@@ -557,7 +518,7 @@ async fn attempts(
             };
         };
         // An unread failed response: its connection is not reused.
-        drop((resp, conn, in_flight));
+        drop((resp, in_flight));
         _retrying = Some(held);
         if failure.backs_off() {
             tokio::time::sleep(retry::backoff(tries)).await;
@@ -588,7 +549,7 @@ fn next_try<'p>(
 /// peak EWMA, failures as a penalty.
 fn outcome(
     target: &Arc<Endpoint>,
-    result: Result<Result<Response<Incoming>, UpstreamError>, Duration>,
+    result: Result<Result<Response<ResponseBody>, UpstreamError>, Duration>,
     elapsed: Duration,
 ) -> Attempt {
     let addr = target.addr;

@@ -16,8 +16,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use crate::endpoint::Endpoint;
+use crate::upstream::ResponseBody;
 
 /// The protocol an HTTP/1.1 request asks to switch to: its `Upgrade`
 /// header, when its `Connection` header names `upgrade`.
@@ -59,32 +61,45 @@ pub fn take(parts: &mut http::request::Parts) -> Option<Pending> {
 
 /// When the endpoint answered 101 to a pending upgrade: puts the upgrade
 /// headers back on the response (they were stripped as hop-by-hop) and
-/// starts the tunnel between the two connections, once hyper has handed
-/// both over.
+/// starts the tunnel between the two connections: the endpoint's, taken
+/// from the response `body`, and the client's, once hyper has handed it
+/// over after sending the response.
 pub fn switch(
     pending: Option<Pending>,
     parts: &mut http::response::Parts,
+    body: &mut ResponseBody,
     endpoint: &Arc<Endpoint>,
 ) {
     let Some(pending) = pending else { return };
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    let Some(upstream) = parts.extensions.remove::<OnUpgrade>() else {
+    let Some(upstream) = body.take_upgraded() else {
         return;
     };
     keep(&mut parts.headers, pending.protocol);
     let in_flight = endpoint.begin();
     tokio::spawn(async move {
         let _in_flight = in_flight;
-        let (client, upstream) = match tokio::join!(pending.client, upstream) {
-            (Ok(c), Ok(u)) => (c, u),
-            (Err(e), _) | (_, Err(e)) => {
+        // The connection keeps its place in `maxConnections` while open.
+        let Some((mut upstream, early, _slot)) = (*upstream).into_tunnel() else {
+            tracing::debug!("upgrade not completed: the request body was still being sent");
+            return;
+        };
+        let mut client = match pending.client.await {
+            Ok(c) => TokioIo::new(c),
+            Err(e) => {
                 tracing::debug!(error = %e, "upgrade not completed");
                 return;
             }
         };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        // What the endpoint sent right after its 101 goes first.
+        if !early.is_empty()
+            && let Err(e) = client.write_all(&early).await
+        {
+            tracing::debug!(error = %e, "tunnel ended with an error");
+            return;
+        }
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
             Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),

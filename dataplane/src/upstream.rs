@@ -3,17 +3,19 @@
 //! out), dialed with the pool's `timeouts.connect` and dropped after
 //! `timeouts.idle` unused.
 //!
-//! Written on hyper's connection API rather than hyper-util's pooled client:
-//! a checkout is a pop from the endpoint's own list (no pool-wide map keyed
-//! by authority, no boxed connect future per request), getting a connection
-//! is separate from sending (so a connect failure leaves the request in
-//! hand to retry elsewhere, without a copy), and a request that a pooled
-//! connection refused before sending a byte (the server closed it while it
-//! sat idle) is resent on a fresh connection, never reported as a failure.
+//! A request is written and its response read by the request's own task
+//! ([`crate::h1`]): no connection task, no channels. A checkout is a pop
+//! from the endpoint's own list (no pool-wide map keyed by authority, no
+//! boxed connect future per request), getting a connection is separate
+//! from sending (so a connect failure leaves the request in hand to retry
+//! elsewhere, without a copy), and an idle connection the endpoint closed
+//! (its end of file already seen by the reactor) is passed over at
+//! checkout, never written to. The response body owns its connection and
+//! puts it back on the endpoint's list after the last byte.
 //!
 //! The circuit breaker counts here: a new connection first takes a place in
-//! `maxConnections` (held by the connection's task until it closes, idle
-//! ones included) and in `maxPendingRequests` (held while connecting). At
+//! `maxConnections` (held by the connection until it closes, idle ones
+//! included) and in `maxPendingRequests` (held while connecting). At
 //! the limit a request that needs a new connection fails at once with the
 //! overflow; it does not queue for a busy connection to come free, as
 //! Envoy's pending queue would.
@@ -23,22 +25,24 @@
 //! request whose body was never sent can be retried.
 
 use std::error::Error as StdError;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use sluice_protocol::policy::Timeouts;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::task::JoinHandle;
 
-use crate::breaker::{Breaker, Overflow};
+use crate::breaker::{Breaker, Held, Overflow};
 use crate::endpoint::Endpoint;
+use crate::h1::{self, Framing, RequestFraming};
 
 /// Errors crossing hyper's boxed error types.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -60,42 +64,165 @@ pub enum UpstreamError {
     /// The endpoint could not be reached: nothing was sent.
     #[error("tcp connect error: {0}")]
     Connect(#[source] std::io::Error),
-    /// The HTTP/1.1 connection could not be set up: nothing was sent.
-    #[error("handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
-    /// The connection failed after the request was (at least partly) sent.
+    /// The exchange failed after the request was (at least partly) sent.
     #[error("{0}")]
-    Send(#[source] hyper::Error),
+    Send(#[source] h1::Error),
 }
 
 impl UpstreamError {
     /// Whether the request never left: a connect-time failure.
     pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            Self::ConnectTimeout(_) | Self::Connect(_) | Self::Handshake(_)
-        )
+        matches!(self, Self::ConnectTimeout(_) | Self::Connect(_))
     }
 }
 
-/// An idle (or checked-out) connection to one endpoint.
+/// A connection to one endpoint, idle or carrying one exchange.
 #[derive(Debug)]
 pub struct Conn {
-    sender: SendRequest<RequestBody>,
+    io: Io,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// The request head being written (kept to reuse its allocation).
+    head: Vec<u8>,
     /// When it was last returned idle.
     since: Instant,
+    /// Its place in the pool's `maxConnections`.
+    _slot: Held,
+}
+
+/// The socket: whole, or split while a request body is being sent by a
+/// task of its own (so that the response can stream back at the same time,
+/// as an echo or a bidirectional stream needs).
+#[derive(Debug)]
+enum Io {
+    Whole(TcpStream),
+    Split {
+        read: OwnedReadHalf,
+        write: Writer,
+    },
+    /// Between the two (never seen outside a method).
+    Gone,
+}
+
+/// The write half while a task sends the request body, and after.
+/// Dropping it while the task runs stops the sending.
+#[derive(Debug)]
+enum Writer {
+    Running(JoinHandle<Result<OwnedWriteHalf, h1::Error>>),
+    /// (An `Option` only to be taken out: `Writer` has a `Drop`.)
+    Done(Option<OwnedWriteHalf>),
+    Failed,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Writer::Running(task) = self {
+            task.abort();
+        }
+    }
+}
+
+impl Writer {
+    /// Waits for the body to be sent; the write half is kept.
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h1::Error>> {
+        let Writer::Running(task) = self else {
+            return Poll::Ready(match self {
+                Writer::Done(Some(_)) => Ok(()),
+                _ => Err(h1::Error::Closed),
+            });
+        };
+        let (next, result) = match ready!(Pin::new(task).poll(cx)) {
+            Ok(Ok(write)) => (Writer::Done(Some(write)), Ok(())),
+            Ok(Err(e)) => (Writer::Failed, Err(e)),
+            Err(e) => (Writer::Failed, Err(h1::Error::Io(std::io::Error::other(e)))),
+        };
+        *self = next;
+        Poll::Ready(result)
+    }
+}
+
+impl Io {
+    /// The whole socket again, if the body was sent in full.
+    fn rejoin(&mut self) -> bool {
+        if let Io::Split { write, .. } = self {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if !matches!(write.poll_sent(&mut cx), Poll::Ready(Ok(()))) {
+                return false;
+            }
+        }
+        match std::mem::replace(self, Io::Gone) {
+            Io::Whole(io) => *self = Io::Whole(io),
+            Io::Split { read, mut write } => {
+                if let Writer::Done(half) = &mut write
+                    && let Some(half) = half.take()
+                    && let Ok(io) = read.reunite(half)
+                {
+                    *self = Io::Whole(io);
+                }
+            }
+            Io::Gone => {}
+        }
+        matches!(self, Io::Whole(_))
+    }
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Whole(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Split { read, .. } => Pin::new(read).poll_read(cx, buf),
+            Io::Gone => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
 }
 
 impl Conn {
     /// Puts the connection back on `endpoint`'s idle list, after its
-    /// response was read to the end.
-    pub fn release(mut self, endpoint: &Endpoint) {
-        if self.sender.is_closed() {
+    /// response was read to the end and its request body sent. Bytes
+    /// beyond the response (an endpoint that answered more than it was
+    /// asked) rule the connection out.
+    fn release(mut self: Box<Self>, endpoint: &Endpoint) {
+        if !self.buf.is_empty() || !self.io.rejoin() {
             return;
         }
         self.since = Instant::now();
         let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.push(self);
+    }
+
+    /// Whether an idle connection can take a request: the reactor has seen
+    /// nothing arrive on it (no end of file, no stray bytes). Costs a
+    /// system call only when something did arrive.
+    fn alive(&mut self) -> bool {
+        let Io::Whole(io) = &self.io else {
+            return false;
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// The raw connection and the bytes already read from it, for a tunnel
+    /// after `101 Switching Protocols` (`None` if a request body was still
+    /// being sent).
+    pub fn into_tunnel(mut self) -> Option<(TcpStream, BytesMut, Held)> {
+        if !self.io.rejoin() {
+            return None;
+        }
+        match std::mem::replace(&mut self.io, Io::Gone) {
+            Io::Whole(io) => Some((io, self.buf, self._slot)),
+            _ => None,
+        }
     }
 }
 
@@ -129,7 +256,7 @@ pub async fn reap(state: Arc<crate::state::State>, mut stop: tokio::sync::watch:
             let limit = pool.policy.upstream.idle();
             for endpoint in &pool.endpoints {
                 let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
-                idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < limit);
+                idle.retain_mut(|c| now.duration_since(c.since) < limit && c.alive());
             }
         }
     }
@@ -181,96 +308,210 @@ impl Upstream {
 
     /// Sends one attempt to `endpoint` on a pooled connection or a new
     /// one. A connect-time failure gives the request back (nothing was
-    /// sent); the connection comes back with the response, to be
-    /// [released](Conn::release) when its body has been read.
+    /// sent); the response's body puts the connection back on the
+    /// endpoint's idle list when it has been read to its end.
     pub async fn send(
         &self,
-        endpoint: &Endpoint,
+        endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Conn), (UpstreamError, Option<Request<RequestBody>>)> {
-        let mut req = req;
-        // A pooled connection that turns out closed refuses the request
-        // before writing it; then the request goes on a fresh connection.
-        while let Some(mut conn) = self.checkout(endpoint) {
-            match conn.sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, conn)),
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err((UpstreamError::Send(e.into_error()), None)),
-                },
-            }
-        }
-        let mut conn = match self.connect(endpoint).await {
-            Ok(conn) => conn,
-            Err(e) => return Err((e, Some(req))),
+    ) -> Result<Response<ResponseBody>, (UpstreamError, Option<Request<RequestBody>>)> {
+        let conn = match self.checkout(endpoint) {
+            Some(conn) => conn,
+            // Boxed: only requests that find no idle connection dial.
+            None => match Box::pin(self.connect(endpoint)).await {
+                Ok(conn) => conn,
+                Err(e) => return Err((e, Some(req))),
+            },
         };
-        match conn.sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, conn)),
-            Err(mut e) => {
-                let back = e.take_message();
-                let err = e.into_error();
-                // Refused before a byte was written: as good as a failed connect.
-                let err = match back {
-                    Some(_) => UpstreamError::Handshake(err),
-                    None => UpstreamError::Send(err),
-                };
-                Err((err, back))
-            }
-        }
+        exchange(conn, req, endpoint)
+            .await
+            .map_err(|e| (UpstreamError::Send(e), None))
     }
 
     /// The most recently used idle connection of `endpoint` that can take a
     /// request now; expired and closed ones are dropped on the way.
-    fn checkout(&self, endpoint: &Endpoint) -> Option<Conn> {
+    fn checkout(&self, endpoint: &Endpoint) -> Option<Box<Conn>> {
         let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.is_empty() {
             return None;
         }
         let now = Instant::now();
-        let mut busy = Vec::new();
-        let mut found = None;
-        while let Some(conn) = idle.pop() {
-            if conn.sender.is_closed() || now.duration_since(conn.since) >= self.idle {
-                continue;
+        while let Some(mut conn) = idle.pop() {
+            if now.duration_since(conn.since) < self.idle && conn.alive() {
+                return Some(conn);
             }
-            if conn.sender.is_ready() {
-                found = Some(conn);
-                break;
-            }
-            // Still finishing its last exchange: keep it for later.
-            busy.push(conn);
         }
-        idle.extend(busy);
-        found
+        None
     }
 
     /// Dials `endpoint` within the connect timeout and the breaker's limits.
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Conn, UpstreamError> {
-        let held = self.breaker.connection().map_err(UpstreamError::Overflow)?;
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Conn>, UpstreamError> {
+        let slot = self.breaker.connection().map_err(UpstreamError::Overflow)?;
         let pending = self.breaker.pending().map_err(UpstreamError::Overflow)?;
         let dial = tokio::time::timeout(self.connect, TcpStream::connect(endpoint.addr));
-        let stream = match dial.await {
+        let io = match dial.await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
             Err(_) => return Err(UpstreamError::ConnectTimeout(ConnectTimeout(self.connect))),
         };
         drop(pending);
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Handshake)?;
-        tokio::spawn(async move {
-            // The connection counts in `maxConnections` until it closes.
-            let _held = held;
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(Conn {
-            sender,
+        let _ = io.set_nodelay(true);
+        // Boxed once for its life: it moves between the idle list and
+        // the requests that use it.
+        Ok(Box::new(Conn {
+            io: Io::Whole(io),
+            buf: BytesMut::new(),
+            head: Vec::new(),
             since: Instant::now(),
-        })
+            _slot: slot,
+        }))
+    }
+}
+
+/// One request and its response head on `conn`. A request body is sent by
+/// a task of its own while the response head is awaited, and goes on
+/// while the response streams back: an endpoint that answers before taking
+/// the whole body (a 413, an echo) is heard.
+async fn exchange(
+    mut conn: Box<Conn>,
+    req: Request<RequestBody>,
+    endpoint: &Arc<Endpoint>,
+) -> Result<Response<ResponseBody>, h1::Error> {
+    let (parts, body) = req.into_parts();
+    let framing = RequestFraming::for_body(body.is_end_stream(), body.size_hint().exact());
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    conn.head.clear();
+    h1::encode_head(
+        &mut conn.head,
+        &parts.method,
+        target,
+        &parts.headers,
+        framing,
+    );
+    let head_request = parts.method == Method::HEAD;
+    let Io::Whole(io) = &mut conn.io else {
+        return Err(h1::Error::Closed);
+    };
+    io.write_all(&conn.head).await?;
+    if framing != RequestFraming::Empty
+        && let Io::Whole(io) = std::mem::replace(&mut conn.io, Io::Gone)
+    {
+        let (read, mut write) = io.into_split();
+        let writer = tokio::spawn(async move {
+            h1::write_body(&mut write, body, framing).await?;
+            Ok(write)
+        });
+        conn.io = Io::Split {
+            read,
+            write: Writer::Running(writer),
+        };
+    }
+    let Conn { io, buf, .. } = &mut *conn;
+    let head = match io {
+        Io::Split { read, write } => {
+            let mut head = pin!(h1::read_head(read, buf, head_request));
+            tokio::select! {
+                biased;
+                head = &mut head => head?,
+                sent = std::future::poll_fn(|cx| write.poll_sent(cx)) => match sent {
+                    Ok(()) => head.await?,
+                    // The client's body failed: the endpoint waits for the
+                    // rest, which will never come.
+                    Err(e @ h1::Error::Body(_)) => return Err(e),
+                    // The endpoint may have answered, then closed (a 413).
+                    Err(e) => head.await.map_err(|_| e)?,
+                },
+            }
+        }
+        io => h1::read_head(io, buf, head_request).await?,
+    };
+    let mut resp = Response::new(());
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    *resp.headers_mut() = head.headers;
+    let body = ResponseBody::new(conn, head.framing, head.keep_alive, endpoint);
+    Ok(resp.map(|()| body))
+}
+
+/// An endpoint's response body, read off its connection as the client
+/// takes it; the connection goes back to the endpoint's idle list after the
+/// last byte (when the exchange left it reusable), and closes otherwise.
+#[derive(Debug)]
+pub struct ResponseBody {
+    /// Until the body is read (or, after a 101, until the tunnel takes it).
+    conn: Option<Box<Conn>>,
+    framing: Framing,
+    reusable: bool,
+    endpoint: Arc<Endpoint>,
+}
+
+impl ResponseBody {
+    fn new(conn: Box<Conn>, framing: Framing, reusable: bool, endpoint: &Arc<Endpoint>) -> Self {
+        let mut body = Self {
+            conn: Some(conn),
+            framing,
+            reusable,
+            endpoint: Arc::clone(endpoint),
+        };
+        if framing.is_done() && reusable {
+            body.finish();
+        }
+        body
+    }
+
+    /// The connection, after a `101 Switching Protocols`.
+    pub fn take_upgraded(&mut self) -> Option<Box<Conn>> {
+        self.conn.take()
+    }
+
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+        {
+            conn.release(&self.endpoint);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if this.framing.is_done() {
+            this.finish();
+            return Poll::Ready(None);
+        }
+        let polled = this.framing.poll_frame(&mut conn.io, &mut conn.buf, cx);
+        match &polled {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if this.framing.is_done() => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                this.framing = Framing::Done;
+                this.conn = None;
+            }
+            _ => {}
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.framing.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing.exact() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
