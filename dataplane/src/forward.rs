@@ -10,15 +10,16 @@ use http::uri::PathAndQuery;
 use http::{Uri, Version};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1,
-/// plus the legacy `Keep-Alive` and `Proxy-Connection`).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// plus the legacy `Keep-Alive` and `Proxy-Connection`). `Trailer` is not
+/// one of them (it was in RFC 2616): it announces the trailer fields that
+/// pass through, and hyper sends the client only the announced ones.
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
