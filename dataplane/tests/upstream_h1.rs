@@ -211,6 +211,7 @@ async fn keep_alive_connections_are_reused_and_closed_ones_are_not() {
         assert_eq!((got.status, got.text().as_str()), (StatusCode::OK, "kept"));
     }
     assert_eq!(kept.conns(), 1, "20 sequential requests on one connection");
+    assert!(kept.seen().iter().all(|s| s.conn == 0 && s.method == "GET"));
 
     // An endpoint that closes after every response: each request gets a
     // fresh connection and none fails.
