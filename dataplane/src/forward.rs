@@ -2,8 +2,10 @@
 //! hop-by-hop headers removed, `X-Forwarded-*` set, the URI pointed at the
 //! chosen endpoint. Plain functions over `http` types, tested here.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -31,6 +33,11 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// Removes hop-by-hop headers, including every header the `Connection`
 /// header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (standard ones
+    // compare as numbers) saves a hash lookup per hop-by-hop name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -87,8 +94,9 @@ pub fn request(
             xff.push_str(", ");
         }
     }
-    xff.push_str(&client.to_string());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // Written in place and handed over without a copy.
+    let _ = write!(xff, "{client}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     let proto = if https { "https" } else { "http" };
