@@ -5,10 +5,11 @@
 //! Why not hyper's client connection: it runs every connection as a task
 //! of its own and hands each request to it over a channel, the response
 //! back over another, and the body over a third, so that a proxied request
-//! crossed tasks four times; measured, that machinery was a fifth of
-//! Sluice's CPU per request. Here the task that serves the client reads and
-//! writes the endpoint's socket itself. The client side stays hyper's
-//! (HTTP/1.1 and HTTP/2, limits, upgrades).
+//! crossed tasks four times. Measured (A/B, release builds, same run):
+//! replacing it took Sluice's user CPU per request from 9.3 to 7.4 µs. Here
+//! the task that serves the client reads and writes the endpoint's socket
+//! itself, with no new dependency (`httparse` is hyper's own parser). The
+//! clients' side stays hyper's (HTTP/1.1 and HTTP/2, limits, upgrades).
 //!
 //! What it speaks: requests in origin form with `Content-Length` or
 //! `Transfer-Encoding: chunked` bodies (trailers kept); responses framed by

@@ -584,7 +584,7 @@ impl Outgoing {
     }
 }
 
-/// The body hyper's client sends for one attempt.
+/// The body one attempt sends.
 #[derive(Debug)]
 pub enum RequestBody {
     /// Nothing.
