@@ -27,7 +27,8 @@ pub struct Cli {
     /// The proxy's flags.
     #[command(flatten)]
     pub run: RunArgs,
-    /// Runtime worker threads (default: one per core).
+    /// Threads serving traffic, each with its own runtime and its own
+    /// connections (default: one per core).
     #[arg(long, env = "SLUICE_WORKERS", global = true)]
     pub workers: Option<NonZeroUsize>,
     /// Log format.
@@ -169,6 +170,7 @@ impl RunArgs {
             },
             access_log: self.access_log,
             report_interval: crate::report::INTERVAL,
+            workers: 1,
         })
     }
 }

@@ -39,8 +39,11 @@ pub struct Endpoint {
     pub health: Health,
     in_flight: AtomicU32,
     latency: crate::balance::ewma::PeakEwma,
-    /// Idle keep-alive connections to this endpoint, most recent last.
-    pub idle: Mutex<Vec<Box<Conn>>>,
+    /// Idle keep-alive connections to this endpoint, most recent last, one
+    /// list per worker thread (see [`crate::workers`]). Boxed connections:
+    /// one moves as a pointer between its list, a request and a body.
+    #[allow(clippy::vec_box)]
+    idle: Box<[Mutex<Vec<Box<Conn>>>]>,
 }
 
 impl Endpoint {
@@ -61,8 +64,20 @@ impl Endpoint {
             health: Health::new(healthy),
             in_flight: AtomicU32::new(0),
             latency: crate::balance::ewma::PeakEwma::new(),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..crate::workers::count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         }
+    }
+
+    /// The idle connections of the calling worker.
+    pub fn idle(&self) -> &Mutex<Vec<Box<Conn>>> {
+        &self.idle[crate::workers::current() % self.idle.len()]
+    }
+
+    /// The idle connections of every worker.
+    pub fn all_idle(&self) -> &[Mutex<Vec<Box<Conn>>>] {
+        &self.idle
     }
 
     /// Requests to this endpoint that have not finished.

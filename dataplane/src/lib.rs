@@ -42,6 +42,7 @@ pub mod table;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,6 +113,9 @@ pub struct Options {
     /// How often the controller gets a report (cluster mode); new demand
     /// for a pool scaled to zero is reported at once regardless.
     pub report_interval: Duration,
+    /// Threads serving traffic (at least 1): the calling runtime and
+    /// `workers - 1` threads of their own ([`workers`]).
+    pub workers: usize,
 }
 
 /// Why the dataplane could not start.
@@ -131,6 +135,9 @@ pub enum Error {
     /// The controller URL is unusable.
     #[error(transparent)]
     Controller(#[from] stream::UrlError),
+    /// A worker thread could not be started.
+    #[error("cannot start a worker thread: {0}")]
+    Worker(#[source] std::io::Error),
 }
 
 /// The task that keeps the table current, once the listeners are bound.
@@ -168,6 +175,8 @@ impl Dataplane {
     /// current tokio runtime. A missing or invalid file, an unusable
     /// controller URL or a port in use fails here, before anything runs.
     pub async fn start(opts: Options) -> Result<Dataplane, Error> {
+        let worker_count = opts.workers.max(1);
+        workers::reserve(worker_count);
         let state = State::new();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -249,15 +258,7 @@ impl Dataplane {
                 access::Logged::wrap(resp, entry)
             }
         };
-        let mut proxy_tasks = vec![tokio::spawn(listener::serve(
-            http,
-            None,
-            opts.limits,
-            handler.clone(),
-            stop_rx.clone(),
-            opts.grace_period,
-        ))];
-        if let Some((https, _)) = https {
+        let sites = https.as_ref().map(|_| {
             let sites = Arc::new(tls::Sites::default());
             sites.update(&state.routes());
             tasks.spawn(follow_certificates(
@@ -265,9 +266,41 @@ impl Dataplane {
                 Arc::clone(&state),
                 stop_rx.clone(),
             ));
+            sites
+        });
+        let mut proxy_tasks = Vec::with_capacity(worker_count + 1);
+        if worker_count > 1 {
+            let mut serving = vec![workers::Serving {
+                listener: &http,
+                tls: None,
+                limits: opts.limits,
+                handler: handler.clone(),
+            }];
+            if let (Some((https, _)), Some(sites)) = (&https, &sites) {
+                serving.push(workers::Serving {
+                    listener: https,
+                    tls: Some(Arc::clone(sites)),
+                    limits: opts.limits,
+                    handler: handler.clone(),
+                });
+            }
+            for index in 1..worker_count {
+                let worker = workers::spawn(index, &serving, stop_rx.clone(), opts.grace_period);
+                proxy_tasks.push(worker.map_err(Error::Worker)?);
+            }
+        }
+        proxy_tasks.push(tokio::spawn(listener::serve(
+            http,
+            None,
+            opts.limits,
+            handler.clone(),
+            stop_rx.clone(),
+            opts.grace_period,
+        )));
+        if let Some((https, _)) = https {
             proxy_tasks.push(tokio::spawn(listener::serve(
                 https,
-                Some(sites),
+                sites,
                 opts.limits,
                 handler,
                 stop_rx.clone(),

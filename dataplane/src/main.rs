@@ -24,20 +24,11 @@ fn init_logging(format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    // One worker: a current-thread runtime, which skips the work-stealing
-    // scheduler's cross-thread bookkeeping (bench/: less CPU per request).
-    let mut runtime = match cli.workers.map(|n| n.get()) {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        workers => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = workers {
-                b.worker_threads(n);
-            }
-            b
-        }
-    };
-    runtime.enable_all();
-    runtime
+    // A current-thread runtime: it is worker 0, and `--workers N` adds
+    // N - 1 threads of their own (thread-per-core, see
+    // `sluice_dataplane::workers`); no work-stealing scheduler anywhere.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .context("cannot start the tokio runtime")?
         .block_on(run(cli))
@@ -61,6 +52,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 limits: Default::default(),
                 access_log: false,
                 report_interval: sluice_dataplane::report::INTERVAL,
+                workers: 1,
             };
             (opts, true)
         }
@@ -71,6 +63,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("give --config FILE (standalone) or --controller URL (cluster mode)")?;
             (opts, false)
         }
+    };
+    let mut opts = opts;
+    opts.workers = match cli.workers {
+        Some(n) => n.get(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let dataplane = Dataplane::start(opts).await?;
     if is_demo {

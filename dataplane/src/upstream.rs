@@ -190,7 +190,7 @@ impl Conn {
             return;
         }
         self.since = Instant::now();
-        let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = endpoint.idle().lock().unwrap_or_else(|p| p.into_inner());
         idle.push(self);
     }
 
@@ -254,8 +254,8 @@ pub async fn reap(state: Arc<crate::state::State>, mut stop: tokio::sync::watch:
         let now = Instant::now();
         for pool in table.pools() {
             let limit = pool.policy.upstream.idle();
-            for endpoint in &pool.endpoints {
-                let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
+            for list in pool.endpoints.iter().flat_map(|e| e.all_idle()) {
+                let mut idle = list.lock().unwrap_or_else(|p| p.into_inner());
                 idle.retain_mut(|c| now.duration_since(c.since) < limit && c.alive());
             }
         }
@@ -331,7 +331,7 @@ impl Upstream {
     /// The most recently used idle connection of `endpoint` that can take a
     /// request now; expired and closed ones are dropped on the way.
     fn checkout(&self, endpoint: &Endpoint) -> Option<Box<Conn>> {
-        let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = endpoint.idle().lock().unwrap_or_else(|p| p.into_inner());
         if idle.is_empty() {
             return None;
         }

@@ -22,5 +22,6 @@ pub fn loopback(source: Source, name: &str) -> Options {
         limits: Default::default(),
         access_log: false,
         report_interval: sluice_dataplane::report::INTERVAL,
+        workers: 1,
     }
 }

@@ -237,6 +237,7 @@ pub fn options(source: Source) -> Options {
         limits: Default::default(),
         access_log: false,
         report_interval: sluice_dataplane::report::INTERVAL,
+        workers: 1,
     }
 }
 
