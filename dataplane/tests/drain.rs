@@ -53,16 +53,6 @@ async fn readiness_fails_at_once_and_new_connections_are_served_during_the_drain
         tokio::net::TcpStream::connect(http_addr).await.is_err()
     })
     .await;
-    assert!(
-        !shutdown.is_finished(),
-        "shutdown waits for the request in flight"
-    );
     // ...and the request in flight still gets its answer, then it stops.
-    b.gate.open();
-    let got = in_flight.await.expect("request task");
-    assert_eq!((got.status, got.body.as_ref()), (StatusCode::OK, &b"b"[..]));
-    tokio::time::timeout(WAIT, shutdown)
-        .await
-        .expect("shutdown completes in time")
-        .expect("shutdown task");
+    support::in_flight_answered_then_stopped(&b, in_flight, shutdown).await;
 }

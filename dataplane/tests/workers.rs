@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use sluice_dataplane::{Dataplane, Source};
-use support::{Backend, WAIT, client, get, options, send, table};
+use support::{Backend, client, get, options, send, table};
 
 /// The names of this process's threads that are Sluice workers.
 fn worker_threads() -> Vec<String> {
@@ -69,17 +69,7 @@ async fn extra_workers_serve_the_same_port_and_drain_with_the_rest() {
     b.gate.arrival().await;
     let shutdown = tokio::spawn(dp.shutdown());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        !shutdown.is_finished(),
-        "shutdown waits for the request in flight"
-    );
-    b.gate.open();
-    let got = in_flight.await.expect("request task");
-    assert_eq!((got.status, got.body.as_ref()), (StatusCode::OK, &b"b"[..]));
-    tokio::time::timeout(WAIT, shutdown)
-        .await
-        .expect("shutdown completes in time")
-        .expect("shutdown task");
+    support::in_flight_answered_then_stopped(&b, in_flight, shutdown).await;
     support::eventually("the worker threads to end", async || {
         worker_threads().is_empty()
     })

@@ -502,3 +502,27 @@ async fn controller_answer(
         }
     }
 }
+
+/// The end of a drain test: the shutdown still waits for the request held
+/// at backend `b`'s gate; the gate opens, the request gets `b`'s answer,
+/// and the shutdown completes within [`WAIT`].
+pub async fn in_flight_answered_then_stopped(
+    b: &Backend,
+    in_flight: JoinHandle<Got>,
+    shutdown: JoinHandle<()>,
+) {
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the request in flight"
+    );
+    b.gate.open();
+    let got = in_flight.await.expect("request task");
+    assert_eq!(
+        (got.status, got.body.as_ref()),
+        (StatusCode::OK, b.name.as_bytes())
+    );
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown completes in time")
+        .expect("shutdown task");
+}
