@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use sluice_dataplane::{Dataplane, Source};
-use support::{Backend, client, get, options, send, table};
+use support::{Backend, WAIT, client, get, options, send, table};
 
 /// The names of this process's threads that are Sluice workers.
 fn worker_threads() -> Vec<String> {
@@ -74,4 +74,47 @@ async fn extra_workers_serve_the_same_port_and_drain_with_the_rest() {
         worker_threads().is_empty()
     })
     .await;
+}
+
+#[tokio::test]
+async fn requests_are_served_while_worker_0_is_blocked() {
+    // The backend and the client run on a thread and runtime of their own,
+    // so that this test's runtime (worker 0) can be blocked outright.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (dp_tx, dp_rx) = tokio::sync::oneshot::channel::<std::net::SocketAddr>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let side = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("side runtime");
+        runtime.block_on(async move {
+            let b = Backend::start("side").await;
+            addr_tx.send(b.addr).expect("backend address");
+            let proxy = dp_rx.await.expect("dataplane address");
+            let mut ok = 0;
+            for _ in 0..20 {
+                // A new client each time: a new connection to accept.
+                let got = send(&client(), get(proxy, "x", "/")).await;
+                ok += usize::from(got.status == StatusCode::OK && got.body.as_ref() == b"side");
+            }
+            done_tx.send(ok).expect("result");
+        });
+    });
+    let backend = addr_rx.recv().expect("backend address");
+    let mut opts = options(Source::Static(table(&format!(
+        "pools:\n  - {{name: p, endpoints: [{{address: {backend}}}]}}\n"
+    ))));
+    opts.workers = 2;
+    let dp = Dataplane::start(opts).await.expect("starts");
+    dp_tx.send(dp.http_addr()).expect("send address");
+    // Worker 0 (this thread) does nothing until the 20 requests are done:
+    // whatever answered them was worker 1.
+    let ok = done_rx
+        .recv_timeout(WAIT)
+        .expect("the requests finish while worker 0 is blocked");
+    assert_eq!(ok, 20);
+    side.join().expect("side thread");
+    dp.shutdown().await;
 }
