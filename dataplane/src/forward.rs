@@ -11,12 +11,14 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Uri, Version};
 
+const HOPS: usize = 8;
+
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1,
 /// plus the legacy `Keep-Alive` and `Proxy-Connection`). `Trailer` is not
 /// one of them (it was in RFC 2616): it announces the trailer fields that
 /// pass through, and hyper sends the client only the announced ones.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
+const HOP_BY_HOP: [HeaderName; HOPS] = [
+    header::CONNECTION, // first: see strip_hop_by_hop
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
@@ -33,24 +35,36 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// Removes hop-by-hop headers, including every header the `Connection`
 /// header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names (standard ones
-    // compare as numbers) saves a hash lookup per hop-by-hop name.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+    // One pass over the names (standard ones compare as numbers) finds
+    // which are present; most messages carry none, or only `Connection:
+    // keep-alive`, and then nothing is hashed or allocated.
+    let mut present = [false; HOPS];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present[0] {
+        // Other headers the `Connection` header names (`close`,
+        // `keep-alive` and `upgrade` name none or a listed one).
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| {
+                !["close", "keep-alive", "upgrade"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
