@@ -308,6 +308,12 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<He
             None => Framing::Eof,
         }
     };
+    if transfer_encoded && length.is_some() {
+        // Both framings: Transfer-Encoding wins, and the length, which
+        // does not describe the decoded body, must not go further
+        // (RFC 9112 §6.3).
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let keep_alive =
         !close && !matches!(framing, Framing::Eof) && status != StatusCode::SWITCHING_PROTOCOLS;
     let head = Head {
@@ -549,6 +555,7 @@ mod tests {
             false,
         );
         assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
+        assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
         let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false);
         assert_eq!((h.framing, h.keep_alive), (Framing::Eof, false));
         let h = head("HTTP/1.1 200 OK\r\n\r\n", false);
