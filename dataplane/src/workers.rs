@@ -77,7 +77,7 @@ pub fn spawn<H, F, B>(
 where
     H: Fn(Request<Incoming>, &Conn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

@@ -231,8 +231,8 @@ async fn a_client_that_never_finishes_its_head_gets_408_and_an_idle_one_is_close
     // closed without a word.
     assert_eq!(read_to_close(&mut idle).await.unwrap_or_default(), "");
 
-    // A keep-alive connection whose first request was served is left to
-    // hyper's timeout, which closes it silently when it idles.
+    // A keep-alive connection whose first request was served is closed
+    // silently when it brings no new request.
     let mut kept = TcpStream::connect(dp.http_addr()).await.expect("connect");
     kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -261,6 +261,59 @@ async fn a_client_that_never_finishes_its_head_gets_408_and_an_idle_one_is_close
         .expect("the h2 connection is still open");
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(proxy_get(&client(), &dp, "x", "/").await.backend, "b");
+}
+
+#[tokio::test]
+async fn the_head_deadline_spares_a_slow_answer_and_a_quiet_tunnel() {
+    // Deadlines of 200 ms; each wait below spans several of them.
+    let quiet = Duration::from_millis(700);
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |o| {
+        o.limits.header_read_timeout = Duration::from_millis(200);
+    })
+    .await;
+    // A request whose answer takes longer than the deadline is in flight,
+    // not idle: it is answered, and its connection serves the next one.
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /gate HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    b.gate.arrival().await;
+    tokio::time::sleep(quiet).await;
+    b.gate.open();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let mut body = [0u8; 1];
+    stream.read_exact(&mut body).await.expect("the body");
+    assert_eq!(&body, b"b");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut stream).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A tunnel that stays quiet is not a connection waiting for a head.
+    let dp = proxy_to(upgrade_echo_backend().await, |o| {
+        o.limits.header_read_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    tokio::time::sleep(quiet).await;
+    stream.write_all(b"still there").await.expect("write");
+    let mut back = [0u8; 11];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("the tunnel is open");
+    assert_eq!(&back, b"still there");
 }
 
 #[tokio::test]
