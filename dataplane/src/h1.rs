@@ -198,7 +198,8 @@ pub struct Head {
     pub status: StatusCode,
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
-    /// The headers, as sent (hop-by-hop ones included).
+    /// The headers, as sent (hop-by-hop ones included), but for a
+    /// `Connection` header that names no other header.
     pub headers: HeaderMap,
     /// How the body that follows is framed.
     pub framing: Framing,
@@ -240,11 +241,8 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<He
     // hundred empty headers per response costs more than parsing five.
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut slots,
-    );
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -267,6 +265,27 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<He
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| Error::Framing("invalid header name"))?;
+        if name == header::CONNECTION {
+            // Hop-by-hop. Kept only when it names other headers, which go
+            // with it before the response goes on (`forward`); `close`,
+            // `keep-alive` and `upgrade` name none.
+            let mut names_others = false;
+            for token in std::str::from_utf8(h.value).unwrap_or("").split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    if version == Version::HTTP_10 {
+                        close = false;
+                    }
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case("upgrade") {
+                    names_others = true;
+                }
+            }
+            if !names_others {
+                continue;
+            }
+        }
         let value =
             HeaderValue::from_bytes(h.value).map_err(|_| Error::Framing("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
@@ -283,15 +302,6 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<He
                 .ok()
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        } else if name == header::CONNECTION {
-            for token in value.to_str().unwrap_or("").split(',') {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
-                    close = false;
-                }
-            }
         }
         headers.append(name, value);
     }
@@ -597,6 +607,18 @@ mod tests {
         assert_eq!(h.headers["x-empty"], "");
         assert_eq!(h.headers["server"], "s");
         assert_eq!(h.headers.len(), 5);
+        // `Connection` stays only when it names other headers.
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\ncontent-length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!h.headers.contains_key(header::CONNECTION));
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\ncontent-length: 0\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.headers[header::CONNECTION], "keep-alive, X-Hop");
+        assert!(h.keep_alive);
     }
 
     #[test]
