@@ -13,6 +13,11 @@
       rounds, sluice's ratios to the others with PASS/MISS against the
       targets of issue 3, and every run.
 
+  instructions FILE
+      prints the callgrind section: FILE has one "NAME INSTRUCTIONS REQUESTS"
+      line per proxy; the table gives user-space instructions per request
+      and sluice's ratio to each.
+
 Medians rather than means: one run disturbed by something else on the
 machine should not move the result.
 """
@@ -241,12 +246,39 @@ def summary(args):
         )
 
 
+def instructions(args):
+    (path,) = args
+    per_request = {}
+    for line in open(path, encoding="utf-8"):
+        name, ir, requests = line.split()
+        per_request[name] = int(ir) / max(int(requests), 1)
+    print()
+    print("## User-space instructions per request (callgrind)")
+    print()
+    print(
+        "Each proxy once more, alone under valgrind's callgrind, which counts the instructions it "
+        "executes in user space (the kernel's socket work is not counted; `rep`-prefixed copies count "
+        "once per iteration) while wrk loads it for a few seconds. Unlike CPU time, this figure does "
+        "not move with other tenants' load, so it is the one to compare changes with."
+    )
+    print()
+    print("| proxy | instructions per request | sluice / this |")
+    print("|---|---:|---:|")
+    mine = per_request.get("sluice")
+    for name in ("nginx", "haproxy", "sluice"):
+        if name in per_request:
+            ratio = f"{mine / per_request[name]:.2f}" if mine else "—"
+            print(f"| {LABELS[name]} | {per_request[name]:,.0f} | {ratio} |")
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "sample":
         sample(args)
     elif cmd == "summary":
         summary(args)
+    elif cmd == "instructions":
+        instructions(args)
     else:
         raise SystemExit(f"unknown subcommand {cmd!r}")
 

@@ -10,6 +10,12 @@
 #
 #   bench/run.sh                                  # 5 rounds of 10 s each
 #   BENCH_ROUNDS=1 BENCH_SECONDS=3 bench/run.sh   # smoke run
+#   BENCH_INSTRUCTIONS=0 bench/run.sh             # without the callgrind part
+#
+# Then, unless BENCH_INSTRUCTIONS=0, each proxy runs once more under
+# valgrind's callgrind, which counts the user-space instructions it executes
+# per request: a figure that noise from other tenants does not move, unlike
+# CPU time on a shared machine.
 #
 # See bench/README.md for what each number means.
 set -euo pipefail
@@ -24,6 +30,8 @@ CONNECTIONS=${BENCH_CONNECTIONS:-64} # wrk connections (one wrk thread)
 BACKENDS=${BENCH_BACKENDS:-4}        # backend ports every proxy balances over
 WARMUP=${BENCH_WARMUP:-2}            # unmeasured seconds per scenario first
 SCENARIO_LIST=${BENCH_SCENARIOS:-direct nginx haproxy sluice} # a subset, to iterate
+INSTRUCTIONS=${BENCH_INSTRUCTIONS:-1} # 0: skip the callgrind part
+CG_SECONDS=5                          # measured seconds per proxy under callgrind
 PROXY_CPU=${BENCH_PROXY_CPU:-0}      # core of the proxy under test
 LOAD_CPU=${BENCH_LOAD_CPU:-1}        # core of wrk and the backends
 IDLE_POOLS=100
@@ -59,6 +67,7 @@ install_tools() {
   command -v wrk >/dev/null || missing+=(wrk)
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v python3 >/dev/null || missing+=(python3)
+  if [[ $INSTRUCTIONS != 0 ]]; then command -v valgrind >/dev/null || missing+=(valgrind); fi
   ((${#missing[@]} == 0)) && return
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
   log "installing ${missing[*]}"
@@ -149,13 +158,17 @@ ready() {
   fi
 }
 
-read -r -a PORTS <<<"$(measure ports $((BACKENDS + 5)))"
+read -r -a PORTS <<<"$(measure ports $((BACKENDS + 8)))"
 BACKEND_PORTS=("${PORTS[@]:0:BACKENDS}")
 NGINX_PORT=${PORTS[BACKENDS]}
 HAPROXY_PORT=${PORTS[BACKENDS + 1]}
 SLUICE_PORT=${PORTS[BACKENDS + 2]}
 SLUICE_ADMIN=${PORTS[BACKENDS + 3]}
 IDLE_ADMIN=${PORTS[BACKENDS + 4]}
+# The same three proxies under callgrind, on ports of their own.
+CG_NGINX_PORT=${PORTS[BACKENDS + 5]}
+CG_HAPROXY_PORT=${PORTS[BACKENDS + 6]}
+CG_SLUICE_PORT=${PORTS[BACKENDS + 7]}
 
 # nginx's temp paths default to /var/lib/nginx; keep everything in $TMP.
 nginx_common() {
@@ -364,9 +377,50 @@ for sc in nginx haproxy sluice; do
   fi
 done
 
+# --- instructions per request (callgrind) -------------------------------------
+
+# instructions NAME PORT CMD...: runs CMD under callgrind, warms it up, then
+# counts its user-space instructions over CG_SECONDS of load; appends
+# "NAME INSTRUCTIONS REQUESTS" to $TMP/instructions.txt.
+instructions() {
+  local name=$1 port=$2
+  shift 2
+  start "cg-$name" env RUST_LOG=warn "${ON_PROXY_CORE[@]}" valgrind --tool=callgrind \
+    --callgrind-out-file="$TMP/cg-$name.out" "$@"
+  local pid=$LAST_PID
+  ready "cg-$name" "$pid" "http://127.0.0.1:$port/" "$BODY"
+  wrk_run "$port" 2 "$TMP/cg-warm-$name.txt"
+  callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control could not reach $name"
+  wrk_run "$port" "$CG_SECONDS" "$TMP/cg-wrk-$name.txt"
+  callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control could not reach $name"
+  stop "$pid"
+  local requests ir
+  requests=$(awk '/requests in/ { print $1; exit }' "$TMP/cg-wrk-$name.txt")
+  ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$TMP/cg-$name.out.1")
+  [[ -n $requests && -n $ir ]] || die "no callgrind figures for $name"
+  echo "$name $ir $requests" >>"$TMP/instructions.txt"
+  log "$name under callgrind: $((ir / requests)) instructions per request ($requests requests)"
+}
+
+if [[ $INSTRUCTIONS != 0 ]]; then
+  : >"$TMP/instructions.txt"
+  # nginx without its master process, so that valgrind follows the worker.
+  sed -e "s/listen 127.0.0.1:$NGINX_PORT;/listen 127.0.0.1:$CG_NGINX_PORT;/" \
+    -e 's/^master_process on;/master_process off;/' "$TMP/nginx.conf" >"$TMP/cg-nginx.conf"
+  mkdir -p "$TMP/cg-nginx"
+  sed "s/bind 127.0.0.1:$HAPROXY_PORT/bind 127.0.0.1:$CG_HAPROXY_PORT/" "$TMP/haproxy.cfg" >"$TMP/cg-haproxy.cfg"
+  instructions nginx "$CG_NGINX_PORT" nginx -p "$TMP/cg-nginx" -c "$TMP/cg-nginx.conf" -e "$TMP/cg-nginx/error.log"
+  instructions haproxy "$CG_HAPROXY_PORT" haproxy -db -f "$TMP/cg-haproxy.cfg"
+  instructions sluice "$CG_SLUICE_PORT" "$SLUICE" --config "$TMP/sluice.yaml" \
+    --http "127.0.0.1:$CG_SLUICE_PORT" --https off --admin 127.0.0.1:0 --workers 1 --grace-period 1s
+fi
+
 mkdir -p "$BENCH_DIR/results"
 python3 "$BENCH_DIR/report.py" summary "$TMP/samples.jsonl" "$TMP/header.md" "$IDLE_RSS" "$IDLE_HWM" \
   "$( ((NPROC >= 2)) && echo 1 || echo 0)" >"$TMP/report.md"
+if [[ -s $TMP/instructions.txt ]]; then
+  python3 "$BENCH_DIR/report.py" instructions "$TMP/instructions.txt" >>"$TMP/report.md"
+fi
 cp "$TMP/report.md" "$BENCH_DIR/results/latest.md"
 echo
 cat "$TMP/report.md"
