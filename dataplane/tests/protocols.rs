@@ -263,22 +263,25 @@ async fn a_client_that_never_finishes_its_head_gets_408_and_an_idle_one_is_close
     assert_eq!(proxy_get(&client(), &dp, "x", "/").await.backend, "b");
 }
 
+/// A raw connection to `dp` on which `head` was sent.
+async fn sent(dp: &Dataplane, head: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    stream.write_all(head).await.expect("write");
+    stream
+}
+
 #[tokio::test]
 async fn the_head_deadline_spares_a_slow_answer_and_a_quiet_tunnel() {
     // Deadlines of 200 ms; each wait below spans several of them.
+    let short = |o: &mut sluice_dataplane::Options| {
+        o.limits.header_read_timeout = Duration::from_millis(200);
+    };
     let quiet = Duration::from_millis(700);
     let b = Backend::start("b").await;
-    let dp = proxy_to(b.addr, |o| {
-        o.limits.header_read_timeout = Duration::from_millis(200);
-    })
-    .await;
+    let dp = proxy_to(b.addr, short).await;
     // A request whose answer takes longer than the deadline is in flight,
     // not idle: it is answered, and its connection serves the next one.
-    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
-    stream
-        .write_all(b"GET /gate HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = sent(&dp, b"GET /gate HTTP/1.1\r\nHost: x\r\n\r\n").await;
     b.gate.arrival().await;
     tokio::time::sleep(quiet).await;
     b.gate.open();
@@ -295,15 +298,9 @@ async fn the_head_deadline_spares_a_slow_answer_and_a_quiet_tunnel() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // A tunnel that stays quiet is not a connection waiting for a head.
-    let dp = proxy_to(upgrade_echo_backend().await, |o| {
-        o.limits.header_read_timeout = Duration::from_millis(200);
-    })
-    .await;
-    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
-    stream
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .expect("write");
+    let dp = proxy_to(upgrade_echo_backend().await, short).await;
+    let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    let mut stream = sent(&dp, upgrade).await;
     let head = read_head(&mut stream).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     tokio::time::sleep(quiet).await;
