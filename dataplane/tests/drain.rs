@@ -56,3 +56,50 @@ async fn readiness_fails_at_once_and_new_connections_are_served_during_the_drain
     // ...and the request in flight still gets its answer, then it stops.
     support::in_flight_answered_then_stopped(&b, in_flight, shutdown).await;
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_close_at_once_and_do_not_hold_the_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let b = Backend::start("b").await;
+    let mut opts = options(Source::Static(table(&format!(
+        "pools:\n  - {{name: p, endpoints: [{{address: {}}}]}}\n",
+        b.addr
+    ))));
+    // Far longer than the test waits: only closing the idle connections
+    // lets the shutdown end in time.
+    opts.grace_period = Duration::from_secs(60);
+    let dp = Dataplane::start(opts).await.expect("starts");
+    // Served, then left open by the client (keep-alive).
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(dp.http_addr())
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !answer.ends_with(b"\r\n\r\nb") {
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            assert!(n > 0, "closed before the answer");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+        idle.push(stream);
+    }
+    tokio::time::timeout(WAIT, dp.shutdown())
+        .await
+        .expect("the shutdown does not wait for idle connections");
+    for mut stream in idle {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "an idle connection was closed");
+        assert!(rest.is_empty(), "nothing more was sent on it");
+    }
+}
