@@ -263,8 +263,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<He
     let mut transfer_encoded = false;
     let mut close = version == Version::HTTP_10;
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Error::Framing("invalid header name"))?;
+        let name = header_name(h.name.as_bytes())?;
         if name == header::CONNECTION {
             // Hop-by-hop. Kept only when it names other headers, which go
             // with it before the response goes on (`forward`); `close`,
@@ -341,6 +340,29 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<He
         keep_alive,
     };
     Ok(Some((len, Some(head))))
+}
+
+/// A response header's name. The names nearly every response carries, as
+/// servers spell them, are matched as they are (a length switch and a
+/// compare); `HeaderName::from_bytes` lowercases and looks up every name
+/// (measured: about 200 instructions a name, 3 % of a request's).
+fn header_name(raw: &[u8]) -> Result<HeaderName, Error> {
+    let known = match raw {
+        b"Date" | b"date" => header::DATE,
+        b"Server" | b"server" => header::SERVER,
+        b"Connection" | b"connection" => header::CONNECTION,
+        b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
+        b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
+        b"Transfer-Encoding" | b"transfer-encoding" => header::TRANSFER_ENCODING,
+        b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
+        b"ETag" | b"etag" => header::ETAG,
+        b"Last-Modified" | b"last-modified" => header::LAST_MODIFIED,
+        b"Vary" | b"vary" => header::VARY,
+        _ => {
+            return HeaderName::from_bytes(raw).map_err(|_| Error::Framing("invalid header name"));
+        }
+    };
+    Ok(known)
 }
 
 fn parse_length(value: &[u8]) -> Result<u64, Error> {
@@ -594,6 +616,30 @@ mod tests {
         assert_eq!(h.version, Version::HTTP_10);
         let h = head("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n", false);
         assert_eq!(h.framing, Framing::Length(7));
+    }
+
+    #[test]
+    fn known_names_are_the_names_http_parses() {
+        for raw in [
+            "Date",
+            "date",
+            "Server",
+            "Connection",
+            "content-type",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Cache-Control",
+            "ETag",
+            "Last-Modified",
+            "vary",
+            "X-Custom",
+            "CONTENT-TYPE",
+        ] {
+            let name = header_name(raw.as_bytes()).expect("a valid name");
+            let parsed = HeaderName::from_bytes(raw.as_bytes()).expect("a valid name");
+            assert_eq!(name, parsed, "{raw}");
+        }
+        assert!(header_name(b"bad name").is_err());
     }
 
     #[test]
