@@ -8,16 +8,13 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use sluice_dataplane::{Dataplane, Source};
+use sluice_dataplane::Dataplane;
 use support::*;
 
 #[tokio::test]
 async fn readiness_fails_at_once_and_new_connections_are_served_during_the_drain_delay() {
     let b = Backend::start("b").await;
-    let mut opts = options(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {}}}]}}\n",
-        b.addr
-    ))));
+    let mut opts = options(one_pool(b.addr));
     // Long enough for the checks below to run inside it on a loaded machine;
     // the test waits for its end only once.
     opts.drain_delay = Duration::from_secs(3);
@@ -62,10 +59,7 @@ async fn idle_keep_alive_connections_close_at_once_and_do_not_hold_the_shutdown(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let b = Backend::start("b").await;
-    let mut opts = options(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {}}}]}}\n",
-        b.addr
-    ))));
+    let mut opts = options(one_pool(b.addr));
     // Far longer than the test waits: only closing the idle connections
     // lets the shutdown end in time.
     opts.grace_period = Duration::from_secs(60);

@@ -74,10 +74,7 @@ async fn admin_reports_health_readiness_routes_and_metrics() {
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_request_finish() {
     let b = Backend::start("b").await;
-    let mut opts = options(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {}}}]}}\n",
-        b.addr
-    ))));
+    let mut opts = options(one_pool(b.addr));
     // Far longer than the test needs: the request is held by the gate, not
     // by the clock.
     opts.grace_period = Duration::from_secs(60);

@@ -14,7 +14,7 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sluice_dataplane::{Dataplane, Source};
+use sluice_dataplane::Dataplane;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,9 +98,7 @@ async fn proxy_to(
     endpoint: SocketAddr,
     tune: impl FnOnce(&mut sluice_dataplane::Options),
 ) -> Dataplane {
-    let mut opts = options(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {endpoint}}}]}}\n"
-    ))));
+    let mut opts = options(one_pool(endpoint));
     tune(&mut opts);
     Dataplane::start(opts).await.expect("dataplane starts")
 }

@@ -176,11 +176,7 @@ async fn no_ready_endpoint_is_503_and_a_failing_endpoint_is_502() {
 #[tokio::test]
 async fn hop_by_hop_headers_stay_on_their_hop_and_forwarding_headers_are_set() {
     let b = Backend::start("b").await;
-    let dp = start(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {}}}]}}\n",
-        b.addr
-    ))))
-    .await;
+    let dp = start(one_pool(b.addr)).await;
     let req = Request::get(format!("http://{}/headers", dp.http_addr()))
         .header("host", "shop.example.com")
         .header("connection", "x-custom")
@@ -263,11 +259,7 @@ async fn http2_prior_knowledge_clients_are_served_with_their_authority_as_host()
 #[tokio::test]
 async fn an_8_mib_body_goes_up_intact_and_a_chunked_one_comes_back() {
     let b = Backend::start("b").await;
-    let dp = start(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {}}}]}}\n",
-        b.addr
-    ))))
-    .await;
+    let dp = start(one_pool(b.addr)).await;
     let http = client();
     let payload: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let req = Request::post(format!("http://{}/echo", dp.http_addr()))
@@ -294,11 +286,7 @@ async fn an_8_mib_body_goes_up_intact_and_a_chunked_one_comes_back() {
 #[tokio::test]
 async fn bodies_stream_through_without_being_buffered() {
     let b = Backend::start("b").await;
-    let dp = start(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {}}}]}}\n",
-        b.addr
-    ))))
-    .await;
+    let dp = start(one_pool(b.addr)).await;
     let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -385,11 +373,7 @@ async fn bodies_stream_through_without_being_buffered() {
 #[tokio::test]
 async fn keep_alive_reuses_connections_on_both_sides() {
     let b = Backend::start("b").await;
-    let dp = start(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {}}}]}}\n",
-        b.addr
-    ))))
-    .await;
+    let dp = start(one_pool(b.addr)).await;
     // One client connection carries every request.
     let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
     let (mut sender, conn) =

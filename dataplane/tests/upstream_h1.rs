@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
-use sluice_dataplane::{Dataplane, Source};
-use support::{WAIT, client, send, start, table};
+use sluice_dataplane::Dataplane;
+use support::{WAIT, client, one_pool, send, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -159,10 +159,7 @@ async fn serve(
 }
 
 async fn dataplane_for(endpoint: SocketAddr) -> Dataplane {
-    start(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {endpoint}}}]}}\n"
-    ))))
-    .await
+    start(one_pool(endpoint)).await
 }
 
 fn ok(body: &str) -> Vec<u8> {

@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use sluice_dataplane::{Dataplane, Source};
-use support::{Backend, WAIT, client, get, options, send, table};
+use sluice_dataplane::Dataplane;
+use support::{Backend, WAIT, client, get, one_pool, options, send};
 
 /// The names of this process's threads that are Sluice workers.
 fn worker_threads() -> Vec<String> {
@@ -28,10 +28,7 @@ fn worker_threads() -> Vec<String> {
 #[tokio::test]
 async fn extra_workers_serve_the_same_port_and_drain_with_the_rest() {
     let b = Backend::start("b").await;
-    let mut opts = options(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {}}}]}}\n",
-        b.addr
-    ))));
+    let mut opts = options(one_pool(b.addr));
     opts.workers = 3;
     opts.grace_period = Duration::from_secs(30);
     let dp = Dataplane::start(opts).await.expect("starts");
@@ -103,9 +100,7 @@ async fn requests_are_served_while_worker_0_is_blocked() {
         });
     });
     let backend = addr_rx.recv().expect("backend address");
-    let mut opts = options(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, endpoints: [{{address: {backend}}}]}}\n"
-    ))));
+    let mut opts = options(one_pool(backend));
     opts.workers = 2;
     let dp = Dataplane::start(opts).await.expect("starts");
     dp_tx.send(dp.http_addr()).expect("send address");

@@ -224,6 +224,13 @@ pub fn table(yaml: &str) -> RouteTable {
 }
 
 /// Options for a dataplane on loopback, any ports.
+/// A table source with one pool, `p`, of one endpoint at `endpoint`.
+pub fn one_pool(endpoint: SocketAddr) -> Source {
+    Source::Static(table(&format!(
+        "pools:\n  - {{name: p, endpoints: [{{address: {endpoint}}}]}}\n"
+    )))
+}
+
 pub fn options(source: Source) -> Options {
     Options {
         source,
