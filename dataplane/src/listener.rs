@@ -140,13 +140,13 @@ pub async fn serve<H, F, B>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (builder, handler, watcher) =
+                let (builder, handler, signal) =
                     (Arc::clone(&builder), handler.clone(), drain.signal());
                 match &tls {
                     None => {
                         let conn = Conn { peer, site: None };
                         let limit = Some(limits.header_read_timeout);
-                        conns.spawn(serve_conn(builder, stream, conn, limit, handler, watcher));
+                        conns.spawn(serve_conn(builder, stream, conn, limit, handler, signal));
                     }
                     Some(sites) => {
                         let sites = Arc::clone(sites);
@@ -159,7 +159,7 @@ pub async fn serve<H, F, B>(
                                     let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
                                     let limit = h1.then_some(timeout);
                                     let conn = Conn { peer, site: Some(site) };
-                                    serve_conn(builder, stream, conn, limit, handler, watcher).await;
+                                    serve_conn(builder, stream, conn, limit, handler, signal).await;
                                 }
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -209,7 +209,7 @@ async fn serve_conn<I, H, F, B>(
     conn: Conn,
     head_timeout: Option<Duration>,
     handler: H,
-    watcher: Arc<Signal>,
+    signal: Arc<Signal>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, &Conn) -> F + Clone + Send + Sync + 'static,
@@ -245,8 +245,8 @@ async fn serve_conn<I, H, F, B>(
     let mut told = false;
     let served = std::future::poll_fn(|cx| {
         if !told {
-            watcher.waker.register(cx.waker());
-            if watcher.draining.load(Ordering::Acquire) {
+            signal.waker.register(cx.waker());
+            if signal.draining.load(Ordering::Acquire) {
                 told = true;
                 served.as_mut().graceful_shutdown();
             }
