@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::Request;
-use hyper::body::Incoming;
 
 use crate::state::State;
 
@@ -20,7 +19,7 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 }
 
 /// Answers one admin request.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n".into()),

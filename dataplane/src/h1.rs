@@ -8,8 +8,9 @@
 //! crossed tasks four times. Measured (A/B, release builds, same run):
 //! replacing it took Sluice's user CPU per request from 9.3 to 7.4 µs. Here
 //! the task that serves the client reads and writes the endpoint's socket
-//! itself, with no new dependency (`httparse` is hyper's own parser). The
-//! clients' side stays hyper's (HTTP/1.1 and HTTP/2, limits, upgrades).
+//! itself, with no new dependency (`httparse` is hyper's own parser). On
+//! the clients' side, [`crate::front`] serves plain HTTP/1.1 requests and
+//! hyper the rest (bodies, HTTP/2, limits, upgrades).
 //!
 //! What it speaks: requests in origin form with `Content-Length` or
 //! `Transfer-Encoding: chunked` bodies (trailers kept); responses framed by

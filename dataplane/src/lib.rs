@@ -24,6 +24,7 @@ pub mod demo;
 pub mod endpoint;
 pub mod file;
 pub mod forward;
+pub mod front;
 pub mod h1;
 pub mod head_timeout;
 pub mod health;
@@ -240,7 +241,7 @@ impl Dataplane {
         let proxy = Arc::new(Proxy::new(Arc::clone(&state)));
         // The access log's table handle; nothing extra per request when off.
         let log_state = opts.access_log.then(|| Arc::clone(&state));
-        let handler = move |req: hyper::Request<hyper::body::Incoming>, conn: &Conn| {
+        let handler = move |req: hyper::Request<front::ClientBody>, conn: &Conn| {
             let (proxy, conn) = (Arc::clone(&proxy), conn.clone());
             let log = (log_state.as_ref())
                 .map(|state| (Arc::clone(state), access::Entry::start(&req, conn.peer)));

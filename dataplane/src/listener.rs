@@ -5,7 +5,9 @@
 //! idle keep-alive one at once; see [`Drain`]) until the grace period ends;
 //! whatever is left then is closed.
 //!
-//! Connections are served with hyper-util's `auto` builder rather than
+//! A connection's plain HTTP/1.1 requests (no body, no upgrade) are served
+//! by [`crate::front`]; from the first other one on, the connection is
+//! hyper's. Hyper serves it with hyper-util's `auto` builder rather than
 //! hyper's HTTP/1 one: it serves HTTP/1.1 with keep-alive and also HTTP/2
 //! with prior knowledge (h2c) on the same port, telling them apart by the
 //! connection preface, at no cost to HTTP/1.1 clients; over TLS, ALPN
@@ -22,9 +24,10 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures::task::AtomicWaker;
 use http::StatusCode;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -34,6 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::front::{self, ClientBody, Rewind};
 use crate::head_timeout::{Activity, HeadTimeout};
 use crate::tls::{Site, Sites};
 
@@ -118,7 +122,7 @@ pub async fn serve<H, F, B>(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    H: Fn(Request<Incoming>, &Conn) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, &Conn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -146,7 +150,7 @@ pub async fn serve<H, F, B>(
                     None => {
                         let conn = Conn { peer, site: None };
                         let limit = Some(limits.header_read_timeout);
-                        conns.spawn(serve_conn(builder, stream, conn, limit, handler, signal));
+                        conns.spawn(serve_conn(builder, stream, conn, limits, limit, handler, signal));
                     }
                     Some(sites) => {
                         let sites = Arc::clone(sites);
@@ -159,7 +163,7 @@ pub async fn serve<H, F, B>(
                                     let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
                                     let limit = h1.then_some(timeout);
                                     let conn = Conn { peer, site: Some(site) };
-                                    serve_conn(builder, stream, conn, limit, handler, signal).await;
+                                    serve_conn(builder, stream, conn, limits, limit, handler, signal).await;
                                 }
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -202,17 +206,20 @@ async fn handshake(
 }
 
 /// Serves one connection (HTTP/1.1 with upgrades, or HTTP/2) to its end;
-/// `head_timeout`: the first request's head deadline (408).
+/// `head_timeout`: the request heads' deadline (408), `None` for HTTP/2 by
+/// ALPN. HTTP/1.1's plain requests are served by [`front`], the rest by
+/// hyper.
 async fn serve_conn<I, H, F, B>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: I,
     conn: Conn,
+    limits: Limits,
     head_timeout: Option<Duration>,
     handler: H,
     signal: Arc<Signal>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, &Conn) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, &Conn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -220,15 +227,33 @@ async fn serve_conn<I, H, F, B>(
 {
     let peer = conn.peer;
     let activity = Arc::new(Activity::default());
-    let io = HeadTimeout::new(
+    let mut io = HeadTimeout::new(
         io,
         head_timeout.unwrap_or_default(),
         Arc::clone(&activity),
         head_timeout.is_some(),
     );
-    let svc = service_fn(move |req| {
+    let mut buf = BytesMut::new();
+    if head_timeout.is_some() {
+        let (max_head, max_headers) = (limits.max_header_bytes, limits.max_headers);
+        let served = front::serve(
+            &mut io,
+            &mut buf,
+            &conn,
+            &handler,
+            &activity,
+            &signal,
+            max_head,
+            max_headers,
+        );
+        if served.await == front::Next::Closed {
+            return;
+        }
+    }
+    let io = Rewind::new(buf.freeze(), io);
+    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
         activity.started();
-        let resp = handler(req, &conn);
+        let resp = handler(req.map(ClientBody::Hyper), &conn);
         let activity = Arc::clone(&activity);
         async move {
             let resp = resp.await;
@@ -274,9 +299,11 @@ struct Drain {
 
 /// One connection's part in the drain.
 #[derive(Default)]
-struct Signal {
-    draining: AtomicBool,
-    waker: AtomicWaker,
+pub(crate) struct Signal {
+    /// Set when the drain starts.
+    pub(crate) draining: AtomicBool,
+    /// Woken when the drain starts.
+    pub(crate) waker: AtomicWaker,
 }
 
 impl Drain {

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::front::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 use crate::activation;
 use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
@@ -244,7 +244,7 @@ impl Proxy {
     /// TLS `site` (`None`: plain HTTP).
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         peer: SocketAddr,
         site: Option<&Site>,
     ) -> Response<ProxyBody> {
@@ -300,7 +300,7 @@ impl Proxy {
         &self,
         pool: &Arc<Pool>,
         exchange: Exchange,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         original_host: Option<HeaderValue>,
         from: Origin<'_>,
         turn: Option<activation::Turn>,
@@ -388,7 +388,7 @@ impl Proxy {
         &'a self,
         pool: Arc<Pool>,
         exchange: Exchange,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         original_host: Option<HeaderValue>,
         from: Origin<'a>,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
@@ -430,7 +430,7 @@ fn boxed_attempts<'a>(
     first: &'a Arc<Endpoint>,
     pick: &'a PickRequest,
     parts: Parts,
-    body: Incoming,
+    body: ClientBody,
 ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
     Box::pin(attempts(pool, first, pick, parts, body))
 }
@@ -443,7 +443,7 @@ async fn attempts(
     first: &Arc<Endpoint>,
     pick: &PickRequest,
     parts: Parts,
-    body: Incoming,
+    body: ClientBody,
 ) -> Answer {
     let policy = &pool.policy;
     let retry = policy.retry;
@@ -666,7 +666,7 @@ fn overflow(pool: &str, over: Overflow) -> Response<ProxyBody> {
 
 /// `:authority` (HTTP/2, or an HTTP/1.1 absolute-form target, which takes
 /// precedence over `Host` per RFC 9112 §3.2.2) or the `Host` header.
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
+fn request_host(req: &Request<ClientBody>) -> Option<&str> {
     req.uri().authority().map(|a| a.as_str()).or_else(|| {
         req.headers()
             .get(header::HOST)

@@ -30,10 +30,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use crate::front::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use sluice_protocol::policy::Timeouts;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -521,12 +521,12 @@ pub enum Outgoing {
     /// No body: every attempt sends none.
     Empty,
     /// A body only the first attempt can send (no retry could resend it).
-    Once(Option<Incoming>),
+    Once(Option<ClientBody>),
     /// A body the first attempt that reads it takes; until then a retry can
     /// send it instead.
     Shared {
         /// Where it waits.
-        slot: Arc<Mutex<Option<Incoming>>>,
+        slot: Arc<Mutex<Option<ClientBody>>>,
         /// Its size hint, read before it was shared.
         hint: SizeHint,
     },
@@ -535,7 +535,7 @@ pub enum Outgoing {
 impl Outgoing {
     /// The client's body; `retriable` says whether another attempt may
     /// need it after a first one failed without reading it.
-    pub fn new(body: Incoming, retriable: bool) -> Self {
+    pub fn new(body: ClientBody, retriable: bool) -> Self {
         if body.is_end_stream() {
             Self::Empty
         } else if retriable {
@@ -590,13 +590,13 @@ pub enum RequestBody {
     /// Nothing.
     Empty,
     /// The client's body.
-    Direct(Incoming),
+    Direct(ClientBody),
     /// The client's body, taken from `slot` at the first read.
     Shared {
         /// Shared with the other attempts.
-        slot: Arc<Mutex<Option<Incoming>>>,
+        slot: Arc<Mutex<Option<ClientBody>>>,
         /// Taken at the first read.
-        body: Option<Incoming>,
+        body: Option<ClientBody>,
         /// Until then, the size hint.
         hint: SizeHint,
     },

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper::body::{Body, Incoming};
+use crate::front::ClientBody;
+use hyper::body::Body;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -75,7 +76,7 @@ pub fn spawn<H, F, B>(
     grace: Duration,
 ) -> std::io::Result<JoinHandle<()>>
 where
-    H: Fn(Request<Incoming>, &Conn) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, &Conn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,

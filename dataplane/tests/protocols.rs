@@ -474,3 +474,60 @@ async fn an_upload_to_an_endpoint_that_does_not_read_is_held_back_not_buffered()
         .to_bytes();
     assert_eq!(String::from_utf8_lossy(&body), pushed.to_string());
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_whatever_their_shape() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |_| {}).await;
+    // Four requests in one write: plain ones, one with a body between them
+    // (served by hyper from there on), the last asking to close.
+    let mut stream = sent(
+        &dp,
+        b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /headers HTTP/1.1\r\nHost: x\r\nX-Probe: 1\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          GET /conn HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let answer = read_to_close(&mut stream).await.expect("answers");
+    let lower = answer.to_ascii_lowercase();
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{answer}");
+    let at = |what: &str| {
+        lower
+            .find(what)
+            .unwrap_or_else(|| panic!("{what:?} in {answer}"))
+    };
+    assert!(at("\r\n\r\nb") < at("x-probe: 1"), "{answer}");
+    assert!(at("x-probe: 1") < at("hello"), "{answer}");
+    assert!(
+        lower.trim_end().ends_with("\r\n\r\n1"),
+        "one connection to the endpoint: {answer}"
+    );
+    // Every answer says how long it is, and when.
+    assert_eq!(lower.matches("content-length: ").count(), 4, "{answer}");
+    assert_eq!(lower.matches("\r\ndate: ").count(), 4, "{answer}");
+    assert_eq!(lower.matches("connection: close").count(), 1, "{answer}");
+}
+
+/// The requests in flight across the pools, by `/debug/pools`.
+async fn in_flight(dp: &Dataplane) -> u64 {
+    let got = admin_get(&client(), dp, "/debug/pools").await;
+    let pools: serde_json::Value = serde_json::from_slice(&got.body).expect("json");
+    let pools = pools["pools"].as_array().expect("pools");
+    pools.iter().filter_map(|p| p["inFlight"].as_u64()).sum()
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_takes_its_request_with_it() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |_| {}).await;
+    let stream = sent(&dp, b"GET /gate HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    b.gate.arrival().await;
+    assert_eq!(in_flight(&dp).await, 1);
+    // The endpoint never answers; the client leaves. The request ends
+    // with it, not when the endpoint answers (or times out).
+    drop(stream);
+    eventually("no request in flight", async || in_flight(&dp).await == 0).await;
+    let got = proxy_get(&client(), &dp, "x", "/").await;
+    assert_eq!(got.status, StatusCode::OK);
+}
