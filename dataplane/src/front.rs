@@ -675,6 +675,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
             let n = this.pre.len().min(buf.remaining());
             buf.put_slice(&this.pre[..n]);
             this.pre.advance(n);
+            if this.pre.is_empty() {
+                // Lets the read buffer it was part of go.
+                this.pre = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)
