@@ -162,7 +162,11 @@ impl Scratch {
         // Where a slice of the head starts in it (the parser's slices all
         // point into `buf`).
         let base = buf.as_ptr() as usize;
-        let at = |s: &[u8]| s.as_ptr() as usize - base;
+        // (An empty slice need not point into the head.)
+        let at = |s: &[u8]| match s.is_empty() {
+            true => 0,
+            false => s.as_ptr() as usize - base,
+        };
         let path = req.path.unwrap_or("").as_bytes();
         let path = (at(path), at(path) + path.len());
         let mut close = false;
@@ -752,6 +756,9 @@ mod tests {
         assert_eq!(req.uri(), "/a?b=c");
         assert_eq!(req.headers()["host"], "shop.example");
         assert_eq!(req.headers()["x-id"], "7");
+        let (req, _, _) = plain("GET / HTTP/1.1\r\nX-Empty:\r\nHost: a\r\n\r\n");
+        assert_eq!(req.headers()["x-empty"], "");
+        assert_eq!(req.headers()["host"], "a");
         assert!(req.body().is_end_stream());
         let (req, _, close) =
             plain("DELETE http://a.example/x HTTP/1.1\r\nhost: a.example\r\n\r\n");

@@ -208,18 +208,27 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
+/// A response header's name and where its value is in the head: kept
+/// between responses to reuse the room.
+pub type Fields = Vec<(HeaderName, usize, usize)>;
+
 /// Reads the next final response head from `io` (interim `1xx` responses
 /// other than `101` are skipped), leaving what follows it in `buf`.
-/// `head_request`: the request was `HEAD`, so no body follows.
-pub async fn read_head<R>(io: &mut R, buf: &mut BytesMut, head_request: bool) -> Result<Head, Error>
+/// `head_request`: the request was `HEAD`, so no body follows. `fields`:
+/// room for the parser.
+pub async fn read_head<R>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    head_request: bool,
+    fields: &mut Fields,
+) -> Result<Head, Error>
 where
     R: AsyncRead + Unpin,
 {
     loop {
         if !buf.is_empty()
-            && let Some((len, head)) = parse_head(buf, head_request)?
+            && let Some(head) = parse_head(buf, head_request, fields)?
         {
-            buf.advance(len);
             match head {
                 Some(head) => return Ok(head),
                 None => continue, // an interim response
@@ -235,9 +244,14 @@ where
     }
 }
 
-/// Parses a response head at the start of `buf`: `None` when incomplete;
-/// `Some((length, None))` for an interim response to skip.
-fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<Head>)>, Error> {
+/// Parses a response head at the start of `buf` and takes it off: `None`
+/// when incomplete (nothing taken); `Some(None)` for an interim response,
+/// skipped. The header values share the head's bytes (no copy).
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    fields: &mut Fields,
+) -> Result<Option<Option<Head>>, Error> {
     // Slots left uninitialised, as hyper's parser leaves them: filling a
     // hundred empty headers per response costs more than parsing five.
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
@@ -252,13 +266,15 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<He
     let code = resp.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| Error::Framing("invalid status code"))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(Some((len, None)));
+        buf.advance(len);
+        return Ok(Some(None));
     }
     let version = match resp.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    let base = buf.as_ptr() as usize;
+    fields.clear();
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoded = false;
@@ -286,8 +302,6 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<He
                 continue;
             }
         }
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| Error::Framing("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
             let n = parse_length(h.value)?;
             if length.is_some_and(|l| l != n) {
@@ -297,12 +311,23 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<He
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoded = true;
             // Chunked only counts as the last coding.
-            chunked = value
-                .to_str()
+            chunked = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         }
+        // (An empty value's slice need not point into the head.)
+        let start = match h.value.is_empty() {
+            true => 0,
+            false => h.value.as_ptr() as usize - base,
+        };
+        fields.push((name, start, start + h.value.len()));
+    }
+    let raw = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, start, end) in fields.drain(..) {
+        let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
+            .map_err(|_| Error::Framing("invalid header value"))?;
         headers.append(name, value);
     }
     let bodiless = head_request
@@ -340,7 +365,7 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, Option<He
         framing,
         keep_alive,
     };
-    Ok(Some((len, Some(head))))
+    Ok(Some(Some(head)))
 }
 
 /// A response header's name. The names nearly every response carries, as
@@ -574,10 +599,17 @@ mod tests {
     use super::*;
     use tokio::net::TcpStream;
 
+    /// What `parse_head` made of `raw`, and what it left of it.
+    fn parse(raw: &[u8], head_request: bool) -> (Result<Option<Option<Head>>, Error>, BytesMut) {
+        let mut buf = BytesMut::from(raw);
+        let parsed = parse_head(&mut buf, head_request, &mut Vec::new());
+        (parsed, buf)
+    }
+
     fn head(raw: &str, head_request: bool) -> Head {
-        match parse_head(raw.as_bytes(), head_request) {
-            Ok(Some((len, Some(h)))) => {
-                assert_eq!(len, raw.len());
+        match parse(raw.as_bytes(), head_request) {
+            (Ok(Some(Some(h))), rest) => {
+                assert!(rest.is_empty(), "all of {raw:?} taken");
                 h
             }
             other => panic!("not a complete head: {other:?}"),
@@ -678,14 +710,16 @@ mod tests {
             "HTTP/1.1 OK\r\n\r\n",
             "SSH-2.0-OpenSSH\r\n\r\n",
         ] {
-            assert!(parse_head(raw.as_bytes(), false).is_err(), "{raw:?}");
+            assert!(parse(raw.as_bytes(), false).0.is_err(), "{raw:?}");
         }
         assert!(matches!(
-            parse_head(b"HTTP/1.1 200 OK\r\nx: y\r\n", false),
-            Ok(None)
+            parse(b"HTTP/1.1 200 OK\r\nx: y\r\n", false),
+            (Ok(None), rest) if rest.len() == 23
         ));
         let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
-        assert!(matches!(parse_head(interim, false), Ok(Some((25, None)))));
+        let (parsed, rest) = parse(interim, false);
+        assert!(matches!(parsed, Ok(Some(None))));
+        assert_eq!(rest, &interim[25..]);
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head being written (kept to reuse its allocation).
     head: Vec<u8>,
+    /// The response head's parser's room (kept likewise).
+    fields: h1::Fields,
     /// When it was last returned idle.
     since: Instant,
     /// Its place in the pool's `maxConnections`.
@@ -362,6 +364,7 @@ impl Upstream {
             io: Io::Whole(io),
             buf: BytesMut::new(),
             head: Vec::new(),
+            fields: Vec::new(),
             since: Instant::now(),
             _slot: slot,
         }))
@@ -406,10 +409,12 @@ async fn exchange(
             write: Writer::Running(writer),
         };
     }
-    let Conn { io, buf, .. } = &mut *conn;
+    let Conn {
+        io, buf, fields, ..
+    } = &mut *conn;
     let head = match io {
         Io::Split { read, write } => {
-            let mut head = pin!(h1::read_head(read, buf, head_request));
+            let mut head = pin!(h1::read_head(read, buf, head_request, fields));
             tokio::select! {
                 biased;
                 head = &mut head => head?,
@@ -423,7 +428,7 @@ async fn exchange(
                 },
             }
         }
-        io => h1::read_head(io, buf, head_request).await?,
+        io => h1::read_head(io, buf, head_request, fields).await?,
     };
     let mut resp = Response::new(());
     *resp.status_mut() = head.status;
