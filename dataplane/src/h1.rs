@@ -215,19 +215,21 @@ pub type Fields = Vec<(HeaderName, usize, usize)>;
 /// Reads the next final response head from `io` (interim `1xx` responses
 /// other than `101` are skipped), leaving what follows it in `buf`.
 /// `head_request`: the request was `HEAD`, so no body follows. `fields`:
-/// room for the parser.
+/// room for the parser; `room`: an empty map for the headers (the
+/// request's, emptied, saves an allocation).
 pub async fn read_head<R>(
     io: &mut R,
     buf: &mut BytesMut,
     head_request: bool,
     fields: &mut Fields,
+    room: &mut HeaderMap,
 ) -> Result<Head, Error>
 where
     R: AsyncRead + Unpin,
 {
     loop {
         if !buf.is_empty()
-            && let Some(head) = parse_head(buf, head_request, fields)?
+            && let Some(head) = parse_head(buf, head_request, fields, room)?
         {
             match head {
                 Some(head) => return Ok(head),
@@ -251,6 +253,7 @@ fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
     fields: &mut Fields,
+    room: &mut HeaderMap,
 ) -> Result<Option<Option<Head>>, Error> {
     // Slots left uninitialised, as hyper's parser leaves them: filling a
     // hundred empty headers per response costs more than parsing five.
@@ -324,7 +327,8 @@ fn parse_head(
         fields.push((name, start, start + h.value.len()));
     }
     let raw = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut headers = std::mem::take(room);
+    headers.reserve(fields.len());
     for (name, start, end) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(raw.slice(start..end))
             .map_err(|_| Error::Framing("invalid header value"))?;
@@ -602,7 +606,12 @@ mod tests {
     /// What `parse_head` made of `raw`, and what it left of it.
     fn parse(raw: &[u8], head_request: bool) -> (Result<Option<Option<Head>>, Error>, BytesMut) {
         let mut buf = BytesMut::from(raw);
-        let parsed = parse_head(&mut buf, head_request, &mut Vec::new());
+        let parsed = parse_head(
+            &mut buf,
+            head_request,
+            &mut Vec::new(),
+            &mut HeaderMap::new(),
+        );
         (parsed, buf)
     }
 

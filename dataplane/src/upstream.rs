@@ -380,7 +380,7 @@ async fn exchange(
     req: Request<RequestBody>,
     endpoint: &Arc<Endpoint>,
 ) -> Result<Response<ResponseBody>, h1::Error> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let framing = RequestFraming::for_body(body.is_end_stream(), body.size_hint().exact());
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     conn.head.clear();
@@ -392,6 +392,9 @@ async fn exchange(
         framing,
     );
     let head_request = parts.method == Method::HEAD;
+    // The request's header map, emptied, takes the response's headers.
+    let mut room = std::mem::take(&mut parts.headers);
+    room.clear();
     let Io::Whole(io) = &mut conn.io else {
         return Err(h1::Error::Closed);
     };
@@ -414,7 +417,7 @@ async fn exchange(
     } = &mut *conn;
     let head = match io {
         Io::Split { read, write } => {
-            let mut head = pin!(h1::read_head(read, buf, head_request, fields));
+            let mut head = pin!(h1::read_head(read, buf, head_request, fields, &mut room));
             tokio::select! {
                 biased;
                 head = &mut head => head?,
@@ -428,7 +431,7 @@ async fn exchange(
                 },
             }
         }
-        io => h1::read_head(io, buf, head_request, fields).await?,
+        io => h1::read_head(io, buf, head_request, fields, &mut room).await?,
     };
     let mut resp = Response::new(());
     *resp.status_mut() = head.status;
