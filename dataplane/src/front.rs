@@ -504,9 +504,7 @@ fn encode_head<B: Body>(
                 continue;
             }
             // The endpoint's, checked when its response was read.
-            length = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            length = crate::h1::parse_length(value.as_bytes()).ok();
         } else if *name == header::TRANSFER_ENCODING || *name == header::CONNECTION {
             // Ours to set (none of the proxy's responses carries them).
             continue;

@@ -395,7 +395,7 @@ fn header_name(raw: &[u8]) -> Result<HeaderName, Error> {
     Ok(known)
 }
 
-fn parse_length(value: &[u8]) -> Result<u64, Error> {
+pub(crate) fn parse_length(value: &[u8]) -> Result<u64, Error> {
     // One value, or the same value repeated in a list (RFC 9110 §8.6).
     let mut found: Option<u64> = None;
     for part in value.split(|b| *b == b',') {
