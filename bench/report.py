@@ -195,6 +195,32 @@ def summary(args):
             print(f"| {name} | " + " | ".join(cells) + " |")
         print()
 
+        # The same ratios taken within each round, where the scenarios ran
+        # back to back under the same load from other tenants, then the
+        # median over rounds: less moved by load that drifts over the run.
+        by_round = {}
+        for x in samples:
+            by_round.setdefault(x["round"], {})[x["scenario"]] = x
+        keys = (("rps", "req/s"), ("p99_us", "p99"), ("cpu_us_per_req", "CPU µs/req"), ("user_us_per_req", "user µs/req"))
+        print(
+            "Paired: the ratio within each round (the four scenarios run back to back, "
+            "so they share that round's load from other tenants), median over rounds:"
+        )
+        print()
+        print("| ratio, median of rounds | sluice / nginx | sluice / HAProxy |")
+        print("|---|---:|---:|")
+        for key, name in keys:
+            cells = []
+            for o in ("nginx", "haproxy"):
+                rs = [
+                    r["sluice"][key] / r[o][key]
+                    for r in by_round.values()
+                    if "sluice" in r and o in r and r["sluice"].get(key) is not None and r[o].get(key)
+                ]
+                cells.append(fmt(statistics.median(rs) if rs else None, ".2f"))
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print()
+
         def check(ok, text):
             checks.append(("PASS" if ok else "MISS") + "  " + text)
 
