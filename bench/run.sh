@@ -91,11 +91,11 @@ install_tools() {
 install_tools
 command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
 
-log "building sluice-dataplane (release)"
-(cd "$ROOT" && cargo build --release -q -p sluice-dataplane)
+log "building sluice-dataplane (profile release-lto, as its image is built)"
+(cd "$ROOT" && cargo build --profile release-lto -q -p sluice-dataplane)
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-SLUICE="$TARGET_DIR/release/sluice-dataplane"
+SLUICE="$TARGET_DIR/release-lto/sluice-dataplane"
 [[ -x $SLUICE ]] || die "no binary at $SLUICE"
 
 # --- processes ---------------------------------------------------------------
