@@ -37,6 +37,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::h1::header_name;
 use crate::head_timeout::Activity;
 use crate::listener::{Conn, Signal};
 
@@ -230,22 +231,6 @@ fn restore(buf: &mut BytesMut, head: &[u8]) {
     let rest = buf.split();
     buf.extend_from_slice(head);
     buf.extend_from_slice(&rest);
-}
-
-/// A request header's name: the ones nearly every request carries, as
-/// clients spell them, matched as they are; others lowercased and looked
-/// up by `http`.
-fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-    Ok(match raw {
-        b"Host" | b"host" => header::HOST,
-        b"User-Agent" | b"user-agent" => header::USER_AGENT,
-        b"Accept" | b"accept" => header::ACCEPT,
-        b"Accept-Encoding" | b"accept-encoding" => header::ACCEPT_ENCODING,
-        b"Accept-Language" | b"accept-language" => header::ACCEPT_LANGUAGE,
-        b"Connection" | b"connection" => header::CONNECTION,
-        b"Cookie" | b"cookie" => header::COOKIE,
-        _ => HeaderName::from_bytes(raw)?,
-    })
 }
 
 /// Serves the connection's plain requests, until it closes or a request
@@ -687,35 +672,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
+crate::head_timeout::write_through!(Rewind);
 
 #[cfg(test)]
 mod tests {
