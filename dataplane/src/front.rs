@@ -194,9 +194,9 @@ impl Scratch {
             self.fields
                 .push((name, at(h.value), at(h.value) + h.value.len()));
         }
-        // The head's own bytes, shared by the URI and the values (no copy);
-        // checked before the head is taken off the buffer, which is left
-        // whole for hyper when anything is amiss.
+        // The head's own bytes, shared by the URI and the values (no copy).
+        // Should `http` refuse the URI or a value, the head goes back in
+        // front of the buffer, for hyper to answer.
         let frozen = buf.split_to(len).freeze();
         let Ok(uri) = Uri::from_maybe_shared(frozen.slice(path.0..path.1)) else {
             restore(buf, &frozen);
