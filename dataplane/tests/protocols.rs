@@ -531,3 +531,21 @@ async fn a_client_that_goes_away_takes_its_request_with_it() {
     let got = proxy_get(&client(), &dp, "x", "/").await;
     assert_eq!(got.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_target_the_front_end_cannot_take_is_refused_as_before_and_the_next_is_served() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |_| {}).await;
+    // httparse takes `<` in a target and `http` does not: the front end
+    // hands the request to hyper whole, which answers 400 and closes.
+    let mut stream = sent(&dp, b"GET /a<b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let answer = read_to_close(&mut stream).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(
+        b.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing forwarded"
+    );
+    let got = proxy_get(&client(), &dp, "x", "/").await;
+    assert_eq!(got.status, StatusCode::OK);
+}
