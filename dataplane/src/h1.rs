@@ -276,7 +276,6 @@ fn parse_head(
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let base = buf.as_ptr() as usize;
     fields.clear();
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -320,11 +319,7 @@ fn parse_head(
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         }
-        // (An empty value's slice need not point into the head.)
-        let start = match h.value.is_empty() {
-            true => 0,
-            false => h.value.as_ptr() as usize - base,
-        };
+        let start = offset_in(buf, h.value);
         fields.push((name, start, start + h.value.len()));
     }
     let raw = buf.split_to(len).freeze();
@@ -399,6 +394,15 @@ pub(crate) fn header_name(raw: &[u8]) -> Result<HeaderName, header::InvalidHeade
         b"Cookie" | b"cookie" => header::COOKIE,
         _ => HeaderName::from_bytes(raw)?,
     })
+}
+
+/// Where `part`, a slice httparse made of `head`, starts in it (0 for an
+/// empty one, which need not point into `head`).
+pub(crate) fn offset_in(head: &[u8], part: &[u8]) -> usize {
+    match part.is_empty() {
+        true => 0,
+        false => part.as_ptr() as usize - head.as_ptr() as usize,
+    }
 }
 
 pub(crate) fn parse_length(value: &[u8]) -> Result<u64, Error> {

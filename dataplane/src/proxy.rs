@@ -336,9 +336,10 @@ impl Proxy {
             return local(StatusCode::BAD_REQUEST, "bad-request", format!("{e}\n"));
         }
         let limit = pool.policy.request_timeout;
-        // Boxed: the attempts make a future of kilobytes, and every layer
-        // above would otherwise copy it whole when it moves (hyper moves the
-        // request's future into place once more).
+        // Boxed: the attempts make a future of kilobytes, which the timeout
+        // and activation layers above would otherwise copy whole as they
+        // take it (measured, with the front end polling the request's
+        // future in place: 1.6k more instructions a request unboxed).
         let attempts = boxed_attempts(pool, target, &pick, parts, body);
         let tries = tokio::time::timeout(limit, attempts);
         let (mut resp, tries) = match activation::relay(tries, turn).await {
