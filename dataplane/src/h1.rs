@@ -26,6 +26,7 @@ use std::io;
 use std::pin::pin;
 use std::task::{Context, Poll, ready};
 
+use crate::forward::Forwarded;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -88,12 +89,14 @@ impl RequestFraming {
 
 /// Writes a request head into `out`: request line, `headers` (which must
 /// not carry hop-by-hop framing: `Transfer-Encoding` is Sluice's to set),
-/// and the framing header of the body.
+/// the `X-Forwarded-*` lines of `forwarded`, and the framing header of the
+/// body.
 pub fn encode_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    forwarded: Option<&Forwarded>,
     framing: RequestFraming,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -109,6 +112,9 @@ pub fn encode_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(forwarded) = forwarded {
+        forwarded.write(out);
     }
     match framing {
         RequestFraming::Empty => {}
@@ -758,6 +764,7 @@ mod tests {
             &Method::POST,
             "/a?b",
             &headers,
+            None,
             RequestFraming::Chunked,
         );
         assert_eq!(
@@ -770,6 +777,7 @@ mod tests {
             &Method::PUT,
             "/",
             &headers,
+            None,
             RequestFraming::Length(3),
         );
         assert_eq!(
@@ -783,6 +791,7 @@ mod tests {
             &Method::POST,
             "/",
             &headers,
+            None,
             RequestFraming::Empty,
         );
         assert_eq!(

@@ -23,7 +23,7 @@ use http_body_util::Full;
 use crate::activation;
 use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::endpoint::{Endpoint, InFlight};
-use crate::forward;
+use crate::forward::{self, Forwarded};
 use crate::metrics::Exchange;
 use crate::retry::{self, Failure, RequestTraits, idempotent};
 use crate::state::State;
@@ -331,16 +331,13 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let upgrade = upgrade::take(&mut parts);
         let https = site.is_some();
-        if let Err(e) = forward::request(&mut parts, peer.ip(), original_host, https) {
-            exchange.respond(400);
-            return local(StatusCode::BAD_REQUEST, "bad-request", format!("{e}\n"));
-        }
+        let forwarded = forward::request(&mut parts, peer.ip(), original_host, https);
         let limit = pool.policy.request_timeout;
         // Boxed: the attempts make a future of kilobytes, which the timeout
         // and activation layers above would otherwise copy whole as they
         // take it (measured, with the front end polling the request's
         // future in place: 1.6k more instructions a request unboxed).
-        let attempts = boxed_attempts(pool, target, &pick, parts, body);
+        let attempts = boxed_attempts(pool, target, &pick, &forwarded, parts, body);
         let tries = tokio::time::timeout(limit, attempts);
         let (mut resp, tries) = match activation::relay(tries, turn).await {
             Ok(Answer::Upstream {
@@ -350,7 +347,7 @@ impl Proxy {
             }) => {
                 exchange.respond(resp.status().as_u16());
                 let (mut parts, mut body) = resp.into_parts();
-                forward::strip_hop_by_hop(&mut parts.headers);
+                let _ = forward::strip_hop_by_hop(&mut parts.headers);
                 if let Some(cookie) = pool.affinity_cookie(&pick, in_flight.endpoint()) {
                     parts.headers.append(header::SET_COOKIE, cookie.clone());
                 }
@@ -430,10 +427,11 @@ fn boxed_attempts<'a>(
     pool: &'a Pool,
     first: &'a Arc<Endpoint>,
     pick: &'a PickRequest,
+    forwarded: &'a Forwarded,
     parts: Parts,
     body: ClientBody,
 ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
-    Box::pin(attempts(pool, first, pick, parts, body))
+    Box::pin(attempts(pool, first, pick, forwarded, parts, body))
 }
 
 /// Sends the request to `first`, and again to other endpoints while the
@@ -443,6 +441,7 @@ async fn attempts(
     pool: &Pool,
     first: &Arc<Endpoint>,
     pick: &PickRequest,
+    forwarded: &Forwarded,
     parts: Parts,
     body: ClientBody,
 ) -> Answer {
@@ -477,9 +476,11 @@ async fn attempts(
             (None, None) => return failed_answer(pool, target, tries),
         };
         let started = Instant::now();
-        let sent = policy
-            .upstream
-            .send(target, Request::from_parts(parts, body.attempt()));
+        let sent = policy.upstream.send(
+            target,
+            Request::from_parts(parts, body.attempt()),
+            forwarded,
+        );
         let result = match retry.per_try_timeout {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),

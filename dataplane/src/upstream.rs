@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use crate::forward::Forwarded;
 use crate::front::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
@@ -316,6 +317,7 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
+        forwarded: &Forwarded,
     ) -> Result<Response<ResponseBody>, (UpstreamError, Option<Request<RequestBody>>)> {
         let conn = match self.checkout(endpoint) {
             Some(conn) => conn,
@@ -325,7 +327,7 @@ impl Upstream {
                 Err(e) => return Err((e, Some(req))),
             },
         };
-        exchange(conn, req, endpoint)
+        exchange(conn, req, forwarded, endpoint)
             .await
             .map_err(|e| (UpstreamError::Send(e), None))
     }
@@ -371,13 +373,15 @@ impl Upstream {
     }
 }
 
-/// One request and its response head on `conn`. A request body is sent by
+/// One request and its response head on `conn`, with `forwarded`'s
+/// `X-Forwarded-*` fields. A request body is sent by
 /// a task of its own while the response head is awaited, and goes on
 /// while the response streams back: an endpoint that answers before taking
 /// the whole body (a 413, an echo) is heard.
 async fn exchange(
     mut conn: Box<Conn>,
     req: Request<RequestBody>,
+    forwarded: &Forwarded,
     endpoint: &Arc<Endpoint>,
 ) -> Result<Response<ResponseBody>, h1::Error> {
     let (mut parts, body) = req.into_parts();
@@ -389,6 +393,7 @@ async fn exchange(
         &parts.method,
         target,
         &parts.headers,
+        Some(forwarded),
         framing,
     );
     let head_request = parts.method == Method::HEAD;
