@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -189,8 +189,8 @@ impl Scratch {
                 .push((name, at(h.value), at(h.value) + h.value.len()));
         }
         // The head's own bytes, shared by the URI and the values (no copy).
-        // Should `http` refuse the URI or a value, the head goes back in
-        // front of the buffer, for hyper to answer.
+        // Should `http` refuse the URI, the head goes back in front of the
+        // buffer, for hyper to answer.
         let frozen = buf.split_to(len).freeze();
         let Ok(uri) = Uri::from_maybe_shared(frozen.slice(path.0..path.1)) else {
             restore(buf, &frozen);
@@ -199,12 +199,7 @@ impl Scratch {
         let mut headers = self.spare.take().unwrap_or_default();
         headers.reserve(self.fields.len() + EXTRA_HEADERS);
         for (name, start, end) in self.fields.drain(..) {
-            let Ok(value) = HeaderValue::from_maybe_shared(frozen.slice(start..end)) else {
-                // (httparse takes the same bytes in a value as `http`.)
-                restore(buf, &frozen);
-                return Parsed::Other;
-            };
-            headers.append(name, value);
+            headers.append(name, crate::h1::parsed_value(frozen.slice(start..end)));
         }
         let head = method == Method::HEAD;
         let mut request = Request::new(ClientBody::Empty);
