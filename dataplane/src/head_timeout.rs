@@ -20,9 +20,9 @@
 //! only when it fires, at most once per period; in between, a read is a
 //! pass-through.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -140,18 +140,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<I> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => loop {
-                // The deadline already holds this task's waker: nothing to
-                // register again, only whether it passed to see (polling it
-                // again cost 1 % of a request's instructions).
-                let registered = watch
-                    .waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()));
-                if registered && !watch.deadline.is_elapsed() {
-                    return Poll::Pending;
-                }
-                if watch.deadline.as_mut().poll(cx).is_pending() {
-                    watch.waker = Some(cx.waker().clone());
+                // Polled only with a new waker or once passed (polling it
+                // at every read cost 1 % of a request's instructions).
+                if poll_deadline(watch.deadline.as_mut(), &mut watch.waker, cx).is_pending() {
                     return Poll::Pending;
                 }
                 let started = this.activity.started.load(Ordering::Relaxed);
@@ -232,3 +223,51 @@ macro_rules! write_through {
 pub(crate) use write_through;
 
 write_through!(HeadTimeout);
+
+/// Polls `deadline` when `waker` (the waker it was last polled with) is
+/// not this task's, or when it has passed; otherwise says `Pending` at no
+/// cost.
+fn poll_deadline(
+    deadline: Pin<&mut Sleep>,
+    waker: &mut Option<Waker>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    if waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !deadline.is_elapsed() {
+        return Poll::Pending;
+    }
+    // Outside the task's cooperative budget: with the budget spent,
+    // `Sleep::poll` says `Pending` without registering the waker, and the
+    // waker kept below would stop the deadline from being polled again.
+    let mut deadline = deadline;
+    let polled = pin!(tokio::task::unconstrained(poll_fn(|cx| {
+        deadline.as_mut().poll(cx)
+    })))
+    .poll(cx);
+    *waker = match polled {
+        Poll::Pending => Some(cx.waker().clone()),
+        Poll::Ready(()) => None,
+    };
+    polled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_deadline_first_polled_with_the_budget_spent_still_fires() {
+        let mut deadline = pin!(tokio::time::sleep(Duration::from_millis(20)));
+        let mut waker = None;
+        let fired = tokio::time::timeout(
+            Duration::from_secs(5),
+            poll_fn(|cx| {
+                // The task's budget spent before the deadline is polled, as
+                // by a connection that read many pipelined requests at once.
+                while pin!(tokio::task::consume_budget()).poll(cx).is_ready() {}
+                poll_deadline(deadline.as_mut(), &mut waker, cx)
+            }),
+        )
+        .await;
+        assert!(fired.is_ok(), "the deadline never fired");
+    }
+}
