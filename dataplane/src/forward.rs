@@ -32,9 +32,14 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers, including every header the `Connection`
-/// header names. Says whether an `X-Forwarded-*` header is there, seen on
-/// the way.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+/// header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip::<false>(headers);
+}
+
+/// [`strip_hop_by_hop`]; with `FORWARDED`, also says whether an
+/// `X-Forwarded-*` header is there, seen on the way (a request's).
+fn strip<const FORWARDED: bool>(headers: &mut HeaderMap) -> bool {
     // One pass over the names (standard ones compare as numbers) finds
     // which are present; most messages carry none, or only `Connection:
     // keep-alive`, and then nothing is hashed or allocated.
@@ -43,7 +48,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present[i] = true;
-        } else if name.as_str().starts_with("x-forwarded-") {
+        } else if FORWARDED && name.as_str().starts_with("x-forwarded-") {
             forwarded = true;
         }
     }
@@ -71,6 +76,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         headers.remove(name);
     }
     forwarded
+}
+
+/// The host a request was routed by, for `Host` and `X-Forwarded-Host`.
+#[derive(Debug, Clone)]
+pub struct RoutedHost {
+    pub value: HeaderValue,
+    /// Whether it came from the request's own `Host` header (which then
+    /// needs no rewrite); otherwise from the URI's authority.
+    pub in_host_header: bool,
 }
 
 /// The `X-Forwarded-*` fields of one request, written by the endpoint
@@ -125,7 +139,7 @@ impl Forwarded {
 pub fn request(
     parts: &mut Parts,
     client: IpAddr,
-    original_host: Option<HeaderValue>,
+    original_host: Option<RoutedHost>,
     https: bool,
 ) -> Forwarded {
     let path_and_query = parts
@@ -139,7 +153,7 @@ pub fn request(
     let upgrade = crate::upgrade::requested(parts.version, &parts.headers);
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
-    let forwarded_by_client = strip_hop_by_hop(headers);
+    let forwarded_by_client = strip::<true>(headers);
     if let Some(protocol) = upgrade {
         crate::upgrade::keep(headers, protocol);
     }
@@ -161,16 +175,15 @@ pub fn request(
         headers.remove(X_FORWARDED_HOST);
     }
     if let Some(host) = &original_host
-        // An HTTP/1.1 request usually carries it already.
-        && headers.get(header::HOST) != Some(host)
+        && !host.in_host_header
     {
-        headers.insert(header::HOST, host.clone());
+        headers.insert(header::HOST, host.value.clone());
     }
     Forwarded {
         prior,
         client,
         https,
-        host: original_host,
+        host: original_host.map(|h| h.value),
     }
 }
 
@@ -266,7 +279,10 @@ mod tests {
             .body(())
             .expect("request")
             .into_parts();
-        let host = HeaderValue::from_static("shop.example.com:8080");
+        let host = RoutedHost {
+            value: HeaderValue::from_static("shop.example.com:8080"),
+            in_host_header: false,
+        };
         let forwarded = request(&mut parts, [192, 0, 2, 3].into(), Some(host), false);
         assert_eq!(parts.uri, "/a/b?c=d");
         assert_eq!(parts.version, Version::HTTP_11);
@@ -295,7 +311,10 @@ mod tests {
             .body(())
             .expect("request")
             .into_parts();
-        let host = HeaderValue::from_static("shop.example.com");
+        let host = RoutedHost {
+            value: HeaderValue::from_static("shop.example.com"),
+            in_host_header: true,
+        };
         let forwarded = request(&mut parts, [192, 0, 2, 3].into(), Some(host), false);
         assert_eq!(parts.headers.len(), 1, "{:?}", parts.headers);
         let mut out = Vec::new();

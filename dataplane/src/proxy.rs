@@ -23,7 +23,7 @@ use http_body_util::Full;
 use crate::activation;
 use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::endpoint::{Endpoint, InFlight};
-use crate::forward::{self, Forwarded};
+use crate::forward::{self, Forwarded, RoutedHost};
 use crate::metrics::Exchange;
 use crate::retry::{self, Failure, RequestTraits, idempotent};
 use crate::state::State;
@@ -249,7 +249,7 @@ impl Proxy {
         site: Option<&Site>,
     ) -> Response<ProxyBody> {
         let table = self.state.table.load_full();
-        let Some(raw_host) = request_host(&req) else {
+        let Some((raw_host, original_host)) = request_host(&req) else {
             let body = "request has no Host header\n".to_string();
             return local(StatusCode::BAD_REQUEST, "no-host", body);
         };
@@ -278,13 +278,6 @@ impl Proxy {
             exchange.respond(429);
             return rate_limited(&pool.route.name, secs);
         }
-        // The `Host` header's own value when it named the host: a shared
-        // clone, where a copy of the text costs an allocation (two, once
-        // cloned for `X-Forwarded-Host`).
-        let original_host = match req.uri().authority() {
-            Some(_) => HeaderValue::from_str(raw_host).ok(),
-            None => req.headers().get(header::HOST).cloned(),
-        };
         let from = Origin { peer, site };
         self.dispatch(pool, exchange, req, original_host, from, None)
             .await
@@ -301,7 +294,7 @@ impl Proxy {
         pool: &Arc<Pool>,
         exchange: Exchange,
         req: Request<ClientBody>,
-        original_host: Option<HeaderValue>,
+        original_host: Option<RoutedHost>,
         from: Origin<'_>,
         turn: Option<activation::Turn>,
     ) -> Response<ProxyBody> {
@@ -387,7 +380,7 @@ impl Proxy {
         pool: Arc<Pool>,
         exchange: Exchange,
         req: Request<ClientBody>,
-        original_host: Option<HeaderValue>,
+        original_host: Option<RoutedHost>,
         from: Origin<'a>,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
         Box::pin(async move {
@@ -667,13 +660,25 @@ fn overflow(pool: &str, over: Overflow) -> Response<ProxyBody> {
 }
 
 /// `:authority` (HTTP/2, or an HTTP/1.1 absolute-form target, which takes
-/// precedence over `Host` per RFC 9112 §3.2.2) or the `Host` header.
-fn request_host(req: &Request<ClientBody>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-    })
+/// precedence over `Host` per RFC 9112 §3.2.2) or the `Host` header, as
+/// text and as the value to forward. The `Host` header's own value is a
+/// shared clone, where a copy of the text would cost an allocation.
+fn request_host(req: &Request<ClientBody>) -> Option<(&str, Option<RoutedHost>)> {
+    if let Some(authority) = req.uri().authority() {
+        let text = authority.as_str();
+        let value = HeaderValue::from_str(text).ok().map(|value| RoutedHost {
+            value,
+            in_host_header: false,
+        });
+        return Some((text, value));
+    }
+    let value = req.headers().get(header::HOST)?;
+    let text = value.to_str().ok()?;
+    let routed = RoutedHost {
+        value: value.clone(),
+        in_host_header: true,
+    };
+    Some((text, Some(routed)))
 }
 
 /// An answer from Sluice itself: a status, a reason header, a short body.

@@ -221,6 +221,42 @@ async fn hop_by_hop_headers_stay_on_their_hop_and_forwarding_headers_are_set() {
 }
 
 #[tokio::test]
+async fn an_absolute_form_target_routes_and_replaces_the_host_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("b").await;
+    let dp = start(Source::Static(table(&format!(
+        "pools:\n  - {{name: p, hosts: [shop.example.com], endpoints: [{{address: {}}}]}}\n",
+        b.addr
+    ))))
+    .await;
+    let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    stream
+        .write_all(
+            b"GET http://shop.example.com/headers HTTP/1.1\r\nHost: other.example.com\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let lines: Vec<&str> = answer.lines().collect();
+    for want in [
+        "host: shop.example.com",
+        "x-forwarded-host: shop.example.com",
+    ] {
+        assert!(
+            lines.contains(&want),
+            "backend did not see {want:?}:\n{answer}"
+        );
+    }
+    assert!(!answer.contains("other.example.com"), "{answer}");
+}
+
+#[tokio::test]
 async fn http2_prior_knowledge_clients_are_served_with_their_authority_as_host() {
     let b = Backend::start("b").await;
     let dp = start(Source::Static(table(&format!(
