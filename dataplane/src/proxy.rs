@@ -340,7 +340,7 @@ impl Proxy {
             }) => {
                 exchange.respond(resp.status().as_u16());
                 let (mut parts, mut body) = resp.into_parts();
-                let _ = forward::strip_hop_by_hop(&mut parts.headers);
+                forward::strip_hop_by_hop(&mut parts.headers);
                 if let Some(cookie) = pool.affinity_cookie(&pick, in_flight.endpoint()) {
                     parts.headers.append(header::SET_COOKIE, cookie.clone());
                 }
