@@ -224,11 +224,7 @@ async fn hop_by_hop_headers_stay_on_their_hop_and_forwarding_headers_are_set() {
 async fn an_absolute_form_target_routes_and_replaces_the_host_header() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = Backend::start("b").await;
-    let dp = start(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, hosts: [shop.example.com], endpoints: [{{address: {}}}]}}\n",
-        b.addr
-    ))))
-    .await;
+    let dp = start(one_pool_for("shop.example.com", b.addr)).await;
     let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
     stream
         .write_all(
@@ -259,11 +255,7 @@ async fn an_absolute_form_target_routes_and_replaces_the_host_header() {
 #[tokio::test]
 async fn http2_prior_knowledge_clients_are_served_with_their_authority_as_host() {
     let b = Backend::start("b").await;
-    let dp = start(Source::Static(table(&format!(
-        "pools:\n  - {{name: p, hosts: [h2.example.com], endpoints: [{{address: {}}}]}}\n",
-        b.addr
-    ))))
-    .await;
+    let dp = start(one_pool_for("h2.example.com", b.addr)).await;
     // Over a connection to the proxy, with the virtual host in :authority.
     let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
     let (mut sender, conn) =

@@ -231,6 +231,13 @@ pub fn one_pool(endpoint: SocketAddr) -> Source {
     )))
 }
 
+/// One pool `p` for `host` only, over one endpoint.
+pub fn one_pool_for(host: &str, endpoint: SocketAddr) -> Source {
+    Source::Static(table(&format!(
+        "pools:\n  - {{name: p, hosts: [{host}], endpoints: [{{address: {endpoint}}}]}}\n"
+    )))
+}
+
 pub fn options(source: Source) -> Options {
     Options {
         source,
