@@ -90,8 +90,8 @@ pub struct RoutedHost {
 /// The `X-Forwarded-*` fields of one request, written by the endpoint
 /// side's encoder after the request's own headers ([`Forwarded::write`]):
 /// three `HeaderMap` inserts (and a hash each) per request cost more than
-/// the whole text they make (measured: about 1,000 instructions a
-/// request).
+/// the whole text they make (measured: 1,440 instructions a request, 7 %
+/// of the proxy's).
 #[derive(Debug)]
 pub struct Forwarded {
     /// `X-Forwarded-For` values the client sent, joined (`None`: none).

@@ -45,9 +45,10 @@ use crate::listener::{Conn, Signal};
 /// Most headers a request on this path may carry (hyper's default limit;
 /// a request with more goes to hyper, which applies the configured one).
 const MAX_HEADERS: usize = 100;
-/// Headers the proxy may add to a request (`X-Forwarded-*`, `Host`): room
-/// for them in its map from the start.
-const EXTRA_HEADERS: usize = 4;
+/// Headers the proxy may add to a request's map (`Host`, from an
+/// absolute-form target; `X-Forwarded-*` go straight into the endpoint's
+/// head): room for them from the start.
+const EXTRA_HEADERS: usize = 1;
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 8 * 1024;
 /// Least room a read is given.
