@@ -244,8 +244,18 @@ where
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut scratch = Scratch::default();
+    let mut client = Client {
+        io,
+        buf,
+        conn,
+        signal,
+        max_head,
+        scratch: Scratch::default(),
+    };
     loop {
+        let Client {
+            io, buf, scratch, ..
+        } = &mut client;
         if !buf.is_empty() {
             match scratch.parse(buf, max_headers) {
                 Parsed::Plain {
@@ -254,19 +264,7 @@ where
                     close,
                 } => {
                     activity.started();
-                    let served = exchange(
-                        io,
-                        buf,
-                        conn,
-                        handler,
-                        request,
-                        head,
-                        close,
-                        signal,
-                        max_head,
-                        &mut scratch,
-                    )
-                    .await;
+                    let served = exchange(&mut client, handler, request, head, close).await;
                     if served == Served::Close {
                         return Next::Closed;
                     }
@@ -302,19 +300,26 @@ enum Served {
     Close,
 }
 
+/// A connection as [`exchange`] serves it: the socket, what was read
+/// ahead, and the state kept from one request to the next.
+struct Client<'a, I> {
+    io: &'a mut I,
+    buf: &'a mut BytesMut,
+    conn: &'a Conn,
+    signal: &'a Signal,
+    /// The largest request head taken, in bytes (what is read ahead while
+    /// a request is in flight stops there).
+    max_head: usize,
+    scratch: Scratch,
+}
+
 /// One request and its response.
-#[allow(clippy::too_many_arguments)]
 async fn exchange<I, H, F, B>(
-    io: &mut I,
-    buf: &mut BytesMut,
-    conn: &Conn,
+    client: &mut Client<'_, I>,
     handler: &H,
     request: Request<ClientBody>,
     head_request: bool,
     mut close: bool,
-    signal: &Signal,
-    max_head: usize,
-    scratch: &mut Scratch,
 ) -> Served
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -323,6 +328,15 @@ where
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Client {
+        io,
+        buf,
+        conn,
+        signal,
+        max_head,
+        scratch,
+    } = client;
+    let (conn, max_head) = (*conn, *max_head);
     // While the proxy works, the client is watched: what it sends next
     // (pipelined) is read ahead, up to the head limit; its close (or a
     // reset) drops the request, as hyper does.
