@@ -21,7 +21,9 @@ use crate::state::State;
 /// How often the file is re-read.
 pub const POLL: Duration = Duration::from_millis(500);
 
-/// Why the file could not be used.
+/// Why the file could not be used. Every message starts with the file's
+/// path and says in plain words what was expected, because the person
+/// reading it edited a YAML file, not the Rust types behind it.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The file could not be read.
@@ -32,13 +34,37 @@ pub enum FileError {
         /// Why (in the message, not a `source`: the message says it all).
         error: std::io::Error,
     },
-    /// The file is not a valid route file; the error names line and field.
-    #[error("{}: {error}", path.display())]
+    /// The file is not a valid route file.
+    #[error("{}: {message}", path.display())]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        error: RouteError,
+        /// What is wrong: line, column, the expectation in plain words and
+        /// the offending line as written.
+        message: String,
+    },
+    /// The file has nothing in it (or only comments): more likely a file
+    /// caught half-written than a wish to serve nothing.
+    #[error(
+        "{}: the file is empty; expected `pools:` with a list of pools (write `pools: []` to serve none)",
+        path.display()
+    )]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file lists no pools while pools are being served, and does not
+    /// say it means it.
+    #[error(
+        "{}: the file lists no pools, which would stop serving the {serving} pool(s) in service; \
+         if that is meant, add `allowEmpty: true` at the top level",
+        path.display()
+    )]
+    WouldEmpty {
+        /// The file.
+        path: PathBuf,
+        /// Pools served now.
+        serving: usize,
     },
     /// A pool's certificate, key or client CA cannot be used.
     #[error("{}: {error}", path.display())]
@@ -50,27 +76,106 @@ pub enum FileError {
     },
 }
 
-/// Reads and validates the file as table `version`; also returns the text,
-/// for change detection.
+/// Reads and validates the file as table `version` for a first start; also
+/// returns the text, for change detection. An explicit `pools: []` is a
+/// valid start (nothing is being served yet that it could take away).
 pub fn load(path: &Path, version: u64) -> Result<(RouteTable, String), FileError> {
     let text = std::fs::read_to_string(path).map_err(|error| FileError::Read {
         path: path.to_path_buf(),
         error,
     })?;
-    let routes = parse(path, &text, version)?;
+    let routes = parse(path, &text, version, 0)?;
     Ok((routes, text))
 }
 
-fn parse(path: &Path, text: &str, version: u64) -> Result<RouteTable, FileError> {
+/// Parses `text` as table `version`, to replace a table of `serving` pools.
+fn parse(path: &Path, text: &str, version: u64, serving: usize) -> Result<RouteTable, FileError> {
+    if is_blank(text) {
+        return Err(FileError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
     let file = RouteFile::from_yaml(text).map_err(|error| FileError::Invalid {
         path: path.to_path_buf(),
-        error,
+        message: explain(&error, text),
     })?;
+    if file.pools.is_empty() && serving > 0 && !file.allow_empty {
+        return Err(FileError::WouldEmpty {
+            path: path.to_path_buf(),
+            serving,
+        });
+    }
     crate::tls::check(&file.pools).map_err(|error| FileError::Tls {
         path: path.to_path_buf(),
         error,
     })?;
     Ok(RouteTable::from_pools(version, file.pools))
+}
+
+/// Whether the file holds no YAML at all: blank lines, comments, document
+/// markers.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
+}
+
+/// The parser's verdict for a person: once (the YAML library repeats its
+/// message under a caret drawing), with the types' names (`u32`, socket
+/// address syntax) turned into what to write, and the offending line as
+/// written, so that the value at fault is in the message.
+fn explain(error: &RouteError, text: &str) -> String {
+    let RouteError::Yaml(raw) = error else {
+        return error.to_string();
+    };
+    let first = raw.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let located = first.strip_prefix("line ").and_then(|rest| {
+        let (line, rest) = rest.split_once(" column ")?;
+        let (column, what) = rest.split_once(": ")?;
+        Some((line.parse::<usize>().ok()?, column, what))
+    });
+    match located {
+        Some((line, column, what)) => {
+            let source = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+            format!(
+                "line {line} column {column}: {}\n  {line} | {}",
+                plain_words(what),
+                source.trim_end()
+            )
+        }
+        None => plain_words(first),
+    }
+}
+
+/// What the deserializer says about a value, in the words of the file.
+fn plain_words(what: &str) -> String {
+    const WORDS: [(&str, &str); 7] = [
+        (
+            "expected a nonzero u32",
+            "expected a positive whole number (1 or more)",
+        ),
+        (
+            "invalid u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u32", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        (
+            "invalid socket address syntax",
+            "expected an address as IP:port, such as 127.0.0.1:9001 or [::1]:9001 \
+             (host names are not resolved)",
+        ),
+        (
+            "expected sequence start",
+            "expected a list (`- ` items on the lines below, or `[]`)",
+        ),
+        ("expected mapping start", "expected `field: value` lines"),
+    ];
+    WORDS
+        .iter()
+        .fold(what.to_string(), |s, (from, to)| s.replace(from, to))
 }
 
 /// Re-reads `path` until `stop`. A changed, valid file is installed as the
@@ -121,7 +226,7 @@ pub async fn watch(
         unreadable = false;
         last_text.clone_from(&text);
         let version = state.version() + 1;
-        match parse(&path, &text, version) {
+        match parse(&path, &text, version, state.routes().pools.len()) {
             Ok(routes) => {
                 verdict = None;
                 let pools = routes.pools.len();
@@ -134,5 +239,69 @@ pub async fn watch(
                 state.set_error(e.to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEB: &str = "pools:\n  - name: web\n    endpoints:\n      - {address: 127.0.0.1:9001}\n";
+
+    fn error(text: &str, serving: usize) -> String {
+        match parse(Path::new("/etc/sluice/sluice.yaml"), text, 2, serving) {
+            Ok(t) => panic!("accepted {} pools from {text:?}", t.pools.len()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_wrong_number_says_what_to_write_once_with_the_line_at_fault() {
+        let err = error(&WEB.replace("9001}", "9001, weight: 0}"), 1);
+        assert_eq!(
+            err,
+            "/etc/sluice/sluice.yaml: line 4 column 35: invalid value: integer `0`, \
+             expected a positive whole number (1 or more)\n  \
+             4 |       - {address: 127.0.0.1:9001, weight: 0}"
+        );
+        let err = error(&WEB.replace("9001}", "9001, weight: -3}"), 1);
+        assert!(
+            err.contains("expected a whole number from 0 to 4294967295") && !err.contains("u32"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_host_name_address_is_refused_saying_ip_and_port() {
+        let err = error(&WEB.replace("127.0.0.1:9001", "backend.local:9001"), 1);
+        assert!(
+            err.starts_with(
+                "/etc/sluice/sluice.yaml: line 4 column 19: expected an address as IP:port"
+            ) && err.contains("host names are not resolved")
+                && err.ends_with("4 |       - {address: backend.local:9001}"),
+            "{err}"
+        );
+        assert_eq!(err.matches("expected an address").count(), 1, "{err}");
+    }
+
+    #[test]
+    fn no_pools_are_refused_over_a_table_in_service_unless_meant() {
+        for empty in ["", "\n# all gone\n", "---\n"] {
+            let err = error(empty, 0);
+            assert!(
+                err.contains("sluice.yaml: the file is empty") && err.contains("pools: []"),
+                "{err}"
+            );
+        }
+        let err = error("pools: []\n", 3);
+        assert!(
+            err.contains("would stop serving the 3 pool(s)") && err.contains("allowEmpty: true"),
+            "{err}"
+        );
+        let path = Path::new("sluice.yaml");
+        let meant = parse(path, "allowEmpty: true\npools: []\n", 2, 3).expect("meant");
+        assert!(meant.pools.is_empty());
+        let first = parse(path, "pools: []\n", 1, 0).expect("an explicit empty start");
+        assert!(first.pools.is_empty());
     }
 }

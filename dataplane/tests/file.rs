@@ -99,3 +99,157 @@ async fn a_missing_or_broken_file_fails_the_start_with_a_clear_message() {
         "{msg}"
     );
 }
+
+/// Polls `/debug/routes` until `lastError` holds `needle`; returns the error.
+async fn last_error_containing(http: &HttpClient, dp: &Dataplane, needle: &str) -> String {
+    let mut error = String::new();
+    eventually(&format!("lastError to say {needle:?}"), async || {
+        let got = admin_get(http, dp, "/debug/routes").await;
+        let routes: serde_json::Value = serde_json::from_slice(&got.body).expect("json");
+        error = routes["lastError"].as_str().unwrap_or_default().to_string();
+        error.contains(needle)
+    })
+    .await;
+    error
+}
+
+#[tokio::test]
+async fn an_empty_file_or_list_does_not_replace_the_table_in_service_unless_meant() {
+    let a = Backend::start("a").await;
+    let path = temp_dir("file-empty").join("sluice.yaml");
+    std::fs::write(&path, pools(a.addr)).expect("write");
+    let dp = start(Source::File(path.clone())).await;
+    let http = client();
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "a");
+
+    // Truncated, as a save caught half-way leaves it.
+    std::fs::write(&path, "").expect("write");
+    let error = last_error_containing(&http, &dp, "the file is empty").await;
+    assert!(
+        error.contains("sluice.yaml") && error.contains("pools: []"),
+        "names the file and what to write: {error}"
+    );
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "a");
+    assert_eq!(dp.route_version(), 1);
+
+    std::fs::write(&path, "pools: []\n").expect("write");
+    let error = last_error_containing(&http, &dp, "lists no pools").await;
+    assert!(
+        error.contains("sluice.yaml")
+            && error.contains("stop serving the 1 pool(s)")
+            && error.contains("allowEmpty: true"),
+        "{error}"
+    );
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "a");
+    assert_eq!(dp.route_version(), 1);
+
+    // Said in the file: served.
+    std::fs::write(&path, "allowEmpty: true\npools: []\n").expect("write");
+    eventually("the empty table to be served", async || {
+        proxy_get(&http, &dp, "x", "/").await.error == "no-route"
+    })
+    .await;
+    assert_eq!(dp.route_version(), 2);
+    dp.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_explicit_empty_list_is_a_valid_start_and_an_empty_file_is_not() {
+    let dir = temp_dir("file-empty-start");
+    let blank = dir.join("blank.yaml");
+    std::fs::write(&blank, "# to be written\n").expect("write");
+    let err = Dataplane::start(options(Source::File(blank)))
+        .await
+        .expect_err("an empty file");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("blank.yaml: the file is empty") && msg.contains("pools: []"),
+        "{msg}"
+    );
+
+    let a = Backend::start("a").await;
+    let path = dir.join("sluice.yaml");
+    std::fs::write(&path, "pools: []\n").expect("write");
+    let dp = start(Source::File(path.clone())).await;
+    let http = client();
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.error, "no-route");
+    std::fs::write(&path, pools(a.addr)).expect("write");
+    eventually("traffic to reach a", async || {
+        proxy_get(&http, &dp, "x", "/").await.backend == "a"
+    })
+    .await;
+    dp.shutdown().await;
+}
+
+/// Log lines written while a test runs, for counting.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_bad_value_is_explained_in_plain_words_and_logged_once() {
+    // The test's runtime runs on this thread, and so does the file watcher.
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let a = Backend::start("a").await;
+    let path = temp_dir("file-words").join("sluice.yaml");
+    std::fs::write(&path, pools(a.addr)).expect("write");
+    let dp = start(Source::File(path.clone())).await;
+    let http = client();
+
+    let zero = pools(a.addr).replace('}', ", weight: 0}");
+    std::fs::write(&path, &zero).expect("write");
+    let error = last_error_containing(&http, &dp, "positive whole number").await;
+    assert!(
+        error.contains("sluice.yaml: line 4")
+            && error.contains("weight: 0")
+            && !error.contains("u32"),
+        "{error}"
+    );
+    assert_eq!(error.matches("positive whole number").count(), 1, "{error}");
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "a");
+
+    let named = pools(a.addr).replace(&a.addr.ip().to_string(), "localhost");
+    std::fs::write(&path, &named).expect("write");
+    let error = last_error_containing(&http, &dp, "IP:port").await;
+    assert!(
+        error.contains("localhost:") && error.contains("host names are not resolved"),
+        "{error}"
+    );
+    assert_eq!(proxy_get(&http, &dp, "x", "/").await.backend, "a");
+    assert_eq!(dp.route_version(), 1);
+
+    // Several polls of the unchanged file: still one line per change.
+    tokio::time::sleep(sluice_dataplane::file::POLL * 4).await;
+    let text = logs.text();
+    assert_eq!(
+        text.matches("config file rejected").count(),
+        2,
+        "one log line per rejected version of the file:\n{text}"
+    );
+    dp.shutdown().await;
+}

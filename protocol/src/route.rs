@@ -281,13 +281,18 @@ impl fmt::Display for Host {
     }
 }
 
-/// The standalone dataplane's file: `{pools: [PoolRoute]}`.
+/// The standalone dataplane's file: `{pools: [PoolRoute], allowEmpty: bool}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     /// Every pool the dataplane serves.
     #[serde(default)]
     pub pools: Vec<PoolRoute>,
+    /// The author means an empty `pools` list even when it replaces a table
+    /// in service. Without it a reload that lists no pools is refused: a
+    /// truncated or half-written file must not take every route away.
+    #[serde(default, rename = "allowEmpty", skip_serializing_if = "is_false")]
+    pub allow_empty: bool,
 }
 
 /// Why a route file or a set of routes was refused.
