@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod auth;
 pub mod autoscale;
+pub mod cli;
 pub mod dataplanes;
 pub mod index;
 pub mod leader;

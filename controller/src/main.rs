@@ -1,66 +1,11 @@
 //! `sluice-controller`: the control plane binary.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
-use sluice_controller::{Auth, Controller, LeaseConfig, Options, TlsFiles};
-
-/// Watches BackendPools and EndpointSlices and streams routes to Sluice dataplanes.
-#[derive(Parser, Debug)]
-#[command(name = "sluice-controller", version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// Address of the route stream and reports (`GET /v1/routes`, `POST /v1/reports`).
-    #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8090")]
-    listen: SocketAddr,
-    /// Address of `/healthz`, `/readyz` and `/metrics`.
-    #[arg(long, env = "SLUICE_ADMIN", default_value = "0.0.0.0:9902")]
-    admin: SocketAddr,
-    /// Dataplane authentication: `none` (loopback only), `static:<file>` (bearer tokens, one per line)
-    /// or `tokenreview:<namespace>/<serviceaccount>` (projected tokens, audience `sluice`).
-    #[arg(long, env = "SLUICE_AUTH", default_value = "none")]
-    auth: Auth,
-    /// PEM certificate chain of the stream listener; with --tls-key, the
-    /// stream is served over TLS (the files are re-read when they change).
-    #[arg(
-        long,
-        env = "SLUICE_TLS_CERT",
-        requires = "tls_key",
-        value_name = "FILE"
-    )]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of the stream listener.
-    #[arg(
-        long,
-        env = "SLUICE_TLS_KEY",
-        requires = "tls_cert",
-        value_name = "FILE"
-    )]
-    tls_key: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Name of this instance in Events and its identity in the leader
-    /// Lease (the pod name in a cluster).
-    #[arg(long, env = "SLUICE_NAME", default_value = "sluice-controller")]
-    name: String,
-    /// Elect a leader with a coordination.k8s.io Lease, so that several
-    /// replicas can run: only the leader serves dataplanes, writes status
-    /// and reports ready.
-    #[arg(long, env = "SLUICE_LEADER_ELECT")]
-    leader_elect: bool,
-    /// Namespace of the Lease [default: $POD_NAMESPACE, else the service
-    /// account's namespace, else sluice-system].
-    #[arg(long, env = "SLUICE_LEASE_NAMESPACE")]
-    lease_namespace: Option<String>,
-    /// Name of the Lease, the same for every replica.
-    #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
-    lease_name: String,
-}
+use clap::Parser;
+use sluice_controller::cli::{Cli, Command, LogFormat};
+use sluice_controller::{Controller, LeaseConfig, Options, TlsFiles};
 
 /// The controller's own namespace: the downward API's `POD_NAMESPACE`, else
 /// the mounted service account's, else `sluice-system`.
@@ -72,18 +17,6 @@ fn own_namespace() -> String {
         .map(|ns| ns.trim().to_string())
         .filter(|ns| !ns.is_empty())
         .unwrap_or_else(|| "sluice-system".to_string())
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Print the CustomResourceDefinitions as YAML (`sluice-controller crds | kubectl apply -f -`).
-    Crds,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 fn init_logging(format: LogFormat) {

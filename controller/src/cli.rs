@@ -1,0 +1,82 @@
+//! The command line: every flag also reads `SLUICE_<FLAG>` from the
+//! environment. Here in the library rather than in `main.rs` so that the
+//! reference in `docs/cli.md` can be checked against it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::Auth;
+
+/// Watches BackendPools and EndpointSlices and streams routes to Sluice dataplanes.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-controller", version)]
+pub struct Cli {
+    /// What to run instead of the controller.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Address of the route stream and reports (`GET /v1/routes`, `POST /v1/reports`).
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8090")]
+    pub listen: SocketAddr,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "SLUICE_ADMIN", default_value = "0.0.0.0:9902")]
+    pub admin: SocketAddr,
+    /// Dataplane authentication: `none` (loopback only), `static:<file>` (bearer tokens, one per line)
+    /// or `tokenreview:<namespace>/<serviceaccount>` (projected tokens, audience `sluice`).
+    #[arg(long, env = "SLUICE_AUTH", default_value = "none")]
+    pub auth: Auth,
+    /// PEM certificate chain of the stream listener; with --tls-key, the
+    /// stream is served over TLS (the files are re-read when they change).
+    #[arg(
+        long,
+        env = "SLUICE_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the stream listener.
+    #[arg(
+        long,
+        env = "SLUICE_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Name of this instance in Events and its identity in the leader
+    /// Lease (the pod name in a cluster).
+    #[arg(long, env = "SLUICE_NAME", default_value = "sluice-controller")]
+    pub name: String,
+    /// Elect a leader with a coordination.k8s.io Lease, so that several
+    /// replicas can run: only the leader serves dataplanes, writes status
+    /// and reports ready.
+    #[arg(long, env = "SLUICE_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease [default: $POD_NAMESPACE, else the service
+    /// account's namespace, else sluice-system].
+    #[arg(long, env = "SLUICE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the Lease, the same for every replica.
+    #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
+    pub lease_name: String,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions as YAML (`sluice-controller crds | kubectl apply -f -`).
+    Crds,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
