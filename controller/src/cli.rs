@@ -79,4 +79,3 @@ pub enum LogFormat {
     /// One JSON object per line, for log collectors.
     Json,
 }
-
