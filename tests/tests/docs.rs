@@ -150,7 +150,7 @@ fn every_flag_of_both_binaries_is_in_docs_cli_md_and_only_those() {
                 problems.push(format!("`{command}`: flag {flag} ({env}) has no row"));
                 continue;
             };
-            if !row.cells.iter().any(|c| c.contains(&format!("`{env}`"))) {
+            if !env.is_empty() && !row.cells.iter().any(|c| c.contains(&format!("`{env}`"))) {
                 problems.push(format!(
                     "`{command}` {flag}: the row does not name its variable `{env}`"
                 ));
