@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Packaging checks (see charts/lint.py): helm lint, real renders of the chart
-# with default and non-default values, least-privilege RBAC, the wiring between
-# controller and dataplane, deploy/ == the default render, the examples against
-# the CRD schema, the chart's CRD copies, and the Dockerfiles. Called by .ci/run.
+# with default and non-default values on Kubernetes 1.28 and the newest,
+# least-privilege RBAC, the wiring between controller and dataplane, the
+# operations kit and its metric names, deploy/ == the default render, the
+# examples against the CRD schema, the chart's CRD copies, and both
+# Dockerfiles' stages built without a container engine (cargo, in a cheap
+# profile, under target/image-check/). Called by .ci/run.
 #
 # Needs python3 (>= 3.11) with pip, and PyPI. helm comes from the helm-sdkpy
 # wheel (helm v4 built as a shared library: no helm binary, no cluster); the
