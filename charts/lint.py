@@ -49,6 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import tomllib
 
+import apiserver
 import dockerfile_stages
 import helm_sdkpy
 import yaml
@@ -1147,6 +1148,69 @@ def check_image_runs_pre_stop():
     expect(out.returncode == 0, f"preStop {cmd} in the image: exit {out.returncode}: {out.stdout.strip()}")
 
 
+# ----------------------------------------------------------------- real API server
+
+
+def dropped(sent, got, path="") -> list[str]:
+    """Fields of `sent` the API server's answer lacks: pruned, or dropped
+    because this Kubernetes does not know them (a disabled feature gate)."""
+    if isinstance(sent, dict) and isinstance(got, dict):
+        return [p for k, v in sent.items()
+                for p in ([f"{path}.{k}"] if k not in got else dropped(v, got[k], f"{path}.{k}"))]
+    if isinstance(sent, list) and isinstance(got, list):
+        if len(sent) != len(got):
+            return [f"{path}: {len(sent)} items sent, {len(got)} kept"]
+        return [p for i, (a, b) in enumerate(zip(sent, got)) for p in dropped(a, b, f"{path}[{i}]")]
+    return []
+
+
+def check_apiserver():
+    """Kubernetes 1.28.7 itself (charts/apiserver.py) validates every object of
+    every render, deploy/ and the examples: `kubectl create --dry-run=server
+    --validate=strict`, and no field we send may be dropped."""
+    k8s_dir = pathlib.Path(os.environ.get("SLUICE_K8S_DIR") or ROOT.parent / "shared" / "k8s")
+    bins = apiserver.unpack(k8s_dir, ROOT / "target" / f"kube-{apiserver.VERSION}")
+    kube = apiserver.VERSION
+    renders = {
+        "default values": render(kube=kube)[0],
+        "non-default values": render(NON_DEFAULT, release="edge", namespace="edge-ns", kube=kube)[0],
+        "cert-manager values": render(CERT_MANAGER, kube=kube)[0],
+        "plain-HTTP stream": render(NO_TLS, kube=kube)[0],
+        "operations kit": render(OPERATIONS, kube=kube)[0],
+        "PodMonitor": render(POD_MONITOR, kube=kube)[0],
+        "deploy/": [d for _, d in load_yaml_dir(ROOT / "deploy", "*.yaml")],
+        "deploy/examples": [d for _, d in load_yaml_dir(ROOT / "deploy" / "examples", "*.yaml")],
+    }
+    with apiserver.ApiServer(bins) as api:
+        r = api.kubectl("create", "-f", str(CHART / "crds"), "-f", str(ROOT / "charts" / "testdata" / "external-crds.yaml"))
+        expect(r.returncode == 0, f"CRDs refused by kube-apiserver {kube}: {r.stderr.strip()}")
+        r = api.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        expect(r.returncode == 0, f"CRDs not established: {r.stderr.strip()}")
+        for ns in (NAMESPACE, "edge-ns", "monitoring"):
+            r = api.kubectl("create", "namespace", ns)
+            expect(r.returncode == 0, f"namespace {ns}: {r.stderr.strip()}")
+        problems = []
+        for name, docs in renders.items():
+            # deploy/ creates its namespace, which exists already.
+            docs = [d for d in docs if d["kind"] != "Namespace"]
+            r = api.kubectl("create", "--dry-run=server", "--validate=strict", "-o", "json", "-f", "-",
+                            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+            if r.returncode != 0:
+                problems.append(f"{name}: {r.stderr.strip()}")
+                continue
+            got, pos, dec = [], 0, json.JSONDecoder()  # one JSON document per object
+            while r.stdout[pos:].strip():
+                obj, end = dec.raw_decode(r.stdout[pos:].lstrip())
+                pos += len(r.stdout[pos:]) - len(r.stdout[pos:].lstrip()) + end
+                got += obj["items"] if obj.get("kind") == "List" else [obj]
+            expect(len(got) == len(docs), f"{name}: {len(docs)} objects sent, {len(got)} answered")
+            for sent, back in zip(docs, got):
+                lost = dropped(sent, back)
+                if lost:
+                    problems.append(f"{name}: {sent['kind']} {sent['metadata']['name']} lost {lost}")
+        expect(not problems, f"kube-apiserver {kube} refused:\n  " + "\n  ".join(problems))
+
+
 # Where the Dockerfiles' stages are replayed, and their shared cargo target
 # directory (kept between runs, like a warm build cache).
 IMAGE_WORK = ROOT / "target" / "image-check"
@@ -1292,6 +1356,7 @@ def main() -> int:
                                 "/metrics/podMonitor/interval")),
         ("deploy/ equals the default render for sluice-system", deploy_matches),
         ("deploy/examples parse and match the CRD schema", check_examples),
+        (f"kube-apiserver {apiserver.VERSION} accepts every rendered object, deploy/ and the examples", check_apiserver),
         ("Dockerfile.controller", lambda: check_dockerfile("controller", rendered["defaults"][0])),
         ("Dockerfile.dataplane", lambda: check_dockerfile("dataplane", rendered["defaults"][0])),
         ("Dockerfile.dataplane: the chart's preStop command runs with the image's binary", check_image_runs_pre_stop),
