@@ -24,11 +24,11 @@ import os
 import pathlib
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
-import ssl
 
 VERSION = "1.28.7"
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import fnmatch
 import hashlib
 import json
 import os
