@@ -7,7 +7,9 @@
 # Dockerfiles' stages built without a container engine (cargo, in a cheap
 # profile, under target/image-check/). Called by .ci/run.
 #
-# Needs python3 (>= 3.11) with pip, and PyPI. helm comes from the helm-sdkpy
+# Needs cargo (the image stages), openssl and etcd (the API-server check,
+# with kube-apiserver and kubectl 1.28.7 from SLUICE_K8S_DIR, by default
+# ../shared/k8s), python3 (>= 3.11) with pip, and PyPI. helm comes from the helm-sdkpy
 # wheel (helm v4 built as a shared library: no helm binary, no cluster); the
 # Dockerfiles are parsed by the `dockerfile` wheel (buildkit's parser).
 # helm-sdkpy's metadata asks for Python >= 3.12 but it runs on 3.11 (Debian
