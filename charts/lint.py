@@ -14,11 +14,17 @@ two Deployments (URLs, ports, token and certificate sources), the generated
 stream certificate (a real TLS handshake with Python's ssl), security
 settings, the effect of non-default values, and that deploy/ is the default
 render for sluice-system.
+Renders run against a fake of the oldest supported Kubernetes (1.28) and of
+the newest (the k8s-openapi API version in Cargo.toml); 1.27 must be refused.
+The operations kit (ServiceMonitor, PodMonitor, PrometheusRule, the Grafana
+dashboard, PodDisruptionBudgets, the dataplanes' HPA) is rendered and checked,
+and every metric its PromQL names must be one the code registers.
 The examples' BackendPools are validated against the CRD's OpenAPI schema (and
-the backend CEL rules, by hand), the chart's CRDs must equal crds/, and the
-Dockerfiles are parsed with buildkit's parser and checked against the
-workspace (every member's manifest copied, every needed crate's sources) and
-the chart (exposed ports, user 65532).
+the backend CEL rules, by hand), the chart's CRDs must equal crds/, and each
+Dockerfile's stages are built without a container engine
+(charts/dockerfile_stages.py): the manifest-only stage must build the
+dependencies with --locked, the final stage must hold the binary its
+ENTRYPOINT names, running as a non-root numeric user, with the chart's ports.
 """
 
 from __future__ import annotations
@@ -26,13 +32,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import fnmatch
 import hashlib
 import json
+import os
 import pathlib
 import re
 import shutil
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -41,7 +48,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import tomllib
 
-import dockerfile
+import apiserver
+import dockerfile_stages
 import helm_sdkpy
 import yaml
 
@@ -77,6 +85,16 @@ TOKENREVIEW_RULE = (("authentication.k8s.io",), ("tokenreviews",), ("create",))
 
 # The audience the controller asks TokenReview about (controller/src/auth.rs).
 TOKEN_AUDIENCE = "sluice"
+
+# Supported Kubernetes: from the oldest (Chart.yaml's kubeVersion; the API
+# server version in ../shared/k8s) to the newest API the code is built
+# against (k8s-openapi's feature in Cargo.toml).
+OLDEST_KUBE = "1.28.7"
+NEWEST_KUBE = "{}.{}.0".format(*re.search(r'"v(\d+)_(\d+)"', re.search(
+    r"^k8s-openapi = .*$", (ROOT / "Cargo.toml").read_text(), re.M).group(0)).groups())
+
+# The dataplane's preStop hook: exec of its own binary (the image has no shell).
+DATAPLANE_BINARY = "/usr/local/bin/sluice-dataplane"
 
 # Values that differ from every default that changes what is rendered.
 NON_DEFAULT = {
@@ -135,6 +153,20 @@ CERT_MANAGER = {
 # A plain-HTTP stream (e.g. under a mesh that already encrypts pod traffic).
 NO_TLS = {"streamTLS": {"enabled": False}, "auth": {"tokenExpirationSeconds": 7200}}
 
+# The operations kit, all on: ServiceMonitor, alerts, dashboard, an HPA for
+# the dataplanes, a PDB for the single controller.
+OPERATIONS = {
+    "controller": {"podDisruptionBudget": {"enabled": True}},
+    "dataplane": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12,
+                                  "targetMemoryUtilizationPercentage": 80}},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                "dashboard": {"enabled": True, "namespace": "monitoring"}},
+}
+# The same with a PodMonitor instead, and no dataplane admin Service.
+POD_MONITOR = {"metrics": {"podMonitor": {"enabled": True, "interval": "15s"}},
+               "dataplane": {"adminService": {"enabled": False}}}
+
 
 # ----------------------------------------------------------------- fake API
 
@@ -148,6 +180,9 @@ DISCOVERY = {
                                      ("clusterrolebindings", "ClusterRoleBinding", False),
                                      ("roles", "Role", True), ("rolebindings", "RoleBinding", True)],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler", True)],
+    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True), ("podmonitors", "PodMonitor", True),
+                                 ("prometheusrules", "PrometheusRule", True)],
     "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
     "discovery.k8s.io/v1": [("endpointslices", "EndpointSlice", True)],
     "sluice.io/v1alpha1": [("backendpools", "BackendPool", True), ("scalingtriggers", "ScalingTrigger", True)],
@@ -169,8 +204,9 @@ class FakeKube:
     CRDs answer AlreadyExists so helm skips waiting for them to be established.
     """
 
-    def __init__(self, existing: dict[str, dict] | None = None):
+    def __init__(self, existing: dict[str, dict] | None = None, kube: str = ""):
         self.existing = existing or {}
+        self.kube = kube or NEWEST_KUBE  # what /version answers: helm checks kubeVersion against it
         self.created: list[dict] = []
         fake = self
 
@@ -199,7 +235,8 @@ class FakeKube:
             def do_GET(self):
                 path = self.path.split("?")[0]
                 if path == "/version":
-                    return self._send(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0",
+                    major, minor, _ = fake.kube.split(".")
+                    return self._send(200, {"major": major, "minor": minor, "gitVersion": f"v{fake.kube}",
                                             "platform": "linux/amd64"})
                 if path == "/api":
                     return self._send(200, {"kind": "APIVersions", "versions": ["v1"],
@@ -278,9 +315,11 @@ class FakeKube:
 
 
 def render(values: dict | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE,
-           existing: dict[str, dict] | None = None, chart: pathlib.Path = CHART) -> tuple[list[dict], str]:
-    """`helm install` against the fake; returns the manifest's objects and NOTES."""
-    with FakeKube(existing) as fake:
+           existing: dict[str, dict] | None = None, chart: pathlib.Path = CHART,
+           kube: str = "") -> tuple[list[dict], str]:
+    """`helm install` against the fake (a cluster of Kubernetes `kube`, by
+    default the newest supported); returns the manifest's objects and NOTES."""
+    with FakeKube(existing, kube) as fake:
         config = helm_sdkpy.Configuration(namespace=namespace, kubeconfig=fake.kubeconfig(namespace))
         result = asyncio.run(helm_sdkpy.Install(config).run(
             release, str(chart), values=values or {}, wait=False, timeout=60, take_ownership=True))
@@ -408,8 +447,9 @@ def expect(cond, msg: str):
 # ----------------------------------------------------------------- checks
 
 
-def check_contract(docs: list[dict], release_prefix: str, namespace: str):
-    """Invariants every render must hold, whatever the values."""
+def check_contract(docs: list[dict], release_prefix: str, namespace: str, elsewhere: set = frozenset()):
+    """Invariants every render must hold, whatever the values. `elsewhere`:
+    objects that values put in another namespace."""
     objs = index(docs)
     ctl = objs[("Deployment", f"{release_prefix}-controller")]
     dp = objs[("Deployment", f"{release_prefix}-dataplane")]
@@ -417,7 +457,8 @@ def check_contract(docs: list[dict], release_prefix: str, namespace: str):
     dp_svc = objs[("Service", f"{release_prefix}-dataplane")]
 
     for d in docs:
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "Namespace", "CustomResourceDefinition"):
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "Namespace", "CustomResourceDefinition") \
+                and (d["kind"], d["metadata"]["name"]) not in elsewhere:
             expect(d["metadata"].get("namespace") == namespace,
                    f"{d['kind']} {d['metadata']['name']} is not in namespace {namespace}")
     # Services select their own Deployment's pods.
@@ -533,7 +574,7 @@ def check_contract(docs: list[dict], release_prefix: str, namespace: str):
            f"the dataplane Service must expose {want_targets} only (admin stays internal)")
     grace = df.get("--grace-period", "10s")
     expect(re.fullmatch(r"\d+s", grace), f"--grace-period {grace!r}")
-    pre = ((dc.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
+    pre = pre_stop_seconds(dc)
     expect(dps["terminationGracePeriodSeconds"] > int(grace[:-1]) + pre,
            "terminationGracePeriodSeconds must exceed preStop sleep + --grace-period")
 
@@ -551,6 +592,21 @@ def check_contract(docs: list[dict], release_prefix: str, namespace: str):
         expect(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
                and sc.get("capabilities", {}).get("drop") == ["ALL"], f"{n}: container securityContext {sc}")
         expect("limits" in c["resources"] and "requests" in c["resources"], f"{n}: resources")
+
+
+def pre_stop_seconds(c: dict) -> int:
+    """The dataplane's preStop wait: 0 without a hook; the hook must be an
+    exec of the image's own binary (`pre-stop --sleep=Ns`), which works on
+    every supported Kubernetes (the sleep action needs 1.30, a shell is
+    not in the image)."""
+    hook = (c.get("lifecycle") or {}).get("preStop")
+    if hook is None:
+        return 0
+    cmd = (hook.get("exec") or {}).get("command", [])
+    expect(set(hook) == {"exec"} and len(cmd) == 3 and cmd[:2] == [DATAPLANE_BINARY, "pre-stop"]
+           and re.fullmatch(r"--sleep=\d+s", cmd[2]),
+           f"dataplane preStop must be exec [{DATAPLANE_BINARY}, pre-stop, --sleep=Ns], got {hook}")
+    return int(cmd[2][len("--sleep="):-1])
 
 
 def check_defaults(docs: list[dict], notes: str):
@@ -583,6 +639,7 @@ def check_defaults(docs: list[dict], notes: str):
     expect(anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"]
            == "kubernetes.io/hostname", "dataplane: preferred anti-affinity across nodes")
     expect(objs[("PodDisruptionBudget", "sluice-dataplane")]["spec"]["minAvailable"] == 1, "PDB minAvailable 1")
+    expect(pre_stop_seconds(container(dp)) == 5, "dataplane: a 5 s preStop wait by default")
     expect("port-forward svc/sluice-dataplane 8080:80" in notes and "kubectl apply -f" in notes,
            "NOTES tell how to apply a pool and reach the dataplane")
 
@@ -725,9 +782,9 @@ def check_tls_kept():
            "without an existing Secret a new CA is generated")
 
 
-def check_rejected(values: dict, fragment: str):
+def check_rejected(values: dict, fragment: str, kube: str = ""):
     try:
-        render(values)
+        render(values, kube=kube)
     except helm_sdkpy.HelmError as e:
         expect(fragment in str(e), f"rejected, but not for {fragment!r}: {e}")
         return
@@ -906,64 +963,323 @@ def workspace() -> tuple[list[str], dict[str, list[str]]]:
     return members, deps
 
 
-def dockerignored(path: str) -> bool:
-    """Whether .dockerignore excludes `path` (plain names, globs and **/ prefixes)."""
-    parts = pathlib.PurePosixPath(path).parts
-    for line in (ROOT / ".dockerignore").read_text().splitlines():
-        pat = line.strip()
-        if not pat or pat.startswith("#"):
+# ----------------------------------------------------------------- operations kit
+
+
+def code_metrics() -> dict[str, str]:
+    """Every metric the binaries register, as exposed ("sluice_" + name), and
+    its type, read from the `registry.register(name, help, family)` calls in
+    dataplane/src and controller/src and the type of the family passed."""
+    out: dict[str, str] = {}
+    register = re.compile(r'register\(\s*"(\w+)",\s*"(?:[^"\\]|\\.)*",\s*(\w+)(?:\.clone\(\))?\s*,?\s*\)')
+    for crate in ("dataplane", "controller"):
+        for path in sorted((ROOT / crate / "src").rglob("*.rs")):
+            text = path.read_text()
+            if "Registry::with_prefix(\"sluice\")" not in text:
+                continue
+            for name, var in register.findall(text):
+                m = re.search(rf"^\s*(?:pub\s+)?{var}\s*:\s*(.*)$", text, re.M)
+                kinds = re.findall(r"\b(Counter|Gauge|Histogram)\b", m.group(1)) if m else []
+                expect(kinds, f"{path.relative_to(ROOT)}: cannot tell the type of metric {name} (field {var})")
+                out[f"sluice_{name}"] = kinds[0].lower()
+    expect(len(out) >= 10, f"found only {sorted(out)} in the code: has registration changed shape?")
+    return out
+
+
+def series_names(metrics: dict[str, str]) -> set[str]:
+    """The series names Prometheus stores for each metric."""
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    return {name + sfx for name, kind in metrics.items() for sfx in suffixes[kind]}
+
+
+def check_promql(exprs: list[tuple[str, str]], metrics: dict[str, str]):
+    """Each (where, PromQL) names only series the code exports, and its
+    brackets balance."""
+    known = series_names(metrics)
+    for where, expr in exprs:
+        used = set(re.findall(r"\bsluice_[a-z0-9_]+\b", expr))
+        expect(used, f"{where}: no sluice metric in {expr!r}")
+        unknown = used - known
+        expect(not unknown, f"{where}: {sorted(unknown)} not exported by the code (known: {sorted(known)})")
+        for a, b in ("()", "{}", "[]"):
+            expect(expr.count(a) == expr.count(b), f"{where}: unbalanced {a}{b} in {expr!r}")
+
+
+def dashboard_exprs(dash: dict) -> list[tuple[str, str]]:
+    out = []
+    for panel in dash["panels"]:
+        if panel["type"] == "row":
             continue
-        anywhere, pat = pat.startswith("**/"), pat.removeprefix("**/").rstrip("/")
-        for i in range(1, len(parts) + 1):
-            if fnmatch.fnmatchcase("/".join(parts[:i]), pat) or (anywhere and fnmatch.fnmatchcase(parts[i - 1], pat)):
-                return True
-    return False
+        expect(panel.get("targets"), f"dashboard panel {panel.get('title')!r} has no queries")
+        out += [(f"dashboard panel {panel['title']!r}", t["expr"]) for t in panel["targets"]]
+    for var in dash["templating"]["list"]:
+        if var["type"] == "query":
+            out.append((f"dashboard variable {var['name']}", var["query"]["query"]))
+    return out
+
+
+def pod_name(deploy: dict) -> str:
+    """A name the Deployment's pods get: <deployment>-<replicaset hash>-<suffix>."""
+    return f"{deploy['metadata']['name']}-5d8f7b9c6d-x2kq9"
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    ok = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    for e in selector.get("matchExpressions", []):
+        expect(e["operator"] == "In", f"selector operator {e['operator']} not checked here")
+        ok = ok and labels.get(e["key"]) in e["values"]
+    return ok
+
+
+def check_operations(docs: list[dict], notes: str):
+    check_contract(docs, "sluice", NAMESPACE, elsewhere={("ConfigMap", "sluice-dashboard")})
+    objs = index(docs)
+    ctl, dp = objs[("Deployment", "sluice-controller")], objs[("Deployment", "sluice-dataplane")]
+    metrics = code_metrics()
+
+    # ServiceMonitor: exactly the two Services with the admin port.
+    sm = objs[("ServiceMonitor", "sluice")]
+    expect(sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["labels"]["release"] == "kube-prometheus-stack",
+           "ServiceMonitor: monitoring.coreos.com/v1 with metrics.serviceMonitor.labels")
+    expect(sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}, "ServiceMonitor: the release namespace")
+    expect([e["port"] for e in sm["spec"]["endpoints"]] == ["admin"] and sm["spec"]["endpoints"][0]["path"] == "/metrics",
+           "ServiceMonitor: /metrics on port admin")
+    scraped = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Service"
+                     and selects(sm["spec"]["selector"], d["metadata"]["labels"])
+                     and any(p["name"] == "admin" for p in d["spec"]["ports"]))
+    expect(scraped == ["sluice-controller", "sluice-dataplane-admin"], f"ServiceMonitor scrapes Services {scraped}")
+
+    # PrometheusRule: alerts on real metrics, for this release's pods only.
+    rule = objs[("PrometheusRule", "sluice")]
+    expect(rule["metadata"]["labels"].get("release") == "kube-prometheus-stack", "PrometheusRule: metrics.prometheusRule.labels")
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    alerts = {r["alert"] for r in rules}
+    want = {"SluiceControllerNoLeader", "SluiceDataplaneNotSynced", "SluiceDataplanesDisconnected",
+            "SluiceEndpointsAllUnhealthy", "SluicePoolErrorRate"}
+    expect(want <= alerts, f"PrometheusRule lacks {want - alerts}")
+    for r in rules:
+        expect(r.get("for") and r["labels"].get("severity") in ("warning", "critical")
+               and r["annotations"].get("summary") and r["annotations"].get("description"),
+               f"alert {r['alert']}: for, severity, summary and description")
+        for text in r["annotations"].values():  # Prometheus templates survived Helm's
+            expect(text.count("{{") == text.count("}}") and "{{`" not in text, f"alert {r['alert']}: template {text!r}")
+        regexes = re.findall(r'pod=~"([^"]+)"', r["expr"])
+        expect(regexes, f"alert {r['alert']}: not limited to this release's pods")
+        for regex in regexes:
+            hits = [d["metadata"]["name"] for d in (ctl, dp) if re.fullmatch(regex, pod_name(d))]
+            expect(len(hits) == 1, f"alert {r['alert']}: pod=~{regex!r} matches pods of {hits}")
+        expect(f'namespace="{NAMESPACE}"' in r["expr"], f"alert {r['alert']}: not limited to the release namespace")
+    check_promql([(f"alert {r['alert']}", r["expr"]) for r in rules], metrics)
+
+    # Dashboard: the file, in a ConfigMap for the sidecar.
+    cm = objs[("ConfigMap", "sluice-dashboard")]
+    expect(cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["labels"].get("grafana_dashboard") == "1",
+           "dashboard ConfigMap: metrics.dashboard.namespace and label grafana_dashboard=1")
+    text = (CHART / "dashboards" / "sluice.json").read_text()
+    expect(cm["data"] == {"sluice.json": text}, "dashboard ConfigMap: data sluice.json is charts/sluice/dashboards/sluice.json")
+
+    # The dataplanes scale with an HPA; the Deployment leaves replicas to it.
+    hpa = objs[("HorizontalPodAutoscaler", "sluice-dataplane")]
+    expect(hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "sluice-dataplane"}
+           and (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12), f"HPA spec {hpa['spec']}")
+    targets = {m["resource"]["name"]: m["resource"]["target"] for m in hpa["spec"]["metrics"]}
+    expect(targets == {"cpu": {"type": "Utilization", "averageUtilization": 70},
+                       "memory": {"type": "Utilization", "averageUtilization": 80}}, f"HPA metrics {targets}")
+    expect("replicas" not in dp["spec"], "with an HPA the dataplane Deployment must not set replicas")
+    expect(all(k in container(dp)["resources"]["requests"] for k in targets),
+           "HPA utilization needs requests for cpu and memory")
+    expect(objs[("PodDisruptionBudget", "sluice-dataplane")]["spec"]["minAvailable"] == 1,
+           "dataplane PDB with autoscaling.minReplicas > 1")
+
+    # The controller's PDB never blocks a drain of its single pod.
+    pdb = objs[("PodDisruptionBudget", "sluice-controller")]
+    expect(pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+           and selects(pdb["spec"]["selector"], ctl["spec"]["template"]["metadata"]["labels"]),
+           f"controller PDB {pdb['spec']}")
+    expect("3 to 12 (autoscaled)" in notes, "NOTES: the autoscaled dataplane count")
+
+
+def check_pod_monitor(docs: list[dict], notes: str):
+    check_contract(docs, "sluice", NAMESPACE)
+    objs = index(docs)
+    pm = objs[("PodMonitor", "sluice")]
+    expect(("ServiceMonitor", "sluice") not in objs, "PodMonitor only")
+    expect([(e["port"], e["path"], e["interval"]) for e in pm["spec"]["podMetricsEndpoints"]] == [("admin", "/metrics", "15s")],
+           f"PodMonitor endpoints {pm['spec']['podMetricsEndpoints']}")
+    scraped = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"
+                     and selects(pm["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+                     and any(p["name"] == "admin" for p in container(d)["ports"]))
+    expect(scraped == ["sluice-controller", "sluice-dataplane"], f"PodMonitor scrapes {scraped}")
+
+
+def check_dashboard_file():
+    """The dashboard: valid JSON for Grafana, every query on a real metric,
+    and the views the chart promises."""
+    dash = json.loads((CHART / "dashboards" / "sluice.json").read_text())
+    expect(dash.get("uid") and dash.get("title") and dash.get("panels"), "dashboard: uid, title, panels")
+    ids = [p["id"] for p in dash["panels"]]
+    expect(len(ids) == len(set(ids)), "dashboard: panel ids repeat")
+    check_promql(dashboard_exprs(dash), code_metrics())
+    text = json.dumps(dash)
+    for metric in ("sluice_requests_total", "sluice_request_duration_seconds_bucket", "sluice_endpoint_healthy",
+                   "sluice_route_version", "sluice_scale_decisions_total", "sluice_desired_replicas"):
+        expect(metric in text, f"dashboard: nothing shows {metric}")
+
+
+def check_kube_version(kube: str):
+    """The chart installs on Kubernetes `kube`, with the exec preStop."""
+    docs, _ = render(kube=kube)
+    dp = index(docs)[("Deployment", "sluice-dataplane")]
+    expect(pre_stop_seconds(container(dp)) == 5, f"Kubernetes {kube}: the dataplane keeps its preStop wait")
+    check_contract(docs, "sluice", NAMESPACE)
+
+
+def check_image_runs_pre_stop():
+    """The image's own binary runs the chart's preStop command and exits 0."""
+    expect("dataplane" in IMAGES, "Dockerfile.dataplane was not built")
+    final = IMAGES["dataplane"][-1]
+    docs, _ = render({"dataplane": {"preStopSleepSeconds": 1}})
+    c = container(index(docs)[("Deployment", "sluice-dataplane")])
+    cmd = c["lifecycle"]["preStop"]["exec"]["command"]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    out = subprocess.run([str(final.path(cmd[0]))] + cmd[1:], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=30)
+    expect(out.returncode == 0, f"preStop {cmd} in the image: exit {out.returncode}: {out.stdout.strip()}")
+
+
+# ----------------------------------------------------------------- real API server
+
+
+def dropped(sent, got, path="") -> list[str]:
+    """Fields of `sent` the API server's answer lacks: pruned, or dropped
+    because this Kubernetes does not know them (a disabled feature gate)."""
+    if isinstance(sent, dict) and isinstance(got, dict):
+        return [p for k, v in sent.items()
+                for p in ([f"{path}.{k}"] if k not in got else dropped(v, got[k], f"{path}.{k}"))]
+    if isinstance(sent, list) and isinstance(got, list):
+        if len(sent) != len(got):
+            return [f"{path}: {len(sent)} items sent, {len(got)} kept"]
+        return [p for i, (a, b) in enumerate(zip(sent, got)) for p in dropped(a, b, f"{path}[{i}]")]
+    return []
+
+
+def check_apiserver():
+    """Kubernetes 1.28.7 itself (charts/apiserver.py) validates every object of
+    every render, deploy/ and the examples: `kubectl create --dry-run=server
+    --validate=strict`, and no field we send may be dropped."""
+    k8s_dir = pathlib.Path(os.environ.get("SLUICE_K8S_DIR") or ROOT.parent / "shared" / "k8s")
+    bins = apiserver.unpack(k8s_dir, ROOT / "target" / f"kube-{apiserver.VERSION}")
+    kube = apiserver.VERSION
+    renders = {
+        "default values": render(kube=kube)[0],
+        "non-default values": render(NON_DEFAULT, release="edge", namespace="edge-ns", kube=kube)[0],
+        "cert-manager values": render(CERT_MANAGER, kube=kube)[0],
+        "plain-HTTP stream": render(NO_TLS, kube=kube)[0],
+        "operations kit": render(OPERATIONS, kube=kube)[0],
+        "PodMonitor": render(POD_MONITOR, kube=kube)[0],
+        "deploy/": [d for _, d in load_yaml_dir(ROOT / "deploy", "*.yaml")],
+        "deploy/examples": [d for _, d in load_yaml_dir(ROOT / "deploy" / "examples", "*.yaml")],
+    }
+    with apiserver.ApiServer(bins) as api:
+        r = api.kubectl("create", "-f", str(CHART / "crds"), "-f", str(ROOT / "charts" / "testdata" / "external-crds.yaml"))
+        expect(r.returncode == 0, f"CRDs refused by kube-apiserver {kube}: {r.stderr.strip()}")
+        r = api.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        expect(r.returncode == 0, f"CRDs not established: {r.stderr.strip()}")
+        for ns in (NAMESPACE, "edge-ns", "monitoring"):
+            r = api.kubectl("create", "namespace", ns)
+            expect(r.returncode == 0, f"namespace {ns}: {r.stderr.strip()}")
+        problems = []
+        for name, docs in renders.items():
+            # deploy/ creates its namespace, which exists already.
+            docs = [d for d in docs if d["kind"] != "Namespace"]
+            r = api.kubectl("create", "--dry-run=server", "--validate=strict", "-o", "json", "-f", "-",
+                            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+            if r.returncode != 0:
+                problems.append(f"{name}: {r.stderr.strip()}")
+                continue
+            got, pos, dec = [], 0, json.JSONDecoder()  # one JSON document per object
+            while r.stdout[pos:].strip():
+                obj, end = dec.raw_decode(r.stdout[pos:].lstrip())
+                pos += len(r.stdout[pos:]) - len(r.stdout[pos:].lstrip()) + end
+                got += obj["items"] if obj.get("kind") == "List" else [obj]
+            expect(len(got) == len(docs), f"{name}: {len(docs)} objects sent, {len(got)} answered")
+            for sent, back in zip(docs, got):
+                lost = dropped(sent, back)
+                if lost:
+                    problems.append(f"{name}: {sent['kind']} {sent['metadata']['name']} lost {lost}")
+        expect(not problems, f"kube-apiserver {kube} refused:\n  " + "\n  ".join(problems))
+
+
+# Where the Dockerfiles' stages are replayed, and their shared cargo target
+# directory (kept between runs, like a warm build cache).
+IMAGE_WORK = ROOT / "target" / "image-check"
+# The images' stages, built by check_dockerfile, for the checks after it.
+IMAGES: dict[str, list[dockerfile_stages.Stage]] = {}
 
 
 def check_dockerfile(component: str, chart_docs: list[dict]):
+    """Builds every stage of Dockerfile.<component> without a container
+    engine (see charts/dockerfile_stages.py), then checks what came out."""
     name = f"Dockerfile.{component}"
-    binary, crate = f"sluice-{component}", component
-    cmds = dockerfile.parse_file(str(ROOT / name))  # buildkit's own parser
-    froms = [i for i, c in enumerate(cmds) if c.cmd == "FROM"]
-    expect(len(froms) >= 2, f"{name}: expected a multi-stage build")
-    expect(cmds[froms[0]].value[0] == "rust:1-bookworm", f"{name}: build stage FROM rust:1-bookworm")
-    final = cmds[froms[-1]:]
-    expect(cmds[froms[-1]].value[0] in ("gcr.io/distroless/cc-debian12:nonroot", "debian:bookworm-slim"),
-           f"{name}: runtime base {cmds[froms[-1]].value[0]}")
-    users = [c.value[0] for c in final if c.cmd == "USER"]
-    expect(users and users[-1].split(":")[0] == "65532", f"{name}: runtime USER must be 65532, got {users}")
-    entry = [c for c in final if c.cmd == "ENTRYPOINT"]
-    expect(entry and entry[-1].value[0].endswith("/" + binary) and entry[-1].json, f"{name}: exec-form ENTRYPOINT {binary}")
-    runs = " ".join(" ".join(c.value) for c in cmds if c.cmd == "RUN")
-    build = re.search(rf"cargo build (--release|--profile [\w-]+) --locked -p {binary}(\s|;|$)", runs)
-    expect(build is not None, f"{name}: cargo build --release (or --profile P) --locked -p {binary}")
+    binary = f"sluice-{component}"
+    try:
+        stages = dockerfile_stages.build(ROOT / name, ROOT, IMAGE_WORK / component, IMAGE_WORK / "cargo-target",
+                                         log=lambda line: print(f"      {line}", flush=True))
+    except dockerfile_stages.StageError as e:
+        raise Failed(str(e)) from e
+    IMAGES[component] = stages
+    expect(len(stages) >= 2 and stages[0].base == "rust:1-bookworm", f"{name}: build stages FROM rust:1-bookworm")
+    final = stages[-1]
+    expect(final.base in ("gcr.io/distroless/cc-debian12:nonroot", "debian:bookworm-slim"),
+           f"{name}: runtime base {final.base}")
 
-    exposed = sorted(int(p.split("/")[0]) for c in final if c.cmd == "EXPOSE" for p in c.value)
-    dep = index(chart_docs)[("Deployment", f"sluice-{component}")]
+    # The dependency stage sees manifests and identical stubs only, so its
+    # cache key changes with the manifests and the list of files, not the code.
+    skeleton = next((s for s in stages if s.name == "skeleton"), None)
+    expect(skeleton is not None, f"{name}: no stage 'skeleton' (manifests and stub sources)")
+    files = [p for p in skeleton.path(skeleton.workdir).rglob("*") if p.is_file()]
+    kinds = {p.name if p.suffix != ".rs" else ".rs" for p in files}
+    expect(kinds <= {"Cargo.toml", "Cargo.lock", ".rs"} and "Cargo.lock" in kinds,
+           f"{name}: the skeleton stage keeps more than manifests and stubs: {sorted(kinds)}")
+    stubs = {p.read_bytes() for p in files if p.suffix == ".rs"}
+    expect(len(stubs) == 1, f"{name}: the skeleton's .rs files differ ({len(stubs)} contents)")
+    members, _ = workspace()
+    for m in members:
+        expect(skeleton.path(f"{m}/Cargo.toml").is_file(), f"{name}: the skeleton lacks {m}/Cargo.toml")
+    build = next(s for s in stages if any(kind == "RUN" and "cargo build" in v for kind, v in s.steps))
+    first_build = next(i for i, (kind, v) in enumerate(build.steps) if kind == "RUN" and "cargo build" in v)
+    expect(all(kind == "COPY" and v.startswith("skeleton:") for kind, v in build.steps[:first_build]),
+           f"{name}: stage {build.name} copies more than the skeleton before building dependencies: "
+           f"{build.steps[:first_build]}")
+    for kind, v in build.steps:
+        for c in re.findall(r"cargo [^;&|]*", v) if kind == "RUN" else []:
+            expect("--locked" in c.split(), f"{name}: {c.strip()!r} without --locked")
+    expect(re.search(rf"cargo build (--release|--profile [\w-]+) --locked -p {binary}(\s|;|$)",
+                     " ".join(v for _, v in build.steps)),
+           f"{name}: cargo build --release (or --profile P) --locked -p {binary}")
+
+    # The runtime stage: non-root, and its ENTRYPOINT is the real program.
+    uid, _, gid = (final.user or "").partition(":")
+    expect(uid.isdigit() and int(uid) != 0 and (not gid or (gid.isdigit() and int(gid) != 0)),
+           f"{name}: runtime USER must be a numeric non-root uid[:gid], got {final.user!r}")
+    expect(int(uid) == 65532, f"{name}: USER {uid}, but the chart runs as 65532")
+    expect(final.entrypoint == [f"/usr/local/bin/{binary}"], f"{name}: exec-form ENTRYPOINT {binary}, got {final.entrypoint}")
+    exe = final.path(final.entrypoint[0])
+    expect(exe.is_file() and os.access(exe, os.X_OK) and exe.read_bytes()[:4] == b"\x7fELF",
+           f"{name}: ENTRYPOINT {final.entrypoint[0]} is not an executable in the final stage")
+    version = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+    out = subprocess.run([str(exe), "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+    expect(out.returncode == 0 and out.stdout.strip() == f"{binary} {version}",
+           f"{name}: {final.entrypoint[0]} --version printed {out.stdout.strip()!r} (exit {out.returncode}), "
+           f"not {binary} {version}: not the real program")
+    libs = dockerfile_stages.shared_libraries(exe)
+    extra = [lib for lib in libs if not os.path.basename(lib).startswith(dockerfile_stages.DISTROLESS_CC_LIBS)]
+    expect(not extra, f"{name}: the binary needs libraries distroless/cc lacks: {extra}")
+
+    exposed = sorted(final.exposed)
+    dep = index(chart_docs)[("Deployment", binary)]
     ports = sorted(p["containerPort"] for p in container(dep)["ports"])
     expect(exposed == ports, f"{name}: EXPOSE {exposed} but the chart's container ports are {ports}")
-
-    copied = []
-    for c in cmds:
-        if c.cmd in ("COPY", "ADD") and not any(f.startswith("--from") for f in c.flags):
-            for src in c.value[:-1]:
-                expect((ROOT / src).exists(), f"{name}: COPY source {src} does not exist")
-                expect(not dockerignored(src), f"{name}: COPY source {src} is excluded by .dockerignore")
-                copied.append(src.rstrip("/"))
-    members, deps = workspace()
-    for m in members:
-        expect(f"{m}/Cargo.toml" in copied, f"{name}: workspace member {m}/Cargo.toml is not copied")
-    expect(re.search(r"for crate in ([\w ]+); do", runs) and
-           sorted(re.search(r"for crate in ([\w ]+); do", runs).group(1).split()) == sorted(members),
-           f"{name}: the stub loop must cover the workspace members {members}")
-    needed, todo = set(), [crate]
-    while todo:
-        m = todo.pop()
-        if m not in needed:
-            needed.add(m)
-            todo += deps.get(m, [])
-    for m in sorted(needed):
-        expect(f"{m}/src" in copied, f"{name}: {m}/src is needed by {binary} but not copied")
     expect(any(d.rstrip("/") in ("target", "**/target") for d in
                (ROOT / ".dockerignore").read_text().split()), ".dockerignore must exclude target/")
 
@@ -1013,10 +1329,36 @@ def main() -> int:
                                 "exclude each other")),
         ("render: schema rejects a bad Service type",
          lambda: check_rejected({"dataplane": {"service": {"type": "Ingress"}}}, "/dataplane/service/type")),
+        (f"render: Kubernetes {OLDEST_KUBE} (oldest supported)", lambda: check_kube_version(OLDEST_KUBE)),
+        (f"render: Kubernetes {NEWEST_KUBE} (newest supported)", lambda: check_kube_version(NEWEST_KUBE)),
+        ("render: Kubernetes 1.27 is refused",
+         lambda: check_rejected({}, "incompatible with Kubernetes v1.27", kube="1.27.16")),
+        ("helm lint (operations kit)", lint(OPERATIONS)),
+        ("render: operations kit (ServiceMonitor, alerts, dashboard, HPA, PDBs)",
+         lambda: check_operations(*render(OPERATIONS))),
+        ("render: PodMonitor without the dataplane admin Service", lambda: check_pod_monitor(*render(POD_MONITOR))),
+        ("dashboard: JSON, metrics that exist", check_dashboard_file),
+        ("render: ServiceMonitor and PodMonitor are refused together",
+         lambda: check_rejected({"metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}},
+                                "enable one")),
+        ("render: ServiceMonitor needs the dataplane admin Service",
+         lambda: check_rejected({"metrics": {"serviceMonitor": {"enabled": True}},
+                                 "dataplane": {"adminService": {"enabled": False}}}, "needs dataplane.adminService")),
+        ("render: a controller PDB with several replicas is refused",
+         lambda: check_rejected({"controller": {"replicas": 2, "podDisruptionBudget": {"enabled": True}}},
+                                "node drains would hang")),
+        ("render: autoscaling minReplicas above maxReplicas is refused",
+         lambda: check_rejected({"dataplane": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
+                                "is above maxReplicas")),
+        ("render: schema rejects a bad scrape interval",
+         lambda: check_rejected({"metrics": {"podMonitor": {"enabled": True, "interval": "30"}}},
+                                "/metrics/podMonitor/interval")),
         ("deploy/ equals the default render for sluice-system", deploy_matches),
         ("deploy/examples parse and match the CRD schema", check_examples),
+        (f"kube-apiserver {apiserver.VERSION} accepts every rendered object, deploy/ and the examples", check_apiserver),
         ("Dockerfile.controller", lambda: check_dockerfile("controller", rendered["defaults"][0])),
         ("Dockerfile.dataplane", lambda: check_dockerfile("dataplane", rendered["defaults"][0])),
+        ("Dockerfile.dataplane: the chart's preStop command runs with the image's binary", check_image_runs_pre_stop),
     ]
     failed = 0
     for name, fn in checks:

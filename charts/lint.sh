@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Packaging checks (see charts/lint.py): helm lint, real renders of the chart
-# with default and non-default values, least-privilege RBAC, the wiring between
-# controller and dataplane, deploy/ == the default render, the examples against
-# the CRD schema, the chart's CRD copies, and the Dockerfiles. Called by .ci/run.
+# with default and non-default values on Kubernetes 1.28 and the newest,
+# least-privilege RBAC, the wiring between controller and dataplane, the
+# operations kit and its metric names, deploy/ == the default render, the
+# examples against the CRD schema, the chart's CRD copies, and both
+# Dockerfiles' stages built without a container engine (cargo, in a cheap
+# profile, under target/image-check/). Called by .ci/run.
 #
-# Needs python3 (>= 3.11) with pip, and PyPI. helm comes from the helm-sdkpy
+# Needs cargo (the image stages), openssl and etcd (the API-server check,
+# with kube-apiserver and kubectl 1.28.7 from SLUICE_K8S_DIR, by default
+# ../shared/k8s), python3 (>= 3.11) with pip, and PyPI. helm comes from the helm-sdkpy
 # wheel (helm v4 built as a shared library: no helm binary, no cluster); the
 # Dockerfiles are parsed by the `dockerfile` wheel (buildkit's parser).
 # helm-sdkpy's metadata asks for Python >= 3.12 but it runs on 3.11 (Debian

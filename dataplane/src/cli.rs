@@ -123,6 +123,15 @@ pub enum Command {
         #[arg(long, env = "SLUICE_DEMO_ADMIN", default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+    /// Wait, then exit 0: the pod's preStop hook (`exec`), which keeps the
+    /// proxy serving while Kubernetes takes the pod out of the Service's
+    /// endpoints. The images have no shell to run `sleep`, and the kubelet's
+    /// own sleep action needs Kubernetes 1.30; this works on every version.
+    PreStop {
+        /// How long to wait (e.g. 5s, 500ms).
+        #[arg(long, env = "SLUICE_PRE_STOP_SLEEP", default_value = "5s", value_parser = parse_duration)]
+        sleep: Duration,
+    },
 }
 
 /// How log lines are written (to stderr).
@@ -220,6 +229,36 @@ mod tests {
         let cli = parse(&["demo", "--http", "127.0.0.1:0"]).expect("demo");
         assert!(matches!(cli.command, Some(Command::Demo { .. })));
         assert!(parse(&["--config", "a.yaml", "--grace-period", "10"]).is_err());
+    }
+
+    #[test]
+    fn pre_stop_takes_a_duration_and_no_source() {
+        let sleep = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Some(Command::PreStop { sleep })) => Ok(sleep),
+            Ok(other) => panic!("not pre-stop: {other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            sleep(&["pre-stop", "--sleep", "15s"]).expect("15s"),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            sleep(&["pre-stop", "--sleep=250ms"]).expect("250ms"),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            sleep(&["pre-stop"]).expect("default"),
+            Duration::from_secs(5)
+        );
+        assert!(
+            sleep(&["pre-stop", "--sleep", "15"]).is_err(),
+            "a unit is required"
+        );
+        assert!(sleep(&["pre-stop", "--sleep", "-1s"]).is_err());
+        assert!(
+            sleep(&["pre-stop", "15s"]).is_err(),
+            "no positional argument"
+        );
     }
 
     #[test]

@@ -56,6 +56,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             (opts, true)
         }
+        Some(Command::PreStop { sleep }) => {
+            tokio::time::sleep(sleep).await;
+            return Ok(());
+        }
         None => {
             let opts = cli
                 .run

@@ -111,6 +111,23 @@ app.kubernetes.io/component: {{ . }}
 {{- if and .Values.streamTLS.existingSecret .Values.streamTLS.certManager.issuerRef -}}
 {{- fail "streamTLS.existingSecret and streamTLS.certManager.issuerRef exclude each other: pick one source of the stream certificate" -}}
 {{- end -}}
+{{- if and .Values.controller.podDisruptionBudget.enabled (gt (int .Values.controller.replicas) 1) -}}
+{{- fail "controller.podDisruptionBudget.enabled needs controller.replicas: 1: only the leader is Ready, so with more replicas the budget would forbid evicting it and node drains would hang" -}}
+{{- end -}}
+{{- $m := .Values.metrics -}}
+{{- if and $m.serviceMonitor.enabled $m.podMonitor.enabled -}}
+{{- fail "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled: enable one, or every metric is scraped twice" -}}
+{{- end -}}
+{{- if and $m.serviceMonitor.enabled (not .Values.dataplane.adminService.enabled) -}}
+{{- fail "metrics.serviceMonitor.enabled needs dataplane.adminService.enabled (the dataplanes' metrics Service); or use metrics.podMonitor" -}}
+{{- end -}}
+{{- $as := .Values.dataplane.autoscaling -}}
+{{- if and $as.enabled (gt (int $as.minReplicas) (int $as.maxReplicas)) -}}
+{{- fail (printf "dataplane.autoscaling.minReplicas (%d) is above maxReplicas (%d)" (int $as.minReplicas) (int $as.maxReplicas)) -}}
+{{- end -}}
+{{- if and $as.enabled (not (or $as.targetCPUUtilizationPercentage $as.targetMemoryUtilizationPercentage)) -}}
+{{- fail "dataplane.autoscaling.enabled needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "sluice.image" -}}
