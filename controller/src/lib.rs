@@ -5,6 +5,7 @@
 //! Layout: [`route`] (pure route computation), [`index`] (watch events →
 //! routes, incremental), [`store`] (versioned table, deltas), [`stream`]
 //! (SSE + reports), [`dataplanes`] (acks), [`status`] (status + Events),
+//! [`recorder`] (Events, one per distinct message),
 //! [`autoscale`] (pure scaling decisions),
 //! [`leader`] (Lease election), [`admin`], [`metrics`]. [`Controller::start`]
 //! wires them.
@@ -20,6 +21,7 @@ pub mod dataplanes;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod recorder;
 pub mod route;
 pub mod scaler;
 pub mod server;
@@ -38,7 +40,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -55,6 +56,7 @@ use crate::admin::Synced;
 use crate::dataplanes::Dataplanes;
 use crate::index::{Change, Index};
 use crate::metrics::{KindLabel, Metrics};
+use crate::recorder::Recorder;
 use crate::scaler::Scaler;
 use crate::status::StatusWriter;
 use crate::store::RouteStore;
@@ -281,13 +283,7 @@ impl Controller {
 
         let traffic = Arc::new(Traffic::default());
         let demand = Arc::new(Notify::new());
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "sluice-controller".into(),
-                instance: Some(opts.instance.clone()),
-            },
-        );
+        let recorder = Recorder::new(client.clone(), "sluice-controller", &opts.instance);
         let scaler = Scaler {
             client: client.clone(),
             index: Arc::clone(&index),

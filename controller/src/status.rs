@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource};
 use sluice_crds::{BackendPool, BackendPoolStatus, DataplaneCounts};
 use tokio::sync::{Notify, watch};
 
 use crate::dataplanes::{Dataplane, Dataplanes};
 use crate::index::{Index, Key, PoolState};
+use crate::recorder::{Event, EventType, Recorder};
 
 /// Field manager of the controller's status writes.
 pub const FIELD_MANAGER: &str = "sluice-controller";
@@ -305,9 +305,8 @@ impl StatusWriter {
                     EventType::Warning
                 },
                 reason: c.reason.clone(),
-                note: Some(c.message.clone()),
                 action: format!("Set{}", c.type_),
-                secondary: None,
+                note: c.message.clone(),
             };
             if let Err(e) = self.recorder.publish(&event, &reference).await {
                 tracing::warn!(error = %e, "event not recorded");

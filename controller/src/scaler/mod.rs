@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource};
 use sluice_crds::{ScalingTrigger, ScalingTriggerStatus};
 use tokio::sync::{Notify, watch};
@@ -27,6 +26,7 @@ use tokio::sync::{Notify, watch};
 use crate::autoscale::{self, History, Spec, decide};
 use crate::index::{Index, Key};
 use crate::metrics::{Metrics, ScaleLabels, TriggerLabel};
+use crate::recorder::{Event, EventType, Recorder};
 use crate::status::{FIELD_MANAGER, changed};
 use crate::traffic::Traffic;
 use status::{Outcome, desired_status, differs_beyond_metrics};
@@ -305,9 +305,8 @@ impl Scaler {
         let event = Event {
             type_,
             reason: reason.to_string(),
-            note: Some(note),
             action: "Scale".into(),
-            secondary: None,
+            note,
         };
         if let Err(e) = self
             .recorder
