@@ -72,6 +72,11 @@ pub struct Options {
     pub admin: SocketAddr,
     /// Dataplane authentication.
     pub auth: Auth,
+    /// How long an accepted dataplane token is trusted before the API
+    /// server (or the token file) is asked again; open streams re-check at
+    /// this interval, so it bounds how long a revoked token keeps access.
+    /// Must not be zero.
+    pub token_recheck: Duration,
     /// Interval of SSE keepalive comments.
     pub keepalive: Duration,
     /// How long changes are gathered into one published version.
@@ -99,6 +104,7 @@ impl Default for Options {
             listen: SocketAddr::from(([0, 0, 0, 0], 8090)),
             admin: SocketAddr::from(([0, 0, 0, 0], 9902)),
             auth: Auth::None,
+            token_recheck: auth::DEFAULT_RECHECK,
             keepalive: Duration::from_secs(10),
             coalesce: Duration::from_millis(5),
             status_interval: Duration::from_secs(1),
@@ -130,6 +136,9 @@ pub enum Error {
     /// The leader-election settings do not hold together.
     #[error("leader election: {0}")]
     Lease(String),
+    /// A zero token recheck interval would review tokens without pause.
+    #[error("--token-recheck must be longer than zero")]
+    ZeroTokenRecheck,
     /// The stream's certificate did not load.
     #[error("--tls-cert/--tls-key: {0}")]
     Tls(#[from] tls::TlsError),
@@ -172,6 +181,9 @@ impl Controller {
     pub async fn start(client: Client, opts: Options) -> Result<Self, Error> {
         if opts.auth == Auth::None && !opts.listen.ip().is_loopback() {
             return Err(Error::UnauthenticatedNonLoopback(opts.listen));
+        }
+        if opts.token_recheck.is_zero() {
+            return Err(Error::ZeroTokenRecheck);
         }
         if let Some(lease) = &opts.lease {
             lease.validate().map_err(Error::Lease)?;
@@ -311,7 +323,11 @@ impl Controller {
         let ctx = Arc::new(StreamContext {
             store: Arc::clone(&store),
             dataplanes: Arc::clone(&dataplanes),
-            auth: Arc::new(auth::Authenticator::new(opts.auth.clone(), client.clone())),
+            auth: Arc::new(auth::Authenticator::new(
+                opts.auth.clone(),
+                client.clone(),
+                opts.token_recheck,
+            )),
             keepalive: opts.keepalive,
             leader: leader.clone(),
             synced: Arc::clone(&synced),

@@ -24,6 +24,15 @@ struct Cli {
     /// or `tokenreview:<namespace>/<serviceaccount>` (projected tokens, audience `sluice`).
     #[arg(long, env = "SLUICE_AUTH", default_value = "none")]
     auth: Auth,
+    /// How long an accepted dataplane token is trusted: after this, new
+    /// requests ask the API server (TokenReview) or the token file again,
+    /// and every open route stream re-checks its token at this interval
+    /// and is closed when the token is refused. A revoked token (its
+    /// ServiceAccount or pod deleted, or a line removed from the static
+    /// file) so loses access within this time plus one TokenReview. While
+    /// the API server cannot be asked, open streams stay open.
+    #[arg(long, env = "SLUICE_TOKEN_RECHECK", default_value = "15s", value_parser = parse_recheck)]
+    token_recheck: Duration,
     /// PEM certificate chain of the stream listener; with --tls-key, the
     /// stream is served over TLS (the files are re-read when they change).
     #[arg(
@@ -60,6 +69,18 @@ struct Cli {
     /// Name of the Lease, the same for every replica.
     #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
     lease_name: String,
+}
+
+/// A duration as `30s`, `500ms`, `1m`; zero is refused.
+fn parse_recheck(s: &str) -> Result<Duration, String> {
+    let d = s
+        .parse::<sluice_protocol::Duration>()
+        .map_err(|e| e.to_string())?
+        .get();
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be longer than zero"));
+    }
+    Ok(d)
 }
 
 /// The controller's own namespace: the downward API's `POD_NAMESPACE`, else
@@ -124,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         listen: cli.listen,
         admin: cli.admin,
         auth: cli.auth,
+        token_recheck: cli.token_recheck,
         instance: cli.name,
         lease,
         tls: cli

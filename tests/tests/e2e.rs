@@ -477,6 +477,102 @@ async fn tokenreview_lets_in_only_the_dataplane_service_account() -> anyhow::Res
     Ok(())
 }
 
+/// Reads from `conn` until `done` holds for what came so far, or `limit`
+/// passes; returns what came and whether the peer closed.
+async fn read_until(
+    conn: &mut tokio::net::TcpStream,
+    seen: &mut String,
+    limit: Duration,
+    done: impl Fn(&str, bool) -> bool,
+) -> anyhow::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(read) => read?,
+            Err(_) => anyhow::bail!("timed out after {limit:?}; the stream so far: {seen}"),
+        };
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if done(seen, n == 0) {
+            return Ok(n == 0);
+        }
+        anyhow::ensure!(n > 0, "the stream ended early: {seen}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_loses_new_requests_and_its_open_stream_within_the_recheck_interval()
+-> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    const RECHECK: Duration = Duration::from_secs(1);
+    let api = FakeApiServer::start().await?;
+    let dp_user = "system:serviceaccount:sluice-system:sluice-dataplane";
+    // Two tokens of the same ServiceAccount (two pods): one posts reports,
+    // the other holds a stream, so neither check learns from the other.
+    api.add_token("good", dp_user, &["sluice"]);
+    api.add_token("streaming", dp_user, &["sluice"]);
+    let controller = Controller::start(
+        api.client()?,
+        Options {
+            listen: "127.0.0.1:0".parse()?,
+            admin: "127.0.0.1:0".parse()?,
+            auth: "tokenreview:sluice-system/sluice-dataplane"
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+            token_recheck: RECHECK,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let http = HttpClient::new();
+    let post = || {
+        http::Request::post(format!("http://{}/v1/reports", controller.stream_addr()))
+            .header(http::header::AUTHORIZATION, "Bearer good")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+    };
+    // Accepted: the empty report is then refused as a bad request.
+    assert_eq!(http.send(post()?).await?.status, 400);
+
+    // A stream opened with the token gets its first table.
+    let mut conn = tokio::net::TcpStream::connect(controller.stream_addr()).await?;
+    let req = "GET /v1/routes?dataplane=dp-revoked HTTP/1.1\r\nHost: controller\r\nAuthorization: Bearer streaming\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n";
+    conn.write_all(req.as_bytes()).await?;
+    let mut seen = String::new();
+    read_until(&mut conn, &mut seen, Duration::from_secs(10), |s, _| {
+        s.contains("event: ")
+    })
+    .await?;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    // It stays open across several recheck intervals while the token holds.
+    let held = read_until(&mut conn, &mut seen, 3 * RECHECK, |_, closed| closed).await;
+    assert!(held.is_err(), "the stream stayed open: {seen}");
+
+    // The ServiceAccount goes: the API server no longer vouches for its tokens.
+    api.revoke_token("good");
+    api.revoke_token("streaming");
+    // New requests are refused once the cached acceptance runs out...
+    until(
+        Duration::from_secs(10),
+        "a 401 for the revoked token",
+        || async { (http.send(post().ok()?).await.ok()?.status == 401).then_some(()) },
+    )
+    .await?;
+    // ...and the open stream ends (generous bound: the recheck interval
+    // plus a busy machine; nothing here measures how fast).
+    let closed = read_until(
+        &mut conn,
+        &mut seen,
+        Duration::from_secs(10),
+        |_, closed| closed,
+    )
+    .await?;
+    assert!(closed, "{seen}");
+    controller.shutdown().await;
+    api.shutdown().await;
+    Ok(())
+}
+
 const TEST_CRT: &str = include_str!("../../controller/src/testdata/tls.crt");
 const TEST_KEY: &str = include_str!("../../controller/src/testdata/tls.key");
 

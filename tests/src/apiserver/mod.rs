@@ -286,6 +286,13 @@ impl FakeApiServer {
         );
     }
 
+    /// Stops vouching for `token`, as the real API server does once the
+    /// token's ServiceAccount or pod is deleted: TokenReviews of it answer
+    /// unauthenticated from now on.
+    pub fn revoke_token(&self, token: &str) {
+        lock(&self.shared.tokens).remove(token);
+    }
+
     /// The base URL, `http://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
