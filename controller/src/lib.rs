@@ -21,6 +21,7 @@ pub mod dataplanes;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod pool_versions;
 pub mod recorder;
 pub mod route;
 pub mod scaler;
@@ -83,6 +84,10 @@ pub struct Options {
     pub coalesce: Duration,
     /// How often status is re-examined without a change (dataplane acks).
     pub status_interval: Duration,
+    /// How long a dataplane may take to acknowledge a route change before
+    /// the pool stops counting as `Programmed` (see [`status`]); at most
+    /// [`pool_versions::KEEP`].
+    pub ack_deadline: Duration,
     /// This instance's name, for Events.
     pub instance: String,
     /// Serve the stream over TLS with this pair (reloaded on change).
@@ -108,6 +113,7 @@ impl Default for Options {
             keepalive: Duration::from_secs(10),
             coalesce: Duration::from_millis(5),
             status_interval: Duration::from_secs(1),
+            ack_deadline: status::DEFAULT_ACK_DEADLINE,
             instance: "sluice-controller".into(),
             tls: None,
             lease: None,
@@ -136,6 +142,9 @@ pub enum Error {
     /// The leader-election settings do not hold together.
     #[error("leader election: {0}")]
     Lease(String),
+    /// The ack deadline is zero or longer than publication times are kept.
+    #[error("--ack-deadline must be between 1ms and {}s", pool_versions::KEEP.as_secs())]
+    AckDeadline,
     /// A zero token recheck interval would review tokens without pause.
     #[error("--token-recheck must be longer than zero")]
     ZeroTokenRecheck,
@@ -181,6 +190,9 @@ impl Controller {
     pub async fn start(client: Client, opts: Options) -> Result<Self, Error> {
         if opts.auth == Auth::None && !opts.listen.ip().is_loopback() {
             return Err(Error::UnauthenticatedNonLoopback(opts.listen));
+        }
+        if opts.ack_deadline.is_zero() || opts.ack_deadline > pool_versions::KEEP {
+            return Err(Error::AckDeadline);
         }
         if opts.token_recheck.is_zero() {
             return Err(Error::ZeroTokenRecheck);
@@ -315,6 +327,7 @@ impl Controller {
             recorder,
             wake,
             interval: opts.status_interval,
+            ack_deadline: opts.ack_deadline,
             leader: leader.clone(),
             takeover_settle: opts.takeover_settle,
         };
@@ -540,7 +553,11 @@ async fn run_index(
             let mut ix = index.lock().unwrap_or_else(|p| p.into_inner());
             let batch = ix.recompute();
             let version = store.publish(batch.upserts, batch.removes);
-            ix.set_route_versions(&batch.touched, |name| store.pool_version(name));
+            ix.set_route_versions(
+                &batch.touched,
+                |name| store.pool_version(name),
+                Instant::now(),
+            );
             tracing::debug!(version, touched = batch.touched.len(), "routes published");
         }
         let elapsed = started.elapsed().as_secs_f64();

@@ -31,8 +31,15 @@ struct Cli {
     /// ServiceAccount or pod deleted, or a line removed from the static
     /// file) so loses access within this time plus one TokenReview. While
     /// the API server cannot be asked, open streams stay open.
-    #[arg(long, env = "SLUICE_TOKEN_RECHECK", default_value = "15s", value_parser = parse_recheck)]
+    #[arg(long, env = "SLUICE_TOKEN_RECHECK", default_value = "15s", value_parser = parse_positive)]
     token_recheck: Duration,
+    /// How long a dataplane may take to acknowledge a route change before
+    /// the pool's `Programmed` condition turns False (`Pending`): until
+    /// then a dataplane serving the version just replaced still counts, so
+    /// ordinary route updates and endpoint churn leave the condition True.
+    /// At most 60s.
+    #[arg(long, env = "SLUICE_ACK_DEADLINE", default_value = "5s", value_parser = parse_positive)]
+    ack_deadline: Duration,
     /// PEM certificate chain of the stream listener; with --tls-key, the
     /// stream is served over TLS (the files are re-read when they change).
     #[arg(
@@ -72,7 +79,7 @@ struct Cli {
 }
 
 /// A duration as `30s`, `500ms`, `1m`; zero is refused.
-fn parse_recheck(s: &str) -> Result<Duration, String> {
+fn parse_positive(s: &str) -> Result<Duration, String> {
     let d = s
         .parse::<sluice_protocol::Duration>()
         .map_err(|e| e.to_string())?
@@ -146,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
         admin: cli.admin,
         auth: cli.auth,
         token_recheck: cli.token_recheck,
+        ack_deadline: cli.ack_deadline,
         instance: cli.name,
         lease,
         tls: cli

@@ -13,4 +13,5 @@ pub mod dataplane;
 pub mod load;
 pub mod rescales;
 pub mod service;
+pub mod status_log;
 pub mod wait;

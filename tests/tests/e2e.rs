@@ -17,6 +17,7 @@ use sluice_tests::client::HttpClient;
 use sluice_tests::closed_loop::condition;
 use sluice_tests::dataplane::loopback;
 use sluice_tests::load::Load;
+use sluice_tests::status_log::StatusLog;
 use sluice_tests::wait::until;
 
 const NS: &str = "shop";
@@ -570,6 +571,132 @@ async fn a_revoked_token_loses_new_requests_and_its_open_stream_within_the_reche
     assert!(closed, "{seen}");
     controller.shutdown().await;
     api.shutdown().await;
+    Ok(())
+}
+
+/// `POST /v1/reports` by hand, as a dataplane named `name` that applied
+/// `version`; returns the status line.
+async fn post_report(addr: SocketAddr, name: &str, version: u64) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body =
+        json!({"dataplane": name, "appliedVersion": version, "windowMs": 1000, "seq": version})
+            .to_string();
+    let req = format!(
+        "POST /v1/reports HTTP/1.1\r\nHost: controller\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(req.as_bytes()).await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut out)).await??;
+    Ok(out.lines().next().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programmed_stays_true_through_endpoint_churn_and_turns_false_when_a_dataplane_stops_acking()
+-> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::start(&["backend-1", "backend-2"]).await?;
+    env.wait_for_backends(&["backend-1", "backend-2"]).await?;
+    let programmed = |s: &Value| {
+        s["dataplanes"]["synced"] == 2
+            && condition(s, "Programmed") == Some(("True".into(), "Programmed".into()))
+    };
+    until(Duration::from_secs(10), "Programmed=True", || async {
+        programmed(&env.pool_status()).then_some(())
+    })
+    .await?;
+
+    // Every status the API server stores from now on.
+    let log = StatusLog::start(env.api.client()?, NS, "web");
+    // Churn: backend-2's slice goes and comes back every 100 ms for 3 s.
+    let extra = slice("web", &env._backends["backend-2"]);
+    for i in 0..30 {
+        if i % 2 == 0 {
+            env.api.delete(&slices(), NS, "web-backend-2");
+        } else {
+            env.api.apply(extra.clone())?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.api.apply(extra)?;
+    env.wait_for_backends(&["backend-1", "backend-2"]).await?;
+    let last = env
+        .api
+        .get(&pools(), NS, "web")
+        .map(|p| p["status"]["routeVersion"].clone());
+    until(
+        Duration::from_secs(10),
+        "the churn's last status",
+        || async {
+            let seen = log.seen();
+            let newest = seen.last()?;
+            (Some(&newest.status["routeVersion"]) == last.as_ref()).then_some(())
+        },
+    )
+    .await?;
+    let seen = log.seen();
+    let versions: BTreeSet<String> = seen
+        .iter()
+        .map(|s| s.status["routeVersion"].to_string())
+        .collect();
+    // The churn was written: several route versions went through status.
+    assert!(versions.len() >= 5, "{versions:?}");
+    for s in &seen {
+        assert!(
+            programmed(&s.status),
+            "stored at resourceVersion {}: {}",
+            s.resource_version,
+            s.status
+        );
+    }
+
+    // A third dataplane acks once, then stops acking while it keeps its stream.
+    let mut conn = tokio::net::TcpStream::connect(env.stream_addr).await?;
+    let req = format!(
+        "GET /v1/routes?dataplane=dp-silent HTTP/1.1\r\nHost: controller\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(req.as_bytes()).await?;
+    let mut stream = String::new();
+    read_until(&mut conn, &mut stream, Duration::from_secs(10), |s, _| {
+        s.contains("event: ")
+    })
+    .await?;
+    let version: u64 = stream
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no event id in {stream}"))?;
+    assert_eq!(
+        post_report(env.stream_addr, "dp-silent", version).await?,
+        "HTTP/1.1 204 No Content"
+    );
+    until(
+        Duration::from_secs(10),
+        "Programmed=True with three dataplanes",
+        || async {
+            let s = env.pool_status();
+            (s["dataplanes"]["synced"] == 3
+                && condition(&s, "Programmed") == Some(("True".into(), "Programmed".into())))
+            .then_some(())
+        },
+    )
+    .await?;
+    // The route changes; dp-silent never applies it. Past the ack deadline
+    // (5 s) the pool is no longer Programmed.
+    env.api.delete(&slices(), NS, "web-backend-2");
+    let status = until(
+        Duration::from_secs(30),
+        "Programmed=False (Pending)",
+        || async {
+            let s = env.pool_status();
+            (condition(&s, "Programmed") == Some(("False".into(), "Pending".into()))).then_some(s)
+        },
+    )
+    .await?;
+    assert_eq!(status["dataplanes"]["synced"], 2, "{status}");
+    assert_eq!(status["dataplanes"]["total"], 3, "{status}");
+    drop(conn);
     Ok(())
 }
 
