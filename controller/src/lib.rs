@@ -15,6 +15,7 @@
 //! status and reports ready, so the Service sends dataplanes to it alone.
 
 pub mod admin;
+pub mod api_errors;
 pub mod auth;
 pub mod autoscale;
 pub mod dataplanes;
@@ -54,6 +55,7 @@ pub use leader::LeaseConfig;
 pub use tls::TlsFiles;
 
 use crate::admin::Synced;
+use crate::api_errors::{Causes, Outage, Report};
 use crate::dataplanes::Dataplanes;
 use crate::index::{Change, Index};
 use crate::metrics::{KindLabel, Metrics};
@@ -484,7 +486,14 @@ async fn watch_kind<K>(
 {
     let mut events = watcher(api, config).default_backoff().boxed();
     let mut buffer: Vec<K> = Vec::new();
+    let mut outage = Outage::default();
     while let Some(event) = events.next().await {
+        // `Init` comes before the relist is tried; only what came back
+        // from the API server shows that it answers again.
+        let answered = matches!(&event, Ok(e) if !matches!(e, watcher::Event::Init));
+        if answered && let Some(after) = outage.succeeded(Instant::now()) {
+            tracing::info!(kind, ?after, "watch works again");
+        }
         let change = match event {
             Ok(watcher::Event::Init) => {
                 buffer.clear();
@@ -503,7 +512,21 @@ async fn watch_kind<K>(
                 deleted((obj.namespace().unwrap_or_default(), obj.name_any()))
             }
             Err(e) => {
-                tracing::warn!(kind, error = %e, "watch error; retrying with backoff");
+                let error = Causes(&e);
+                match outage.failed(Instant::now()) {
+                    Report::Started => {
+                        tracing::warn!(kind, %error, "watch failed; retrying with backoff");
+                    }
+                    Report::Continuing {
+                        failing_for,
+                        unlogged,
+                    } => {
+                        tracing::warn!(kind, %error, ?failing_for, unlogged, "watch still failing; retrying with backoff");
+                    }
+                    Report::Quiet => {
+                        tracing::debug!(kind, %error, "watch failed; retrying with backoff");
+                    }
+                }
                 continue;
             }
         };

@@ -33,6 +33,7 @@ use kube::{Api, Client, Resource};
 use sluice_crds::{BackendPool, BackendPoolStatus, DataplaneCounts};
 use tokio::sync::{Notify, watch};
 
+use crate::api_errors::Causes;
 use crate::dataplanes::{Dataplane, Dataplanes};
 use crate::index::{Index, Key, PoolState};
 use crate::recorder::{Event, EventType, Recorder};
@@ -329,7 +330,7 @@ impl StatusWriter {
             .patch_status(&key.1, &params, &Patch::Apply(&patch))
             .await
         {
-            tracing::warn!(pool = %format!("{}/{}", key.0, key.1), error = %e, "status write failed");
+            tracing::warn!(pool = %format!("{}/{}", key.0, key.1), error = %Causes(&e), "status write failed");
             return false;
         }
         let reference = pool.object_ref(&());
@@ -345,7 +346,7 @@ impl StatusWriter {
                 note: c.message.clone(),
             };
             if let Err(e) = self.recorder.publish(&event, &reference).await {
-                tracing::warn!(error = %e, "event not recorded");
+                tracing::warn!(error = %Causes(&e), "event not recorded");
             }
         }
         true

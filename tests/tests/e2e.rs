@@ -700,6 +700,116 @@ async fn programmed_stays_true_through_endpoint_churn_and_turns_false_when_a_dat
     Ok(())
 }
 
+/// Log output kept in memory, for what a test says was logged.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A current-thread runtime: every task the controller spawns runs on
+/// this thread, under the log subscriber set here for this test alone.
+#[tokio::test]
+async fn a_tls_failure_towards_the_api_server_is_logged_with_its_cause() -> anyhow::Result<()> {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_env_filter("info,sluice_controller=debug")
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // An "API server" whose certificate the controller's client does not
+    // trust: it is signed by the test CA, which the client is not given.
+    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let (config, _) = sluice_controller::tls::server_config(&TlsFiles {
+        cert: testdata.join("stream.crt"),
+        key: testdata.join("stream.key"),
+    })?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    let client = kube::Client::try_from(kube::Config::new(format!("https://{addr}").parse()?))?;
+    let controller = Controller::start(
+        client,
+        Options {
+            listen: "127.0.0.1:0".parse()?,
+            admin: "127.0.0.1:0".parse()?,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let line = until(
+        Duration::from_secs(20),
+        "a warning about the failing watches",
+        || async {
+            logs.text()
+                .lines()
+                .find(|l| l.contains("WARN") && l.contains("watch failed"))
+                .map(str::to_string)
+        },
+    )
+    .await?;
+    assert!(
+        line.contains("invalid peer certificate") && line.contains("UnknownIssuer"),
+        "{line}"
+    );
+    // The watch retries with backoff; the retries that follow soon after
+    // are logged at debug only, not as more warnings.
+    let pool_watch = |l: &&str| l.contains("watch failed") && l.contains("kind=\"BackendPool\"");
+    until(
+        Duration::from_secs(20),
+        "two retries of the pool watch",
+        || async {
+            let text = logs.text();
+            let retries = text
+                .lines()
+                .filter(pool_watch)
+                .filter(|l| l.contains("DEBUG"))
+                .count();
+            (retries >= 2).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {}", logs.text()))?;
+    let text = logs.text();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(pool_watch)
+        .filter(|l| l.contains("WARN"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    controller.shutdown().await;
+    server.abort();
+    Ok(())
+}
+
 const TEST_CRT: &str = include_str!("../../controller/src/testdata/tls.crt");
 const TEST_KEY: &str = include_str!("../../controller/src/testdata/tls.key");
 

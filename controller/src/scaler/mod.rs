@@ -23,6 +23,7 @@ use kube::{Api, Client, Resource};
 use sluice_crds::{ScalingTrigger, ScalingTriggerStatus};
 use tokio::sync::{Notify, watch};
 
+use crate::api_errors::Causes;
 use crate::autoscale::{self, History, Spec, decide};
 use crate::index::{Index, Key};
 use crate::metrics::{Metrics, ScaleLabels, TriggerLabel};
@@ -282,7 +283,7 @@ impl Scaler {
             .patch_status(&key.1, &params, &Patch::Apply(&patch))
             .await
         {
-            tracing::warn!(trigger = %label(key), error = %e, "status write failed");
+            tracing::warn!(trigger = %label(key), error = %Causes(&e), "status write failed");
             return;
         }
         let before = held.map_or(&[][..], |s| &s.conditions[..]);
@@ -313,7 +314,7 @@ impl Scaler {
             .publish(&event, &trigger.object_ref(&()))
             .await
         {
-            tracing::warn!(error = %e, "event not recorded");
+            tracing::warn!(error = %Causes(&e), "event not recorded");
         }
     }
 }
