@@ -810,6 +810,57 @@ async fn a_tls_failure_towards_the_api_server_is_logged_with_its_cause() -> anyh
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_note_again_is_counted_and_a_different_note_is_an_event_of_its_own()
+-> anyhow::Result<()> {
+    use sluice_controller::recorder::{Event, EventType, Recorder};
+    let api = FakeApiServer::start().await?;
+    let recorder = Recorder::new(api.client()?, "sluice-controller", "ctl-0");
+    let regarding = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("sluice.io/v1alpha1".into()),
+        kind: Some("ScalingTrigger".into()),
+        namespace: Some(NS.into()),
+        name: Some("web".into()),
+        uid: Some("uid-1".into()),
+        ..Default::default()
+    };
+    let event = |note: &str| Event {
+        type_: EventType::Warning,
+        reason: "FailedRescale".into(),
+        action: "Scale".into(),
+        note: note.into(),
+    };
+    let forbidden = event("New size: 3; reason: from 1 to 3 because x; error: forbidden");
+    for _ in 0..3 {
+        recorder.publish(&forbidden, &regarding).await?;
+    }
+    recorder
+        .publish(&event(&"a very long error ".repeat(200)), &regarding)
+        .await?;
+    let mut events = api.list(&Collection::of("events.k8s.io/v1", "Event"));
+    events.sort_by_key(|e| e["eventTime"].as_str().map(str::to_string));
+    let seen: Vec<(String, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["note"].as_str().unwrap_or_default().to_string(),
+                e["series"]["count"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], (forbidden.note.clone(), json!(3)));
+    // Cut to what the API server accepts (it refuses notes over 1024 bytes).
+    assert!(
+        seen[1].0.len() <= 1024 && seen[1].0.ends_with('…'),
+        "{}",
+        seen[1].0.len()
+    );
+    assert_eq!(seen[1].1, Value::Null);
+    api.shutdown().await;
+    Ok(())
+}
+
 const TEST_CRT: &str = include_str!("../../controller/src/testdata/tls.crt");
 const TEST_KEY: &str = include_str!("../../controller/src/testdata/tls.key");
 
