@@ -27,6 +27,8 @@ use base64::Engine;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 
+use crate::api_errors::Causes;
+
 /// Audience the dataplanes' projected tokens are minted for.
 pub const AUDIENCE: &str = "sluice";
 /// How long a TokenReview's acceptance is trusted by default: also the
@@ -227,7 +229,7 @@ impl Authenticator {
         let reviewed = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Denied::Unavailable(e.to_string()))?;
+            .map_err(|e| Denied::Unavailable(Causes(&e).to_string()))?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(Denied::Rejected);

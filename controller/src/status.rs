@@ -119,8 +119,7 @@ pub fn desired_status(
             false,
             "Pending",
             format!(
-                "{} of {t} dataplanes have not applied route version {} in time",
-                t - synced,
+                "{synced} of {t} dataplanes serve route version {} or newer",
                 required.unwrap_or_default()
             ),
         ),
