@@ -4,9 +4,18 @@
 //! in a file) and `tokenreview:<namespace>/<serviceaccount>`: the dataplane
 //! presents its projected ServiceAccount token (audience [`AUDIENCE`]), the
 //! API server vouches for it through the TokenReview API, and only the named
-//! ServiceAccount is let in. Verdicts are cached (until the token expires, at
-//! most [`MAX_TTL`]; refusals for [`DENIED_TTL`]) so a reconnect storm does
-//! not become a TokenReview storm.
+//! ServiceAccount is let in. Verdicts are cached so a reconnect storm does
+//! not become a TokenReview storm: an acceptance for the recheck interval
+//! (`--token-recheck`, [`DEFAULT_RECHECK`]; never past the token's expiry),
+//! a refusal for [`DENIED_TTL`].
+//!
+//! A revoked token (its ServiceAccount or pod deleted) loses access within
+//! the recheck interval: new requests ask the API server again once the
+//! cached acceptance is older than that, and every open route stream
+//! re-checks its token at that interval without the cache
+//! ([`Authenticator::recheck`]) and ends when it is refused. While the API
+//! server cannot be asked, open streams are left open: an outage of the
+//! API server is not a reason to cut every dataplane off.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,10 +27,14 @@ use base64::Engine;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 
+use crate::api_errors::Causes;
+
 /// Audience the dataplanes' projected tokens are minted for.
 pub const AUDIENCE: &str = "sluice";
-/// Longest a positive TokenReview verdict is trusted.
-pub const MAX_TTL: Duration = Duration::from_secs(600);
+/// How long a TokenReview's acceptance is trusted by default: also the
+/// interval at which open streams re-check their token, so the bound on
+/// how long a revoked token keeps access.
+pub const DEFAULT_RECHECK: Duration = Duration::from_secs(15);
 /// How long a refused token stays refused without asking again.
 pub const DENIED_TTL: Duration = Duration::from_secs(10);
 /// Most tokens remembered at once.
@@ -102,6 +115,7 @@ impl Denied {
 pub struct Authenticator {
     auth: Auth,
     client: Option<kube::Client>,
+    recheck: Duration,
     cache: Mutex<HashMap<String, Cached>>,
 }
 
@@ -117,17 +131,37 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// An authenticator; `client` is used by `tokenreview`.
-    pub fn new(auth: Auth, client: kube::Client) -> Self {
+    /// An authenticator; `client` is used by `tokenreview`, whose
+    /// acceptances are trusted for `recheck` (see [`DEFAULT_RECHECK`]).
+    pub fn new(auth: Auth, client: kube::Client, recheck: Duration) -> Self {
         Self {
             auth,
             client: Some(client),
+            recheck,
             cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Checks the `Authorization` header value.
+    /// How long an acceptance holds: the interval at which open streams
+    /// call [`recheck`](Self::recheck); `None` when nothing is checked.
+    pub fn recheck_interval(&self) -> Option<Duration> {
+        (self.auth != Auth::None).then_some(self.recheck)
+    }
+
+    /// Checks the `Authorization` header value; a cached verdict is used
+    /// while it holds.
     pub async fn check(&self, authorization: Option<&str>) -> Result<(), Denied> {
+        self.verdict(authorization, true).await
+    }
+
+    /// Checks again, asking the API server whatever the cache holds (and
+    /// refreshing it): what an open stream does every recheck interval, so
+    /// that it never outlives its token's access by more than that.
+    pub async fn recheck(&self, authorization: Option<&str>) -> Result<(), Denied> {
+        self.verdict(authorization, false).await
+    }
+
+    async fn verdict(&self, authorization: Option<&str>, cached: bool) -> Result<(), Denied> {
         if self.auth == Auth::None {
             return Ok(());
         }
@@ -143,14 +177,14 @@ impl Authenticator {
                 namespace,
                 service_account,
             } => {
-                if let Some(cached) = self.cached(token) {
-                    return cached;
+                if let Some(verdict) = cached.then(|| self.cached(token)).flatten() {
+                    return verdict;
                 }
                 let user = format!("system:serviceaccount:{namespace}:{service_account}");
                 let verdict = self.review(token, &user).await;
                 if !matches!(verdict, Err(Denied::Unavailable(_))) {
                     let ttl = match verdict {
-                        Ok(()) => expiry(token).unwrap_or(MAX_TTL).min(MAX_TTL),
+                        Ok(()) => expiry(token).map_or(self.recheck, |e| e.min(self.recheck)),
                         Err(_) => DENIED_TTL,
                     };
                     self.remember(token, verdict.clone(), ttl);
@@ -195,7 +229,7 @@ impl Authenticator {
         let reviewed = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Denied::Unavailable(e.to_string()))?;
+            .map_err(|e| Denied::Unavailable(Causes(&e).to_string()))?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(Denied::Rejected);

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -26,6 +27,22 @@ pub struct Cli {
     /// or `tokenreview:<namespace>/<serviceaccount>` (projected tokens, audience `sluice`).
     #[arg(long, env = "SLUICE_AUTH", default_value = "none")]
     pub auth: Auth,
+    /// How long an accepted dataplane token is trusted: after this, new
+    /// requests ask the API server (TokenReview) or the token file again,
+    /// and every open route stream re-checks its token at this interval
+    /// and is closed when the token is refused. A revoked token (its
+    /// ServiceAccount or pod deleted, or a line removed from the static
+    /// file) so loses access within this time plus one TokenReview. While
+    /// the API server cannot be asked, open streams stay open.
+    #[arg(long, env = "SLUICE_TOKEN_RECHECK", default_value = "15s", value_parser = parse_positive)]
+    pub token_recheck: Duration,
+    /// How long a dataplane may take to acknowledge a route change before
+    /// the pool's `Programmed` condition turns False (`Pending`): until
+    /// then a dataplane serving the version just replaced still counts, so
+    /// ordinary route updates and endpoint churn leave the condition True.
+    /// At most 60s.
+    #[arg(long, env = "SLUICE_ACK_DEADLINE", default_value = "5s", value_parser = parse_positive)]
+    pub ack_deadline: Duration,
     /// PEM certificate chain of the stream listener; with --tls-key, the
     /// stream is served over TLS (the files are re-read when they change).
     #[arg(
@@ -78,4 +95,16 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// A duration as `30s`, `500ms`, `1m`; zero is refused.
+fn parse_positive(s: &str) -> Result<Duration, String> {
+    let d = s
+        .parse::<sluice_protocol::Duration>()
+        .map_err(|e| e.to_string())?
+        .get();
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be longer than zero"));
+    }
+    Ok(d)
 }

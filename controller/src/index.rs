@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -16,6 +17,7 @@ use sluice_crds::{BackendPool, EndpointCounts, ScalingTrigger};
 use sluice_protocol::route::PathPrefix;
 use sluice_protocol::{Activation, PoolRoute};
 
+use crate::pool_versions::PoolVersions;
 use crate::route::{self, InvalidSpec, Lookup, SERVICE_NAME_LABEL, TLS_REASONS, Unresolved};
 
 /// `(namespace, name)`.
@@ -62,6 +64,8 @@ pub struct PoolState {
     pub conflict: Option<String>,
     /// Version of the store that carries `route`.
     pub route_version: Option<u64>,
+    /// When recent versions of `route` were published (for `Programmed`).
+    pub versions: PoolVersions,
 }
 
 /// One change seen by a watcher.
@@ -336,6 +340,7 @@ impl Index {
                         endpoints: EndpointCounts::default(),
                         route: None,
                         route_version: None,
+                        versions: PoolVersions::default(),
                         conflict: None,
                     },
                 );
@@ -509,6 +514,7 @@ impl Index {
                     batch.removes.push(route.name);
                 }
                 state.route_version = None;
+                state.versions.clear();
                 batch.touched.push(key);
                 continue;
             }
@@ -542,19 +548,25 @@ impl Index {
         batch
     }
 
-    /// Records the store version that now carries each pool's route.
-    /// Only the pools of the batch (`touched`) can have moved: the others
-    /// keep the version they had, so this costs the batch, not the table.
+    /// Records the store version that now carries each pool's route,
+    /// published at `now`. Only the pools of the batch (`touched`) can have
+    /// moved: the others keep the version they had, so this costs the
+    /// batch, not the table.
     pub fn set_route_versions(
         &mut self,
         touched: &[Key],
         version_of: impl Fn(&str) -> Option<u64>,
+        now: Instant,
     ) {
         for key in touched {
             if let Some(state) = self.pools.get_mut(key)
                 && let Some(route) = &state.route
             {
                 state.route_version = version_of(&route.name);
+                match state.route_version {
+                    Some(v) => state.versions.record(v, now),
+                    None => state.versions.clear(),
+                }
             }
         }
     }

@@ -28,6 +28,8 @@ use kube::api::PostParams;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::api_errors::{Causes, Outage, Report};
+
 /// Where and how to hold the lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
@@ -216,6 +218,7 @@ pub async fn run(
     let mut election = Election::new(config.identity.clone(), config.lease_duration);
     let mut renewed: Option<Instant> = None;
     let mut last_holder: Option<String> = None;
+    let mut outage = Outage::default();
     let lease = format!("{}/{}", config.namespace, config.name);
     loop {
         let leading = *leader.borrow();
@@ -228,6 +231,11 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
             a = tokio::time::timeout_at(deadline, attempt(&api, &config.name, &mut election)) => a,
         };
+        if let Ok(Ok(_)) = &attempt
+            && let Some(after) = outage.succeeded(Instant::now().into_std())
+        {
+            tracing::info!(%lease, ?after, "lease attempts work again");
+        }
         match attempt {
             Ok(Ok(Outcome::Leading)) => {
                 renewed = Some(Instant::now());
@@ -247,7 +255,20 @@ pub async fn run(
                 }
                 last_holder = holder;
             }
-            Ok(Err(e)) => tracing::warn!(%lease, error = %e, "lease attempt failed"),
+            Ok(Err(e)) => match outage.failed(Instant::now().into_std()) {
+                Report::Started => {
+                    tracing::warn!(%lease, error = %Causes(&e), "lease attempt failed");
+                }
+                Report::Continuing {
+                    failing_for,
+                    unlogged,
+                } => {
+                    tracing::warn!(%lease, error = %Causes(&e), ?failing_for, unlogged, "lease attempts still failing");
+                }
+                Report::Quiet => {
+                    tracing::debug!(%lease, error = %Causes(&e), "lease attempt failed")
+                }
+            },
             Err(_) => tracing::warn!(%lease, "lease attempt timed out"),
         }
         if *leader.borrow() && renewed.is_none_or(|at| at.elapsed() >= config.renew_deadline) {
@@ -272,7 +293,7 @@ pub async fn run(
         match released.await {
             Ok(Ok(())) => tracing::info!(%lease, "released the lease"),
             Ok(Err(e)) => {
-                tracing::warn!(%lease, error = %e, "could not release the lease; it expires on its own")
+                tracing::warn!(%lease, error = %Causes(&e), "could not release the lease; it expires on its own")
             }
             Err(_) => {
                 tracing::warn!(%lease, "releasing the lease timed out; it expires on its own")

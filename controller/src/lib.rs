@@ -5,6 +5,7 @@
 //! Layout: [`route`] (pure route computation), [`index`] (watch events →
 //! routes, incremental), [`store`] (versioned table, deltas), [`stream`]
 //! (SSE + reports), [`dataplanes`] (acks), [`status`] (status + Events),
+//! [`recorder`] (Events, one per distinct message),
 //! [`autoscale`] (pure scaling decisions),
 //! [`leader`] (Lease election), [`admin`], [`metrics`]. [`Controller::start`]
 //! wires them.
@@ -14,6 +15,7 @@
 //! status and reports ready, so the Service sends dataplanes to it alone.
 
 pub mod admin;
+pub mod api_errors;
 pub mod auth;
 pub mod autoscale;
 pub mod cli;
@@ -21,6 +23,8 @@ pub mod dataplanes;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod pool_versions;
+pub mod recorder;
 pub mod route;
 pub mod scaler;
 pub mod server;
@@ -39,7 +43,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -53,9 +56,11 @@ pub use leader::LeaseConfig;
 pub use tls::TlsFiles;
 
 use crate::admin::Synced;
+use crate::api_errors::{Causes, Outage, Report};
 use crate::dataplanes::Dataplanes;
 use crate::index::{Change, Index};
 use crate::metrics::{KindLabel, Metrics};
+use crate::recorder::Recorder;
 use crate::scaler::Scaler;
 use crate::status::StatusWriter;
 use crate::store::RouteStore;
@@ -71,12 +76,21 @@ pub struct Options {
     pub admin: SocketAddr,
     /// Dataplane authentication.
     pub auth: Auth,
+    /// How long an accepted dataplane token is trusted before the API
+    /// server (or the token file) is asked again; open streams re-check at
+    /// this interval, so it bounds how long a revoked token keeps access.
+    /// Must not be zero.
+    pub token_recheck: Duration,
     /// Interval of SSE keepalive comments.
     pub keepalive: Duration,
     /// How long changes are gathered into one published version.
     pub coalesce: Duration,
     /// How often status is re-examined without a change (dataplane acks).
     pub status_interval: Duration,
+    /// How long a dataplane may take to acknowledge a route change before
+    /// the pool stops counting as `Programmed` (see [`status`]); at most
+    /// [`pool_versions::KEEP`].
+    pub ack_deadline: Duration,
     /// This instance's name, for Events.
     pub instance: String,
     /// Serve the stream over TLS with this pair (reloaded on change).
@@ -98,9 +112,11 @@ impl Default for Options {
             listen: SocketAddr::from(([0, 0, 0, 0], 8090)),
             admin: SocketAddr::from(([0, 0, 0, 0], 9902)),
             auth: Auth::None,
+            token_recheck: auth::DEFAULT_RECHECK,
             keepalive: Duration::from_secs(10),
             coalesce: Duration::from_millis(5),
             status_interval: Duration::from_secs(1),
+            ack_deadline: status::DEFAULT_ACK_DEADLINE,
             instance: "sluice-controller".into(),
             tls: None,
             lease: None,
@@ -129,6 +145,12 @@ pub enum Error {
     /// The leader-election settings do not hold together.
     #[error("leader election: {0}")]
     Lease(String),
+    /// The ack deadline is zero or longer than publication times are kept.
+    #[error("--ack-deadline must be between 1ms and {}s", pool_versions::KEEP.as_secs())]
+    AckDeadline,
+    /// A zero token recheck interval would review tokens without pause.
+    #[error("--token-recheck must be longer than zero")]
+    ZeroTokenRecheck,
     /// The stream's certificate did not load.
     #[error("--tls-cert/--tls-key: {0}")]
     Tls(#[from] tls::TlsError),
@@ -171,6 +193,12 @@ impl Controller {
     pub async fn start(client: Client, opts: Options) -> Result<Self, Error> {
         if opts.auth == Auth::None && !opts.listen.ip().is_loopback() {
             return Err(Error::UnauthenticatedNonLoopback(opts.listen));
+        }
+        if opts.ack_deadline.is_zero() || opts.ack_deadline > pool_versions::KEEP {
+            return Err(Error::AckDeadline);
+        }
+        if opts.token_recheck.is_zero() {
+            return Err(Error::ZeroTokenRecheck);
         }
         if let Some(lease) = &opts.lease {
             lease.validate().map_err(Error::Lease)?;
@@ -282,13 +310,7 @@ impl Controller {
 
         let traffic = Arc::new(Traffic::default());
         let demand = Arc::new(Notify::new());
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "sluice-controller".into(),
-                instance: Some(opts.instance.clone()),
-            },
-        );
+        let recorder = Recorder::new(client.clone(), "sluice-controller", &opts.instance);
         let scaler = Scaler {
             client: client.clone(),
             index: Arc::clone(&index),
@@ -308,6 +330,7 @@ impl Controller {
             recorder,
             wake,
             interval: opts.status_interval,
+            ack_deadline: opts.ack_deadline,
             leader: leader.clone(),
             takeover_settle: opts.takeover_settle,
         };
@@ -316,7 +339,11 @@ impl Controller {
         let ctx = Arc::new(StreamContext {
             store: Arc::clone(&store),
             dataplanes: Arc::clone(&dataplanes),
-            auth: Arc::new(auth::Authenticator::new(opts.auth.clone(), client.clone())),
+            auth: Arc::new(auth::Authenticator::new(
+                opts.auth.clone(),
+                client.clone(),
+                opts.token_recheck,
+            )),
             keepalive: opts.keepalive,
             leader: leader.clone(),
             synced: Arc::clone(&synced),
@@ -460,7 +487,14 @@ async fn watch_kind<K>(
 {
     let mut events = watcher(api, config).default_backoff().boxed();
     let mut buffer: Vec<K> = Vec::new();
+    let mut outage = Outage::default();
     while let Some(event) = events.next().await {
+        // `Init` comes before the relist is tried; only what came back
+        // from the API server shows that it answers again.
+        let answered = matches!(&event, Ok(e) if !matches!(e, watcher::Event::Init));
+        if answered && let Some(after) = outage.succeeded(Instant::now()) {
+            tracing::info!(kind, ?after, "watch works again");
+        }
         let change = match event {
             Ok(watcher::Event::Init) => {
                 buffer.clear();
@@ -479,7 +513,21 @@ async fn watch_kind<K>(
                 deleted((obj.namespace().unwrap_or_default(), obj.name_any()))
             }
             Err(e) => {
-                tracing::warn!(kind, error = %e, "watch error; retrying with backoff");
+                let error = Causes(&e);
+                match outage.failed(Instant::now()) {
+                    Report::Started => {
+                        tracing::warn!(kind, %error, "watch failed; retrying with backoff");
+                    }
+                    Report::Continuing {
+                        failing_for,
+                        unlogged,
+                    } => {
+                        tracing::warn!(kind, %error, ?failing_for, unlogged, "watch still failing; retrying with backoff");
+                    }
+                    Report::Quiet => {
+                        tracing::debug!(kind, %error, "watch failed; retrying with backoff");
+                    }
+                }
                 continue;
             }
         };
@@ -529,7 +577,11 @@ async fn run_index(
             let mut ix = index.lock().unwrap_or_else(|p| p.into_inner());
             let batch = ix.recompute();
             let version = store.publish(batch.upserts, batch.removes);
-            ix.set_route_versions(&batch.touched, |name| store.pool_version(name));
+            ix.set_route_versions(
+                &batch.touched,
+                |name| store.pool_version(name),
+                Instant::now(),
+            );
             tracing::debug!(version, touched = batch.touched.len(), "routes published");
         }
         let elapsed = started.elapsed().as_secs_f64();

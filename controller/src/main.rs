@@ -57,6 +57,8 @@ async fn main() -> anyhow::Result<()> {
         listen: cli.listen,
         admin: cli.admin,
         auth: cli.auth,
+        token_recheck: cli.token_recheck,
+        ack_deadline: cli.ack_deadline,
         instance: cli.name,
         lease,
         tls: cli

@@ -4,6 +4,23 @@
 //! writer compares it with what the API server holds and patches (server-side
 //! apply on the status subresource) only on a difference; each condition
 //! transition a user would want to see becomes an Event.
+//!
+//! # What `Programmed` means
+//!
+//! `Programmed=True`: at least one dataplane is connected, and every
+//! connected dataplane serves the pool's route — its newest version, or a
+//! version that was replaced less than the ack deadline ago
+//! (`--ack-deadline`, [`DEFAULT_ACK_DEADLINE`]). Dataplanes acknowledge in
+//! their reports, once a second, so an ordinary route change (an endpoint
+//! added or gone) leaves the condition True while the acks come in, and
+//! endpoint churn does not make it flap. `status.dataplanes.synced` counts
+//! the dataplanes that serve the route in this sense.
+//!
+//! `Programmed=False` with reason `Pending`: a connected dataplane has not
+//! applied the version that was current one ack deadline ago — it is stuck
+//! or refusing tables — or has never had the pool (a new pool, or a
+//! dataplane that just connected, until its first ack). `NoDataplanes`: none
+//! is connected. `Invalid`/`Conflicted`: the pool has no route to serve.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,22 +29,31 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource};
 use sluice_crds::{BackendPool, BackendPoolStatus, DataplaneCounts};
 use tokio::sync::{Notify, watch};
 
+use crate::api_errors::Causes;
 use crate::dataplanes::{Dataplane, Dataplanes};
 use crate::index::{Index, Key, PoolState};
+use crate::recorder::{Event, EventType, Recorder};
+
+/// How long a dataplane may take to acknowledge a route change before the
+/// pool stops counting as `Programmed`: five report intervals.
+pub const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Field manager of the controller's status writes.
 pub const FIELD_MANAGER: &str = "sluice-controller";
 
-/// The status the pool should have now. `previous` supplies the transition
-/// times of conditions whose status did not change.
+/// The status the pool should have now. `required` is the oldest version
+/// of the pool's route a dataplane may have applied and still serve it
+/// ([`crate::pool_versions::PoolVersions::required`]; the newest version
+/// when `None`). `previous` supplies the transition times of conditions
+/// whose status did not change.
 pub fn desired_status(
     state: &PoolState,
     dataplanes: &[Dataplane],
+    required: Option<u64>,
     previous: Option<&BackendPoolStatus>,
     now: Timestamp,
 ) -> BackendPoolStatus {
@@ -62,8 +88,11 @@ pub fn desired_status(
         ),
     };
     let total = dataplanes.len() as u32;
-    let synced = match state.route_version {
-        Some(v) => dataplanes.iter().filter(|d| d.applied_version >= v).count() as u32,
+    let required = state
+        .route_version
+        .map(|v| required.map_or(v, |r| r.min(v)));
+    let synced = match required {
+        Some(r) => dataplanes.iter().filter(|d| d.applied_version >= r).count() as u32,
         None => 0,
     };
     let programmed = match (state.route_version, total) {
@@ -85,17 +114,20 @@ pub fn desired_status(
             "NoDataplanes",
             "no dataplane is connected".into(),
         ),
-        (Some(v), t) if synced < t => cond(
+        (Some(_), t) if synced < t => cond(
             "Programmed",
             false,
             "Pending",
-            format!("{synced} of {t} dataplanes applied route version {v}"),
+            format!(
+                "{synced} of {t} dataplanes serve route version {} or newer",
+                required.unwrap_or_default()
+            ),
         ),
-        (Some(v), t) => cond(
+        (Some(_), t) => cond(
             "Programmed",
             true,
             "Programmed",
-            format!("route version {v} applied by {t} dataplanes"),
+            format!("{t} dataplanes serve the route"),
         ),
     };
     BackendPoolStatus {
@@ -142,7 +174,8 @@ pub fn changed<'a>(old: &[Condition], new: &'a [Condition]) -> impl Iterator<Ite
 }
 
 /// Conditions of `new` whose status or reason differs from `old`, skipping
-/// the transient `Programmed/Pending` that every route change passes through.
+/// `Programmed/Pending`, which every new pool and every newly connected
+/// dataplane passes through.
 pub fn transitions<'a>(
     old: Option<&BackendPoolStatus>,
     new: &'a BackendPoolStatus,
@@ -167,6 +200,8 @@ pub struct StatusWriter {
     pub wake: Arc<Notify>,
     /// How often acks are re-examined without a wake-up.
     pub interval: Duration,
+    /// How long a dataplane may take to acknowledge a route change.
+    pub ack_deadline: Duration,
     /// Only the leader writes.
     pub leader: watch::Receiver<bool>,
     /// How long after gaining leadership the first write waits.
@@ -241,7 +276,8 @@ impl StatusWriter {
                     .pools()
                     .filter_map(|(key, state)| {
                         let current = state.pool.status.as_ref();
-                        let desired = desired_status(state, &present, current, now);
+                        let required = state.versions.required(Instant::now(), self.ack_deadline);
+                        let desired = desired_status(state, &present, required, current, now);
                         if current == Some(&desired) {
                             written.remove(key);
                             return None;
@@ -293,7 +329,7 @@ impl StatusWriter {
             .patch_status(&key.1, &params, &Patch::Apply(&patch))
             .await
         {
-            tracing::warn!(pool = %format!("{}/{}", key.0, key.1), error = %e, "status write failed");
+            tracing::warn!(pool = %format!("{}/{}", key.0, key.1), error = %Causes(&e), "status write failed");
             return false;
         }
         let reference = pool.object_ref(&());
@@ -305,12 +341,11 @@ impl StatusWriter {
                     EventType::Warning
                 },
                 reason: c.reason.clone(),
-                note: Some(c.message.clone()),
                 action: format!("Set{}", c.type_),
-                secondary: None,
+                note: c.message.clone(),
             };
             if let Err(e) = self.recorder.publish(&event, &reference).await {
-                tracing::warn!(error = %e, "event not recorded");
+                tracing::warn!(error = %Causes(&e), "event not recorded");
             }
         }
         true
@@ -344,6 +379,7 @@ mod tests {
             endpoints: EndpointCounts { ready: 1, total: 2 },
             route: None,
             route_version,
+            versions: Default::default(),
             conflict: None,
         }
     }
@@ -369,7 +405,14 @@ mod tests {
     #[test]
     fn programmed_follows_the_dataplane_acks() {
         let now = Timestamp::now();
-        let st = desired_status(&state(Some(10)), &[dp("a", 10), dp("b", 9)], None, now);
+        // Version 10 is newest and 9 was replaced too long ago: b is behind.
+        let st = desired_status(
+            &state(Some(10)),
+            &[dp("a", 10), dp("b", 9)],
+            Some(10),
+            None,
+            now,
+        );
         assert_eq!(reason(&st, "Programmed"), ("False", "Pending"));
         assert_eq!(
             st.dataplanes,
@@ -382,12 +425,38 @@ mod tests {
         let st = desired_status(
             &state(Some(10)),
             &[dp("a", 10), dp("b", 11)],
+            Some(10),
             Some(&st),
             now,
         );
         assert_eq!(reason(&st, "Programmed"), ("True", "Programmed"));
-        let st = desired_status(&state(Some(10)), &[], None, now);
+        let st = desired_status(&state(Some(10)), &[], Some(10), None, now);
         assert_eq!(reason(&st, "Programmed"), ("False", "NoDataplanes"));
+    }
+
+    #[test]
+    fn a_dataplane_a_moment_behind_still_serves_the_pool() {
+        let now = Timestamp::now();
+        // Version 9 was replaced by 12 less than a deadline ago.
+        let st = desired_status(
+            &state(Some(12)),
+            &[dp("a", 12), dp("b", 9)],
+            Some(9),
+            None,
+            now,
+        );
+        assert_eq!(reason(&st, "Programmed"), ("True", "Programmed"));
+        assert_eq!(st.dataplanes.map(|d| d.synced), Some(2));
+        assert_eq!(st.route_version, Some(12));
+        // One that never had the pool does not.
+        let st = desired_status(
+            &state(Some(12)),
+            &[dp("a", 12), dp("b", 0)],
+            Some(9),
+            None,
+            now,
+        );
+        assert_eq!(reason(&st, "Programmed"), ("False", "Pending"));
     }
 
     #[test]
@@ -398,12 +467,12 @@ mod tests {
             message: "Service ns/x not found".into(),
         }];
         s.invalid = Some(InvalidSpec("spec.hosts: bad".into()));
-        let first = desired_status(&s, &[dp("a", 3)], None, Timestamp::now());
+        let first = desired_status(&s, &[dp("a", 3)], Some(3), None, Timestamp::now());
         assert_eq!(reason(&first, "Accepted"), ("False", "InvalidSpec"));
         assert_eq!(reason(&first, "ResolvedRefs"), ("False", "BackendNotFound"));
         assert_eq!(transitions(None, &first).len(), 3);
         // Same state later: same status (transition times kept), no events.
-        let again = desired_status(&s, &[dp("a", 3)], Some(&first), Timestamp::now());
+        let again = desired_status(&s, &[dp("a", 3)], Some(3), Some(&first), Timestamp::now());
         assert_eq!(again, first);
         assert!(transitions(Some(&first), &again).is_empty());
     }

@@ -12,6 +12,10 @@
 //! controller: it keeps its last table and retries. When leadership is lost,
 //! open streams end at once, so dataplanes reconnect through the Service to
 //! the new leader.
+//!
+//! A stream re-checks its dataplane's token every recheck interval (see
+//! [`crate::auth`]) and ends when the token is no longer accepted, so a
+//! revoked token does not keep a stream it opened before.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +30,7 @@ use sluice_protocol::{REPORTS_PATH, ROUTES_PATH, Report, sse};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::admin::Synced;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Denied};
 use crate::dataplanes::Dataplanes;
 use crate::server::{Body, text};
 use crate::store::RouteStore;
@@ -92,8 +96,9 @@ pub async fn handle(
         }
         return resp;
     }
+    let authorization = authorization.map(str::to_string);
     match (req.method(), req.uri().path()) {
-        (&Method::GET, ROUTES_PATH) => routes(ctx, &req, peer),
+        (&Method::GET, ROUTES_PATH) => routes(ctx, &req, peer, authorization),
         (&Method::POST, REPORTS_PATH) => report(ctx, req).await,
         (_, ROUTES_PATH | REPORTS_PATH) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
@@ -116,7 +121,12 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn routes(ctx: Arc<StreamContext>, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+fn routes(
+    ctx: Arc<StreamContext>,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    authorization: Option<String>,
+) -> Response<Body> {
     let name = query_param(req, "dataplane")
         .filter(|n| !n.is_empty() && n.len() <= 253)
         .map(str::to_string)
@@ -135,6 +145,8 @@ fn routes(ctx: Arc<StreamContext>, req: &Request<Incoming>, peer: SocketAddr) ->
         let mut versions = ctx.store.subscribe();
         let mut leader = ctx.leader.clone();
         let mut sent = resume;
+        let recheck = ctx.auth.recheck_interval();
+        let mut next_check = Instant::now() + recheck.unwrap_or_default();
         // A table built from partial caches would take routes away from the
         // dataplane: the first event waits for every cache's first list.
         while !ctx.synced.waiting().is_empty() {
@@ -147,6 +159,21 @@ fn routes(ctx: Arc<StreamContext>, req: &Request<Incoming>, peer: SocketAddr) ->
             if !*leader.borrow_and_update() {
                 tracing::info!(dataplane = %name, "no longer the leader; closing the route stream");
                 break;
+            }
+            if let Some(every) = recheck
+                && Instant::now() >= next_check
+            {
+                next_check = Instant::now() + every;
+                match ctx.auth.recheck(authorization.as_deref()).await {
+                    Ok(()) => {}
+                    Err(Denied::Unavailable(why)) => {
+                        tracing::warn!(dataplane = %name, %why, "cannot re-check the stream's token; keeping the stream");
+                    }
+                    Err(denied) => {
+                        tracing::warn!(dataplane = %name, %peer, reason = %denied, "the stream's token is no longer accepted; closing the route stream");
+                        break;
+                    }
+                }
             }
             versions.borrow_and_update();
             if let Some(event) = ctx.store.event_since(sent) {
@@ -166,6 +193,7 @@ fn routes(ctx: Arc<StreamContext>, req: &Request<Incoming>, peer: SocketAddr) ->
                 }
                 _ = tx.closed() => break,
                 changed = leader.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep_until(next_check.into()), if recheck.is_some() => {}
             }
         }
         tracing::info!(dataplane = %name, "route stream closed");

@@ -11,5 +11,7 @@ pub mod closed_loop;
 pub mod cluster;
 pub mod dataplane;
 pub mod load;
+pub mod rescales;
 pub mod service;
+pub mod status_log;
 pub mod wait;

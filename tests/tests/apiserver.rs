@@ -867,3 +867,53 @@ async fn a_kind_without_scale_answers_404_and_discovery_omits_it() -> anyhow::Re
     assert_eq!(core.versions, ["v1"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn events_are_checked_as_the_real_server_checks_them() -> anyhow::Result<()> {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    let fake = FakeApiServer::start().await?;
+    let api: Api<K8sEvent> = Api::default_namespaced(fake.client()?);
+    let pp = PostParams::default();
+    let event = |note: &str| -> anyhow::Result<K8sEvent> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": "web.1", "namespace": "default"},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+            "action": "Scale", "reason": "SuccessfulRescale", "type": "Normal",
+            "reportingController": "sluice-controller", "reportingInstance": "ctl-0",
+            "regarding": {"kind": "ScalingTrigger", "namespace": "default", "name": "web"},
+            "note": note,
+        }))?)
+    };
+    let invalid = |r: &Result<K8sEvent, kube::Error>, field: &str| matches!(r, Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(field));
+
+    let long = api.create(&pp, &event(&"x".repeat(1025))?).await;
+    assert!(invalid(&long, "note: Too long"), "{long:?}");
+    let mut bare = event("n")?;
+    bare.action = None;
+    let bare = api.create(&pp, &bare).await;
+    assert!(invalid(&bare, "action: Required"), "{bare:?}");
+
+    api.create(&pp, &event("New size: 5")?).await?;
+    // The series may move...
+    let series = json!({"series": {"count": 2, "lastObservedTime": "2026-01-01T00:00:01.000000Z"}});
+    api.patch("web.1", &PatchParams::default(), &Patch::Merge(&series))
+        .await?;
+    // ...what the Event says may not.
+    let rewrite = json!({"note": "New size: 6"});
+    let rewritten = api
+        .patch("web.1", &PatchParams::default(), &Patch::Merge(&rewrite))
+        .await;
+    assert!(
+        invalid(&rewritten, "note: Invalid value: field is immutable"),
+        "{rewritten:?}"
+    );
+    let one = json!({"series": {"count": 1, "lastObservedTime": "2026-01-01T00:00:02.000000Z"}});
+    let one = api
+        .patch("web.1", &PatchParams::default(), &Patch::Merge(&one))
+        .await;
+    assert!(invalid(&one, "series.count"), "{one:?}");
+    let stored = api.get("web.1").await?;
+    assert_eq!(stored.note.as_deref(), Some("New size: 5"));
+    assert_eq!(stored.series.map(|s| s.count), Some(2));
+    Ok(())
+}

@@ -12,8 +12,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice_tests::closed_loop::{HOST, Loop, behavior, condition, get_held, trigger};
+use sluice_tests::apiserver::{Collection, FakeApiServer};
+use sluice_tests::closed_loop::{HOST, Loop, NS, behavior, condition, get_held, trigger};
+use sluice_tests::cluster::deployments;
 use sluice_tests::load::Load;
+use sluice_tests::rescales::{rescales, steps};
 use sluice_tests::wait::until;
 
 /// Per-replica RequestsPerSecond target of every trigger here.
@@ -248,6 +251,74 @@ async fn an_idle_target_goes_to_zero_and_a_held_request_brings_it_back() -> anyh
     );
     // Both dataplanes now reach it directly.
     env.wait_for_ready_replicas().await?;
+    // What `kubectl describe st web` shows: down to zero, then back up to
+    // the count the Deployment now has.
+    let events = env.api.list(&Collection::of("events.k8s.io/v1", "Event"));
+    let seen = steps(&rescales(&events, NS, "web")?);
+    assert_eq!(
+        seen.first().copied(),
+        Some((1, 0)),
+        "the scale to zero: {seen:?}"
+    );
+    assert_eq!(
+        seen.last().copied(),
+        Some((0, env.spec_replicas())),
+        "the activation: {seen:?}"
+    );
     env.stop().await;
+    Ok(())
+}
+
+/// Seven decisions on one trigger, driven by its bounds so that each is
+/// certain: minReplicas 5 and 6 raise the target, maxReplicas 5 down to 1
+/// lower it. Only the API-server fake and the controller take part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rescale_is_an_event_of_its_own_with_from_and_to() -> anyhow::Result<()> {
+    let api = FakeApiServer::start().await?;
+    api.apply(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"replicas": 1},
+    }))?;
+    let controller = sluice_controller::Controller::start(api.client()?, Loop::options()).await?;
+    let bounds = [(5, 10), (6, 10), (1, 5), (1, 4), (1, 3), (1, 2), (1, 1)];
+    for (min, max) in bounds {
+        let want = if min > 1 { min } else { max };
+        api.apply(trigger(
+            TARGET_RPS,
+            json!({"minReplicas": min, "maxReplicas": max}),
+        ))?;
+        api.wait_for(
+            &deployments(),
+            NS,
+            "web",
+            |d| d["spec"]["replicas"] == want,
+            TAKE_UP,
+        )
+        .await?;
+    }
+    let events = Collection::of("events.k8s.io/v1", "Event");
+    let seen = until(Duration::from_secs(10), "seven rescale Events", || async {
+        let r = rescales(&api.list(&events), NS, "web").ok()?;
+        (r.len() >= 7).then_some(r)
+    })
+    .await
+    .map_err(|e| {
+        let notes: Vec<String> = api
+            .list(&events)
+            .iter()
+            .map(|e| e["note"].to_string())
+            .collect();
+        anyhow::anyhow!("{e}; Events: {notes:?}")
+    })?;
+    assert_eq!(
+        steps(&seen),
+        [(1, 5), (5, 6), (6, 5), (5, 4), (4, 3), (3, 2), (2, 1)]
+    );
+    assert!(seen.iter().all(|r| r.count == 1), "{seen:?}");
+    assert!(seen[0].why.contains("below minReplicas"), "{seen:?}");
+    assert!(seen[2].why.contains("above maxReplicas"), "{seen:?}");
+    controller.shutdown().await;
+    api.shutdown().await;
     Ok(())
 }

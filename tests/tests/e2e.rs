@@ -17,6 +17,7 @@ use sluice_tests::client::HttpClient;
 use sluice_tests::closed_loop::condition;
 use sluice_tests::dataplane::loopback;
 use sluice_tests::load::Load;
+use sluice_tests::status_log::StatusLog;
 use sluice_tests::wait::until;
 
 const NS: &str = "shop";
@@ -474,6 +475,389 @@ async fn tokenreview_lets_in_only_the_dataplane_service_account() -> anyhow::Res
         .count();
     assert_eq!(reviews, 4);
     controller.shutdown().await;
+    Ok(())
+}
+
+/// Reads from `conn` until `done` holds for what came so far, or `limit`
+/// passes; returns what came and whether the peer closed.
+async fn read_until(
+    conn: &mut tokio::net::TcpStream,
+    seen: &mut String,
+    limit: Duration,
+    done: impl Fn(&str, bool) -> bool,
+) -> anyhow::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(read) => read?,
+            Err(_) => anyhow::bail!("timed out after {limit:?}; the stream so far: {seen}"),
+        };
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if done(seen, n == 0) {
+            return Ok(n == 0);
+        }
+        anyhow::ensure!(n > 0, "the stream ended early: {seen}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_loses_new_requests_and_its_open_stream_within_the_recheck_interval()
+-> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    const RECHECK: Duration = Duration::from_secs(1);
+    let api = FakeApiServer::start().await?;
+    let dp_user = "system:serviceaccount:sluice-system:sluice-dataplane";
+    // Two tokens of the same ServiceAccount (two pods): one posts reports,
+    // the other holds a stream, so neither check learns from the other.
+    api.add_token("good", dp_user, &["sluice"]);
+    api.add_token("streaming", dp_user, &["sluice"]);
+    let controller = Controller::start(
+        api.client()?,
+        Options {
+            listen: "127.0.0.1:0".parse()?,
+            admin: "127.0.0.1:0".parse()?,
+            auth: "tokenreview:sluice-system/sluice-dataplane"
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+            token_recheck: RECHECK,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let http = HttpClient::new();
+    let post = || {
+        http::Request::post(format!("http://{}/v1/reports", controller.stream_addr()))
+            .header(http::header::AUTHORIZATION, "Bearer good")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+    };
+    // Accepted: the empty report is then refused as a bad request.
+    assert_eq!(http.send(post()?).await?.status, 400);
+
+    // A stream opened with the token gets its first table.
+    let mut conn = tokio::net::TcpStream::connect(controller.stream_addr()).await?;
+    let req = "GET /v1/routes?dataplane=dp-revoked HTTP/1.1\r\nHost: controller\r\nAuthorization: Bearer streaming\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n";
+    conn.write_all(req.as_bytes()).await?;
+    let mut seen = String::new();
+    read_until(&mut conn, &mut seen, Duration::from_secs(10), |s, _| {
+        s.contains("event: ")
+    })
+    .await?;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    // It stays open across several recheck intervals while the token holds.
+    let held = read_until(&mut conn, &mut seen, 3 * RECHECK, |_, closed| closed).await;
+    assert!(held.is_err(), "the stream stayed open: {seen}");
+
+    // The ServiceAccount goes: the API server no longer vouches for its tokens.
+    api.revoke_token("good");
+    api.revoke_token("streaming");
+    // New requests are refused once the cached acceptance runs out...
+    until(
+        Duration::from_secs(10),
+        "a 401 for the revoked token",
+        || async { (http.send(post().ok()?).await.ok()?.status == 401).then_some(()) },
+    )
+    .await?;
+    // ...and the open stream ends (generous bound: the recheck interval
+    // plus a busy machine; nothing here measures how fast).
+    let closed = read_until(
+        &mut conn,
+        &mut seen,
+        Duration::from_secs(10),
+        |_, closed| closed,
+    )
+    .await?;
+    assert!(closed, "{seen}");
+    controller.shutdown().await;
+    api.shutdown().await;
+    Ok(())
+}
+
+/// `POST /v1/reports` by hand, as a dataplane named `name` that applied
+/// `version`; returns the status line.
+async fn post_report(addr: SocketAddr, name: &str, version: u64) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body =
+        json!({"dataplane": name, "appliedVersion": version, "windowMs": 1000, "seq": version})
+            .to_string();
+    let req = format!(
+        "POST /v1/reports HTTP/1.1\r\nHost: controller\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(req.as_bytes()).await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut out)).await??;
+    Ok(out.lines().next().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programmed_stays_true_through_endpoint_churn_and_turns_false_when_a_dataplane_stops_acking()
+-> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::start(&["backend-1", "backend-2"]).await?;
+    env.wait_for_backends(&["backend-1", "backend-2"]).await?;
+    let programmed = |s: &Value| {
+        s["dataplanes"]["synced"] == 2
+            && condition(s, "Programmed") == Some(("True".into(), "Programmed".into()))
+    };
+    until(Duration::from_secs(10), "Programmed=True", || async {
+        programmed(&env.pool_status()).then_some(())
+    })
+    .await?;
+
+    // Every status the API server stores from now on.
+    let log = StatusLog::start(env.api.client()?, NS, "web");
+    // Churn: backend-2's slice goes and comes back every 100 ms for 3 s.
+    let extra = slice("web", &env._backends["backend-2"]);
+    for i in 0..30 {
+        if i % 2 == 0 {
+            env.api.delete(&slices(), NS, "web-backend-2");
+        } else {
+            env.api.apply(extra.clone())?;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.api.apply(extra)?;
+    env.wait_for_backends(&["backend-1", "backend-2"]).await?;
+    let last = env
+        .api
+        .get(&pools(), NS, "web")
+        .map(|p| p["status"]["routeVersion"].clone());
+    until(
+        Duration::from_secs(10),
+        "the churn's last status",
+        || async {
+            let seen = log.seen();
+            let newest = seen.last()?;
+            (Some(&newest.status["routeVersion"]) == last.as_ref()).then_some(())
+        },
+    )
+    .await?;
+    let seen = log.seen();
+    let versions: BTreeSet<String> = seen
+        .iter()
+        .map(|s| s.status["routeVersion"].to_string())
+        .collect();
+    // The churn was written: several route versions went through status.
+    assert!(versions.len() >= 5, "{versions:?}");
+    for s in &seen {
+        assert!(
+            programmed(&s.status),
+            "stored at resourceVersion {}: {}",
+            s.resource_version,
+            s.status
+        );
+    }
+
+    // A third dataplane acks once, then stops acking while it keeps its stream.
+    let mut conn = tokio::net::TcpStream::connect(env.stream_addr).await?;
+    let req = format!(
+        "GET /v1/routes?dataplane=dp-silent HTTP/1.1\r\nHost: controller\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(req.as_bytes()).await?;
+    let mut stream = String::new();
+    read_until(&mut conn, &mut stream, Duration::from_secs(10), |s, _| {
+        s.contains("event: ")
+    })
+    .await?;
+    let version: u64 = stream
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no event id in {stream}"))?;
+    assert_eq!(
+        post_report(env.stream_addr, "dp-silent", version).await?,
+        "HTTP/1.1 204 No Content"
+    );
+    until(
+        Duration::from_secs(10),
+        "Programmed=True with three dataplanes",
+        || async {
+            let s = env.pool_status();
+            (s["dataplanes"]["synced"] == 3
+                && condition(&s, "Programmed") == Some(("True".into(), "Programmed".into())))
+            .then_some(())
+        },
+    )
+    .await?;
+    // The route changes; dp-silent never applies it. Past the ack deadline
+    // (5 s) the pool is no longer Programmed.
+    env.api.delete(&slices(), NS, "web-backend-2");
+    let status = until(
+        Duration::from_secs(30),
+        "Programmed=False (Pending)",
+        || async {
+            let s = env.pool_status();
+            (condition(&s, "Programmed") == Some(("False".into(), "Pending".into()))).then_some(s)
+        },
+    )
+    .await?;
+    assert_eq!(status["dataplanes"]["synced"], 2, "{status}");
+    assert_eq!(status["dataplanes"]["total"], 3, "{status}");
+    drop(conn);
+    Ok(())
+}
+
+/// Log output kept in memory, for what a test says was logged.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A current-thread runtime: every task the controller spawns runs on
+/// this thread, under the log subscriber set here for this test alone.
+#[tokio::test]
+async fn a_tls_failure_towards_the_api_server_is_logged_with_its_cause() -> anyhow::Result<()> {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_env_filter("info,sluice_controller=debug")
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // An "API server" whose certificate the controller's client does not
+    // trust: it is signed by the test CA, which the client is not given.
+    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let (config, _) = sluice_controller::tls::server_config(&TlsFiles {
+        cert: testdata.join("stream.crt"),
+        key: testdata.join("stream.key"),
+    })?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    let client = kube::Client::try_from(kube::Config::new(format!("https://{addr}").parse()?))?;
+    let controller = Controller::start(
+        client,
+        Options {
+            listen: "127.0.0.1:0".parse()?,
+            admin: "127.0.0.1:0".parse()?,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let line = until(
+        Duration::from_secs(20),
+        "a warning about the failing watches",
+        || async {
+            logs.text()
+                .lines()
+                .find(|l| l.contains("WARN") && l.contains("watch failed"))
+                .map(str::to_string)
+        },
+    )
+    .await?;
+    assert!(
+        line.contains("invalid peer certificate") && line.contains("UnknownIssuer"),
+        "{line}"
+    );
+    // The watch retries with backoff; the retries that follow soon after
+    // are logged at debug only, not as more warnings.
+    let pool_watch = |l: &&str| l.contains("watch failed") && l.contains("kind=\"BackendPool\"");
+    until(
+        Duration::from_secs(20),
+        "two retries of the pool watch",
+        || async {
+            let text = logs.text();
+            let retries = text
+                .lines()
+                .filter(pool_watch)
+                .filter(|l| l.contains("DEBUG"))
+                .count();
+            (retries >= 2).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {}", logs.text()))?;
+    let text = logs.text();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(pool_watch)
+        .filter(|l| l.contains("WARN"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    controller.shutdown().await;
+    server.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_note_again_is_counted_and_a_different_note_is_an_event_of_its_own()
+-> anyhow::Result<()> {
+    use sluice_controller::recorder::{Event, EventType, Recorder};
+    let api = FakeApiServer::start().await?;
+    let recorder = Recorder::new(api.client()?, "sluice-controller", "ctl-0");
+    let regarding = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("sluice.io/v1alpha1".into()),
+        kind: Some("ScalingTrigger".into()),
+        namespace: Some(NS.into()),
+        name: Some("web".into()),
+        uid: Some("uid-1".into()),
+        ..Default::default()
+    };
+    let event = |note: &str| Event {
+        type_: EventType::Warning,
+        reason: "FailedRescale".into(),
+        action: "Scale".into(),
+        note: note.into(),
+    };
+    let forbidden = event("New size: 3; reason: from 1 to 3 because x; error: forbidden");
+    for _ in 0..3 {
+        recorder.publish(&forbidden, &regarding).await?;
+    }
+    recorder
+        .publish(&event(&"a very long error ".repeat(200)), &regarding)
+        .await?;
+    let mut events = api.list(&Collection::of("events.k8s.io/v1", "Event"));
+    events.sort_by_key(|e| e["eventTime"].as_str().map(str::to_string));
+    let seen: Vec<(String, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["note"].as_str().unwrap_or_default().to_string(),
+                e["series"]["count"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], (forbidden.note.clone(), json!(3)));
+    // Cut to what the API server accepts (it refuses notes over 1024 bytes).
+    assert!(
+        seen[1].0.len() <= 1024 && seen[1].0.ends_with('…'),
+        "{}",
+        seen[1].0.len()
+    );
+    assert_eq!(seen[1].1, Value::Null);
+    api.shutdown().await;
     Ok(())
 }
 

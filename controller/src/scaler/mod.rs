@@ -19,14 +19,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource};
 use sluice_crds::{ScalingTrigger, ScalingTriggerStatus};
 use tokio::sync::{Notify, watch};
 
+use crate::api_errors::Causes;
 use crate::autoscale::{self, History, Spec, decide};
 use crate::index::{Index, Key};
 use crate::metrics::{Metrics, ScaleLabels, TriggerLabel};
+use crate::recorder::{Event, EventType, Recorder};
 use crate::status::{FIELD_MANAGER, changed};
 use crate::traffic::Traffic;
 use status::{Outcome, desired_status, differs_beyond_metrics};
@@ -282,7 +283,7 @@ impl Scaler {
             .patch_status(&key.1, &params, &Patch::Apply(&patch))
             .await
         {
-            tracing::warn!(trigger = %label(key), error = %e, "status write failed");
+            tracing::warn!(trigger = %label(key), error = %Causes(&e), "status write failed");
             return;
         }
         let before = held.map_or(&[][..], |s| &s.conditions[..]);
@@ -305,16 +306,15 @@ impl Scaler {
         let event = Event {
             type_,
             reason: reason.to_string(),
-            note: Some(note),
             action: "Scale".into(),
-            secondary: None,
+            note,
         };
         if let Err(e) = self
             .recorder
             .publish(&event, &trigger.object_ref(&()))
             .await
         {
-            tracing::warn!(error = %e, "event not recorded");
+            tracing::warn!(error = %Causes(&e), "event not recorded");
         }
     }
 }

@@ -15,6 +15,8 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiResource, Scope};
 use sluice_crds::CrossVersionObjectReference;
 
+use crate::api_errors::Causes;
+
 /// How long a resolved kind is trusted.
 pub const KNOWN_FOR: Duration = Duration::from_secs(300);
 /// How long an unresolvable kind is not asked about again.
@@ -98,8 +100,10 @@ impl Targets {
                 }
             }
             Err(e) => Err(format!(
-                "cannot find kind {} in {} through discovery: {e}",
-                r.kind, r.api_version
+                "cannot find kind {} in {} through discovery: {}",
+                r.kind,
+                r.api_version,
+                Causes(&e)
             )),
         };
         self.kinds.insert(
@@ -131,10 +135,14 @@ impl Targets {
         r: &CrossVersionObjectReference,
     ) -> Result<ScaleCounts, String> {
         let api = self.api(namespace, r).await?;
-        let scale = api
-            .get_scale(&r.name)
-            .await
-            .map_err(|e| format!("cannot read the scale of {} {}: {e}", r.kind, r.name))?;
+        let scale = api.get_scale(&r.name).await.map_err(|e| {
+            format!(
+                "cannot read the scale of {} {}: {}",
+                r.kind,
+                r.name,
+                Causes(&e)
+            )
+        })?;
         Ok(ScaleCounts {
             spec: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
             status: scale.status.map_or(0, |s| s.replicas),
@@ -153,6 +161,6 @@ impl Targets {
         api.patch_scale(&r.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| Causes(&e).to_string())
     }
 }

@@ -27,7 +27,8 @@
 //! `object`, `list` and `watch` answer it,
 //! `select` and `patch` are the selector and patch languages they share,
 //! `store` holds the objects and their change history, and `response`
-//! turns results and failures into HTTP responses.
+//! turns results and failures into HTTP responses; `validate` checks
+//! Events as the real server does.
 
 mod discovery;
 mod list;
@@ -37,6 +38,7 @@ mod response;
 mod routes;
 mod select;
 mod store;
+mod validate;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -284,6 +286,13 @@ impl FakeApiServer {
                 audiences.iter().map(|a| a.to_string()).collect(),
             ),
         );
+    }
+
+    /// Stops vouching for `token`, as the real API server does once the
+    /// token's ServiceAccount or pod is deleted: TokenReviews of it answer
+    /// unauthenticated from now on.
+    pub fn revoke_token(&self, token: &str) {
+        lock(&self.shared.tokens).remove(token);
     }
 
     /// The base URL, `http://127.0.0.1:PORT`.

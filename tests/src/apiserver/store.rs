@@ -89,6 +89,7 @@ impl State {
                 ));
             }
         };
+        super::validate::check(c, &obj, None)?;
         if self.get(c, ns, &name).is_some() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -151,6 +152,7 @@ impl State {
         if obj == old {
             return Ok(old);
         }
+        super::validate::check(c, &obj, Some(&old))?;
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
         let bump = i64::from(!same_spec(&old, &obj));
         self.rv += 1;
