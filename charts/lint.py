@@ -1055,7 +1055,7 @@ def check_operations(docs: list[dict], notes: str):
     rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"] for r in rules}
     want = {"SluiceControllerNoLeader", "SluiceDataplaneNotSynced", "SluiceDataplanesDisconnected",
-            "SluiceEndpointsAllUnhealthy", "SluicePoolErrorRate"}
+            "SluiceEndpointsAllUnhealthy", "SluicePoolErrorRate", "SluiceScalingLimited"}
     expect(want <= alerts, f"PrometheusRule lacks {want - alerts}")
     for r in rules:
         expect(r.get("for") and r["labels"].get("severity") in ("warning", "critical")

@@ -23,6 +23,16 @@ pub struct ScaleLabels {
     pub direction: String,
 }
 
+/// Labels of `sluice_scaling_limited`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `namespace/name` of the ScalingTrigger.
+    pub trigger: String,
+    /// The `ScalingLimited` reason: `TooManyReplicas`, `TooFewReplicas`,
+    /// `ScaleUpLimit` or `ScaleDownLimit`.
+    pub reason: String,
+}
+
 /// Label of `sluice_desired_replicas`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TriggerLabel {
@@ -50,6 +60,10 @@ pub struct Metrics {
     pub scale_decisions: Family<ScaleLabels, Counter>,
     /// The replica count each trigger last decided.
     pub desired_replicas: Family<TriggerLabel, Gauge>,
+    /// 1 for the reason that held each trigger's last decision back (the
+    /// `ScalingLimited` condition), 0 for the others: an alert can tell a
+    /// trigger pinned at `maxReplicas` from one idling at `minReplicas`.
+    pub scaling_limited: Family<LimitLabels, Gauge>,
 }
 
 impl Metrics {
@@ -95,6 +109,12 @@ impl Metrics {
             "The replica count each ScalingTrigger last decided",
             desired_replicas.clone(),
         );
+        let scaling_limited = Family::<LimitLabels, Gauge>::default();
+        registry.register(
+            "scaling_limited",
+            "1 for the reason (maxReplicas, minReplicas, a behavior policy) that held a ScalingTrigger's last decision back, 0 for the others",
+            scaling_limited.clone(),
+        );
         Self {
             registry,
             reconcile_duration,
@@ -103,6 +123,7 @@ impl Metrics {
             leader,
             scale_decisions,
             desired_replicas,
+            scaling_limited,
         }
     }
 

@@ -485,3 +485,49 @@ async fn an_invalid_timezone_is_a_condition_and_an_event_and_nothing_scales() ->
     env.stop().await;
     Ok(())
 }
+
+/// A trigger pinned at `maxReplicas` under load says so twice: in its
+/// `ScalingLimited` condition and in `sluice_scaling_limited`, the series
+/// an alert can read (1 for `TooManyReplicas`, 0 for the other reasons).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_held_at_max_replicas_is_limited_in_status_and_metrics() -> anyhow::Result<()> {
+    let env = Loop::start(Loop::workload()).await?;
+    env.cluster.wait_settled(1, Duration::from_secs(10)).await?;
+    env.wait_for_ready_replicas().await?;
+    env.api.apply(trigger(
+        TARGET_RPS,
+        json!({"maxReplicas": 2, "window": "5s", "behavior": behavior(30)}),
+    ))?;
+    env.wait_for_trigger(1, TAKE_UP).await?;
+    let series = |reason: &str| {
+        format!("sluice_scaling_limited{{trigger=\"{NS}/web\",reason=\"{reason}\"}}")
+    };
+    assert_eq!(
+        controller_metric(&env, &series("TooManyReplicas")).await?,
+        Some(0.0),
+        "not limited while idle at one replica"
+    );
+    // Ten times the target wants about ten replicas; two are allowed.
+    let load = Load::paced(&env.http, &env.addrs(), HOST, 10.0 * TARGET_RPS);
+    wait_for_condition(&env, "ScalingLimited", "True", "TooManyReplicas").await?;
+    until(
+        TAKE_UP,
+        "sluice_scaling_limited to say TooManyReplicas",
+        || async {
+            let limited = controller_metric(&env, &series("TooManyReplicas"))
+                .await
+                .ok()??;
+            let mut others = Vec::new();
+            for reason in ["TooFewReplicas", "ScaleUpLimit", "ScaleDownLimit"] {
+                others.push(controller_metric(&env, &series(reason)).await.ok()??);
+            }
+            (limited == 1.0 && others.iter().all(|v| *v == 0.0)).then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(env.spec_replicas(), 2, "maxReplicas holds");
+    let (_, failed) = load.finish().await?;
+    assert_eq!(failed, 0);
+    env.stop().await;
+    Ok(())
+}

@@ -234,6 +234,11 @@ fn controller_exposition() -> String {
         trigger: "shop/web".into(),
     };
     metrics.desired_replicas.get_or_create(&trigger).set(2);
+    let limit = sluice_controller::metrics::LimitLabels {
+        trigger: "shop/web".into(),
+        reason: "TooManyReplicas".into(),
+    };
+    metrics.scaling_limited.get_or_create(&limit).set(1);
     metrics.encode()
 }
 

@@ -220,6 +220,14 @@ pub enum Limit {
 }
 
 impl Limit {
+    /// Every limit, for metrics that give each reason a series.
+    pub const ALL: [Self; 4] = [
+        Self::ScaleUpLimit,
+        Self::ScaleDownLimit,
+        Self::TooManyReplicas,
+        Self::TooFewReplicas,
+    ];
+
     /// The condition reason, as HPA writes it.
     pub fn reason(self) -> &'static str {
         match self {

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, watch};
 use crate::api_errors::Causes;
 use crate::autoscale::{self, History, Spec, decide};
 use crate::index::{Index, Key};
-use crate::metrics::{Metrics, ScaleLabels, TriggerLabel};
+use crate::metrics::{LimitLabels, Metrics, ScaleLabels, TriggerLabel};
 use crate::recorder::{Event, EventType, Recorder};
 use crate::status::{FIELD_MANAGER, changed};
 use crate::traffic::Traffic;
@@ -118,6 +118,12 @@ impl Scaler {
                     self.metrics.desired_replicas.remove(&TriggerLabel {
                         trigger: label(key),
                     });
+                    for limit in autoscale::Limit::ALL {
+                        self.metrics.scaling_limited.remove(&LimitLabels {
+                            trigger: label(key),
+                            reason: limit.reason().into(),
+                        });
+                    }
                 }
                 keep
             });
@@ -195,6 +201,15 @@ impl Scaler {
             .desired_replicas
             .get_or_create(&trigger_label)
             .set(i64::from(decision.desired));
+        for limit in autoscale::Limit::ALL {
+            self.metrics
+                .scaling_limited
+                .get_or_create(&LimitLabels {
+                    trigger: label(key),
+                    reason: limit.reason().into(),
+                })
+                .set(i64::from(decision.limited == Some(limit)));
+        }
         let mut update_error = None;
         if decision.changed() {
             match targets.set(&key.0, target, decision.desired).await {
