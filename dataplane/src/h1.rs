@@ -60,9 +60,20 @@ pub enum Error {
     /// The response's framing is invalid (bad `Content-Length`, bad chunk).
     #[error("invalid response framing: {0}")]
     Framing(&'static str),
-    /// The request body failed while being sent.
+    /// The client's request body failed while being sent: it did not
+    /// parse (a bad chunk size), was cut short (the client closed or reset
+    /// its stream), or did not match its framing. The client's fault, not
+    /// the endpoint's: the proxy answers 400 and counts nothing against
+    /// the endpoint. Kept apart from [`Error::Io`], the endpoint's socket
+    /// failing, which is the endpoint's fault.
     #[error("request body failed: {0}")]
     Body(String),
+    /// The connection failed (closed, reset, or a write refused) before
+    /// any byte of a response came back: the endpoint went away with the
+    /// request. An idempotent request may be sent again elsewhere (RFC
+    /// 9110 §9.2.2).
+    #[error("connection lost before any response: {0}")]
+    Unanswered(io::Error),
 }
 
 /// How a request body is framed on the wire.
@@ -221,8 +232,10 @@ pub type Fields = Vec<(HeaderName, usize, usize)>;
 /// Reads the next final response head from `io` (interim `1xx` responses
 /// other than `101` are skipped), leaving what follows it in `buf`.
 /// `head_request`: the request was `HEAD`, so no body follows. `fields`:
-/// room for the parser; `room`: an empty map for the headers (the
-/// request's, emptied, saves an allocation).
+/// room for the parser; `room`: a map for the headers, emptied when a
+/// final head arrives (the request's: it saves an allocation, and it stays
+/// whole until then, so that a request whose connection failed before
+/// any answer can be sent again).
 pub async fn read_head<R>(
     io: &mut R,
     buf: &mut BytesMut,
@@ -233,6 +246,9 @@ pub async fn read_head<R>(
 where
     R: AsyncRead + Unpin,
 {
+    // Whether any byte of a response came: until then a failure is
+    // `Unanswered`.
+    let mut seen = !buf.is_empty();
     loop {
         if !buf.is_empty()
             && let Some(head) = parse_head(buf, head_request, fields, room)?
@@ -246,8 +262,12 @@ where
             return Err(Error::HeadTooLarge);
         }
         buf.reserve(READ_SIZE);
-        if io.read_buf(buf).await? == 0 {
-            return Err(Error::Closed);
+        match io.read_buf(buf).await {
+            Ok(0) if seen => return Err(Error::Closed),
+            Ok(0) => return Err(Error::Unanswered(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => seen = true,
+            Err(e) if seen => return Err(Error::Io(e)),
+            Err(e) => return Err(Error::Unanswered(e)),
         }
     }
 }
@@ -330,6 +350,7 @@ fn parse_head(
     }
     let raw = buf.split_to(len).freeze();
     let mut headers = std::mem::take(room);
+    headers.clear();
     headers.reserve(fields.len());
     for (name, start, end) in fields.drain(..) {
         headers.append(name, parsed_value(raw.slice(start..end)));

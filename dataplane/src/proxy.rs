@@ -24,6 +24,7 @@ use crate::activation;
 use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::endpoint::{Endpoint, InFlight};
 use crate::forward::{self, Forwarded, RoutedHost};
+use crate::h1;
 use crate::metrics::Exchange;
 use crate::retry::{self, Failure, RequestTraits, idempotent};
 use crate::state::State;
@@ -511,7 +512,7 @@ async fn attempts(
         traits.body_intact = body.intact();
         let next = if tries <= retry.attempts && retry.allows(failure, traits) {
             tried.push(target.addr);
-            next_try(pool, pick, &tried)
+            next_try(pool, pick, &tried, failure.retries_free())
         } else {
             None
         };
@@ -533,7 +534,7 @@ async fn attempts(
         };
         // An unread failed response: its connection is not reused.
         drop((resp, in_flight));
-        _retrying = Some(held);
+        _retrying = held;
         if failure.backs_off() {
             tokio::time::sleep(retry::backoff(tries)).await;
         }
@@ -543,16 +544,24 @@ async fn attempts(
 }
 
 /// The endpoint of the next retry, with its place in `maxRetries`, when
-/// one is left and the breaker and the budget allow it.
+/// one is left and the breaker and the budget allow it; a `free` retry
+/// (see [`Failure::retries_free`]) needs neither.
 fn next_try<'p>(
     pool: &'p Pool,
     pick: &PickRequest,
     tried: &[SocketAddr],
-) -> Option<(&'p Arc<Endpoint>, Held)> {
+    free: bool,
+) -> Option<(&'p Arc<Endpoint>, Option<Held>)> {
     let next = pool.pick_excluding(pick, tried)?;
+    if free {
+        return Some((next, None));
+    }
     let held = pool.state.breaker.retry().ok()?;
     let percent = pool.policy.retry.budget_percent();
-    pool.state.budget.withdraw(percent).then_some((next, held))
+    pool.state
+        .budget
+        .withdraw(percent)
+        .then_some((next, Some(held)))
 }
 
 /// Turns an attempt's result into what retries, metrics and health see:
@@ -610,8 +619,26 @@ fn outcome(
             overflow: Some(over),
         };
     }
+    if let UpstreamError::Send(h1::Error::Body(why)) = &e {
+        // The client's body failed: nothing is said of the endpoint (no
+        // code counted, no failure for outlier detection or PeakEwma), and
+        // its connection was closed with the exchange.
+        return Attempt::Failed {
+            failure: Failure::Client,
+            resp: None,
+            status: StatusCode::BAD_REQUEST,
+            reason: "bad-request-body",
+            why: format!("the request body failed: {why}\n"),
+            overflow: None,
+        };
+    }
     target.upstream.inc(0);
-    target.record_failure();
+    if matches!(&e, UpstreamError::Connect(io) if io.kind() == std::io::ErrorKind::ConnectionRefused)
+    {
+        target.record_refused();
+    } else {
+        target.record_failure();
+    }
     target.observe_failure(elapsed);
     let why = format!("endpoint {addr} failed: {}\n", describe(&e));
     let (failure, status, reason) = match e {
@@ -619,6 +646,9 @@ fn outcome(
             (Failure::Connect, StatusCode::GATEWAY_TIMEOUT, "timeout")
         }
         _ if e.is_connect() => (Failure::Connect, StatusCode::BAD_GATEWAY, "upstream-failed"),
+        UpstreamError::Send(h1::Error::Unanswered(_)) => {
+            (Failure::Dropped, StatusCode::BAD_GATEWAY, "upstream-failed")
+        }
         _ => (Failure::Reset, StatusCode::BAD_GATEWAY, "upstream-failed"),
     };
     Attempt::Failed {

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use crate::forward::Forwarded;
 use crate::front::ClientBody;
 use bytes::{Bytes, BytesMut};
+use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use sluice_protocol::policy::Timeouts;
@@ -327,9 +328,14 @@ impl Upstream {
                 Err(e) => return Err((e, Some(req))),
             },
         };
+        // A request that got no answer comes back (without its body,
+        // which the attempts keep) to be sent again.
         exchange(conn, req, forwarded, endpoint)
             .await
-            .map_err(|e| (UpstreamError::Send(e), None))
+            .map_err(|(e, parts)| {
+                let back = parts.map(|p| Request::from_parts(p, RequestBody::Empty));
+                (UpstreamError::Send(e), back)
+            })
     }
 
     /// The most recently used idle connection of `endpoint` that can take a
@@ -379,12 +385,29 @@ impl Upstream {
 /// while the response streams back: an endpoint that answers before taking
 /// the whole body (a 413, an echo) is heard.
 async fn exchange(
-    mut conn: Box<Conn>,
+    conn: Box<Conn>,
     req: Request<RequestBody>,
     forwarded: &Forwarded,
     endpoint: &Arc<Endpoint>,
-) -> Result<Response<ResponseBody>, h1::Error> {
+) -> Result<Response<ResponseBody>, (h1::Error, Option<Parts>)> {
     let (mut parts, body) = req.into_parts();
+    match exchange_parts(conn, &mut parts, body, forwarded, endpoint).await {
+        Ok(resp) => Ok(resp),
+        // Nothing came back: the head is still whole.
+        Err(e @ h1::Error::Unanswered(_)) => Err((e, Some(parts))),
+        Err(e) => Err((e, None)),
+    }
+}
+
+/// [`exchange`], on the request's head in place: its headers become the
+/// response's (their room reused), but only once a response head came.
+async fn exchange_parts(
+    mut conn: Box<Conn>,
+    parts: &mut Parts,
+    body: RequestBody,
+    forwarded: &Forwarded,
+    endpoint: &Arc<Endpoint>,
+) -> Result<Response<ResponseBody>, h1::Error> {
     let framing = RequestFraming::for_body(body.is_end_stream(), body.size_hint().exact());
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     conn.head.clear();
@@ -397,13 +420,15 @@ async fn exchange(
         framing,
     );
     let head_request = parts.method == Method::HEAD;
-    // The request's header map, emptied, takes the response's headers.
-    let mut room = std::mem::take(&mut parts.headers);
-    room.clear();
+    // The request's header map takes the response's headers.
+    let room = &mut parts.headers;
     let Io::Whole(io) = &mut conn.io else {
         return Err(h1::Error::Closed);
     };
-    io.write_all(&conn.head).await?;
+    // Nothing came back yet: a failed write is the endpoint gone.
+    io.write_all(&conn.head)
+        .await
+        .map_err(h1::Error::Unanswered)?;
     if framing != RequestFraming::Empty
         && let Io::Whole(io) = std::mem::replace(&mut conn.io, Io::Gone)
     {
@@ -422,7 +447,7 @@ async fn exchange(
     } = &mut *conn;
     let head = match io {
         Io::Split { read, write } => {
-            let mut head = pin!(h1::read_head(read, buf, head_request, fields, &mut room));
+            let mut head = pin!(h1::read_head(read, buf, head_request, fields, room));
             tokio::select! {
                 biased;
                 head = &mut head => head?,
@@ -431,12 +456,16 @@ async fn exchange(
                     // The client's body failed: the endpoint waits for the
                     // rest, which will never come.
                     Err(e @ h1::Error::Body(_)) => return Err(e),
-                    // The endpoint may have answered, then closed (a 413).
-                    Err(e) => head.await.map_err(|_| e)?,
+                    // The endpoint may have answered, then closed (a 413);
+                    // if nothing came back, it went away with the request.
+                    Err(e) => head.await.map_err(|h| match h {
+                        h1::Error::Unanswered(_) => h,
+                        _ => e,
+                    })?,
                 },
             }
         }
-        io => h1::read_head(io, buf, head_request, fields, &mut room).await?,
+        io => h1::read_head(io, buf, head_request, fields, room).await?,
     };
     let mut resp = Response::new(());
     *resp.status_mut() = head.status;
