@@ -357,6 +357,12 @@ where
     // After an unasked-for `101` (no request on this path asks for one)
     // nothing on the connection would make sense.
     close |= signal.draining.load(Ordering::Acquire) || resp.status().is_informational();
+    // Sluice's own 400 (a request it could not trust) says to close.
+    close |= resp.status() == StatusCode::BAD_REQUEST
+        && resp
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let (mut parts, mut body) = resp.into_parts();
     let out = &mut scratch.out;
     out.clear();

@@ -250,9 +250,9 @@ impl Proxy {
         site: Option<&Site>,
     ) -> Response<ProxyBody> {
         let table = self.state.table.load_full();
-        let Some((raw_host, original_host)) = request_host(&req) else {
-            let body = "request has no Host header\n".to_string();
-            return local(StatusCode::BAD_REQUEST, "no-host", body);
+        let (raw_host, original_host) = match request_host(&req) {
+            Ok(host) => host,
+            Err(bad) => return bad_request(req.version(), bad.reason(), bad.to_string()),
         };
         let host = normalize_host(raw_host);
         let path = req.uri().path();
@@ -689,26 +689,141 @@ fn overflow(pool: &str, over: Overflow) -> Response<ProxyBody> {
     resp
 }
 
-/// `:authority` (HTTP/2, or an HTTP/1.1 absolute-form target, which takes
-/// precedence over `Host` per RFC 9112 §3.2.2) or the `Host` header, as
-/// text and as the value to forward. The `Host` header's own value is a
-/// shared clone, where a copy of the text would cost an allocation.
-fn request_host(req: &Request<ClientBody>) -> Option<(&str, Option<RoutedHost>)> {
+/// Why a request's authority is refused (400, and the connection closes).
+#[derive(Debug, thiserror::Error)]
+enum BadHost {
+    #[error("request has no Host header\n")]
+    Missing,
+    #[error("request has more than one Host header\n")]
+    Duplicate,
+    #[error("request has an invalid Host header\n")]
+    Invalid,
+    #[error("request target has an invalid authority\n")]
+    InvalidAuthority,
+    #[error("request's Host header differs from its :authority\n")]
+    Conflict,
+}
+
+impl BadHost {
+    /// `x-sluice-error`.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "no-host",
+            Self::Duplicate => "duplicate-host",
+            Self::Invalid | Self::InvalidAuthority => "invalid-host",
+            Self::Conflict => "conflicting-host",
+        }
+    }
+}
+
+/// The one authority of a request, as text (to route on) and as the value
+/// forwarded in `Host` and `X-Forwarded-Host`, so that the three always
+/// agree. `:authority` (HTTP/2) or an HTTP/1.1 absolute-form target's
+/// authority comes first: over HTTP/1.1 it replaces `Host` (RFC 9112
+/// §3.2.2); over HTTP/2 a `Host` that names another authority makes the
+/// request malformed (RFC 9113 §8.3.1). Otherwise the `Host` header. More
+/// than one `Host`, or one that is not a valid `host[:port]`, is refused
+/// (RFC 9112 §3.2): a backend reading the other one would see another
+/// virtual host than Sluice routed for. The `Host` header's own value is
+/// a shared clone, where a copy of the text would cost an allocation.
+fn request_host(req: &Request<ClientBody>) -> Result<(&str, Option<RoutedHost>), BadHost> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadHost::Duplicate);
+    }
+    if host.is_some_and(|h| !valid_authority(h.as_bytes())) {
+        return Err(BadHost::Invalid);
+    }
     if let Some(authority) = req.uri().authority() {
         let text = authority.as_str();
+        if !valid_authority(text.as_bytes()) {
+            return Err(BadHost::InvalidAuthority);
+        }
+        if req.version() == http::Version::HTTP_2
+            && host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(text.as_bytes()))
+        {
+            return Err(BadHost::Conflict);
+        }
         let value = HeaderValue::from_str(text).ok().map(|value| RoutedHost {
             value,
             in_host_header: false,
         });
-        return Some((text, value));
+        return Ok((text, value));
     }
-    let value = req.headers().get(header::HOST)?;
-    let text = value.to_str().ok()?;
+    let value = host.ok_or(BadHost::Missing)?;
+    let text = value.to_str().map_err(|_| BadHost::Invalid)?;
     let routed = RoutedHost {
         value: value.clone(),
         in_host_header: true,
     };
-    Some((text, Some(routed)))
+    Ok((text, Some(routed)))
+}
+
+/// Whether `value` is a valid `uri-host [ ":" port ]` (RFC 3986 §3.2.2,
+/// RFC 9110 §7.2): an IP literal in brackets, or a registered name or
+/// IPv4 address of unreserved, percent-encoded and sub-delimiter
+/// characters, then an optional port of digits. No userinfo (`@`), no
+/// path, no spaces. Empty is valid (a `Host` for a target with no
+/// authority). A byte scan: it runs on every request.
+fn valid_authority(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|b| *b == b']') {
+            Some(end) => {
+                let literal = &value[1..end];
+                let ok = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
+                if !ok {
+                    return false;
+                }
+                match &value[end + 1..] {
+                    [] => return true,
+                    [b':', port @ ..] => (&[][..], port),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        _ => match value.iter().rposition(|b| *b == b':') {
+            Some(colon) => (&value[..colon], &value[colon + 1..]),
+            None => (value, &[][..]),
+        },
+    };
+    host.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    }) && port.iter().all(u8::is_ascii_digit)
+}
+
+/// 400 for a request Sluice cannot take as it is. Over HTTP/1 the
+/// connection closes after it (`Connection: close`): what follows a
+/// request that was misread cannot be trusted either.
+fn bad_request(version: http::Version, reason: &'static str, body: String) -> Response<ProxyBody> {
+    let mut resp = local(StatusCode::BAD_REQUEST, reason, body);
+    if version < http::Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// An answer from Sluice itself: a status, a reason header, a short body.
@@ -735,4 +850,69 @@ pub(crate) fn describe(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_of(req: http::request::Builder) -> Result<String, &'static str> {
+        let req = req.body(ClientBody::Empty).expect("request");
+        request_host(&req)
+            .map(|(text, routed)| {
+                let routed = routed.map(|r| r.value.to_str().unwrap_or("").to_string());
+                assert_eq!(routed.as_deref(), Some(text), "routed == forwarded");
+                text.to_string()
+            })
+            .map_err(|e| e.reason())
+    }
+
+    #[test]
+    fn one_request_has_one_authority() {
+        let get = || Request::get("/");
+        assert_eq!(
+            host_of(get().header("host", "Shop.example:8080")),
+            Ok("Shop.example:8080".into())
+        );
+        assert_eq!(
+            host_of(get().header("host", "[::1]:80")),
+            Ok("[::1]:80".into())
+        );
+        assert_eq!(host_of(get().header("host", "")), Ok(String::new()));
+        assert_eq!(host_of(get()), Err("no-host"));
+        assert_eq!(
+            host_of(get().header("host", "a").header("host", "a")),
+            Err("duplicate-host")
+        );
+        for bad in [
+            "a b", "user@a", "a/b", "a:8x", "[::1", "[::1]x", "[]", "a\"b",
+        ] {
+            assert_eq!(
+                host_of(get().header("host", bad)),
+                Err("invalid-host"),
+                "{bad}"
+            );
+        }
+        // Absolute form: the target's authority wins over Host.
+        let abs = || Request::get("http://a.example/x");
+        assert_eq!(
+            host_of(abs().header("host", "b.example")),
+            Ok("a.example".into())
+        );
+        assert_eq!(
+            host_of(Request::get("http://u@a.example/")),
+            Err("invalid-host")
+        );
+        // HTTP/2: Host must name :authority.
+        let h2 = || abs().version(http::Version::HTTP_2);
+        assert_eq!(host_of(h2()), Ok("a.example".into()));
+        assert_eq!(
+            host_of(h2().header("host", "A.example")),
+            Ok("a.example".into())
+        );
+        assert_eq!(
+            host_of(h2().header("host", "b.example")),
+            Err("conflicting-host")
+        );
+    }
 }
