@@ -31,7 +31,7 @@ use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
 use crate::tls::{self, Site};
 use crate::upgrade;
-use crate::upstream::{BoxError, Outgoing, ResponseBody, UpstreamError};
+use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError};
 
 /// Header naming why Sluice answered a request itself.
 pub const ERROR_HEADER: &str = "x-sluice-error";
@@ -327,12 +327,14 @@ impl Proxy {
         let https = site.is_some();
         let forwarded = forward::request(&mut parts, peer.ip(), original_host, https);
         let limit = pool.policy.request_timeout;
+        let idle = pool.policy.upstream.idle();
+        let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::default()));
         // Boxed: the attempts make a future of kilobytes, which the timeout
         // and activation layers above would otherwise copy whole as they
         // take it (measured, with the front end polling the request's
         // future in place: 1.6k more instructions a request unboxed).
-        let attempts = boxed_attempts(pool, target, &pick, &forwarded, parts, body);
-        let tries = tokio::time::timeout(limit, attempts);
+        let attempts = boxed_attempts(pool, target, &pick, &forwarded, parts, body, &progress);
+        let tries = within_silence(attempts, progress.as_deref(), limit, Some(idle));
         let (mut resp, tries) = match activation::relay(tries, turn).await {
             Ok(Answer::Upstream {
                 resp,
@@ -359,10 +361,25 @@ impl Proxy {
                 exchange.respond(resp.status().as_u16());
                 (resp, tries)
             }
-            Err(_) => {
+            Err(Silent::Response) => {
                 exchange.respond(504);
                 let body = format!("pool {name:?} gave no response within {limit:?}\n");
                 (local(StatusCode::GATEWAY_TIMEOUT, "timeout", body), 0)
+            }
+            Err(Silent::Endpoint) => {
+                exchange.respond(504);
+                let body = format!("pool {name:?} took none of the request body for {idle:?}\n");
+                (local(StatusCode::GATEWAY_TIMEOUT, "timeout", body), 0)
+            }
+            Err(Silent::Client) => {
+                exchange.respond(408);
+                let body = format!("the request body stalled for {idle:?}\n");
+                let mut resp = local(StatusCode::REQUEST_TIMEOUT, "client-timeout", body);
+                // The rest of the body may still come: the connection
+                // cannot carry another request.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                (resp, 0)
             }
         };
         if tries > 1 {
@@ -414,6 +431,80 @@ impl Proxy {
     }
 }
 
+/// What went silent for too long before a response head came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silent {
+    /// The request was sent (or had no body) and no response head came
+    /// within `timeouts.request`: 504.
+    Response,
+    /// The endpoint took none of the request body for `timeouts.idle`
+    /// (its socket stayed full): 504.
+    Endpoint,
+    /// The client sent none of its request body for `timeouts.idle`: its
+    /// fault, 408.
+    Client,
+}
+
+/// Runs `attempts` under the pool's timeouts, which measure silence, not
+/// size (as nginx's `proxy_read_timeout` and HAProxy's `timeout server`
+/// and `timeout client` do):
+/// - `timeouts.request` bounds the wait for the response head once the
+///   request is sent: from its arrival for a request without a body
+///   (connects and retries included), from the body's last byte
+///   otherwise;
+/// - while a body is on its way, `timeouts.idle` bounds each silence: the
+///   client sending nothing (408) or the endpoint taking nothing (504).
+///
+/// So an upload that keeps sending is never cut for its length (it was:
+/// the request timeout counted from the arrival, and every upload longer
+/// than 60 s failed). The response body has its own idle timeout
+/// ([`ProxyBody`]). A request without a body (nearly all) takes the plain
+/// timeout, with no progress to read.
+///
+/// `perTryTimeout` is the same wait for one attempt, with `idle` `None`.
+async fn within_silence<F: Future>(
+    attempts: F,
+    progress: Option<&Progress>,
+    request: Duration,
+    idle: Option<Duration>,
+) -> Result<F::Output, Silent> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(request, attempts)
+            .await
+            .map_err(|_| Silent::Response);
+    };
+    let mut attempts = std::pin::pin!(attempts);
+    let first = idle.map_or(request, |idle| idle.min(request));
+    let mut timer = std::pin::pin!(tokio::time::sleep(first));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(answer) = attempts.as_mut().poll(cx) {
+            return Poll::Ready(Ok(answer));
+        }
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let (last, waiting, done) = progress.state();
+            let limit = if done { Some(request) } else { idle };
+            // No limit yet (or none that fits the clock): the attempts
+            // wake this again.
+            let Some(deadline) = limit.and_then(|l| last.checked_add(l)) else {
+                return Poll::Pending;
+            };
+            if deadline > tokio::time::Instant::now() {
+                timer.as_mut().reset(deadline);
+                continue;
+            }
+            return Poll::Ready(Err(match (done, waiting) {
+                (true, _) => Silent::Response,
+                (false, true) => Silent::Client,
+                (false, false) => Silent::Endpoint,
+            }));
+        }
+    })
+    .await
+}
+
 /// [`attempts`], boxed. A plain function: in `dispatch` itself, the
 /// unboxed future would be a temporary whose room that future keeps
 /// (measured: 2.5 KB of its 4 KB).
@@ -424,8 +515,12 @@ fn boxed_attempts<'a>(
     forwarded: &'a Forwarded,
     parts: Parts,
     body: ClientBody,
+    progress: &Option<Arc<Progress>>,
 ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
-    Box::pin(attempts(pool, first, pick, forwarded, parts, body))
+    let progress = progress.clone();
+    Box::pin(attempts(
+        pool, first, pick, forwarded, parts, body, progress,
+    ))
 }
 
 /// Sends the request to `first`, and again to other endpoints while the
@@ -438,6 +533,7 @@ async fn attempts(
     forwarded: &Forwarded,
     parts: Parts,
     body: ClientBody,
+    progress: Option<Arc<Progress>>,
 ) -> Answer {
     let policy = &pool.policy;
     let retry = policy.retry;
@@ -451,7 +547,7 @@ async fn attempts(
     // copy; only retries after sending (resets, gateway errors) need the
     // head kept aside, and the body shared until it is first read.
     let resends = may_retry && retry.resends();
-    let mut body = Outgoing::new(body, resends);
+    let mut body = Outgoing::new(body, resends, progress);
     let template = resends.then(|| parts.clone());
     if may_retry {
         pool.state.budget.deposit();
@@ -476,7 +572,9 @@ async fn attempts(
             forwarded,
         );
         let result = match retry.per_try_timeout {
-            Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
+            Some(limit) => within_silence(sent, body.progress(), limit, None)
+                .await
+                .map_err(|_| limit),
             None => Ok(sent.await),
         };
         let result = result.map(|r| {
