@@ -15,12 +15,14 @@
 //! What it speaks: requests in origin form with `Content-Length` or
 //! `Transfer-Encoding: chunked` bodies (trailers kept); responses framed by
 //! `Content-Length`, chunked (trailers kept) or by the connection's close;
-//! `1xx` interim responses skipped, `101` handing the connection over for a
-//! tunnel; bodiless responses to `HEAD` and for 204/304. A response that
+//! `1xx` interim responses passed to the client side when it forwards
+//! them ([`interim_into`]) and skipped otherwise, `101` handing the
+//! connection over for a tunnel; bodiless responses to `HEAD` and for 204/304. A response that
 //! does not parse, has a head over [`MAX_HEAD`] bytes or more than
 //! [`MAX_HEADERS`] headers, or contradicts its own framing, fails the
 //! attempt (a 502 for the client, after retries).
 
+use std::cell::RefCell;
 use std::future::Future as _;
 use std::io;
 use std::pin::pin;
@@ -295,6 +297,11 @@ fn parse_head(
     let code = resp.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| Error::Framing("invalid status code"))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        INTERIM.with_borrow_mut(|sink| {
+            if let Some(out) = sink {
+                encode_interim(out, status, resp.headers);
+            }
+        });
         buf.advance(len);
         return Ok(Some(None));
     }
@@ -391,6 +398,58 @@ fn parse_head(
         keep_alive,
     };
     Ok(Some(Some(head)))
+}
+
+thread_local! {
+    /// Where interim responses read on this thread go, while the request
+    /// being polled has a client side that forwards them ([`interim_into`]).
+    static INTERIM: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `poll` (one poll of a request's future) with the interim (`1xx`,
+/// but `101`) responses its endpoint sends encoded into `sink`, for the
+/// client side to forward before the final response (RFC 9110 §15.2: a
+/// proxy forwards 1xx responses it did not ask for, 103 Early Hints or a
+/// second 100). A thread-local rather than a channel through the
+/// request: the request's future is polled right here, on this thread,
+/// and the common request (no interim response) pays two moves of a
+/// `Vec` and no allocation.
+pub fn interim_into<R>(sink: &mut Vec<u8>, poll: impl FnOnce() -> R) -> R {
+    let taken = std::mem::take(sink);
+    let outer = INTERIM.with_borrow_mut(|slot| slot.replace(taken));
+    let result = poll();
+    *sink = INTERIM
+        .with_borrow_mut(|slot| std::mem::replace(slot, outer))
+        .unwrap_or_default();
+    result
+}
+
+/// Writes an interim response head for the client: its status and its
+/// fields, but for those of one hop.
+fn encode_interim(out: &mut Vec<u8>, status: StatusCode, fields: &[httparse::Header<'_>]) {
+    const HOP: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for f in fields {
+        if HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        out.extend_from_slice(f.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A header value httparse took, sharing the head's bytes. Used by both
