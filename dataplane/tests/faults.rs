@@ -155,6 +155,65 @@ async fn malformed_or_abandoned_uploads_are_the_clients_fault_not_the_endpoints(
     assert_eq!((got.status, got.text().as_str()), (StatusCode::OK, "10"));
 }
 
+#[tokio::test]
+async fn an_http2_stream_reset_mid_upload_is_the_clients_fault_not_the_endpoints() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dp = start(Source::Static(table(&format!(
+        "pools:\n  - name: p\n    outlierDetection: {{consecutiveFailures: 3, baseEjectionTime: 60s}}\n    endpoints: [{{address: {}}}, {{address: {}}}]\n",
+        a.addr, b.addr
+    ))))
+    .await;
+    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    for _ in 0..12 {
+        // Some bytes, then the client's body fails: hyper resets the
+        // stream.
+        let frames = futures::stream::unfold(0, |n| async move {
+            match n {
+                0 => Some((Ok(hyper::body::Frame::data(Bytes::from_static(b"abc"))), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Some((Err(std::io::Error::other("client gave up")), 2))
+                }
+                _ => None,
+            }
+        });
+        let req = Request::post("http://x/count")
+            .body(http_body_util::StreamBody::new(Box::pin(frames)))
+            .expect("request");
+        let sent = tokio::time::timeout(WAIT, sender.send_request(req))
+            .await
+            .expect("the stream ended in time");
+        if let Ok(resp) = sent {
+            assert!(resp.status().is_client_error(), "{:?}", resp.status());
+        }
+    }
+    conn.abort();
+    let http = client();
+    eventually("the reset uploads to end", async || {
+        endpoints(&http, &dp)
+            .await
+            .iter()
+            .all(|e| e["inFlight"] == 0)
+    })
+    .await;
+    for e in endpoints(&http, &dp).await {
+        assert_eq!(e["ejected"], false, "{e}");
+        assert_eq!(e["consecutiveFailures"], 0, "{e}");
+    }
+    let metrics = admin_get(&http, &dp, "/metrics").await.text();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_upstream_requests_total") && l.contains("code=\"0\"")),
+        "no failed exchange counted against an endpoint:\n{metrics}"
+    );
+}
+
 /// An endpoint that can be killed: its listener and every connection close
 /// at once, as when its process dies. Each answer takes a few
 /// milliseconds, so that some requests are in flight when it dies.
