@@ -324,6 +324,7 @@ impl Proxy {
 
         let (mut parts, body) = req.into_parts();
         let upgrade = upgrade::take(&mut parts);
+        let version = parts.version;
         let https = site.is_some();
         let forwarded = forward::request(&mut parts, peer.ip(), original_host, https);
         let limit = pool.policy.request_timeout;
@@ -375,10 +376,12 @@ impl Proxy {
                 exchange.respond(408);
                 let body = format!("the request body stalled for {idle:?}\n");
                 let mut resp = local(StatusCode::REQUEST_TIMEOUT, "client-timeout", body);
-                // The rest of the body may still come: the connection
-                // cannot carry another request.
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                // The rest of the body may still come: an HTTP/1
+                // connection cannot carry another request.
+                if version < http::Version::HTTP_2 {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 (resp, 0)
             }
         };
