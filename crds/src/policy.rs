@@ -113,7 +113,8 @@ pub struct CircuitBreaker {
 /// A condition that is retried.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryOn {
-    /// The endpoint could not be reached.
+    /// The endpoint could not be reached; also an idempotent request whose
+    /// connection was lost before any response byte.
     ConnectFailure,
     /// The connection failed after the request was sent.
     Reset,
@@ -156,11 +157,13 @@ pub struct Timeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^([0-9]+(ms|s|m|h))+$"))]
     pub connect: Option<String>,
-    /// Arrival to response head, retries included (default 60s).
+    /// Longest wait for the response head once the request (and its
+    /// body) is sent; never cuts a body that keeps flowing (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^([0-9]+(ms|s|m|h))+$"))]
     pub request: Option<String>,
-    /// Longest silence on a connection or response body (default 60s).
+    /// Longest silence on a connection, a response body or a request body
+    /// on its way (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^([0-9]+(ms|s|m|h))+$"))]
     pub idle: Option<String>,

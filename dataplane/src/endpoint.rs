@@ -128,6 +128,12 @@ impl Endpoint {
         outlier::record_failure(self);
     }
 
+    /// The endpoint refused a connection: ejected at once when the pool
+    /// has outlier detection (see [`outlier::record_refused`]).
+    pub fn record_refused(self: &Arc<Self>) {
+        outlier::record_refused(self);
+    }
+
     /// The endpoint answered with `status`: 502, 503 and 504 count as
     /// failures, anything else as a success.
     pub fn record_status(self: &Arc<Self>, status: u16) {

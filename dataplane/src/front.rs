@@ -134,6 +134,8 @@ struct Scratch {
     spare: Option<HeaderMap>,
     /// The response being written.
     out: Vec<u8>,
+    /// Interim responses of the endpoint, to write before the final one.
+    interim: Vec<u8>,
 }
 
 impl Scratch {
@@ -340,26 +342,50 @@ where
     // While the proxy works, the client is watched: what it sends next
     // (pipelined) is read ahead, up to the head limit; its close (or a
     // reset) drops the request, as hyper does.
+    // Interim responses (103 Early Hints, ...) the endpoint sends are
+    // forwarded as they come ([`crate::h1::interim_into`]).
     let mut handled = pin!(handler(request, conn));
-    let resp = std::future::poll_fn(|cx| {
-        if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
-            return Poll::Ready(Some(resp));
+    let interim = &mut scratch.interim;
+    let resp = loop {
+        let waited = std::future::poll_fn(|cx| {
+            let polled = crate::h1::interim_into(interim, || handled.as_mut().poll(cx));
+            if let Poll::Ready(resp) = polled {
+                return Poll::Ready(Waited::Answer(resp));
+            }
+            if !interim.is_empty() {
+                return Poll::Ready(Waited::Interim);
+            }
+            if client_gone(io, buf, cx, max_head) {
+                return Poll::Ready(Waited::Gone);
+            }
+            Poll::Pending
+        })
+        .await;
+        match waited {
+            Waited::Answer(resp) => break resp,
+            Waited::Interim => {
+                if io.write_all(interim).await.is_err() {
+                    return Served::Close;
+                }
+                interim.clear();
+            }
+            Waited::Gone => return Served::Close,
         }
-        if client_gone(io, buf, cx, max_head) {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await;
-    let Some(resp) = resp else {
-        return Served::Close;
     };
     // After an unasked-for `101` (no request on this path asks for one)
     // nothing on the connection would make sense.
     close |= signal.draining.load(Ordering::Acquire) || resp.status().is_informational();
+    // Sluice's own 400 (a request it could not trust) says to close.
+    close |= resp.status() == StatusCode::BAD_REQUEST
+        && resp
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let (mut parts, mut body) = resp.into_parts();
     let out = &mut scratch.out;
     out.clear();
+    // Interim responses that came with the final one go just before it.
+    out.append(&mut scratch.interim);
     let framing = encode_head(&parts, &body, head_request, close, out);
     // The values go now (they hold the endpoint's read buffer); the room
     // stays, for the next request.
@@ -447,6 +473,16 @@ where
         return Served::Close;
     }
     Served::KeepAlive
+}
+
+/// What the wait for a response came to.
+enum Waited<R> {
+    /// The response.
+    Answer(R),
+    /// Interim responses to forward first.
+    Interim,
+    /// The client went away.
+    Gone,
 }
 
 enum Step<D> {

@@ -15,12 +15,14 @@
 //! What it speaks: requests in origin form with `Content-Length` or
 //! `Transfer-Encoding: chunked` bodies (trailers kept); responses framed by
 //! `Content-Length`, chunked (trailers kept) or by the connection's close;
-//! `1xx` interim responses skipped, `101` handing the connection over for a
-//! tunnel; bodiless responses to `HEAD` and for 204/304. A response that
+//! `1xx` interim responses passed to the client side when it forwards
+//! them ([`interim_into`]) and skipped otherwise, `101` handing the
+//! connection over for a tunnel; bodiless responses to `HEAD` and for 204/304. A response that
 //! does not parse, has a head over [`MAX_HEAD`] bytes or more than
 //! [`MAX_HEADERS`] headers, or contradicts its own framing, fails the
 //! attempt (a 502 for the client, after retries).
 
+use std::cell::RefCell;
 use std::future::Future as _;
 use std::io;
 use std::pin::pin;
@@ -60,9 +62,20 @@ pub enum Error {
     /// The response's framing is invalid (bad `Content-Length`, bad chunk).
     #[error("invalid response framing: {0}")]
     Framing(&'static str),
-    /// The request body failed while being sent.
+    /// The client's request body failed while being sent: it did not
+    /// parse (a bad chunk size), was cut short (the client closed or reset
+    /// its stream), or did not match its framing. The client's fault, not
+    /// the endpoint's: the proxy answers 400 and counts nothing against
+    /// the endpoint. Kept apart from [`Error::Io`], the endpoint's socket
+    /// failing, which is the endpoint's fault.
     #[error("request body failed: {0}")]
     Body(String),
+    /// The connection failed (closed, reset, or a write refused) before
+    /// any byte of a response came back: the endpoint went away with the
+    /// request. An idempotent request may be sent again elsewhere (RFC
+    /// 9110 §9.2.2).
+    #[error("connection lost before any response: {0}")]
+    Unanswered(io::Error),
 }
 
 /// How a request body is framed on the wire.
@@ -221,8 +234,10 @@ pub type Fields = Vec<(HeaderName, usize, usize)>;
 /// Reads the next final response head from `io` (interim `1xx` responses
 /// other than `101` are skipped), leaving what follows it in `buf`.
 /// `head_request`: the request was `HEAD`, so no body follows. `fields`:
-/// room for the parser; `room`: an empty map for the headers (the
-/// request's, emptied, saves an allocation).
+/// room for the parser; `room`: a map for the headers, emptied when a
+/// final head arrives (the request's: it saves an allocation, and it stays
+/// whole until then, so that a request whose connection failed before
+/// any answer can be sent again).
 pub async fn read_head<R>(
     io: &mut R,
     buf: &mut BytesMut,
@@ -233,6 +248,9 @@ pub async fn read_head<R>(
 where
     R: AsyncRead + Unpin,
 {
+    // Whether any byte of a response came: until then a failure is
+    // `Unanswered`.
+    let mut seen = !buf.is_empty();
     loop {
         if !buf.is_empty()
             && let Some(head) = parse_head(buf, head_request, fields, room)?
@@ -246,8 +264,12 @@ where
             return Err(Error::HeadTooLarge);
         }
         buf.reserve(READ_SIZE);
-        if io.read_buf(buf).await? == 0 {
-            return Err(Error::Closed);
+        match io.read_buf(buf).await {
+            Ok(0) if seen => return Err(Error::Closed),
+            Ok(0) => return Err(Error::Unanswered(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => seen = true,
+            Err(e) if seen => return Err(Error::Io(e)),
+            Err(e) => return Err(Error::Unanswered(e)),
         }
     }
 }
@@ -275,6 +297,11 @@ fn parse_head(
     let code = resp.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| Error::Framing("invalid status code"))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        INTERIM.with_borrow_mut(|sink| {
+            if let Some(out) = sink {
+                encode_interim(out, status, resp.headers);
+            }
+        });
         buf.advance(len);
         return Ok(Some(None));
     }
@@ -330,6 +357,7 @@ fn parse_head(
     }
     let raw = buf.split_to(len).freeze();
     let mut headers = std::mem::take(room);
+    headers.clear();
     headers.reserve(fields.len());
     for (name, start, end) in fields.drain(..) {
         headers.append(name, parsed_value(raw.slice(start..end)));
@@ -370,6 +398,58 @@ fn parse_head(
         keep_alive,
     };
     Ok(Some(Some(head)))
+}
+
+thread_local! {
+    /// Where interim responses read on this thread go, while the request
+    /// being polled has a client side that forwards them ([`interim_into`]).
+    static INTERIM: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `poll` (one poll of a request's future) with the interim (`1xx`,
+/// but `101`) responses its endpoint sends encoded into `sink`, for the
+/// client side to forward before the final response (RFC 9110 §15.2: a
+/// proxy forwards 1xx responses it did not ask for, 103 Early Hints or a
+/// second 100). A thread-local rather than a channel through the
+/// request: the request's future is polled right here, on this thread,
+/// and the common request (no interim response) pays two moves of a
+/// `Vec` and no allocation.
+pub fn interim_into<R>(sink: &mut Vec<u8>, poll: impl FnOnce() -> R) -> R {
+    let taken = std::mem::take(sink);
+    let outer = INTERIM.with_borrow_mut(|slot| slot.replace(taken));
+    let result = poll();
+    *sink = INTERIM
+        .with_borrow_mut(|slot| std::mem::replace(slot, outer))
+        .unwrap_or_default();
+    result
+}
+
+/// Writes an interim response head for the client: its status and its
+/// fields, but for those of one hop.
+fn encode_interim(out: &mut Vec<u8>, status: StatusCode, fields: &[httparse::Header<'_>]) {
+    const HOP: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for f in fields {
+        if HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        out.extend_from_slice(f.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A header value httparse took, sharing the head's bytes. Used by both

@@ -28,6 +28,7 @@ pub mod front;
 pub mod h1;
 pub mod head_timeout;
 pub mod health;
+pub mod interim;
 pub mod listener;
 pub mod metrics;
 pub mod outlier;

@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 
 use crate::front::{self, ClientBody, Rewind};
 use crate::head_timeout::{Activity, HeadTimeout};
+use crate::interim::{Informing, Interim};
 use crate::tls::{Site, Sites};
 
 /// How long a client may take to send a request head (and, on the HTTPS
@@ -250,16 +251,23 @@ async fn serve_conn<I, H, F, B>(
             return;
         }
     }
-    let io = Rewind::new(buf.freeze(), io);
+    // The endpoints' interim responses reach HTTP/1 clients around hyper
+    // ([`crate::interim`]).
+    let interim = Arc::new(Interim::default());
+    let io = Informing::new(Rewind::new(buf.freeze(), io), Arc::clone(&interim));
     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
         activity.started();
+        let informs = (req.version() < http::Version::HTTP_2).then(|| Arc::clone(&interim));
         // Boxed: the request's future is kilobytes, and hyper moves this
         // one into place; a pointer is cheaper to move than a copy
         // (measured: memmove was 7 % of the proxy's CPU).
         let resp = Box::pin(handler(req.map(ClientBody::Hyper), &conn));
         let activity = Arc::clone(&activity);
         async move {
-            let resp = resp.await;
+            let resp = match informs {
+                Some(interim) => interim.relay(resp).await,
+                None => resp.await,
+            };
             // A switched protocol never finishes: the tunnel is not idle.
             let counted = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
             let resp = resp.map(|body| Counted {

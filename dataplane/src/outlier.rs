@@ -41,6 +41,17 @@ pub fn ejection_time(base: Duration, times: u32) -> Duration {
         .min(base.max(MAX_EJECTION_TIME))
 }
 
+/// Most ejections counted: the first count whose ejection lasts
+/// [`MAX_EJECTION_TIME`]. Counting on would lengthen no ejection and only
+/// make an endpoint that misbehaved for long take longer to be forgiven
+/// (its count decays by one per `base` in service).
+pub fn max_times(base: Duration) -> u32 {
+    let periods = MAX_EJECTION_TIME
+        .as_nanos()
+        .div_ceil(base.as_nanos().max(1));
+    u32::try_from(periods).unwrap_or(u32::MAX).max(1)
+}
+
 /// The ejection count after `clean` time back in service: one less per
 /// `base` elapsed.
 pub fn decayed(times: u32, clean: Duration, base: Duration) -> u32 {
@@ -156,14 +167,35 @@ pub fn record_success(ep: &Endpoint) {
 /// The request path's failure report: counts, and ejects at the threshold
 /// or on a failed trial.
 pub fn record_failure(ep: &std::sync::Arc<Endpoint>) {
+    record(ep, false);
+}
+
+/// The endpoint refused a connection: nothing listens there any more (it
+/// was killed, or is restarting). With detection on it is ejected at once,
+/// within `maxEjectionPercent`, rather than after `consecutiveFailures`:
+/// every request meeting it until then would pay a failed connect, and
+/// under load they come faster than any threshold is reached.
+pub fn record_refused(ep: &std::sync::Arc<Endpoint>) {
+    record(ep, true);
+}
+
+fn record(ep: &std::sync::Arc<Endpoint>, at_once: bool) {
     let o = &ep.health.outlier;
-    let failures = o.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
     let threshold = ep.pool.outlier.threshold.load(Ordering::Relaxed);
     if threshold == 0 {
         return;
     }
+    // Bounded by the threshold: past it, the count says nothing more (an
+    // endpoint the percentage cap keeps in service would otherwise count
+    // for ever).
+    let failures = o
+        .failures
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+            Some(f.saturating_add(1).min(threshold))
+        })
+        .map_or(threshold, |f| f.saturating_add(1).min(threshold));
     let trial_failed = o.probation.load(Ordering::Relaxed);
-    if failures < threshold && !trial_failed {
+    if failures < threshold && !trial_failed && !at_once {
         return;
     }
     let pool = lock(&ep.pool.outlier.inner);
@@ -185,7 +217,9 @@ pub fn record_failure(ep: &std::sync::Arc<Endpoint>) {
     let clean = history
         .returned_at
         .map_or(Duration::ZERO, |r| now.saturating_duration_since(r));
-    history.times_ejected = decayed(history.times_ejected, clean, pool.base).saturating_add(1);
+    history.times_ejected = decayed(history.times_ejected, clean, pool.base)
+        .saturating_add(1)
+        .min(max_times(pool.base));
     let duration = ejection_time(pool.base, history.times_ejected);
     history.until = Some(now + duration);
     o.failures.store(0, Ordering::Relaxed);
@@ -265,6 +299,15 @@ mod tests {
         assert_eq!(decayed(3, 95 * S, 30 * S), 0);
         assert_eq!(decayed(3, Duration::MAX, Duration::from_nanos(1)), 0);
         assert_eq!(decayed(0, 95 * S, 30 * S), 0);
+    }
+
+    #[test]
+    fn the_ejection_count_stops_where_the_ejection_stops_growing() {
+        assert_eq!(max_times(30 * S), 10);
+        assert_eq!(ejection_time(30 * S, max_times(30 * S)), MAX_EJECTION_TIME);
+        assert_eq!(max_times(Duration::from_secs(7)), 43);
+        assert_eq!(max_times(600 * S), 1);
+        assert_eq!(max_times(Duration::ZERO), u32::MAX);
     }
 
     #[test]
@@ -349,6 +392,27 @@ mod state_tests {
             a.is_available(),
             "one failure after a passed trial does not eject"
         );
+    }
+
+    #[test]
+    fn a_refused_connection_ejects_at_once_and_counts_stay_bounded() {
+        let t = table(TWO);
+        let pool = t.pool("p").expect("pool");
+        let (a, b) = (&pool.endpoints[0], &pool.endpoints[1]);
+        record_refused(a);
+        assert!(!a.is_available(), "ejected on the first refusal");
+        record_refused(b);
+        assert!(b.is_available(), "within maxEjectionPercent");
+        for _ in 0..1_000 {
+            b.record_failure();
+        }
+        assert_eq!(b.health.outlier.view().consecutive_failures, 2);
+        for _ in 0..1_000 {
+            return_to_service(a);
+            a.record_failure();
+        }
+        let base = Duration::from_secs(10);
+        assert_eq!(a.health.outlier.view().times_ejected, max_times(base));
     }
 
     #[test]

@@ -24,13 +24,14 @@ use crate::activation;
 use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::endpoint::{Endpoint, InFlight};
 use crate::forward::{self, Forwarded, RoutedHost};
+use crate::h1;
 use crate::metrics::Exchange;
 use crate::retry::{self, Failure, RequestTraits, idempotent};
 use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
 use crate::tls::{self, Site};
 use crate::upgrade;
-use crate::upstream::{BoxError, Outgoing, ResponseBody, UpstreamError};
+use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError};
 
 /// Header naming why Sluice answered a request itself.
 pub const ERROR_HEADER: &str = "x-sluice-error";
@@ -249,9 +250,9 @@ impl Proxy {
         site: Option<&Site>,
     ) -> Response<ProxyBody> {
         let table = self.state.table.load_full();
-        let Some((raw_host, original_host)) = request_host(&req) else {
-            let body = "request has no Host header\n".to_string();
-            return local(StatusCode::BAD_REQUEST, "no-host", body);
+        let (raw_host, original_host) = match request_host(&req) {
+            Ok(host) => host,
+            Err(bad) => return bad_request(req.version(), bad.reason(), bad.to_string()),
         };
         let host = normalize_host(raw_host);
         let path = req.uri().path();
@@ -323,15 +324,18 @@ impl Proxy {
 
         let (mut parts, body) = req.into_parts();
         let upgrade = upgrade::take(&mut parts);
+        let version = parts.version;
         let https = site.is_some();
         let forwarded = forward::request(&mut parts, peer.ip(), original_host, https);
         let limit = pool.policy.request_timeout;
+        let idle = pool.policy.upstream.idle();
+        let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::default()));
         // Boxed: the attempts make a future of kilobytes, which the timeout
         // and activation layers above would otherwise copy whole as they
         // take it (measured, with the front end polling the request's
         // future in place: 1.6k more instructions a request unboxed).
-        let attempts = boxed_attempts(pool, target, &pick, &forwarded, parts, body);
-        let tries = tokio::time::timeout(limit, attempts);
+        let attempts = boxed_attempts(pool, target, &pick, &forwarded, parts, body, &progress);
+        let tries = within_silence(attempts, progress.as_deref(), limit, Some(idle));
         let (mut resp, tries) = match activation::relay(tries, turn).await {
             Ok(Answer::Upstream {
                 resp,
@@ -358,10 +362,27 @@ impl Proxy {
                 exchange.respond(resp.status().as_u16());
                 (resp, tries)
             }
-            Err(_) => {
+            Err(Silent::Response) => {
                 exchange.respond(504);
                 let body = format!("pool {name:?} gave no response within {limit:?}\n");
                 (local(StatusCode::GATEWAY_TIMEOUT, "timeout", body), 0)
+            }
+            Err(Silent::Endpoint) => {
+                exchange.respond(504);
+                let body = format!("pool {name:?} took none of the request body for {idle:?}\n");
+                (local(StatusCode::GATEWAY_TIMEOUT, "timeout", body), 0)
+            }
+            Err(Silent::Client) => {
+                exchange.respond(408);
+                let body = format!("the request body stalled for {idle:?}\n");
+                let mut resp = local(StatusCode::REQUEST_TIMEOUT, "client-timeout", body);
+                // The rest of the body may still come: an HTTP/1
+                // connection cannot carry another request.
+                if version < http::Version::HTTP_2 {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                (resp, 0)
             }
         };
         if tries > 1 {
@@ -413,6 +434,80 @@ impl Proxy {
     }
 }
 
+/// What went silent for too long before a response head came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silent {
+    /// The request was sent (or had no body) and no response head came
+    /// within `timeouts.request`: 504.
+    Response,
+    /// The endpoint took none of the request body for `timeouts.idle`
+    /// (its socket stayed full): 504.
+    Endpoint,
+    /// The client sent none of its request body for `timeouts.idle`: its
+    /// fault, 408.
+    Client,
+}
+
+/// Runs `attempts` under the pool's timeouts, which measure silence, not
+/// size (as nginx's `proxy_read_timeout` and HAProxy's `timeout server`
+/// and `timeout client` do):
+/// - `timeouts.request` bounds the wait for the response head once the
+///   request is sent: from its arrival for a request without a body
+///   (connects and retries included), from the body's last byte
+///   otherwise;
+/// - while a body is on its way, `timeouts.idle` bounds each silence: the
+///   client sending nothing (408) or the endpoint taking nothing (504).
+///
+/// So an upload that keeps sending is never cut for its length (it was:
+/// the request timeout counted from the arrival, and every upload longer
+/// than 60 s failed). The response body has its own idle timeout
+/// ([`ProxyBody`]). A request without a body (nearly all) takes the plain
+/// timeout, with no progress to read.
+///
+/// `perTryTimeout` is the same wait for one attempt, with `idle` `None`.
+async fn within_silence<F: Future>(
+    attempts: F,
+    progress: Option<&Progress>,
+    request: Duration,
+    idle: Option<Duration>,
+) -> Result<F::Output, Silent> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(request, attempts)
+            .await
+            .map_err(|_| Silent::Response);
+    };
+    let mut attempts = std::pin::pin!(attempts);
+    let first = idle.map_or(request, |idle| idle.min(request));
+    let mut timer = std::pin::pin!(tokio::time::sleep(first));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(answer) = attempts.as_mut().poll(cx) {
+            return Poll::Ready(Ok(answer));
+        }
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let (last, waiting, done) = progress.state();
+            let limit = if done { Some(request) } else { idle };
+            // No limit yet (or none that fits the clock): the attempts
+            // wake this again.
+            let Some(deadline) = limit.and_then(|l| last.checked_add(l)) else {
+                return Poll::Pending;
+            };
+            if deadline > tokio::time::Instant::now() {
+                timer.as_mut().reset(deadline);
+                continue;
+            }
+            return Poll::Ready(Err(match (done, waiting) {
+                (true, _) => Silent::Response,
+                (false, true) => Silent::Client,
+                (false, false) => Silent::Endpoint,
+            }));
+        }
+    })
+    .await
+}
+
 /// [`attempts`], boxed. A plain function: in `dispatch` itself, the
 /// unboxed future would be a temporary whose room that future keeps
 /// (measured: 2.5 KB of its 4 KB).
@@ -423,8 +518,12 @@ fn boxed_attempts<'a>(
     forwarded: &'a Forwarded,
     parts: Parts,
     body: ClientBody,
+    progress: &Option<Arc<Progress>>,
 ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
-    Box::pin(attempts(pool, first, pick, forwarded, parts, body))
+    let progress = progress.clone();
+    Box::pin(attempts(
+        pool, first, pick, forwarded, parts, body, progress,
+    ))
 }
 
 /// Sends the request to `first`, and again to other endpoints while the
@@ -437,6 +536,7 @@ async fn attempts(
     forwarded: &Forwarded,
     parts: Parts,
     body: ClientBody,
+    progress: Option<Arc<Progress>>,
 ) -> Answer {
     let policy = &pool.policy;
     let retry = policy.retry;
@@ -450,7 +550,7 @@ async fn attempts(
     // copy; only retries after sending (resets, gateway errors) need the
     // head kept aside, and the body shared until it is first read.
     let resends = may_retry && retry.resends();
-    let mut body = Outgoing::new(body, resends);
+    let mut body = Outgoing::new(body, resends, progress);
     let template = resends.then(|| parts.clone());
     if may_retry {
         pool.state.budget.deposit();
@@ -475,7 +575,9 @@ async fn attempts(
             forwarded,
         );
         let result = match retry.per_try_timeout {
-            Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
+            Some(limit) => within_silence(sent, body.progress(), limit, None)
+                .await
+                .map_err(|_| limit),
             None => Ok(sent.await),
         };
         let result = result.map(|r| {
@@ -511,7 +613,7 @@ async fn attempts(
         traits.body_intact = body.intact();
         let next = if tries <= retry.attempts && retry.allows(failure, traits) {
             tried.push(target.addr);
-            next_try(pool, pick, &tried)
+            next_try(pool, pick, &tried, failure.retries_free())
         } else {
             None
         };
@@ -533,7 +635,7 @@ async fn attempts(
         };
         // An unread failed response: its connection is not reused.
         drop((resp, in_flight));
-        _retrying = Some(held);
+        _retrying = held;
         if failure.backs_off() {
             tokio::time::sleep(retry::backoff(tries)).await;
         }
@@ -543,16 +645,24 @@ async fn attempts(
 }
 
 /// The endpoint of the next retry, with its place in `maxRetries`, when
-/// one is left and the breaker and the budget allow it.
+/// one is left and the breaker and the budget allow it; a `free` retry
+/// (see [`Failure::retries_free`]) needs neither.
 fn next_try<'p>(
     pool: &'p Pool,
     pick: &PickRequest,
     tried: &[SocketAddr],
-) -> Option<(&'p Arc<Endpoint>, Held)> {
+    free: bool,
+) -> Option<(&'p Arc<Endpoint>, Option<Held>)> {
     let next = pool.pick_excluding(pick, tried)?;
+    if free {
+        return Some((next, None));
+    }
     let held = pool.state.breaker.retry().ok()?;
     let percent = pool.policy.retry.budget_percent();
-    pool.state.budget.withdraw(percent).then_some((next, held))
+    pool.state
+        .budget
+        .withdraw(percent)
+        .then_some((next, Some(held)))
 }
 
 /// Turns an attempt's result into what retries, metrics and health see:
@@ -610,8 +720,26 @@ fn outcome(
             overflow: Some(over),
         };
     }
+    if let UpstreamError::Send(h1::Error::Body(why)) = &e {
+        // The client's body failed: nothing is said of the endpoint (no
+        // code counted, no failure for outlier detection or PeakEwma), and
+        // its connection was closed with the exchange.
+        return Attempt::Failed {
+            failure: Failure::Client,
+            resp: None,
+            status: StatusCode::BAD_REQUEST,
+            reason: "bad-request-body",
+            why: format!("the request body failed: {why}\n"),
+            overflow: None,
+        };
+    }
     target.upstream.inc(0);
-    target.record_failure();
+    if matches!(&e, UpstreamError::Connect(io) if io.kind() == std::io::ErrorKind::ConnectionRefused)
+    {
+        target.record_refused();
+    } else {
+        target.record_failure();
+    }
     target.observe_failure(elapsed);
     let why = format!("endpoint {addr} failed: {}\n", describe(&e));
     let (failure, status, reason) = match e {
@@ -619,6 +747,9 @@ fn outcome(
             (Failure::Connect, StatusCode::GATEWAY_TIMEOUT, "timeout")
         }
         _ if e.is_connect() => (Failure::Connect, StatusCode::BAD_GATEWAY, "upstream-failed"),
+        UpstreamError::Send(h1::Error::Unanswered(_)) => {
+            (Failure::Dropped, StatusCode::BAD_GATEWAY, "upstream-failed")
+        }
         _ => (Failure::Reset, StatusCode::BAD_GATEWAY, "upstream-failed"),
     };
     Attempt::Failed {
@@ -659,26 +790,141 @@ fn overflow(pool: &str, over: Overflow) -> Response<ProxyBody> {
     resp
 }
 
-/// `:authority` (HTTP/2, or an HTTP/1.1 absolute-form target, which takes
-/// precedence over `Host` per RFC 9112 §3.2.2) or the `Host` header, as
-/// text and as the value to forward. The `Host` header's own value is a
-/// shared clone, where a copy of the text would cost an allocation.
-fn request_host(req: &Request<ClientBody>) -> Option<(&str, Option<RoutedHost>)> {
+/// Why a request's authority is refused (400, and the connection closes).
+#[derive(Debug, thiserror::Error)]
+enum BadHost {
+    #[error("request has no Host header\n")]
+    Missing,
+    #[error("request has more than one Host header\n")]
+    Duplicate,
+    #[error("request has an invalid Host header\n")]
+    Invalid,
+    #[error("request target has an invalid authority\n")]
+    InvalidAuthority,
+    #[error("request's Host header differs from its :authority\n")]
+    Conflict,
+}
+
+impl BadHost {
+    /// `x-sluice-error`.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "no-host",
+            Self::Duplicate => "duplicate-host",
+            Self::Invalid | Self::InvalidAuthority => "invalid-host",
+            Self::Conflict => "conflicting-host",
+        }
+    }
+}
+
+/// The one authority of a request, as text (to route on) and as the value
+/// forwarded in `Host` and `X-Forwarded-Host`, so that the three always
+/// agree. `:authority` (HTTP/2) or an HTTP/1.1 absolute-form target's
+/// authority comes first: over HTTP/1.1 it replaces `Host` (RFC 9112
+/// §3.2.2); over HTTP/2 a `Host` that names another authority makes the
+/// request malformed (RFC 9113 §8.3.1). Otherwise the `Host` header. More
+/// than one `Host`, or one that is not a valid `host[:port]`, is refused
+/// (RFC 9112 §3.2): a backend reading the other one would see another
+/// virtual host than Sluice routed for. The `Host` header's own value is
+/// a shared clone, where a copy of the text would cost an allocation.
+fn request_host(req: &Request<ClientBody>) -> Result<(&str, Option<RoutedHost>), BadHost> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadHost::Duplicate);
+    }
+    if host.is_some_and(|h| !valid_authority(h.as_bytes())) {
+        return Err(BadHost::Invalid);
+    }
     if let Some(authority) = req.uri().authority() {
         let text = authority.as_str();
+        if !valid_authority(text.as_bytes()) {
+            return Err(BadHost::InvalidAuthority);
+        }
+        if req.version() == http::Version::HTTP_2
+            && host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(text.as_bytes()))
+        {
+            return Err(BadHost::Conflict);
+        }
         let value = HeaderValue::from_str(text).ok().map(|value| RoutedHost {
             value,
             in_host_header: false,
         });
-        return Some((text, value));
+        return Ok((text, value));
     }
-    let value = req.headers().get(header::HOST)?;
-    let text = value.to_str().ok()?;
+    let value = host.ok_or(BadHost::Missing)?;
+    let text = value.to_str().map_err(|_| BadHost::Invalid)?;
     let routed = RoutedHost {
         value: value.clone(),
         in_host_header: true,
     };
-    Some((text, Some(routed)))
+    Ok((text, Some(routed)))
+}
+
+/// Whether `value` is a valid `uri-host [ ":" port ]` (RFC 3986 §3.2.2,
+/// RFC 9110 §7.2): an IP literal in brackets, or a registered name or
+/// IPv4 address of unreserved, percent-encoded and sub-delimiter
+/// characters, then an optional port of digits. No userinfo (`@`), no
+/// path, no spaces. Empty is valid (a `Host` for a target with no
+/// authority). A byte scan: it runs on every request.
+fn valid_authority(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|b| *b == b']') {
+            Some(end) => {
+                let literal = &value[1..end];
+                let ok = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
+                if !ok {
+                    return false;
+                }
+                match &value[end + 1..] {
+                    [] => return true,
+                    [b':', port @ ..] => (&[][..], port),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        _ => match value.iter().rposition(|b| *b == b':') {
+            Some(colon) => (&value[..colon], &value[colon + 1..]),
+            None => (value, &[][..]),
+        },
+    };
+    host.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    }) && port.iter().all(u8::is_ascii_digit)
+}
+
+/// 400 for a request Sluice cannot take as it is. Over HTTP/1 the
+/// connection closes after it (`Connection: close`): what follows a
+/// request that was misread cannot be trusted either.
+fn bad_request(version: http::Version, reason: &'static str, body: String) -> Response<ProxyBody> {
+    let mut resp = local(StatusCode::BAD_REQUEST, reason, body);
+    if version < http::Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// An answer from Sluice itself: a status, a reason header, a short body.
@@ -705,4 +951,69 @@ pub(crate) fn describe(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_of(req: http::request::Builder) -> Result<String, &'static str> {
+        let req = req.body(ClientBody::Empty).expect("request");
+        request_host(&req)
+            .map(|(text, routed)| {
+                let routed = routed.map(|r| r.value.to_str().unwrap_or("").to_string());
+                assert_eq!(routed.as_deref(), Some(text), "routed == forwarded");
+                text.to_string()
+            })
+            .map_err(|e| e.reason())
+    }
+
+    #[test]
+    fn one_request_has_one_authority() {
+        let get = || Request::get("/");
+        assert_eq!(
+            host_of(get().header("host", "Shop.example:8080")),
+            Ok("Shop.example:8080".into())
+        );
+        assert_eq!(
+            host_of(get().header("host", "[::1]:80")),
+            Ok("[::1]:80".into())
+        );
+        assert_eq!(host_of(get().header("host", "")), Ok(String::new()));
+        assert_eq!(host_of(get()), Err("no-host"));
+        assert_eq!(
+            host_of(get().header("host", "a").header("host", "a")),
+            Err("duplicate-host")
+        );
+        for bad in [
+            "a b", "user@a", "a/b", "a:8x", "[::1", "[::1]x", "[]", "a\"b",
+        ] {
+            assert_eq!(
+                host_of(get().header("host", bad)),
+                Err("invalid-host"),
+                "{bad}"
+            );
+        }
+        // Absolute form: the target's authority wins over Host.
+        let abs = || Request::get("http://a.example/x");
+        assert_eq!(
+            host_of(abs().header("host", "b.example")),
+            Ok("a.example".into())
+        );
+        assert_eq!(
+            host_of(Request::get("http://u@a.example/")),
+            Err("invalid-host")
+        );
+        // HTTP/2: Host must name :authority.
+        let h2 = || abs().version(http::Version::HTTP_2);
+        assert_eq!(host_of(h2()), Ok("a.example".into()));
+        assert_eq!(
+            host_of(h2().header("host", "A.example")),
+            Ok("a.example".into())
+        );
+        assert_eq!(
+            host_of(h2().header("host", "b.example")),
+            Err("conflicting-host")
+        );
+    }
 }

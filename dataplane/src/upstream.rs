@@ -26,6 +26,7 @@
 
 use std::error::Error as StdError;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 use crate::forward::Forwarded;
 use crate::front::ClientBody;
 use bytes::{Bytes, BytesMut};
+use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use sluice_protocol::policy::Timeouts;
@@ -327,9 +329,14 @@ impl Upstream {
                 Err(e) => return Err((e, Some(req))),
             },
         };
+        // A request that got no answer comes back (without its body,
+        // which the attempts keep) to be sent again.
         exchange(conn, req, forwarded, endpoint)
             .await
-            .map_err(|e| (UpstreamError::Send(e), None))
+            .map_err(|(e, parts)| {
+                let back = parts.map(|p| Request::from_parts(p, RequestBody::Empty));
+                (UpstreamError::Send(e), back)
+            })
     }
 
     /// The most recently used idle connection of `endpoint` that can take a
@@ -379,12 +386,29 @@ impl Upstream {
 /// while the response streams back: an endpoint that answers before taking
 /// the whole body (a 413, an echo) is heard.
 async fn exchange(
-    mut conn: Box<Conn>,
+    conn: Box<Conn>,
     req: Request<RequestBody>,
     forwarded: &Forwarded,
     endpoint: &Arc<Endpoint>,
-) -> Result<Response<ResponseBody>, h1::Error> {
+) -> Result<Response<ResponseBody>, (h1::Error, Option<Parts>)> {
     let (mut parts, body) = req.into_parts();
+    match exchange_parts(conn, &mut parts, body, forwarded, endpoint).await {
+        Ok(resp) => Ok(resp),
+        // Nothing came back: the head is still whole.
+        Err(e @ h1::Error::Unanswered(_)) => Err((e, Some(parts))),
+        Err(e) => Err((e, None)),
+    }
+}
+
+/// [`exchange`], on the request's head in place: its headers become the
+/// response's (their room reused), but only once a response head came.
+async fn exchange_parts(
+    mut conn: Box<Conn>,
+    parts: &mut Parts,
+    body: RequestBody,
+    forwarded: &Forwarded,
+    endpoint: &Arc<Endpoint>,
+) -> Result<Response<ResponseBody>, h1::Error> {
     let framing = RequestFraming::for_body(body.is_end_stream(), body.size_hint().exact());
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     conn.head.clear();
@@ -397,13 +421,15 @@ async fn exchange(
         framing,
     );
     let head_request = parts.method == Method::HEAD;
-    // The request's header map, emptied, takes the response's headers.
-    let mut room = std::mem::take(&mut parts.headers);
-    room.clear();
+    // The request's header map takes the response's headers.
+    let room = &mut parts.headers;
     let Io::Whole(io) = &mut conn.io else {
         return Err(h1::Error::Closed);
     };
-    io.write_all(&conn.head).await?;
+    // Nothing came back yet: a failed write is the endpoint gone.
+    io.write_all(&conn.head)
+        .await
+        .map_err(h1::Error::Unanswered)?;
     if framing != RequestFraming::Empty
         && let Io::Whole(io) = std::mem::replace(&mut conn.io, Io::Gone)
     {
@@ -422,7 +448,7 @@ async fn exchange(
     } = &mut *conn;
     let head = match io {
         Io::Split { read, write } => {
-            let mut head = pin!(h1::read_head(read, buf, head_request, fields, &mut room));
+            let mut head = pin!(h1::read_head(read, buf, head_request, fields, room));
             tokio::select! {
                 biased;
                 head = &mut head => head?,
@@ -431,12 +457,16 @@ async fn exchange(
                     // The client's body failed: the endpoint waits for the
                     // rest, which will never come.
                     Err(e @ h1::Error::Body(_)) => return Err(e),
-                    // The endpoint may have answered, then closed (a 413).
-                    Err(e) => head.await.map_err(|_| e)?,
+                    // The endpoint may have answered, then closed (a 413);
+                    // if nothing came back, it went away with the request.
+                    Err(e) => head.await.map_err(|h| match h {
+                        h1::Error::Unanswered(_) => h,
+                        _ => e,
+                    })?,
                 },
             }
         }
-        io => h1::read_head(io, buf, head_request, fields, &mut room).await?,
+        io => h1::read_head(io, buf, head_request, fields, room).await?,
     };
     let mut resp = Response::new(());
     *resp.status_mut() = head.status;
@@ -528,13 +558,90 @@ impl Body for ResponseBody {
     }
 }
 
+/// How far a request's body has come, for the timeouts that measure
+/// silence rather than size ([`crate::proxy`]): when the client last sent
+/// a byte of it, whether it is being waited for (the client is silent,
+/// not the endpoint slow to take it), and whether it was read to its end
+/// (the request is sent; from then on the wait is for the response).
+#[derive(Debug)]
+pub struct Progress {
+    start: tokio::time::Instant,
+    /// When the client last sent a frame, in µs since `start`.
+    last: AtomicU64,
+    /// [`WAITING`] and [`DONE`].
+    flags: AtomicU8,
+}
+
+/// The body's next frame is awaited from the client.
+const WAITING: u8 = 1;
+/// The body was read to its end.
+const DONE: u8 = 2;
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last: AtomicU64::new(0),
+            flags: AtomicU8::new(0),
+        }
+    }
+}
+
+impl Progress {
+    /// When the client last sent something of the body (or the request
+    /// arrived); whether the body is awaited from it now; whether it was
+    /// all read.
+    pub fn state(&self) -> (tokio::time::Instant, bool, bool) {
+        let last = self.start + Duration::from_micros(self.last.load(Ordering::Acquire));
+        let flags = self.flags.load(Ordering::Acquire);
+        (last, flags & WAITING != 0, flags & DONE != 0)
+    }
+
+    fn touch(&self) {
+        let now = self.start.elapsed().as_micros();
+        self.last
+            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// Notes what a poll of the client's body gave.
+    fn saw<T, E>(&self, polled: &Poll<Option<Result<T, E>>>) {
+        match polled {
+            Poll::Pending => {
+                self.flags.fetch_or(WAITING, Ordering::AcqRel);
+            }
+            Poll::Ready(Some(Ok(_))) => {
+                self.touch();
+                self.flags.fetch_and(!WAITING, Ordering::AcqRel);
+            }
+            Poll::Ready(None) => {
+                self.touch();
+                self.flags.store(DONE, Ordering::Release);
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.flags.fetch_and(!WAITING, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// Polls the client's body for a frame, noting it in `progress`.
+fn poll_client(
+    body: &mut ClientBody,
+    progress: &Progress,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let polled = Pin::new(body).poll_frame(cx);
+    progress.saw(&polled);
+    polled.map_err(Into::into)
+}
+
 /// A request body as the attempts of one request share it.
 #[derive(Debug)]
 pub enum Outgoing {
     /// No body: every attempt sends none.
     Empty,
     /// A body only the first attempt can send (no retry could resend it).
-    Once(Option<ClientBody>),
+    Once(Option<ClientBody>, Arc<Progress>),
     /// A body the first attempt that reads it takes; until then a retry can
     /// send it instead.
     Shared {
@@ -542,23 +649,37 @@ pub enum Outgoing {
         slot: Arc<Mutex<Option<ClientBody>>>,
         /// Its size hint, read before it was shared.
         hint: SizeHint,
+        /// How far it has come.
+        progress: Arc<Progress>,
     },
 }
 
 impl Outgoing {
     /// The client's body; `retriable` says whether another attempt may
-    /// need it after a first one failed without reading it.
-    pub fn new(body: ClientBody, retriable: bool) -> Self {
+    /// need it after a first one failed without reading it; its reads are
+    /// noted in `progress`.
+    pub fn new(body: ClientBody, retriable: bool, progress: Option<Arc<Progress>>) -> Self {
         if body.is_end_stream() {
-            Self::Empty
-        } else if retriable {
+            return Self::Empty;
+        }
+        let progress = progress.unwrap_or_default();
+        if retriable {
             let hint = body.size_hint();
             Self::Shared {
                 slot: Arc::new(Mutex::new(Some(body))),
                 hint,
+                progress,
             }
         } else {
-            Self::Once(Some(body))
+            Self::Once(Some(body), progress)
+        }
+    }
+
+    /// How far the body has come (`None`: there is none).
+    pub fn progress(&self) -> Option<&Progress> {
+        match self {
+            Self::Empty => None,
+            Self::Once(_, progress) | Self::Shared { progress, .. } => Some(progress),
         }
     }
 
@@ -571,15 +692,15 @@ impl Outgoing {
     pub fn intact(&self) -> bool {
         match self {
             Self::Empty => true,
-            Self::Once(b) => b.is_some(),
+            Self::Once(b, _) => b.is_some(),
             Self::Shared { slot, .. } => slot.lock().map(|s| s.is_some()).unwrap_or(false),
         }
     }
 
     /// Takes back the body of an attempt that never sent it.
     pub fn restore(&mut self, body: RequestBody) {
-        if let (Self::Once(slot), RequestBody::Direct(b)) = (&mut *self, body) {
-            *slot = Some(b);
+        if let (Self::Once(slot, _), RequestBody::Direct { body, .. }) = (&mut *self, body) {
+            *slot = Some(body);
         }
     }
 
@@ -587,11 +708,22 @@ impl Outgoing {
     pub fn attempt(&mut self) -> RequestBody {
         match self {
             Self::Empty => RequestBody::Empty,
-            Self::Once(b) => b.take().map_or(RequestBody::Empty, RequestBody::Direct),
-            Self::Shared { slot, hint } => RequestBody::Shared {
+            Self::Once(b, progress) => {
+                b.take()
+                    .map_or(RequestBody::Empty, |body| RequestBody::Direct {
+                        body,
+                        progress: Arc::clone(progress),
+                    })
+            }
+            Self::Shared {
+                slot,
+                hint,
+                progress,
+            } => RequestBody::Shared {
                 slot: Arc::clone(slot),
                 body: None,
                 hint: *hint,
+                progress: Arc::clone(progress),
             },
         }
     }
@@ -603,7 +735,12 @@ pub enum RequestBody {
     /// Nothing.
     Empty,
     /// The client's body.
-    Direct(ClientBody),
+    Direct {
+        /// The body.
+        body: ClientBody,
+        /// Where its reads are noted.
+        progress: Arc<Progress>,
+    },
     /// The client's body, taken from `slot` at the first read.
     Shared {
         /// Shared with the other attempts.
@@ -612,6 +749,8 @@ pub enum RequestBody {
         body: Option<ClientBody>,
         /// Until then, the size hint.
         hint: SizeHint,
+        /// Where its reads are noted.
+        progress: Arc<Progress>,
     },
 }
 
@@ -631,13 +770,18 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
-            Self::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Self::Shared { slot, body, .. } => {
+            Self::Direct { body, progress } => poll_client(body, progress, cx),
+            Self::Shared {
+                slot,
+                body,
+                progress,
+                ..
+            } => {
                 if body.is_none() {
                     *body = slot.lock().ok().and_then(|mut s| s.take());
                 }
                 match body {
-                    Some(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+                    Some(b) => poll_client(b, progress, cx),
                     None => Poll::Ready(Some(Err(BodyGone.into()))),
                 }
             }
@@ -647,7 +791,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Empty => true,
-            Self::Direct(b) => b.is_end_stream(),
+            Self::Direct { body, .. } => body.is_end_stream(),
             Self::Shared { body: Some(b), .. } => b.is_end_stream(),
             Self::Shared { body: None, .. } => false,
         }
@@ -656,7 +800,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Empty => SizeHint::with_exact(0),
-            Self::Direct(b) => b.size_hint(),
+            Self::Direct { body, .. } => body.size_hint(),
             Self::Shared { body: Some(b), .. } => b.size_hint(),
             Self::Shared { hint, .. } => *hint,
         }

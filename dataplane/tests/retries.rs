@@ -324,3 +324,114 @@ async fn a_reset_is_retried_for_get_but_not_once_a_post_body_was_sent() {
     }
     assert!(failed > 0, "a sent POST is not retried after a reset");
 }
+
+/// A client whose request bodies are fed by the test, frame by frame.
+type StreamClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::StreamBody<fed::Frames>,
+>;
+
+/// The frames of a request body, from a channel the test holds.
+mod fed {
+    use bytes::Bytes;
+    use hyper::body::Frame;
+    use std::convert::Infallible;
+
+    /// Frames as the test sends them; the body ends when the sender drops.
+    pub type Frames = futures::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>;
+
+    /// A sender and the body it feeds.
+    pub fn channel() -> (tokio::sync::mpsc::Sender<Bytes>, Frames) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let frames = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
+        });
+        (tx, Box::pin(frames))
+    }
+}
+
+/// `POST /count` with a body fed from the returned sender.
+async fn upload(
+    dp: &sluice_dataplane::Dataplane,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<(StatusCode, String, String)>,
+) {
+    let http: StreamClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let (tx, frames) = fed::channel();
+    let req = Request::post(format!("http://{}/count", dp.http_addr()))
+        .header("host", "x")
+        .body(http_body_util::StreamBody::new(frames))
+        .expect("request");
+    let answer = tokio::spawn(async move {
+        let resp = http.request(req).await.expect("a response");
+        let status = resp.status();
+        let error = resp
+            .headers()
+            .get("x-sluice-error")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, error, String::from_utf8_lossy(&body).into_owned())
+    });
+    (tx, answer)
+}
+
+#[tokio::test]
+async fn an_upload_that_keeps_sending_is_not_cut_by_the_request_timeout() {
+    let b = Backend::start("b").await;
+    let dp = start(Source::Static(table(&format!(
+        "pools:\n  - name: p\n    timeouts: {{request: 300ms, idle: 300ms}}\n    endpoints: [{{address: {}}}]\n",
+        b.addr
+    ))))
+    .await;
+    let (tx, answer) = upload(&dp).await;
+    // Twelve bytes, one every 100 ms: 1.2 s in all, four request
+    // timeouts, never 300 ms of silence.
+    for _ in 0..12 {
+        tx.send(Bytes::from_static(b"x")).await.expect("body open");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(tx);
+    let (status, error, body) = tokio::time::timeout(WAIT, answer)
+        .await
+        .expect("answered in time")
+        .expect("client task");
+    assert_eq!(
+        (status, error.as_str(), body.as_str()),
+        (StatusCode::OK, "", "12")
+    );
+}
+
+#[tokio::test]
+async fn an_upload_that_stalls_is_cut_after_the_idle_timeout_as_the_clients_fault() {
+    let b = Backend::start("b").await;
+    let dp = start(Source::Static(table(&format!(
+        "pools:\n  - name: p\n    timeouts: {{request: 10s, idle: 300ms}}\n    endpoints: [{{address: {}}}]\n",
+        b.addr
+    ))))
+    .await;
+    let (tx, answer) = upload(&dp).await;
+    tx.send(Bytes::from_static(b"x")).await.expect("body open");
+    // The sender stays open and silent.
+    let (status, error, body) = tokio::time::timeout(WAIT, answer)
+        .await
+        .expect("answered in time")
+        .expect("client task");
+    drop(tx);
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::REQUEST_TIMEOUT, "client-timeout"),
+        "{body}"
+    );
+    let metrics = admin_get(&client(), &dp, "/metrics").await.text();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_upstream_requests_total") && l.contains("code=\"0\"")),
+        "not held against the endpoint:\n{metrics}"
+    );
+}

@@ -40,6 +40,9 @@ enum Reply {
     /// Writes these bytes, then closes the connection after a pause (a
     /// server's idle timeout).
     ThenIdleClose(Vec<u8>, Duration),
+    /// Writes these pieces with a pause between two, and waits for the
+    /// next request.
+    Paced(Vec<Vec<u8>>),
 }
 
 /// An endpoint that answers each request as `script` says, recording what
@@ -149,6 +152,16 @@ async fn serve(
                 return;
             }
             Reply::Early(_) => {}
+            Reply::Paced(pieces) => {
+                for (i, piece) in pieces.iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    if stream.write_all(piece).await.is_err() {
+                        return;
+                    }
+                }
+            }
             Reply::ThenIdleClose(bytes, after) => {
                 let _ = stream.write_all(&bytes).await;
                 tokio::time::sleep(after).await;
@@ -252,7 +265,7 @@ async fn idle_connections_the_endpoint_closed_are_never_written_to() {
 }
 
 #[tokio::test]
-async fn chunked_responses_keep_their_trailers_and_interim_responses_are_skipped() {
+async fn chunked_responses_keep_their_trailers_and_interim_responses_keep_the_framing() {
     let endpoint = Scripted::start(|req| match req.path.as_str() {
         "/chunked" => Reply::Bytes(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
@@ -284,6 +297,34 @@ async fn chunked_responses_keep_their_trailers_and_interim_responses_are_skipped
     assert_eq!((got.status, got.text().as_str()), (StatusCode::OK, "after"));
     // Both exchanges on one connection: the framing was followed exactly.
     assert_eq!(endpoint.conns(), 1);
+}
+
+#[tokio::test]
+async fn interim_responses_are_forwarded_before_the_final_one() {
+    const HINTS: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: keep-alive\r\n\r\n";
+    const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let endpoint = Scripted::start(|req| match req.path.as_str() {
+        "/together" => Reply::Bytes([HINTS, CONTINUE, &ok("after")].concat()),
+        _ => Reply::Paced(vec![HINTS.to_vec(), CONTINUE.to_vec(), ok("after")]),
+    })
+    .await;
+    let dp = dataplane_for(endpoint.addr).await;
+    // Without a body on Sluice's own front end, with one on hyper's path.
+    let requests = [
+        "GET /together HTTP/1.1\r\nhost: x\r\n\r\n",
+        "GET /apart HTTP/1.1\r\nhost: x\r\n\r\n",
+        "POST /together HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi",
+        "POST /apart HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi",
+    ];
+    for path in requests {
+        let got = raw(&dp, path, "after").await;
+        let expected = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+                        HTTP/1.1 100 Continue\r\n\r\n\
+                        HTTP/1.1 200 OK\r\n";
+        assert!(got.starts_with(expected), "{path}: {got}");
+        assert!(got.ends_with("\r\n\r\nafter"), "{path}: {got}");
+    }
+    assert_eq!(endpoint.conns(), 1, "one connection served them all");
 }
 
 #[tokio::test]

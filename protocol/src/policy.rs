@@ -220,7 +220,10 @@ impl Default for CircuitBreaker {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RetryOn {
     /// The endpoint could not be reached: the request was never sent, so
-    /// any method is retried.
+    /// any method is retried. Also an idempotent request whose connection
+    /// was lost before any byte of a response (the endpoint died or closed
+    /// the connection under it). These retries take no place in the retry
+    /// budget nor in `maxRetries`.
     ConnectFailure,
     /// The connection failed after the request was sent (idempotent
     /// requests, or requests whose body was not sent yet).
@@ -269,12 +272,19 @@ pub struct Timeouts {
     /// Dialing an endpoint.
     #[serde(deserialize_with = "de_positive")]
     pub connect: Duration,
-    /// From the request's arrival to the response head, retries included;
-    /// 504 when it passes.
+    /// Longest wait for the response head once the request is sent: from
+    /// the arrival of a request without a body (connects and retries
+    /// included), from the last byte of a request body otherwise; 504 when
+    /// it passes. It does not bound the upload itself: a body that keeps
+    /// flowing is never cut for its length (as nginx's
+    /// `proxy_read_timeout`, HAProxy's `timeout server`). `perTryTimeout`
+    /// is the same wait for one attempt.
     #[serde(deserialize_with = "de_positive")]
     pub request: Duration,
     /// Longest silence on a connection: client keep-alive, an upstream
-    /// connection in the pool, or a response body that stops flowing.
+    /// connection in the pool, a response body that stops flowing, and a
+    /// request body on its way (the client sending nothing: 408; the
+    /// endpoint taking nothing: 504).
     #[serde(deserialize_with = "de_positive")]
     pub idle: Duration,
 }

@@ -70,6 +70,7 @@ impl Gate {
 /// A backend on 127.0.0.1 that answers with its name (body and
 /// `x-backend`), and on some paths does more:
 /// - `/echo` streams the request body back;
+/// - `/count` reads the whole request body, then answers its length;
 /// - `/headers` lists the request headers it received, one per line, sorted;
 /// - `/conn` answers with the number of the connection it came on;
 /// - `/chunked` streams 64 chunks of 1 KiB (byte i in chunk i);
@@ -143,6 +144,10 @@ async fn answer(
     let resp = Response::builder().header("x-backend", name);
     let body = match req.uri().path() {
         "/echo" => req.into_body().boxed(),
+        "/count" => match req.into_body().collect().await {
+            Ok(body) => full(body.to_bytes().len().to_string()),
+            Err(e) => full(format!("body failed: {e}")),
+        },
         "/headers" => {
             let mut lines: Vec<String> = req
                 .headers()

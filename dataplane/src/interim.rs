@@ -1,0 +1,172 @@
+//! An endpoint's interim responses (`1xx` but `101`: 103 Early Hints, a
+//! second 100) on their way to an HTTP/1.1 client that hyper serves.
+//!
+//! RFC 9110 §15.2 has a proxy forward the 1xx responses it did not ask
+//! for. Sluice's own front end writes them itself ([`crate::front`]);
+//! hyper's server has no way to send one (a service returns one
+//! response). So they go around it: the request's future is polled with
+//! [`crate::h1::interim_into`] collecting them ([`Interim::relay`]), and the
+//! connection's socket, wrapped in [`Informing`], writes them before
+//! anything hyper writes next.
+//!
+//! Why that order holds: hyper's HTTP/1 dispatcher polls the request's
+//! future and then flushes, and it flushes the socket itself only once its
+//! own buffer is empty. Interim responses are taken only when the last
+//! thing hyper did with the socket was such a flush ("clean"): then none
+//! of an earlier response is still waiting in hyper's buffer, and the
+//! final response of this request, which hyper can only have buffered
+//! after them, is written after them. When hyper is still writing an
+//! earlier response (a slow client reading pipelined answers), they are
+//! dropped, as they were before: they are hints. HTTP/2 requests never
+//! collect them (their frames are hyper's alone).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The interim responses of one connection, waiting to be written.
+#[derive(Debug)]
+pub struct Interim {
+    /// Bytes of interim responses, in order.
+    pending: Mutex<BytesMut>,
+    /// `pending` is not empty (read without the lock on every write).
+    any: AtomicBool,
+    /// hyper's last use of the socket was a flush of an empty buffer.
+    clean: AtomicBool,
+}
+
+impl Default for Interim {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::new(BytesMut::new()),
+            any: AtomicBool::new(false),
+            clean: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Interim {
+    /// Polls `request` (the proxy's future of one HTTP/1 request) to its
+    /// response, queueing the interim responses its endpoint sends on the
+    /// way.
+    pub async fn relay<F: Future>(&self, request: F) -> F::Output {
+        let mut request = std::pin::pin!(request);
+        let mut sink = Vec::new();
+        std::future::poll_fn(|cx| {
+            let polled = crate::h1::interim_into(&mut sink, || request.as_mut().poll(cx));
+            if !sink.is_empty() {
+                self.push(&sink);
+                sink.clear();
+            }
+            polled
+        })
+        .await
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        if !self.clean.load(Ordering::Acquire) {
+            tracing::debug!(
+                bytes = bytes.len(),
+                "interim response dropped: an earlier response is still being written"
+            );
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.extend_from_slice(bytes);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Writes what is pending to `io`, before anything else.
+    fn drain<I: AsyncWrite + Unpin>(
+        &self,
+        io: &mut I,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.any.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        while !pending.is_empty() {
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            pending.advance(n);
+        }
+        self.any.store(false, Ordering::Release);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A connection's socket as hyper sees it: what hyper writes goes after
+/// the pending interim responses.
+#[derive(Debug)]
+pub struct Informing<I> {
+    io: I,
+    interim: Arc<Interim>,
+}
+
+impl<I> Informing<I> {
+    /// `io`, writing `interim`'s responses first.
+    pub fn new(io: I, interim: Arc<Interim>) -> Self {
+        Self { io, interim }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Informing<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Informing<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.interim.drain(&mut this.io, cx))?;
+        this.interim.clean.store(false, Ordering::Release);
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.interim.drain(&mut this.io, cx))?;
+        this.interim.clean.store(false, Ordering::Release);
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.interim.drain(&mut this.io, cx))?;
+        let flushed = ready!(Pin::new(&mut this.io).poll_flush(cx));
+        if flushed.is_ok() {
+            // hyper flushes the socket only once its buffer is empty.
+            this.interim.clean.store(true, Ordering::Release);
+        }
+        Poll::Ready(flushed)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
