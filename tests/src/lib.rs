@@ -10,6 +10,7 @@ pub mod client;
 pub mod closed_loop;
 pub mod cluster;
 pub mod dataplane;
+pub mod kube;
 pub mod load;
 pub mod service;
 pub mod wait;
