@@ -4,6 +4,9 @@
 # controller and dataplane, deploy/ == the default render, the examples against
 # the CRD schema, the chart's CRD copies, and the Dockerfiles. Called by .ci/run.
 #
+# `charts/lint.sh render [NAMESPACE] < values.json` prints the chart as helm
+# installs it, as a JSON list (the real-cluster tests install that).
+#
 # Needs python3 (>= 3.11) with pip, and PyPI. helm comes from the helm-sdkpy
 # wheel (helm v4 built as a shared library: no helm binary, no cluster); the
 # Dockerfiles are parsed by the `dockerfile` wheel (buildkit's parser).
@@ -29,11 +32,16 @@ PY
 }
 
 if ! have; then
-  echo "== installing helm-sdkpy $HELM_SDKPY_VERSION, dockerfile $DOCKERFILE_VERSION and PyYAML into $deps"
+  echo "== installing helm-sdkpy $HELM_SDKPY_VERSION, dockerfile $DOCKERFILE_VERSION and PyYAML into $deps" >&2
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-input \
     --ignore-requires-python --upgrade --target "$deps" \
     "helm-sdkpy==$HELM_SDKPY_VERSION" "dockerfile==$DOCKERFILE_VERSION" "PyYAML>=6"
   have || { echo "charts/lint.sh: the Python packages do not import after install" >&2; exit 1; }
+fi
+
+if [ "${1:-}" = render ]; then
+  shift
+  exec python3 charts/lint.py render "$@"
 fi
 
 python3 charts/lint.py

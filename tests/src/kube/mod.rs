@@ -9,3 +9,36 @@ pub mod controlplane;
 pub mod host;
 pub mod pki;
 pub mod process;
+pub mod node;
+pub mod chart;
+
+use anyhow::Context;
+
+/// A control plane with a node stand-in: what the real-cluster scenarios
+/// run on. Drop order: the node (its pods, namespaces, bridge) first, then
+/// the control plane.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The node stand-in.
+    pub node: node::Node,
+    /// etcd, kube-apiserver, kube-controller-manager.
+    pub cp: controlplane::ControlPlane,
+}
+
+impl Cluster {
+    /// Prepares the programs, creates the run's bridge, starts the control
+    /// plane and the node. Fails with what is missing when the machine
+    /// cannot run it; `Ok(None)` only when that is so and
+    /// `SLUICE_SKIP_REAL_CLUSTER=1` asks to skip.
+    pub async fn start() -> anyhow::Result<Option<Cluster>> {
+        if !host::check(true)? {
+            return Ok(None);
+        }
+        let programs = host::programs()?;
+        let net = node::network::Network::create().context("cannot create the test bridge")?;
+        let gw = net.gateway().to_string();
+        let cp = controlplane::ControlPlane::start(programs, &[gw]).await?;
+        let node = node::Node::start(&cp, net, "sluice-test-node")?;
+        Ok(Some(Cluster { node, cp }))
+    }
+}
