@@ -25,7 +25,8 @@ pub const BINARIES_VAR: &str = "SLUICE_KUBE_BINARIES";
 /// worktree may sit deeper than the main checkout).
 pub fn kube_binaries() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os(BINARIES_VAR) {
-        return Some(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        return dir.join("SHA256SUMS").is_file().then_some(dir);
     }
     let root = repo_root();
     root.ancestors()

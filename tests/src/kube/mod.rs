@@ -10,6 +10,7 @@ pub mod host;
 pub mod pki;
 pub mod process;
 pub mod node;
+pub mod app;
 pub mod chart;
 
 use anyhow::Context;
