@@ -26,7 +26,10 @@ async fn dataplanes_serve_through_an_api_server_restart_and_changes_resume() -> 
     let http = HttpClient::new();
     for (dp, addr) in &dataplanes {
         let (seen, other) = app::answering(&http, *addr, &echo, Duration::from_secs(60)).await;
-        assert_eq!(seen, echo, "before the restart, through {dp}; other answers: {other:?}");
+        assert_eq!(
+            seen, echo,
+            "before the restart, through {dp}; other answers: {other:?}"
+        );
     }
     let addrs: Vec<_> = dataplanes.iter().map(|(_, a)| *a).collect();
     let load = Load::paced(&http, &addrs, app::HOST, 100.0);
@@ -37,19 +40,29 @@ async fn dataplanes_serve_through_an_api_server_restart_and_changes_resume() -> 
     tokio::time::sleep(Duration::from_secs(6)).await;
     let during = load.served() - before;
     cluster.cp.start_apiserver().await?;
-    assert!(during > 0, "nothing was served while the API server was away");
+    assert!(
+        during > 0,
+        "nothing was served while the API server was away"
+    );
 
     // A change after the restart: one more echo pod, answered through both.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     deployments
-        .patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
         .await?;
     chart::wait_available(&deployments, "web", Duration::from_secs(90)).await?;
     let after = app::echo_pods(&client).await?;
     assert_eq!(after.len(), 3, "three echo pods after scaling: {after:?}");
     for (dp, addr) in &dataplanes {
         let (seen, other) = app::answering(&http, *addr, &after, Duration::from_secs(90)).await;
-        assert_eq!(seen, after, "after the restart, through {dp}; other answers: {other:?}");
+        assert_eq!(
+            seen, after,
+            "after the restart, through {dp}; other answers: {other:?}"
+        );
     }
     let (served, failed) = load.finish().await?;
     eprintln!("served {served} requests ({during} while the API server was away), {failed} failed");

@@ -67,8 +67,14 @@ pub async fn deploy_echo_pool(cp: &ControlPlane, replicas: u32) -> anyhow::Resul
     let file = cp.dir().join("app.yaml");
     std::fs::write(&file, echo_pool_yaml(replicas))?;
     cp.kubectl(&["apply", "--server-side", "-f", &file.to_string_lossy()])?;
+    let start = std::time::Instant::now();
     let deployments: Api<Deployment> = Api::namespaced(cp.client().await?, "default");
-    chart::wait_available(&deployments, "web", Duration::from_secs(90)).await
+    chart::wait_available(&deployments, "web", Duration::from_secs(90)).await?;
+    eprintln!(
+        "real cluster: {replicas} echo pods available in {:.1?}",
+        start.elapsed()
+    );
+    Ok(())
 }
 
 /// Running (not terminating) pods matching `selector` in `ns`: name and
@@ -90,19 +96,27 @@ pub async fn pods(
 
 /// Names of the echo pods.
 pub async fn echo_pods(client: &kube::Client) -> anyhow::Result<BTreeSet<String>> {
-    Ok(pods(client, "default", "app=web").await?.into_iter().map(|(n, _)| n).collect())
+    Ok(pods(client, "default", "app=web")
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
 }
 
 /// The dataplane pods' HTTP listeners (`<pod IP>:8080`).
 pub async fn dataplanes(client: &kube::Client) -> anyhow::Result<Vec<(String, SocketAddr)>> {
-    pods(client, chart::NAMESPACE, "app.kubernetes.io/component=dataplane")
-        .await?
-        .into_iter()
-        .map(|(n, ip)| {
-            let addr = format!("{ip}:8080").parse().context("pod IP")?;
-            Ok((n, addr))
-        })
-        .collect()
+    pods(
+        client,
+        chart::NAMESPACE,
+        "app.kubernetes.io/component=dataplane",
+    )
+    .await?
+    .into_iter()
+    .map(|(n, ip)| {
+        let addr = format!("{ip}:8080").parse().context("pod IP")?;
+        Ok((n, addr))
+    })
+    .collect()
 }
 
 /// Sends requests for [`HOST`] through the dataplane at `addr` until every

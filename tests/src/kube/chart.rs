@@ -47,7 +47,10 @@ pub fn render(values: &Value, ns: &str) -> anyhow::Result<Vec<Value>> {
         .write_all(values.to_string().as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("helm render failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "helm render failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     serde_json::from_slice(&out.stdout).context("the render is not a JSON list")
 }
@@ -70,9 +73,14 @@ pub fn install_crds(cp: &ControlPlane) -> anyhow::Result<()> {
 /// the rendered objects; then waits until both Deployments are available
 /// (the controller leads and is ready, the dataplanes have a table).
 pub async fn install(cp: &ControlPlane, values: &Value) -> anyhow::Result<Vec<Value>> {
+    let start = std::time::Instant::now();
     install_crds(cp)?;
     cp.kubectl(&["create", "namespace", NAMESPACE])?;
     let objects = render(values, NAMESPACE)?;
+    eprintln!(
+        "real cluster: CRDs applied and chart rendered in {:.1?}",
+        start.elapsed()
+    );
     let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
     let file = cp.dir().join("chart.json");
     std::fs::write(&file, list.to_string())?;
@@ -81,11 +89,19 @@ pub async fn install(cp: &ControlPlane, values: &Value) -> anyhow::Result<Vec<Va
     for name in ["sluice-controller", "sluice-dataplane"] {
         wait_available(&deployments, name, Duration::from_secs(120)).await?;
     }
+    eprintln!(
+        "real cluster: chart installed and available in {:.1?}",
+        start.elapsed()
+    );
     Ok(objects)
 }
 
 /// Waits until Deployment `name` has all its replicas updated and ready.
-pub async fn wait_available(api: &Api<Deployment>, name: &str, limit: Duration) -> anyhow::Result<()> {
+pub async fn wait_available(
+    api: &Api<Deployment>,
+    name: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
     wait::until(limit, &format!("Deployment {name} available"), || {
         let api = api.clone();
         async move {

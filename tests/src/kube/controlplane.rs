@@ -115,9 +115,15 @@ impl ControlPlane {
         let addr = SocketAddr::from(([127, 0, 0, 1], api_port));
         let admin_token = format!("admin-{}-{}", std::process::id(), api_port);
         let tokens = dir.path().join("tokens.csv");
-        std::fs::write(&tokens, format!("{admin_token},admin,admin-uid,\"system:masters\"\n"))?;
+        std::fs::write(
+            &tokens,
+            format!("{admin_token},admin,admin-uid,\"system:masters\"\n"),
+        )?;
         let kubeconfig = dir.path().join("admin.kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(addr, &pki.ca_cert, &admin_token))?;
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(addr, &pki.ca_cert, &admin_token),
+        )?;
 
         let etcd_dir = dir.path().join("etcd");
         let mut etcd_cmd = Command::new(&programs.etcd);
@@ -125,10 +131,16 @@ impl ControlPlane {
             .arg("--name=default")
             .arg(format!("--data-dir={}", etcd_dir.display()))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=default=http://127.0.0.1:{peer_port}"
+            ))
             // Test data: no fsync on every write (much faster on slow disks).
             .arg("--unsafe-no-fsync")
             .arg("--log-level=warn");
@@ -150,7 +162,10 @@ impl ControlPlane {
             "--authorization-mode=Node,RBAC".to_string(),
             format!("--service-account-issuer={ISSUER}"),
             format!("--service-account-key-file={}", pki.sa_pub.display()),
-            format!("--service-account-signing-key-file={}", pki.sa_key.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ),
             format!("--api-audiences={ISSUER}"),
             "--service-cluster-ip-range=10.96.0.0/16".to_string(),
             "--allow-privileged=true".to_string(),
@@ -174,7 +189,10 @@ impl ControlPlane {
         let mut kcm = Command::new(&cp.programs.controller_manager);
         kcm.arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
             .arg(format!("--controllers={CONTROLLERS}"))
-            .arg(format!("--service-account-private-key-file={}", cp.pki.sa_key.display()))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                cp.pki.sa_key.display()
+            ))
             .arg(format!("--root-ca-file={}", cp.pki.ca_cert.display()))
             .arg("--leader-elect=false")
             .arg("--secure-port=0")
@@ -186,10 +204,14 @@ impl ControlPlane {
         )?);
         let client = cp.client().await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client, "default");
-        wait::until(Duration::from_secs(60), "the default ServiceAccount", || {
-            let sas = sas.clone();
-            async move { sas.get_opt("default").await.ok().flatten() }
-        })
+        wait::until(
+            Duration::from_secs(60),
+            "the default ServiceAccount",
+            || {
+                let sas = sas.clone();
+                async move { sas.get_opt("default").await.ok().flatten() }
+            },
+        )
         .await
         .map_err(|e| cp.explain(e))?;
         Ok(cp)
@@ -216,7 +238,11 @@ impl ControlPlane {
                 return Err(self.explain(anyhow::anyhow!("kube-apiserver exited: {status}")));
             }
             let req = http::Request::get("/readyz").body(Vec::new())?;
-            if client.request_text(req).await.is_ok_and(|t| t.trim() == "ok") {
+            if client
+                .request_text(req)
+                .await
+                .is_ok_and(|t| t.trim() == "ok")
+            {
                 return Ok(());
             }
             if start.elapsed() > limit {
@@ -319,7 +345,12 @@ impl ControlPlane {
             .into_iter()
             .flatten()
         {
-            msg.push_str(&format!("\n--- {} ({}):\n{}", p.name(), p.log().display(), p.tail(15)));
+            msg.push_str(&format!(
+                "\n--- {} ({}):\n{}",
+                p.name(),
+                p.log().display(),
+                p.tail(15)
+            ));
         }
         err.context(format!("control plane logs:{msg}"))
     }
@@ -335,7 +366,11 @@ impl Drop for ControlPlane {
                 eprintln!("--- last lines of {}:\n{}", p.name(), p.tail(20));
             }
         }
-        for p in [&mut self.controller_manager, &mut self.apiserver, &mut self.etcd] {
+        for p in [
+            &mut self.controller_manager,
+            &mut self.apiserver,
+            &mut self.etcd,
+        ] {
             if let Some(mut p) = p.take() {
                 p.stop(Duration::from_secs(5));
             }

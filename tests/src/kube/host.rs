@@ -123,9 +123,8 @@ fn is_root() -> bool {
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
 /// Paths of the programs a real-cluster test runs.
@@ -246,8 +245,22 @@ fn build_sluice(target: &Path, profile: &str) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo_root())
-        .args(["build", "--locked", "--bin", "sluice-controller", "--bin", "sluice-dataplane"])
-        .args(["--bin", "echo", "-p", "sluice-controller", "-p", "sluice-dataplane"])
+        .args([
+            "build",
+            "--locked",
+            "--bin",
+            "sluice-controller",
+            "--bin",
+            "sluice-dataplane",
+        ])
+        .args([
+            "--bin",
+            "echo",
+            "-p",
+            "sluice-controller",
+            "-p",
+            "sluice-dataplane",
+        ])
         .args(["-p", "sluice-tests"])
         .arg("--target-dir")
         .arg(target);

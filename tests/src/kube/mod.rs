@@ -5,13 +5,13 @@
 //! real-cluster tests (`tests/tests/real_*.rs`) build on this; see
 //! `docs/testing.md`.
 
-pub mod controlplane;
-pub mod host;
-pub mod pki;
-pub mod process;
-pub mod node;
 pub mod app;
 pub mod chart;
+pub mod controlplane;
+pub mod host;
+pub mod node;
+pub mod pki;
+pub mod process;
 
 use anyhow::Context;
 
@@ -35,11 +35,18 @@ impl Cluster {
         if !host::check(true)? {
             return Ok(None);
         }
+        let start = std::time::Instant::now();
         let programs = host::programs()?;
+        eprintln!("real cluster: programs ready in {:.1?}", start.elapsed());
         let net = node::network::Network::create().context("cannot create the test bridge")?;
         let gw = net.gateway().to_string();
         let cp = controlplane::ControlPlane::start(programs, &[gw]).await?;
         let node = node::Node::start(&cp, net, "sluice-test-node")?;
+        eprintln!(
+            "real cluster: control plane and node up in {:.1?} ({})",
+            start.elapsed(),
+            cp.dir().display()
+        );
         Ok(Some(Cluster { node, cp }))
     }
 }

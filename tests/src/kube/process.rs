@@ -69,7 +69,9 @@ impl Proc {
 
     /// Whether it has exited; its exit status if so.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Sends `signal` (e.g. "TERM") unless it has exited.

@@ -49,7 +49,10 @@ pub fn argv(
     let (prog, mut rest) = match command.split_first() {
         Some((first, rest)) => (program(programs, first)?, rest.to_vec()),
         None => (
-            program(programs, c.image.as_deref().context("container without image")?)?,
+            program(
+                programs,
+                c.image.as_deref().context("container without image")?,
+            )?,
             Vec::new(),
         ),
     };
@@ -98,13 +101,21 @@ pub async fn environment(
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut env = BTreeMap::new();
     env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
-    env.insert("HOSTNAME".into(), pod.metadata.name.clone().unwrap_or_default());
+    env.insert(
+        "HOSTNAME".into(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
     env.insert("KUBERNETES_SERVICE_HOST".into(), api.ip().to_string());
     env.insert("KUBERNETES_SERVICE_PORT".into(), api.port().to_string());
     if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
         bail!("envFrom is not supported by the node stand-in");
     }
-    for EnvVar { name, value, value_from } in c.env.iter().flatten() {
+    for EnvVar {
+        name,
+        value,
+        value_from,
+    } in c.env.iter().flatten()
+    {
         let v = match (value, value_from) {
             (Some(v), _) => expand(v, &env),
             (None, None) => String::new(),
@@ -114,7 +125,10 @@ pub async fn environment(
                 } else if let Some(s) = &from.secret_key_ref {
                     let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
                         kube::Api::namespaced(client.clone(), ns);
-                    let secret = api.get(&s.name).await.with_context(|| format!("Secret {}", s.name))?;
+                    let secret = api
+                        .get(&s.name)
+                        .await
+                        .with_context(|| format!("Secret {}", s.name))?;
                     let bytes = secret
                         .data
                         .and_then(|d| d.get(&s.key).cloned())
@@ -123,12 +137,17 @@ pub async fn environment(
                 } else if let Some(c) = &from.config_map_key_ref {
                     let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
                         kube::Api::namespaced(client.clone(), ns);
-                    let cm = api.get(&c.name).await.with_context(|| format!("ConfigMap {}", c.name))?;
+                    let cm = api
+                        .get(&c.name)
+                        .await
+                        .with_context(|| format!("ConfigMap {}", c.name))?;
                     cm.data
                         .and_then(|d| d.get(&c.key).cloned())
                         .with_context(|| format!("ConfigMap {} has no key {}", c.name, c.key))?
                 } else {
-                    bail!("env {name}: only fieldRef, secretKeyRef and configMapKeyRef are supported");
+                    bail!(
+                        "env {name}: only fieldRef, secretKeyRef and configMapKeyRef are supported"
+                    );
                 }
             }
         };
@@ -144,7 +163,10 @@ fn quote(s: &str) -> String {
 
 /// Directories that never get a tmpfs over them to make room for a
 /// mountPath: the system would break, or the volumes' own sources vanish.
-const KEEP: &[&str] = &["/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/sys", "/dev", "/tmp", "/work", "/root", "/home"];
+const KEEP: &[&str] = &[
+    "/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/sys", "/dev", "/tmp",
+    "/work", "/root", "/home",
+];
 
 /// The command that runs `prog argv` in network namespace `netns` with
 /// `env` only, in a mount namespace of its own (the one `ip netns exec`
@@ -177,8 +199,15 @@ pub fn command(
             .find(|a| a.exists())
             .unwrap_or(Path::new("/"))
             .canonicalize()?;
-        if KEEP.iter().any(|k| Path::new(k) == base) || hosts.starts_with(&base) || m.source.starts_with(&base) {
-            bail!("mountPath {:?}: would need a tmpfs over {}", m.target, base.display());
+        if KEEP.iter().any(|k| Path::new(k) == base)
+            || hosts.starts_with(&base)
+            || m.source.starts_with(&base)
+        {
+            bail!(
+                "mountPath {:?}: would need a tmpfs over {}",
+                m.target,
+                base.display()
+            );
         }
         if !tmpfs.contains(&base) {
             tmpfs.push(base);
@@ -186,7 +215,10 @@ pub fn command(
     }
     tmpfs.sort_by_key(|p| p.components().count());
     for t in &tmpfs {
-        script.push_str(&format!("mount -t tmpfs -o mode=755 tmpfs {}\n", quote(&t.to_string_lossy())));
+        script.push_str(&format!(
+            "mount -t tmpfs -o mode=755 tmpfs {}\n",
+            quote(&t.to_string_lossy())
+        ));
     }
     let mut sorted: Vec<&Mount> = mounts.iter().collect();
     sorted.sort_by_key(|m| Path::new(&m.target).components().count());
@@ -196,14 +228,19 @@ pub fn command(
         if m.source.is_dir() {
             script.push_str(&format!("mkdir -p {dst}\n"));
         } else {
-            script.push_str(&format!("[ -e {dst} ] || {{ mkdir -p \"$(dirname {dst})\"; : > {dst}; }}\n"));
+            script.push_str(&format!(
+                "[ -e {dst} ] || {{ mkdir -p \"$(dirname {dst})\"; : > {dst}; }}\n"
+            ));
         }
         script.push_str(&format!("mount --bind {src} {dst}\n"));
         if m.read_only {
             script.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
         }
     }
-    script.push_str(&format!("mount --bind {} /etc/hosts\n", quote(&hosts.to_string_lossy())));
+    script.push_str(&format!(
+        "mount --bind {} /etc/hosts\n",
+        quote(&hosts.to_string_lossy())
+    ));
     script.push_str("exec setpriv --pdeathsig=KILL ");
     if let Some((uid, gid, group)) = user {
         script.push_str(&format!("--reuid={uid} --regid={gid} "));
@@ -214,7 +251,9 @@ pub fn command(
     }
     script.push_str("-- \"$@\"\n");
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns, "sh", "-c", &script, "sh", "env", "-i"]);
+    cmd.args([
+        "netns", "exec", netns, "sh", "-c", &script, "sh", "env", "-i",
+    ]);
     for (k, v) in env {
         cmd.arg(format!("{k}={v}"));
     }
@@ -237,9 +276,11 @@ pub async fn http_get(
     let addr = SocketAddr::from((pod_ip, port));
     let probe = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.28\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.28\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = vec![0u8; 64];
+        let mut buf = [0u8; 64];
         let mut n = 0;
         while n < 12 {
             let got = s.read(&mut buf[n..]).await.ok()?;
@@ -252,7 +293,11 @@ pub async fn http_get(
         let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some((200..400).contains(&code))
     };
-    tokio::time::timeout(timeout, probe).await.ok().flatten().unwrap_or(false)
+    tokio::time::timeout(timeout, probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// A port by number, or by name from the container's ports.

@@ -29,15 +29,29 @@ pub struct Hosts(Mutex<State>);
 
 impl Hosts {
     /// Writes the pod's hosts file and keeps it current from now on.
-    pub fn register(&self, uid: &str, file: &Path, ns: &str, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    pub fn register(
+        &self,
+        uid: &str,
+        file: &Path,
+        ns: &str,
+        name: &str,
+        ip: Ipv4Addr,
+    ) -> anyhow::Result<()> {
         let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        st.pods.insert(uid.to_string(), (file.to_path_buf(), ns.to_string(), name.to_string(), ip));
+        st.pods.insert(
+            uid.to_string(),
+            (file.to_path_buf(), ns.to_string(), name.to_string(), ip),
+        );
         write(&st, file, ns, name, ip)
     }
 
     /// Forgets a pod.
     pub fn unregister(&self, uid: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).pods.remove(uid);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pods
+            .remove(uid);
     }
 
     /// A slice was added or changed (`deleted`: removed).
@@ -87,7 +101,9 @@ fn write(st: &State, file: &Path, pod_ns: &str, pod: &str, ip: Ipv4Addr) -> anyh
         }
     }
     for ((ns, svc), addr) in services {
-        text.push_str(&format!("{addr} {svc}.{ns}.svc {svc}.{ns}.svc.cluster.local"));
+        text.push_str(&format!(
+            "{addr} {svc}.{ns}.svc {svc}.{ns}.svc.cluster.local"
+        ));
         if ns == pod_ns {
             text.push_str(&format!(" {svc}"));
         }

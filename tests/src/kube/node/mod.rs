@@ -75,7 +75,10 @@ impl Node {
         let thread = std::thread::Builder::new()
             .name(format!("node {name}"))
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.into()));
@@ -91,7 +94,8 @@ impl Node {
                         .await?;
                         let client = kube::Client::try_from(config)?;
                         let gw = net.gateway();
-                        let listener = tokio::net::TcpListener::bind(SocketAddrV4::new(gw, 0)).await?;
+                        let listener =
+                            tokio::net::TcpListener::bind(SocketAddrV4::new(gw, 0)).await?;
                         let api = listener.local_addr()?;
                         tokio::spawn(forward(listener, api_addr));
                         register(&client, &node_name, gw).await?;
@@ -152,7 +156,10 @@ async fn register(client: &kube::Client, name: &str, ip: std::net::Ipv4Addr) -> 
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}},
     }))?;
-    nodes.create(&PostParams::default(), &node).await.context("cannot register the Node")?;
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .context("cannot register the Node")?;
     let status = json!({"status": {
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "node stand-in",
                         "lastHeartbeatTime": pod::now(), "lastTransitionTime": pod::now()}],

@@ -75,7 +75,13 @@ impl Network {
             };
             let alias = format!("sluice-test pid {}", std::process::id());
             ip(&["link", "set", "dev", &bridge, "alias", &alias])?;
-            ip(&["addr", "add", &format!("{}/24", net.gateway()), "dev", &bridge])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", net.gateway()),
+                "dev",
+                &bridge,
+            ])?;
             ip(&["link", "set", &bridge, "up"])?;
             return Ok(net);
         }
@@ -107,9 +113,19 @@ impl Network {
         };
         let setup = || -> anyhow::Result<()> {
             ip(&["netns", "add", &name])?;
-            ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &name])?;
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &name,
+            ])?;
             ip(&["link", "set", &veth, "master", &self.bridge, "up"])?;
-            ip(&["-n", &name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &name, "link", "set", "eth0", "up"])?;
             ip(&["-n", &name, "link", "set", "lo", "up"])?;
             Ok(())

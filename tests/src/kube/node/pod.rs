@@ -38,7 +38,8 @@ pub fn field_value(pod: &Pod, path: &str) -> anyhow::Result<String> {
         "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
         "status.podIP" => status.and_then(|s| s.pod_ip.clone()),
         "status.hostIP" => status.and_then(|s| s.host_ip.clone()),
-        _ => label(&m.labels, "metadata.labels['").or_else(|| label(&m.annotations, "metadata.annotations['")),
+        _ => label(&m.labels, "metadata.labels['")
+            .or_else(|| label(&m.annotations, "metadata.annotations['")),
     };
     v.with_context(|| format!("field path {path:?} is not supported by the node stand-in"))
 }
@@ -76,7 +77,8 @@ impl ProbeState {
             return None;
         }
         let p = &self.probe;
-        self.next = Instant::now() + Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+        self.next =
+            Instant::now() + Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
         let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
         let ok = match &p.http_get {
             Some(action) => container::http_get(ip, c, action, timeout).await,
@@ -161,7 +163,9 @@ async fn lifecycle(
     let spec = pod.spec.clone().context("pod without spec")?;
     if let Err(e) = supported(&pod) {
         let status = json!({"status": {"phase": "Failed", "reason": "Unsupported", "message": e.to_string()}});
-        let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        let _ = pods
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await;
         return Err(e);
     }
     let netns = shared.net.add_netns()?;
@@ -176,7 +180,8 @@ async fn lifecycle(
     sandbox.netns = Some(netns);
     std::fs::create_dir_all(&sandbox.dir)?;
     pod.status.get_or_insert_with(Default::default).pod_ip = Some(ip.to_string());
-    pod.status.get_or_insert_with(Default::default).host_ip = Some(shared.net.gateway().to_string());
+    pod.status.get_or_insert_with(Default::default).host_ip =
+        Some(shared.net.gateway().to_string());
     let start_time = now();
 
     // Volumes: retried while a Secret or ConfigMap is missing (the kubelet's
@@ -189,8 +194,13 @@ async fn lifecycle(
                     "conditions": [{"type": "PodScheduled", "status": "True"}],
                     "containerStatuses": spec.containers.iter().map(|c| json!({"name": c.name, "image": c.image, "imageID": "",
                         "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating", "message": format!("{e:#}")}}})).collect::<Vec<_>>()}});
-                let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
-                if wait_change(rx, shared, Duration::from_secs(1)).await.is_none_or(|p| p.metadata.deletion_timestamp.is_some()) {
+                let _ = pods
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
+                if wait_change(rx, shared, Duration::from_secs(1))
+                    .await
+                    .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+                {
                     return Ok(());
                 }
             }
@@ -225,12 +235,18 @@ async fn lifecycle(
             .iter()
             .flatten()
             .map(|m| {
-                let dir = vol_dirs.get(&m.name).with_context(|| format!("no volume {:?}", m.name))?;
+                let dir = vol_dirs
+                    .get(&m.name)
+                    .with_context(|| format!("no volume {:?}", m.name))?;
                 let source = match &m.sub_path {
                     Some(sub) if !sub.is_empty() => dir.join(sub),
                     _ => dir.clone(),
                 };
-                Ok(Mount { source, target: m.mount_path.clone(), read_only: m.read_only == Some(true) })
+                Ok(Mount {
+                    source,
+                    target: m.mount_path.clone(),
+                    read_only: m.read_only == Some(true),
+                })
             })
             .collect()
     };
@@ -241,7 +257,15 @@ async fn lifecycle(
         Some((uid as u32, gid as u32, sec.fs_group.map(|g| g as u32)))
     };
     let start = |r: &mut Running| -> anyhow::Result<()> {
-        let mut cmd = container::command(&netns_name, &mounts_of(&r.spec)?, &hosts, user_of(&r.spec), &r.env, &r.prog, &r.argv)?;
+        let mut cmd = container::command(
+            &netns_name,
+            &mounts_of(&r.spec)?,
+            &hosts,
+            user_of(&r.spec),
+            &r.env,
+            &r.prog,
+            &r.argv,
+        )?;
         let log = sandbox.dir.join(format!("{}.log", r.spec.name));
         r.proc = Some(Proc::spawn(&r.spec.name, &mut cmd, &log)?);
         r.started = Instant::now();
@@ -279,23 +303,43 @@ async fn lifecycle(
             let handlers: Vec<_> = containers
                 .iter()
                 .filter(|r| r.proc.is_some())
-                .filter_map(|r| r.spec.lifecycle.as_ref()?.pre_stop.clone().map(|h| (r.spec.clone(), r.env.clone(), h)))
+                .filter_map(|r| {
+                    r.spec
+                        .lifecycle
+                        .as_ref()?
+                        .pre_stop
+                        .clone()
+                        .map(|h| (r.spec.clone(), r.env.clone(), h))
+                })
                 .collect();
             let mut prestop = Vec::new();
             for (c, env, h) in handlers {
                 let cmd = match &h.exec {
                     Some(exec) => {
                         let argv = exec.command.clone().unwrap_or_default();
-                        let (first, rest) = argv.split_first().context("preStop exec without command")?;
+                        let (first, rest) =
+                            argv.split_first().context("preStop exec without command")?;
                         let prog = container::program(&shared.programs, first)?;
-                        Some(container::command(&netns_name, &mounts_of(&c)?, &hosts, user_of(&c), &env, &prog, rest)?)
+                        Some(container::command(
+                            &netns_name,
+                            &mounts_of(&c)?,
+                            &hosts,
+                            user_of(&c),
+                            &env,
+                            &prog,
+                            rest,
+                        )?)
                     }
                     None => None,
                 };
                 let log = sandbox.dir.join(format!("{}.prestop.log", c.name));
                 prestop.push(tokio::spawn(pre_stop(c, h, cmd, log, ip, deadline)));
             }
-            terminating = Some(Terminating { deadline, prestop, termed: false });
+            terminating = Some(Terminating {
+                deadline,
+                prestop,
+                termed: false,
+            });
         }
 
         // Processes: exits, restarts, probes.
@@ -353,7 +397,9 @@ async fn lifecycle(
                 }
                 t.termed = true;
             }
-            let all_exited = containers.iter_mut().all(|r| r.proc.as_mut().is_none_or(|p| p.exited().is_some()));
+            let all_exited = containers
+                .iter_mut()
+                .all(|r| r.proc.as_mut().is_none_or(|p| p.exited().is_some()));
             if t.termed && (all_exited || Instant::now() >= t.deadline) {
                 for r in containers.iter_mut() {
                     if let Some(mut p) = r.proc.take() {
@@ -364,10 +410,15 @@ async fn lifecycle(
                     r.ready = false;
                 }
                 let status = pod_status(&containers, &ip, shared, &start_time, false, &now(), true);
-                let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+                let _ = pods
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await;
                 let dp = DeleteParams {
                     grace_period_seconds: Some(0),
-                    preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid.clone()),
+                        resource_version: None,
+                    }),
                     ..Default::default()
                 };
                 let _ = pods.delete(&name, &dp).await;
@@ -381,9 +432,20 @@ async fn lifecycle(
             was_ready = ready;
             ready_since = now();
         }
-        let status = pod_status(&containers, &ip, shared, &start_time, ready, &ready_since, false);
+        let status = pod_status(
+            &containers,
+            &ip,
+            shared,
+            &start_time,
+            ready,
+            &ready_since,
+            false,
+        );
         if status != last_status
-            && pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.is_ok()
+            && pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .is_ok()
         {
             last_status = status;
         }
@@ -393,7 +455,11 @@ async fn lifecycle(
 
 /// Waits up to `limit` for a new pod object; the latest either way
 /// (`None`: gone, or the node stops).
-async fn wait_change(rx: &mut watch::Receiver<Option<Pod>>, shared: &Shared, limit: Duration) -> Option<Pod> {
+async fn wait_change(
+    rx: &mut watch::Receiver<Option<Pod>>,
+    shared: &Shared,
+    limit: Duration,
+) -> Option<Pod> {
     let _ = tokio::time::timeout(limit, rx.changed()).await;
     if *shared.stopping.borrow() {
         return None;
@@ -408,7 +474,14 @@ struct Terminating {
 }
 
 /// Runs one container's preStop handler, bounded by the grace period.
-async fn pre_stop(c: Container, h: LifecycleHandler, cmd: Option<std::process::Command>, log: PathBuf, ip: Ipv4Addr, deadline: Instant) {
+async fn pre_stop(
+    c: Container,
+    h: LifecycleHandler,
+    cmd: Option<std::process::Command>,
+    log: PathBuf,
+    ip: Ipv4Addr,
+    deadline: Instant,
+) {
     let left = deadline.saturating_duration_since(Instant::now());
     if let Some(mut cmd) = cmd {
         let Ok(mut p) = Proc::spawn(&format!("{} preStop", c.name), &mut cmd, &log) else {
@@ -435,11 +508,20 @@ fn supported(pod: &Pod) -> anyhow::Result<()> {
     }
     for c in &spec.containers {
         if c.startup_probe.is_some() {
-            bail!("container {}: startupProbe is not supported by the node stand-in", c.name);
+            bail!(
+                "container {}: startupProbe is not supported by the node stand-in",
+                c.name
+            );
         }
-        for p in [&c.readiness_probe, &c.liveness_probe].into_iter().flatten() {
+        for p in [&c.readiness_probe, &c.liveness_probe]
+            .into_iter()
+            .flatten()
+        {
             if p.http_get.is_none() {
-                bail!("container {}: only httpGet probes are supported by the node stand-in", c.name);
+                bail!(
+                    "container {}: only httpGet probes are supported by the node stand-in",
+                    c.name
+                );
             }
         }
     }

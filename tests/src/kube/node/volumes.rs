@@ -87,12 +87,23 @@ async fn volume_files(
     }
     let mut files = Files::new();
     if let Some(s) = &vol.secret {
-        let name = s.secret_name.as_deref().context("secret volume without secretName")?;
+        let name = s
+            .secret_name
+            .as_deref()
+            .context("secret volume without secretName")?;
         secret_files(client, ns, name, s.items.as_deref(), s.optional, &mut files).await?;
         return Ok(Some((files, mode(s.default_mode))));
     }
     if let Some(c) = &vol.config_map {
-        config_map_files(client, ns, &c.name, c.items.as_deref(), c.optional, &mut files).await?;
+        config_map_files(
+            client,
+            ns,
+            &c.name,
+            c.items.as_deref(),
+            c.optional,
+            &mut files,
+        )
+        .await?;
         return Ok(Some((files, mode(c.default_mode))));
     }
     if let Some(d) = &vol.downward_api {
@@ -102,11 +113,25 @@ async fn volume_files(
     if let Some(p) = &vol.projected {
         for src in p.sources.iter().flatten() {
             if let Some(s) = &src.secret {
-                secret_files(client, ns, &s.name, s.items.as_deref(), s.optional, &mut files)
-                    .await?;
+                secret_files(
+                    client,
+                    ns,
+                    &s.name,
+                    s.items.as_deref(),
+                    s.optional,
+                    &mut files,
+                )
+                .await?;
             } else if let Some(c) = &src.config_map {
-                config_map_files(client, ns, &c.name, c.items.as_deref(), c.optional, &mut files)
-                    .await?;
+                config_map_files(
+                    client,
+                    ns,
+                    &c.name,
+                    c.items.as_deref(),
+                    c.optional,
+                    &mut files,
+                )
+                .await?;
             } else if let Some(d) = &src.downward_api {
                 downward_files(pod, d.items.as_deref().unwrap_or_default(), &mut files)?;
             } else if let Some(t) = &src.service_account_token {
@@ -125,7 +150,9 @@ async fn volume_files(
         }
         return Ok(Some((files, mode(p.default_mode))));
     }
-    bail!("a volume type this node stand-in does not support (secret, configMap, downwardAPI, projected, emptyDir)")
+    bail!(
+        "a volume type this node stand-in does not support (secret, configMap, downwardAPI, projected, emptyDir)"
+    )
 }
 
 async fn secret_files(
@@ -173,7 +200,12 @@ async fn config_map_files(
         .into_iter()
         .map(|(k, v)| (k, v.into_bytes()))
         .collect();
-    data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+    data.extend(
+        cm.binary_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0)),
+    );
     pick(&data, items, &format!("ConfigMap {ns}/{name}"), files)
 }
 
@@ -202,14 +234,21 @@ fn pick(
     Ok(())
 }
 
-fn downward_files(pod: &Pod, items: &[DownwardAPIVolumeFile], files: &mut Files) -> anyhow::Result<()> {
+fn downward_files(
+    pod: &Pod,
+    items: &[DownwardAPIVolumeFile],
+    files: &mut Files,
+) -> anyhow::Result<()> {
     for item in items {
         let field = item
             .field_ref
             .as_ref()
             .context("downwardAPI: only fieldRef items are supported")?;
         let value = super::pod::field_value(pod, &field.field_path)?;
-        files.insert(item.path.clone(), (value.into_bytes(), item.mode.map(|m| m as u32)));
+        files.insert(
+            item.path.clone(),
+            (value.into_bytes(), item.mode.map(|m| m as u32)),
+        );
     }
     Ok(())
 }
