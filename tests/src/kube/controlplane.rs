@@ -36,9 +36,11 @@ namespace,garbagecollector,serviceaccount,root-ca-cert-publisher";
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// Creates `<tmp>/sluice-<what>-<pid>-<n>`.
+    /// Creates `<tmp>/sluice-<what>-<pid>-<n>`; first removes those of
+    /// processes that are gone (a test run killed before its cleanup).
     pub fn new(what: &str) -> anyhow::Result<TempDir> {
         static N: AtomicU32 = AtomicU32::new(0);
+        sweep(what);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("sluice-{what}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
@@ -56,6 +58,26 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sweep(what: &str) {
+    let prefix = format!("sluice-{what}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 

@@ -55,6 +55,7 @@ pub struct Network {
 impl Network {
     /// Creates the bridge with the first free /24 and brings it up.
     pub fn create() -> anyhow::Result<Network> {
+        sweep_stale();
         let start = (std::process::id() % 200) as u8;
         for i in 0..200u16 {
             let k = ((u16::from(start) + i) % 200 + 1) as u8;
@@ -165,6 +166,18 @@ fn remove_all(k: u8) {
         }
     }
     let _ = ip(&["link", "del", &format!("slbr{k}")]);
+}
+
+/// Removes every bridge (and its namespaces) left by a test run that is gone.
+fn sweep_stale() {
+    for line in ip_out(&["-o", "link", "show", "type", "bridge"]).lines() {
+        let Some(name) = line.split(':').nth(1).map(str::trim) else {
+            continue;
+        };
+        if let Some(k) = name.strip_prefix("slbr").and_then(|k| k.parse::<u8>().ok()) {
+            reclaim_stale(k);
+        }
+    }
 }
 
 /// Removes `slbr<k>` if a test run made it and that process is gone.
