@@ -4,7 +4,8 @@
 //! answered; `/healthz` is one more path like any other.
 //!
 //! Usage: `echo --name NAME [--listen ADDR]` (default 0.0.0.0:8080).
-//! Runs until SIGTERM or SIGINT.
+//! Runs until SIGTERM or SIGINT. `echo sleep SECONDS` only waits: an exec
+//! preStop hook for test pods (images without a shell have no `sleep`).
 
 use std::net::SocketAddr;
 
@@ -44,6 +45,14 @@ fn parse(args: &[String]) -> anyhow::Result<(String, SocketAddr)> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("sleep") {
+        let secs: u64 = args
+            .get(1)
+            .and_then(|s| s.parse().ok())
+            .context("usage: echo sleep SECONDS")?;
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+        return Ok(());
+    }
     let (name, listen) = parse(&args)?;
     let backend = Backend::bind(&name, listen)
         .await

@@ -19,7 +19,9 @@ pub const HOST: &str = "web.example.com";
 
 /// `replicas` echo pods (`sluice.test/echo`, answering with their pod
 /// name) as Deployment `web` in `default`, Service `web` and BackendPool
-/// `web` for [`HOST`] over it.
+/// `web` for [`HOST`] over it. A deleted pod keeps serving for 2 s in its
+/// preStop hook (while the endpointslice controller marks it terminating),
+/// then stops on SIGTERM.
 pub fn echo_pool_yaml(replicas: u32) -> String {
     format!(
         r#"
@@ -41,6 +43,9 @@ spec:
               valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
           ports: [{{name: http, containerPort: 8080}}]
           readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
+          lifecycle:
+            preStop: {{exec: {{command: ["echo", "sleep", "2"]}}}}
+      terminationGracePeriodSeconds: 10
 ---
 apiVersion: v1
 kind: Service
