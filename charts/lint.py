@@ -1378,5 +1378,24 @@ def main() -> int:
     return 1 if failed else 0
 
 
+def render_main(args: list[str]) -> int:
+    """`lint.sh render [NAMESPACE [KUBE_VERSION]]`: the chart as `helm install` renders it
+    (the same path as the checks) with values read as JSON from stdin;
+    prints the objects as one JSON list. The real-cluster tests install
+    the chart with this."""
+    namespace = args[0] if args else NAMESPACE
+    kube = args[1] if len(args) > 1 else ""
+    values = json.loads(sys.stdin.read() or "{}")
+    try:
+        docs, _ = render(values, namespace=namespace, kube=kube)
+    except helm_sdkpy.HelmError as e:
+        print(f"render: {e}", file=sys.stderr)
+        return 1
+    json.dump(docs, sys.stdout)
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["render"]:
+        sys.exit(render_main(sys.argv[2:]))
     sys.exit(main())

@@ -7,6 +7,9 @@
 # Dockerfiles' stages built without a container engine (cargo, in a cheap
 # profile, under target/image-check/). Called by .ci/run.
 #
+# `charts/lint.sh render [NAMESPACE [KUBE_VERSION]] < values.json` prints the chart
+# as helm installs it on that Kubernetes version, as a JSON list (the real-cluster tests install that).
+#
 # Needs cargo (the image stages), openssl and etcd (the API-server check,
 # with kube-apiserver and kubectl 1.28.7 from SLUICE_K8S_DIR, by default
 # ../shared/k8s), python3 (>= 3.11) with pip, and PyPI. helm comes from the helm-sdkpy
@@ -34,11 +37,16 @@ PY
 }
 
 if ! have; then
-  echo "== installing helm-sdkpy $HELM_SDKPY_VERSION, dockerfile $DOCKERFILE_VERSION and PyYAML into $deps"
+  echo "== installing helm-sdkpy $HELM_SDKPY_VERSION, dockerfile $DOCKERFILE_VERSION and PyYAML into $deps" >&2
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-input \
     --ignore-requires-python --upgrade --target "$deps" \
     "helm-sdkpy==$HELM_SDKPY_VERSION" "dockerfile==$DOCKERFILE_VERSION" "PyYAML>=6"
   have || { echo "charts/lint.sh: the Python packages do not import after install" >&2; exit 1; }
+fi
+
+if [ "${1:-}" = render ]; then
+  shift
+  exec python3 charts/lint.py render "$@"
 fi
 
 python3 charts/lint.py

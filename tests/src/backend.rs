@@ -28,7 +28,13 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend on 127.0.0.1, port 0.
     pub async fn start(name: &str) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::bind(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a backend on `addr` (the echo program of the real-cluster
+    /// tests binds its pod's address).
+    pub async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicU64::new(0));
         let (n, h) = (name.to_string(), Arc::clone(&hits));
