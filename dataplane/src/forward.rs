@@ -10,6 +10,8 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Uri, Version};
 
+use crate::trace::context::{Propagated, TRACEPARENT, TRACESTATE};
+
 const HOPS: usize = 8;
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1,
@@ -100,6 +102,8 @@ pub struct Forwarded {
     https: bool,
     /// The host the request was routed by.
     host: Option<HeaderValue>,
+    /// The request's `traceparent` when tracing is on.
+    trace: Option<Propagated>,
 }
 
 impl Forwarded {
@@ -124,6 +128,9 @@ impl Forwarded {
             out.extend_from_slice(host.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        if let Some(trace) = &self.trace {
+            trace.write(out);
+        }
     }
 }
 
@@ -135,12 +142,15 @@ impl Forwarded {
 /// for the encoder to write — the client appended to the
 /// `X-Forwarded-For` chain, `X-Forwarded-Proto` saying whether it came
 /// over TLS, `X-Forwarded-Host` the routed host. An upgrade request
-/// (WebSocket) keeps its `Upgrade` and `Connection: upgrade`.
+/// (WebSocket) keeps its `Upgrade` and `Connection: upgrade`. With
+/// `trace` (tracing on), the client's `traceparent` is replaced by the
+/// proxy's, and its `tracestate` kept only when that trace goes on.
 pub fn request(
     parts: &mut Parts,
     client: IpAddr,
     original_host: Option<RoutedHost>,
     https: bool,
+    trace: Option<Propagated>,
 ) -> Forwarded {
     let path_and_query = parts
         .uri
@@ -179,11 +189,18 @@ pub fn request(
     {
         headers.insert(header::HOST, host.value.clone());
     }
+    if let Some(trace) = &trace {
+        headers.remove(TRACEPARENT);
+        if !trace.keeps_state {
+            headers.remove(TRACESTATE);
+        }
+    }
     Forwarded {
         prior,
         client,
         https,
         host: original_host.map(|h| h.value),
+        trace,
     }
 }
 
@@ -283,7 +300,7 @@ mod tests {
             value: HeaderValue::from_static("shop.example.com:8080"),
             in_host_header: false,
         };
-        let forwarded = request(&mut parts, [192, 0, 2, 3].into(), Some(host), false);
+        let forwarded = request(&mut parts, [192, 0, 2, 3].into(), Some(host), false, None);
         assert_eq!(parts.uri, "/a/b?c=d");
         assert_eq!(parts.version, Version::HTTP_11);
         let h = &parts.headers;
@@ -315,7 +332,7 @@ mod tests {
             value: HeaderValue::from_static("shop.example.com"),
             in_host_header: true,
         };
-        let forwarded = request(&mut parts, [192, 0, 2, 3].into(), Some(host), false);
+        let forwarded = request(&mut parts, [192, 0, 2, 3].into(), Some(host), false, None);
         assert_eq!(parts.headers.len(), 1, "{:?}", parts.headers);
         let mut out = Vec::new();
         forwarded.write(&mut out);

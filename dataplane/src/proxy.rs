@@ -29,6 +29,7 @@ use crate::retry::{self, Failure, RequestTraits, idempotent};
 use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
 use crate::tls::{self, Site};
+use crate::trace::Propagated;
 use crate::upgrade;
 use crate::upstream::{BoxError, Outgoing, ResponseBody, UpstreamError};
 
@@ -192,12 +193,14 @@ pub struct Proxy {
     state: Arc<State>,
 }
 
-/// Where a request came from: the client, and the TLS site its connection
-/// negotiated (`None`: plain HTTP).
+/// Where a request came from: the client, the TLS site its connection
+/// negotiated (`None`: plain HTTP), and its place in a trace (`None`:
+/// tracing off).
 #[derive(Clone, Copy)]
 struct Origin<'a> {
     peer: SocketAddr,
     site: Option<&'a Site>,
+    trace: Option<Propagated>,
 }
 
 /// How a request ended, before its response went out.
@@ -241,12 +244,14 @@ impl Proxy {
     }
 
     /// Handles one request from `peer`, on a connection that negotiated
-    /// TLS `site` (`None`: plain HTTP).
+    /// TLS `site` (`None`: plain HTTP); `trace`: the `traceparent` the
+    /// endpoint gets (`None`: tracing off).
     pub async fn handle(
         &self,
         req: Request<ClientBody>,
         peer: SocketAddr,
         site: Option<&Site>,
+        trace: Option<Propagated>,
     ) -> Response<ProxyBody> {
         let table = self.state.table.load_full();
         let Some((raw_host, original_host)) = request_host(&req) else {
@@ -278,7 +283,7 @@ impl Proxy {
             exchange.respond(429);
             return rate_limited(&pool.route.name, secs);
         }
-        let from = Origin { peer, site };
+        let from = Origin { peer, site, trace };
         self.dispatch(pool, exchange, req, original_host, from, None)
             .await
     }
@@ -298,7 +303,7 @@ impl Proxy {
         from: Origin<'_>,
         turn: Option<activation::Turn>,
     ) -> Response<ProxyBody> {
-        let Origin { peer, site } = from;
+        let Origin { peer, site, trace } = from;
         let name = &pool.route.name;
         let admitted = match pool.state.breaker.request() {
             Ok(held) => held,
@@ -324,7 +329,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let upgrade = upgrade::take(&mut parts);
         let https = site.is_some();
-        let forwarded = forward::request(&mut parts, peer.ip(), original_host, https);
+        let forwarded = forward::request(&mut parts, peer.ip(), original_host, https, trace);
         let limit = pool.policy.request_timeout;
         // Boxed: the attempts make a future of kilobytes, which the timeout
         // and activation layers above would otherwise copy whole as they
@@ -405,7 +410,7 @@ impl Proxy {
                     // The pool left the table: route the request afresh.
                     None => {
                         drop((pending, turn));
-                        self.handle(req, from.peer, from.site).await
+                        self.handle(req, from.peer, from.site, from.trace).await
                     }
                 },
             }
