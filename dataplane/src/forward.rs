@@ -320,6 +320,54 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_replaces_the_clients_traceparent_and_keeps_tracestate_only_if_it_goes_on() {
+        use crate::trace::{Propagated, SpanId, TraceId};
+        let client_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let head = || {
+            http::Request::get("/")
+                .header("host", "shop.example.com")
+                .header("traceparent", client_parent)
+                .header("tracestate", "congo=t61rcWkgMzE")
+                .body(())
+                .expect("request")
+                .into_parts()
+                .0
+        };
+        let ours = |keeps_state| Propagated {
+            trace_id: TraceId([0xab; 16]),
+            span_id: SpanId([0x01; 8]),
+            sampled: true,
+            keeps_state,
+        };
+        let written = |forwarded: Forwarded| {
+            let mut out = Vec::new();
+            forwarded.write(&mut out);
+            String::from_utf8(out).expect("ascii")
+        };
+        for keeps_state in [true, false] {
+            let mut parts = head();
+            let forwarded = request(
+                &mut parts,
+                [192, 0, 2, 3].into(),
+                None,
+                false,
+                Some(ours(keeps_state)),
+            );
+            assert!(!parts.headers.contains_key("traceparent"));
+            assert_eq!(parts.headers.contains_key("tracestate"), keeps_state);
+            assert!(written(forwarded).ends_with(
+                "traceparent: 00-abababababababababababababababab-0101010101010101-01\r\n"
+            ));
+        }
+        // Tracing off: both pass through in the map, nothing is added.
+        let mut parts = head();
+        let forwarded = request(&mut parts, [192, 0, 2, 3].into(), None, false, None);
+        assert_eq!(parts.headers["traceparent"], client_parent);
+        assert_eq!(parts.headers["tracestate"], "congo=t61rcWkgMzE");
+        assert!(!written(forwarded).contains("traceparent"));
+    }
+
+    #[test]
     fn forwarding_headers_from_the_client_are_replaced_not_repeated() {
         let (mut parts, ()) = http::Request::get("/")
             .header("host", "shop.example.com")

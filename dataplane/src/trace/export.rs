@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
-use opentelemetry::KeyValue;
+use opentelemetry::{Key, KeyValue};
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
@@ -123,13 +123,7 @@ pub fn traces_url(url: &str) -> Result<Uri, Error> {
 pub fn start(url: &str, instance: &str) -> Result<(Queue, Finished), Error> {
     let endpoint = traces_url(url)?;
     let https = endpoint.scheme_str() == Some("https");
-    let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name("sluice-dataplane");
-    }
-    let resource = resource
-        .with_attribute(KeyValue::new("service.instance.id", instance.to_string()))
-        .build();
+    let resource = resource(instance);
     let (tx, rx) = mpsc::channel(QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = oneshot::channel();
@@ -167,6 +161,24 @@ pub fn start(url: &str, instance: &str) -> Result<(Queue, Finished), Error> {
         .recv()
         .map_err(|_| Error::Start("the export thread stopped".into()))??;
     Ok((Queue { tx, dropped }, Finished(done_rx)))
+}
+
+/// What every span is from: `service.name` from `OTEL_SERVICE_NAME` or
+/// `OTEL_RESOURCE_ATTRIBUTES` when either names one, else
+/// `sluice-dataplane`; `service.instance.id` the dataplane's name.
+fn resource(instance: &str) -> Resource {
+    let instance = KeyValue::new("service.instance.id", instance.to_string());
+    let detected = Resource::builder().with_attribute(instance.clone()).build();
+    let named = detected
+        .get(&Key::new("service.name"))
+        .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+    if named {
+        return detected;
+    }
+    Resource::builder()
+        .with_service_name("sluice-dataplane")
+        .with_attribute(instance)
+        .build()
 }
 
 /// The OTLP exporter of `endpoint`, built inside the thread's runtime (the
