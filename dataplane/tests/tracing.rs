@@ -188,11 +188,14 @@ async fn with_tracing_off_the_headers_pass_through_untouched_and_none_is_added()
     dp.shutdown().await;
 }
 
+/// A span as the collector got it, with its resource's attributes.
+type Received = (Vec<KeyValue>, Span);
+
 /// An OTLP/HTTP collector on loopback: takes `POST /v1/traces`
 /// (protobuf) and keeps every span with its resource's attributes.
 struct Collector {
     addr: SocketAddr,
-    spans: Arc<Mutex<Vec<(Vec<KeyValue>, Span)>>>,
+    spans: Arc<Mutex<Vec<Received>>>,
     task: JoinHandle<()>,
 }
 
@@ -225,7 +228,7 @@ impl Collector {
         Self { addr, spans, task }
     }
 
-    fn span_of(&self, trace_id: &[u8]) -> Option<(Vec<KeyValue>, Span)> {
+    fn span_of(&self, trace_id: &[u8]) -> Option<Received> {
         let spans = self.spans.lock().expect("lock");
         spans.iter().find(|(_, s)| s.trace_id == trace_id).cloned()
     }
@@ -233,7 +236,7 @@ impl Collector {
 
 async fn collect(
     req: Request<Incoming>,
-    kept: &Mutex<Vec<(Vec<KeyValue>, Span)>>,
+    kept: &Mutex<Vec<Received>>,
 ) -> Response<Full<Bytes>> {
     let wrong = |status| {
         let mut resp = Response::new(Full::new(Bytes::new()));
