@@ -427,7 +427,7 @@ impl Dataplane {
         // Every request has ended, and with it every handle on the span
         // queue: the exporter sends what is left, then stops.
         if let Some(exported) = self.spans_exported.take()
-            && tokio::time::timeout(TASKS_GRACE, exported.wait())
+            && tokio::time::timeout(TASKS_GRACE, exported.flush())
                 .await
                 .is_err()
         {

@@ -234,10 +234,7 @@ impl Collector {
     }
 }
 
-async fn collect(
-    req: Request<Incoming>,
-    kept: &Mutex<Vec<Received>>,
-) -> Response<Full<Bytes>> {
+async fn collect(req: Request<Incoming>, kept: &Mutex<Vec<Received>>) -> Response<Full<Bytes>> {
     let wrong = |status| {
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = status;

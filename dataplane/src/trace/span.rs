@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -186,9 +187,12 @@ impl Drop for Span {
 
 /// The instrumentation scope of every span: this crate.
 fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder("sluice-dataplane")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build()
+    static SCOPE: LazyLock<InstrumentationScope> = LazyLock::new(|| {
+        InstrumentationScope::builder("sluice-dataplane")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build()
+    });
+    SCOPE.clone()
 }
 
 /// The method as the conventions name it, when it is one of theirs.
