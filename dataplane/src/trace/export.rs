@@ -27,8 +27,10 @@ use opentelemetry::{Key, KeyValue};
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use opentelemetry_sdk::trace::SpanExporter as _;
 use tokio::sync::{mpsc, oneshot};
+
+use super::span::Span;
 
 /// Spans waiting for export at most; more are dropped.
 pub const QUEUE: usize = 4096;
@@ -71,13 +73,13 @@ pub enum Error {
 /// request's span.
 #[derive(Clone, Debug)]
 pub struct Queue {
-    tx: mpsc::Sender<SpanData>,
+    tx: mpsc::Sender<Box<Span>>,
     dropped: Arc<AtomicU64>,
 }
 
 impl Queue {
     /// Queues `span`, or drops and counts it when the queue is full.
-    pub fn push(&self, span: SpanData) {
+    pub fn push(&self, span: Box<Span>) {
         if self.tx.try_send(span).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -232,7 +234,7 @@ fn exporter(
 /// queue is empty; after `flush`, without waiting for batches to fill.
 async fn run(
     exporter: opentelemetry_otlp::SpanExporter,
-    mut rx: mpsc::Receiver<SpanData>,
+    mut rx: mpsc::Receiver<Box<Span>>,
     mut flush: oneshot::Receiver<()>,
     dropped: Arc<AtomicU64>,
 ) {
@@ -255,7 +257,8 @@ async fn run(
             batch.push(span);
         }
         let spans = batch.len();
-        match exporter.export(std::mem::take(&mut batch)).await {
+        let data = batch.drain(..).map(Span::data).collect();
+        match exporter.export(data).await {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!(spans, "exporting spans again");

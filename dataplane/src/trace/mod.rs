@@ -25,7 +25,7 @@ use std::time::SystemTime;
 use http::Request;
 
 pub use context::{Parent, Propagated, SpanId, TraceId};
-pub use span::{Span, Traced};
+pub use span::{Recording, Span, Traced};
 
 /// How tracing runs (present: on).
 #[derive(Clone, Debug, PartialEq)]
@@ -52,7 +52,7 @@ pub struct Begun {
     /// What the endpoint gets.
     pub outgoing: Propagated,
     /// The proxy's span, when it is recorded and exported.
-    pub span: Option<Box<Span>>,
+    pub span: Option<Recording>,
 }
 
 impl Tracer {
@@ -83,14 +83,12 @@ impl Tracer {
             },
         };
         let span = match &self.queue {
-            Some(queue) if outgoing.sampled => Some(Box::new(Span::start(
-                req,
-                peer,
-                SystemTime::now(),
-                outgoing,
-                parent.map(|p| p.span_id),
-                queue.clone(),
-            ))),
+            Some(queue) if outgoing.sampled => {
+                let start = SystemTime::now();
+                let parent = parent.map(|p| p.span_id);
+                let span = Span::start(req, peer, start, outgoing, parent);
+                Some(Recording::new(span, queue.clone()))
+            }
             _ => None,
         };
         Begun { outgoing, span }
