@@ -11,7 +11,8 @@
 //! Fields: `method`, `host`, `path`, `version`, `status`, `pool` (empty when
 //! no pool matched), `endpoint` (empty when Sluice answered itself),
 //! `duration_ms`, `bytes` (response body bytes sent), `client` (peer IP),
-//! `user_agent`.
+//! `user_agent`, `trace_id` (the W3C trace id, 32 hex digits; empty when
+//! tracing is off).
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -23,6 +24,7 @@ use http::{Method, Request, Response, Version, header};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::table::{Table, normalize_host};
+use crate::trace::TraceId;
 
 /// The target of access-log events, for filtering (`RUST_LOG=sluice::access=off`).
 pub const TARGET: &str = "sluice::access";
@@ -41,6 +43,7 @@ pub struct Entry {
     pool: String,
     endpoint: Option<SocketAddr>,
     bytes: u64,
+    trace_id: Option<TraceId>,
 }
 
 impl Entry {
@@ -69,7 +72,13 @@ impl Entry {
             pool: String::new(),
             endpoint: None,
             bytes: 0,
+            trace_id: None,
         })
+    }
+
+    /// Records the trace the request belongs to.
+    pub fn set_trace_id(&mut self, trace_id: TraceId) {
+        self.trace_id = Some(trace_id);
     }
 
     /// Records the response head: its status, the endpoint that answered
@@ -86,6 +95,7 @@ impl Entry {
 impl Drop for Entry {
     fn drop(&mut self) {
         let endpoint = self.endpoint.map(|e| e.to_string()).unwrap_or_default();
+        let trace_id = self.trace_id.map(|t| t.to_string()).unwrap_or_default();
         tracing::info!(
             target: TARGET,
             method = %self.method,
@@ -99,6 +109,7 @@ impl Drop for Entry {
             bytes = self.bytes,
             client = %self.client,
             user_agent = %self.user_agent,
+            trace_id = %trace_id,
             "request"
         );
     }

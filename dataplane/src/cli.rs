@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::listener::{self, Limits};
+use crate::trace::Settings as TracingSettings;
 use crate::{Options, Source};
 
 /// The Sluice L7 proxy.
@@ -96,6 +97,15 @@ pub struct RunArgs {
     /// How long a client may take to send a request head (408) or a TLS handshake before the connection closes.
     #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// Propagate W3C trace context: each request's endpoint gets a `traceparent` naming the proxy's span (on with --tracing-otlp-endpoint too).
+    #[arg(long, env = "SLUICE_TRACING")]
+    pub tracing: bool,
+    /// Turn tracing on and export spans over OTLP/HTTP (protobuf) to this URL, e.g. http://otel-collector:4318 (/v1/traces is added to a URL without a path).
+    #[arg(long, env = "SLUICE_TRACING_OTLP_ENDPOINT", value_name = "URL", value_parser = parse_otlp_endpoint)]
+    pub tracing_otlp_endpoint: Option<String>,
+    /// Share of new traces (requests without a valid traceparent) that are recorded, from 0 to 1; a request with one follows its sampled flag.
+    #[arg(long, env = "SLUICE_TRACING_SAMPLE_RATIO", value_name = "RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    pub tracing_sample_ratio: f64,
 }
 
 /// A listener address, or none (`off`).
@@ -143,6 +153,24 @@ pub enum LogFormat {
     Json,
 }
 
+fn parse_otlp_endpoint(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    crate::trace::export::traces_url(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a ratio: give a number from 0 to 1, e.g. 0.1 to record one new trace in ten"
+        )),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<sluice_protocol::Duration>()
         .map(|d| d.get())
@@ -180,8 +208,23 @@ impl RunArgs {
             access_log: self.access_log,
             report_interval: crate::report::INTERVAL,
             workers: 1,
+            tracing: tracing(
+                self.tracing,
+                self.tracing_otlp_endpoint,
+                self.tracing_sample_ratio,
+            ),
         })
     }
+}
+
+/// Tracing settings: on with `--tracing` or an OTLP endpoint (an empty
+/// one is none, as a Helm value left blank gives).
+fn tracing(on: bool, endpoint: Option<String>, sample_ratio: f64) -> Option<TracingSettings> {
+    let otlp_endpoint = endpoint.filter(|e| !e.is_empty());
+    (on || otlp_endpoint.is_some()).then_some(TracingSettings {
+        sample_ratio,
+        otlp_endpoint,
+    })
 }
 
 #[cfg(test)]
@@ -291,5 +334,46 @@ mod tests {
         assert_eq!(opts.drain_delay, Duration::ZERO);
         assert_eq!(opts.limits.max_headers, 50);
         assert!(opts.access_log);
+    }
+
+    #[test]
+    fn tracing_is_off_unless_asked_and_one_endpoint_turns_it_on() {
+        let opts = |args: &[&str]| {
+            let mut all = vec!["--config", "a.yaml"];
+            all.extend_from_slice(args);
+            parse(&all).map(|cli| cli.run.options(None).expect("options").tracing)
+        };
+        assert_eq!(opts(&[]).expect("defaults"), None);
+        assert_eq!(opts(&["--tracing-otlp-endpoint", ""]).expect("blank"), None);
+        let on = opts(&["--tracing"]).expect("propagation only");
+        assert_eq!(
+            on,
+            Some(TracingSettings {
+                sample_ratio: 1.0,
+                otlp_endpoint: None
+            })
+        );
+        let exported = opts(&[
+            "--tracing-otlp-endpoint",
+            "http://otel-collector:4318",
+            "--tracing-sample-ratio",
+            "0.25",
+        ])
+        .expect("export");
+        assert_eq!(
+            exported,
+            Some(TracingSettings {
+                sample_ratio: 0.25,
+                otlp_endpoint: Some("http://otel-collector:4318".into())
+            })
+        );
+        for bad in [
+            &["--tracing-sample-ratio", "1.5"][..],
+            &["--tracing-sample-ratio", "ten percent"],
+            &["--tracing-otlp-endpoint", "otel-collector:4318"],
+        ] {
+            let e = opts(bad).expect_err("refused").to_string();
+            assert!(e.contains(bad[1]), "{e}");
+        }
     }
 }

@@ -10,6 +10,8 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Uri, Version};
 
+use crate::trace::context::{Propagated, TRACEPARENT, TRACESTATE};
+
 const HOPS: usize = 8;
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1,
@@ -100,6 +102,8 @@ pub struct Forwarded {
     https: bool,
     /// The host the request was routed by.
     host: Option<HeaderValue>,
+    /// The request's `traceparent` when tracing is on.
+    trace: Option<Propagated>,
 }
 
 impl Forwarded {
@@ -124,6 +128,9 @@ impl Forwarded {
             out.extend_from_slice(host.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        if let Some(trace) = &self.trace {
+            trace.write(out);
+        }
     }
 }
 
@@ -135,12 +142,15 @@ impl Forwarded {
 /// for the encoder to write — the client appended to the
 /// `X-Forwarded-For` chain, `X-Forwarded-Proto` saying whether it came
 /// over TLS, `X-Forwarded-Host` the routed host. An upgrade request
-/// (WebSocket) keeps its `Upgrade` and `Connection: upgrade`.
+/// (WebSocket) keeps its `Upgrade` and `Connection: upgrade`. With
+/// `trace` (tracing on), the client's `traceparent` is replaced by the
+/// proxy's, and its `tracestate` kept only when that trace goes on.
 pub fn request(
     parts: &mut Parts,
     client: IpAddr,
     original_host: Option<RoutedHost>,
     https: bool,
+    trace: Option<Propagated>,
 ) -> Forwarded {
     let path_and_query = parts
         .uri
@@ -179,11 +189,18 @@ pub fn request(
     {
         headers.insert(header::HOST, host.value.clone());
     }
+    if let Some(trace) = &trace {
+        headers.remove(TRACEPARENT);
+        if !trace.keeps_state {
+            headers.remove(TRACESTATE);
+        }
+    }
     Forwarded {
         prior,
         client,
         https,
         host: original_host.map(|h| h.value),
+        trace,
     }
 }
 
@@ -283,7 +300,7 @@ mod tests {
             value: HeaderValue::from_static("shop.example.com:8080"),
             in_host_header: false,
         };
-        let forwarded = request(&mut parts, [192, 0, 2, 3].into(), Some(host), false);
+        let forwarded = request(&mut parts, [192, 0, 2, 3].into(), Some(host), false, None);
         assert_eq!(parts.uri, "/a/b?c=d");
         assert_eq!(parts.version, Version::HTTP_11);
         let h = &parts.headers;
@@ -303,6 +320,54 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_replaces_the_clients_traceparent_and_keeps_tracestate_only_if_it_goes_on() {
+        use crate::trace::{Propagated, SpanId, TraceId};
+        let client_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let head = || {
+            http::Request::get("/")
+                .header("host", "shop.example.com")
+                .header("traceparent", client_parent)
+                .header("tracestate", "congo=t61rcWkgMzE")
+                .body(())
+                .expect("request")
+                .into_parts()
+                .0
+        };
+        let ours = |keeps_state| Propagated {
+            trace_id: TraceId([0xab; 16]),
+            span_id: SpanId([0x01; 8]),
+            sampled: true,
+            keeps_state,
+        };
+        let written = |forwarded: Forwarded| {
+            let mut out = Vec::new();
+            forwarded.write(&mut out);
+            String::from_utf8(out).expect("ascii")
+        };
+        for keeps_state in [true, false] {
+            let mut parts = head();
+            let forwarded = request(
+                &mut parts,
+                [192, 0, 2, 3].into(),
+                None,
+                false,
+                Some(ours(keeps_state)),
+            );
+            assert!(!parts.headers.contains_key("traceparent"));
+            assert_eq!(parts.headers.contains_key("tracestate"), keeps_state);
+            assert!(written(forwarded).ends_with(
+                "traceparent: 00-abababababababababababababababab-0101010101010101-01\r\n"
+            ));
+        }
+        // Tracing off: both pass through in the map, nothing is added.
+        let mut parts = head();
+        let forwarded = request(&mut parts, [192, 0, 2, 3].into(), None, false, None);
+        assert_eq!(parts.headers["traceparent"], client_parent);
+        assert_eq!(parts.headers["tracestate"], "congo=t61rcWkgMzE");
+        assert!(!written(forwarded).contains("traceparent"));
+    }
+
+    #[test]
     fn forwarding_headers_from_the_client_are_replaced_not_repeated() {
         let (mut parts, ()) = http::Request::get("/")
             .header("host", "shop.example.com")
@@ -315,7 +380,7 @@ mod tests {
             value: HeaderValue::from_static("shop.example.com"),
             in_host_header: true,
         };
-        let forwarded = request(&mut parts, [192, 0, 2, 3].into(), Some(host), false);
+        let forwarded = request(&mut parts, [192, 0, 2, 3].into(), Some(host), false, None);
         assert_eq!(parts.headers.len(), 1, "{:?}", parts.headers);
         let mut out = Vec::new();
         forwarded.write(&mut out);

@@ -12,7 +12,8 @@
 //! (termination, certificates by SNI), [`upgrade`], [`access`] (the access
 //! log), [`stream`] and [`report`]
 //! (cluster mode), [`file`](mod@file) (standalone mode), [`persist`] (`--state-dir`),
-//! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`].
+//! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`], [`trace`](mod@trace)
+//! (W3C trace context and OTLP spans).
 
 pub mod access;
 pub mod activation;
@@ -42,6 +43,7 @@ pub mod state;
 pub mod stream;
 pub mod table;
 pub mod tls;
+pub mod trace;
 pub mod upgrade;
 pub mod upstream;
 pub mod workers;
@@ -118,6 +120,9 @@ pub struct Options {
     /// Threads serving traffic (at least 1): the calling runtime and
     /// `workers - 1` threads of their own ([`workers`]).
     pub workers: usize,
+    /// Trace context propagation and span export; `None`: off, and
+    /// `traceparent` passes through like any other header.
+    pub tracing: Option<trace::Settings>,
 }
 
 /// Why the dataplane could not start.
@@ -140,6 +145,9 @@ pub enum Error {
     /// A worker thread could not be started.
     #[error("cannot start a worker thread: {0}")]
     Worker(#[source] std::io::Error),
+    /// The span exporter could not start.
+    #[error(transparent)]
+    Tracing(#[from] trace::export::Error),
 }
 
 /// The task that keeps the table current, once the listeners are bound.
@@ -160,6 +168,9 @@ pub struct Dataplane {
     stop: watch::Sender<bool>,
     proxy_tasks: Vec<tokio::task::JoinHandle<()>>,
     tasks: JoinSet<()>,
+    /// The span exporter's end, awaited on shutdown so that the last spans
+    /// go out.
+    spans_exported: Option<trace::export::Finished>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
@@ -216,6 +227,20 @@ impl Dataplane {
         };
         let https_addr = https.as_ref().map(|(_, addr)| *addr);
         let (admin, admin_addr) = bind(opts.admin).await?;
+        let (tracer, spans_exported) = match &opts.tracing {
+            Some(settings) => {
+                let (queue, finished) = match &settings.otlp_endpoint {
+                    Some(url) => {
+                        let (queue, finished) = trace::export::start(url, &opts.name)?;
+                        (Some(queue), Some(finished))
+                    }
+                    None => (None, None),
+                };
+                let tracer = trace::Tracer::new(settings.sample_ratio, queue);
+                (Some(Arc::new(tracer)), finished)
+            }
+            None => (None, None),
+        };
 
         match source {
             None => {}
@@ -242,23 +267,39 @@ impl Dataplane {
         let proxy = Arc::new(Proxy::new(Arc::clone(&state)));
         // The access log's table handle; nothing extra per request when off.
         let log_state = opts.access_log.then(|| Arc::clone(&state));
+        // Likewise the tracer's: when off, `None`s all the way down.
+        let trace_state = tracer.map(|tracer| (tracer, Arc::clone(&state)));
         let handler = move |req: hyper::Request<front::ClientBody>, conn: &Conn| {
             let (proxy, conn) = (Arc::clone(&proxy), conn.clone());
-            let log = (log_state.as_ref())
+            let mut log = (log_state.as_ref())
                 .map(|state| (Arc::clone(state), access::Entry::start(&req, conn.peer)));
+            let trace = (trace_state.as_ref()).map(|(tracer, state)| {
+                let begun = tracer.begin(&req, conn.peer);
+                if let Some((_, entry)) = &mut log {
+                    entry.set_trace_id(begun.outgoing.trace_id);
+                }
+                (begun, Arc::clone(state))
+            });
             async move {
+                let outgoing = trace.as_ref().map(|(begun, _)| begun.outgoing);
                 // Not boxed: the front end polls it where it is built, in
                 // the connection's own task (hyper's path boxes it, see
                 // `listener`; measured: the box cost 700 instructions a
                 // request).
-                let handled = proxy.handle(req, conn.peer, conn.site.as_deref());
+                let handled = proxy.handle(req, conn.peer, conn.site.as_deref(), outgoing);
                 let resp = handled.await;
                 let entry = log.map(|(state, mut entry)| {
                     let (status, endpoint) = (resp.status().as_u16(), resp.body().endpoint());
                     entry.respond(status, endpoint, &state.table.load());
                     entry
                 });
-                access::Logged::wrap(resp, entry)
+                let span = trace.and_then(|(begun, state)| {
+                    let mut span = begun.span?;
+                    span.set_https(conn.site.is_some());
+                    span.respond(&resp, resp.body().endpoint(), &state.table.load());
+                    Some(span)
+                });
+                trace::Traced::wrap(access::Logged::wrap(resp, entry), span)
             }
         };
         let sites = https.as_ref().map(|_| {
@@ -331,6 +372,7 @@ impl Dataplane {
             stop,
             proxy_tasks,
             tasks,
+            spans_exported,
         })
     }
 
@@ -383,6 +425,15 @@ impl Dataplane {
             tracing::warn!("background tasks did not stop in time; aborting them");
         }
         self.tasks.shutdown().await;
+        // Every request has ended, and with it every handle on the span
+        // queue: the exporter sends what is left, then stops.
+        if let Some(exported) = self.spans_exported.take()
+            && tokio::time::timeout(TASKS_GRACE, exported.flush())
+                .await
+                .is_err()
+        {
+            tracing::warn!("the span exporter did not finish in time; its last spans may be lost");
+        }
     }
 }
 

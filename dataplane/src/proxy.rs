@@ -30,6 +30,7 @@ use crate::retry::{self, Failure, RequestTraits, idempotent};
 use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
 use crate::tls::{self, Site};
+use crate::trace::Propagated;
 use crate::upgrade;
 use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError};
 
@@ -193,12 +194,14 @@ pub struct Proxy {
     state: Arc<State>,
 }
 
-/// Where a request came from: the client, and the TLS site its connection
-/// negotiated (`None`: plain HTTP).
+/// Where a request came from: the client, the TLS site its connection
+/// negotiated (`None`: plain HTTP), and its place in a trace (`None`:
+/// tracing off).
 #[derive(Clone, Copy)]
 struct Origin<'a> {
     peer: SocketAddr,
     site: Option<&'a Site>,
+    trace: Option<Propagated>,
 }
 
 /// How a request ended, before its response went out.
@@ -242,12 +245,14 @@ impl Proxy {
     }
 
     /// Handles one request from `peer`, on a connection that negotiated
-    /// TLS `site` (`None`: plain HTTP).
+    /// TLS `site` (`None`: plain HTTP); `trace`: the `traceparent` the
+    /// endpoint gets (`None`: tracing off).
     pub async fn handle(
         &self,
         req: Request<ClientBody>,
         peer: SocketAddr,
         site: Option<&Site>,
+        trace: Option<Propagated>,
     ) -> Response<ProxyBody> {
         let table = self.state.table.load_full();
         let (raw_host, original_host) = match request_host(&req) {
@@ -279,7 +284,7 @@ impl Proxy {
             exchange.respond(429);
             return rate_limited(&pool.route.name, secs);
         }
-        let from = Origin { peer, site };
+        let from = Origin { peer, site, trace };
         self.dispatch(pool, exchange, req, original_host, from, None)
             .await
     }
@@ -299,7 +304,7 @@ impl Proxy {
         from: Origin<'_>,
         turn: Option<activation::Turn>,
     ) -> Response<ProxyBody> {
-        let Origin { peer, site } = from;
+        let Origin { peer, site, trace } = from;
         let name = &pool.route.name;
         let admitted = match pool.state.breaker.request() {
             Ok(held) => held,
@@ -326,7 +331,7 @@ impl Proxy {
         let upgrade = upgrade::take(&mut parts);
         let version = parts.version;
         let https = site.is_some();
-        let forwarded = forward::request(&mut parts, peer.ip(), original_host, https);
+        let forwarded = forward::request(&mut parts, peer.ip(), original_host, https, trace);
         let limit = pool.policy.request_timeout;
         let idle = pool.policy.upstream.idle();
         let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::default()));
@@ -426,7 +431,7 @@ impl Proxy {
                     // The pool left the table: route the request afresh.
                     None => {
                         drop((pending, turn));
-                        self.handle(req, from.peer, from.site).await
+                        self.handle(req, from.peer, from.site, from.trace).await
                     }
                 },
             }

@@ -257,6 +257,7 @@ pub fn options(source: Source) -> Options {
         access_log: false,
         report_interval: sluice_dataplane::report::INTERVAL,
         workers: 1,
+        tracing: None,
     }
 }
 
