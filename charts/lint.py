@@ -158,7 +158,8 @@ NO_TLS = {"streamTLS": {"enabled": False}, "auth": {"tokenExpirationSeconds": 72
 OPERATIONS = {
     "controller": {"podDisruptionBudget": {"enabled": True}},
     "dataplane": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12,
-                                  "targetMemoryUtilizationPercentage": 80}},
+                                  "targetMemoryUtilizationPercentage": 80},
+                  "tracing": {"otlpEndpoint": "http://otel-collector.observability:4318", "sampleRatio": 0.1}},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
                 "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
                 "dashboard": {"enabled": True, "namespace": "monitoring"}},
@@ -612,6 +613,8 @@ def pre_stop_seconds(c: dict) -> int:
 def check_defaults(docs: list[dict], notes: str):
     check_contract(docs, "sluice", NAMESPACE)
     objs = index(docs)
+    dp_env = [e["name"] for e in container(objs[("Deployment", "sluice-dataplane")]).get("env", [])]
+    expect(not any(n.startswith("SLUICE_TRACING") for n in dp_env), f"tracing is off by default: {dp_env}")
     want = {("Deployment", "sluice-controller"), ("Deployment", "sluice-dataplane"),
             ("Service", "sluice-controller"), ("Service", "sluice-dataplane"), ("Service", "sluice-dataplane-admin"),
             ("ServiceAccount", "sluice-controller"), ("ServiceAccount", "sluice-dataplane"),
@@ -1036,6 +1039,13 @@ def check_operations(docs: list[dict], notes: str):
     objs = index(docs)
     ctl, dp = objs[("Deployment", "sluice-controller")], objs[("Deployment", "sluice-dataplane")]
     metrics = code_metrics()
+
+    # Tracing: the dataplane's own variables (docs/cli.md), on only when asked.
+    env = {e["name"]: e.get("value") for e in container(dp).get("env", [])}
+    expect(env.get("SLUICE_TRACING") == "true"
+           and env.get("SLUICE_TRACING_OTLP_ENDPOINT") == "http://otel-collector.observability:4318"
+           and env.get("SLUICE_TRACING_SAMPLE_RATIO") == "0.1",
+           f"dataplane tracing env {env}")
 
     # ServiceMonitor: exactly the two Services with the admin port.
     sm = objs[("ServiceMonitor", "sluice")]
