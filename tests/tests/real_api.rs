@@ -129,5 +129,11 @@ async fn invalid_pools_and_triggers_are_refused_with_the_crds_messages() -> anyh
             )
             .await?;
     }
+    // RBAC is on: a ServiceAccount with no role may not read them.
+    let sa = cp.client_for("default", "default").await?;
+    match api(&sa, "BackendPool").list(&Default::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+        other => panic!("a ServiceAccount without a role listed BackendPools: {other:?}"),
+    }
     Ok(())
 }

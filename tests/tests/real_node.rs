@@ -37,6 +37,13 @@ async fn a_deleted_pod_drains_through_prestop_and_is_replaced_without_failed_req
 
     let victim = echo.iter().next().cloned().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let victim_ip = pods
+        .get(&victim)
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .unwrap_or_default();
+    let victim_addr: std::net::SocketAddr = format!("{victim_ip}:8080").parse()?;
     pods.delete(&victim, &DeleteParams::default()).await?;
 
     // While its preStop runs: terminating, not ready, still serving.
@@ -72,6 +79,23 @@ async fn a_deleted_pod_drains_through_prestop_and_is_replaced_without_failed_req
         conditions.serving,
         Some(true),
         "it serves during its preStop: {conditions:?}"
+    );
+    // The preStop hook (10 s) holds SIGTERM back: a second after the pod
+    // was published as terminating, it still answers (without the hook it
+    // would have stopped at once).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let direct = HttpClient::new()
+        .get(victim_addr, app::HOST, "/")
+        .await
+        .map_err(|e| {
+            e.context(
+                "the terminating pod no longer answers: its preStop did not hold SIGTERM back",
+            )
+        })?;
+    assert_eq!(
+        direct.body.trim(),
+        victim,
+        "the terminating pod answers directly"
     );
 
     wait::until(

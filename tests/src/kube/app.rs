@@ -19,7 +19,7 @@ pub const HOST: &str = "web.example.com";
 
 /// `replicas` echo pods (`sluice.test/echo`, answering with their pod
 /// name) as Deployment `web` in `default`, Service `web` and BackendPool
-/// `web` for [`HOST`] over it. A deleted pod keeps serving for 2 s in its
+/// `web` for [`HOST`] over it. A deleted pod keeps serving for 10 s in its
 /// preStop hook (while the endpointslice controller marks it terminating),
 /// then stops on SIGTERM.
 pub fn echo_pool_yaml(replicas: u32) -> String {
@@ -44,8 +44,8 @@ spec:
           ports: [{{name: http, containerPort: 8080}}]
           readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
           lifecycle:
-            preStop: {{exec: {{command: ["echo", "sleep", "2"]}}}}
-      terminationGracePeriodSeconds: 10
+            preStop: {{exec: {{command: ["echo", "sleep", "10"]}}}}
+      terminationGracePeriodSeconds: 20
 ---
 apiVersion: v1
 kind: Service

@@ -15,6 +15,8 @@ mod container;
 mod hosts;
 pub mod network;
 mod pod;
+mod probe;
+mod status;
 mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};

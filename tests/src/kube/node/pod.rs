@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod, Probe};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -18,6 +18,8 @@ use tokio::sync::watch;
 use super::Shared;
 use super::container;
 use super::network::Netns;
+use super::probe::ProbeState;
+use super::status::pod_status;
 use super::volumes::{self, Mount};
 use crate::kube::process::Proc;
 
@@ -51,70 +53,22 @@ pub fn now() -> String {
         .to_string()
 }
 
-/// A probe's schedule and counts.
-struct ProbeState {
-    probe: Probe,
-    next: Instant,
-    successes: i32,
-    failures: i32,
-}
-
-impl ProbeState {
-    fn new(probe: &Option<Probe>, started: Instant) -> Option<ProbeState> {
-        let probe = probe.clone()?;
-        let delay = probe.initial_delay_seconds.unwrap_or(0).max(0) as u64;
-        Some(ProbeState {
-            probe,
-            next: started + Duration::from_secs(delay),
-            successes: 0,
-            failures: 0,
-        })
-    }
-
-    /// Runs the probe if due; `Some(passed by its thresholds)` when it ran.
-    async fn run(&mut self, ip: Ipv4Addr, c: &Container, was: bool) -> Option<bool> {
-        if Instant::now() < self.next {
-            return None;
-        }
-        let p = &self.probe;
-        self.next =
-            Instant::now() + Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
-        let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
-        let ok = match &p.http_get {
-            Some(action) => container::http_get(ip, c, action, timeout).await,
-            None => false,
-        };
-        if ok {
-            self.successes += 1;
-            self.failures = 0;
-        } else {
-            self.failures += 1;
-            self.successes = 0;
-        }
-        Some(if was {
-            self.failures < p.failure_threshold.unwrap_or(3)
-        } else {
-            self.successes >= p.success_threshold.unwrap_or(1)
-        })
-    }
-}
-
 /// A container and its process.
-struct Running {
-    spec: Container,
+pub struct Running {
+    pub(super) spec: Container,
     env: BTreeMap<String, String>,
     prog: PathBuf,
     argv: Vec<String>,
-    proc: Option<Proc>,
-    restarts: i32,
-    started_at: Option<String>,
+    pub(super) proc: Option<Proc>,
+    pub(super) restarts: i32,
+    pub(super) started_at: Option<String>,
     started: Instant,
     next_start: Instant,
-    ready: bool,
+    pub(super) ready: bool,
     live: bool,
     readiness: Option<ProbeState>,
     liveness: Option<ProbeState>,
-    exit: Option<i32>,
+    pub(super) exit: Option<i32>,
 }
 
 /// A pod's resources on the node; removed on drop.
@@ -526,42 +480,4 @@ fn supported(pod: &Pod) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn pod_status(
-    containers: &[Running],
-    ip: &Ipv4Addr,
-    shared: &Shared,
-    start_time: &str,
-    ready: bool,
-    ready_since: &str,
-    done: bool,
-) -> Value {
-    let flag = |b: bool| if b { "True" } else { "False" };
-    let statuses: Vec<Value> = containers
-        .iter()
-        .map(|r| {
-            let state = match (&r.proc, r.exit) {
-                (Some(_), _) => json!({"running": {"startedAt": r.started_at}}),
-                (None, Some(code)) => json!({"terminated": {"exitCode": code, "reason": if code == 0 {"Completed"} else {"Error"}}}),
-                (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
-            };
-            json!({"name": r.spec.name, "image": r.spec.image, "imageID": "", "containerID": format!("sluice-node://{}", r.spec.name),
-                   "ready": r.ready && r.proc.is_some(), "started": r.proc.is_some(), "restartCount": r.restarts, "state": state})
-        })
-        .collect();
-    json!({"status": {
-        "phase": if done { "Succeeded" } else { "Running" },
-        "hostIP": shared.net.gateway().to_string(),
-        "podIP": ip.to_string(),
-        "podIPs": [{"ip": ip.to_string()}],
-        "startTime": start_time,
-        "conditions": [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": start_time},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": start_time},
-            {"type": "ContainersReady", "status": flag(ready), "lastTransitionTime": ready_since},
-            {"type": "Ready", "status": flag(ready), "lastTransitionTime": ready_since},
-        ],
-        "containerStatuses": statuses,
-    }})
 }
