@@ -96,6 +96,9 @@ pub struct RunArgs {
     /// How long a client may take to send a request head (408) or a TLS handshake before the connection closes.
     #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// Connections each listener lets the kernel queue before they are accepted (capped by net.core.somaxconn).
+    #[arg(long, env = "SLUICE_LISTEN_BACKLOG", default_value_t = listener::LISTEN_BACKLOG, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    pub listen_backlog: u32,
 }
 
 /// A listener address, or none (`off`).
@@ -171,6 +174,7 @@ impl RunArgs {
             access_log: self.access_log,
             report_interval: crate::report::INTERVAL,
             workers: 1,
+            listen_backlog: self.listen_backlog,
         })
     }
 }
@@ -232,6 +236,7 @@ mod tests {
         assert_eq!(opts.https, Some("0.0.0.0:8443".parse().expect("addr")));
         assert_eq!(opts.drain_delay, Duration::from_secs(5));
         assert_eq!(opts.limits, Limits::default());
+        assert_eq!(opts.listen_backlog, listener::LISTEN_BACKLOG);
         assert!(!opts.access_log);
         let opts = parse(&[
             "--config",
@@ -252,5 +257,10 @@ mod tests {
         assert_eq!(opts.drain_delay, Duration::ZERO);
         assert_eq!(opts.limits.max_headers, 50);
         assert!(opts.access_log);
+        let backlog = |v: &str| parse(&["--config", "a.yaml", "--listen-backlog", v]);
+        let opts = backlog("65535").expect("a backlog").run.options(None);
+        assert_eq!(opts.expect("options").listen_backlog, 65535);
+        assert!(backlog("0").is_err(), "a listener must queue something");
+        assert!(backlog("-1").is_err());
     }
 }

@@ -117,6 +117,9 @@ pub struct Options {
     /// Threads serving traffic (at least 1): the calling runtime and
     /// `workers - 1` threads of their own ([`workers`]).
     pub workers: usize,
+    /// Connections each listener (HTTP, HTTPS, admin) lets the kernel
+    /// queue before they are accepted; see [`listener::LISTEN_BACKLOG`].
+    pub listen_backlog: u32,
 }
 
 /// Why the dataplane could not start.
@@ -161,10 +164,8 @@ pub struct Dataplane {
     tasks: JoinSet<()>,
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|error| Error::Bind { addr, error })?;
+fn bind(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), Error> {
+    let listener = listener::bind(addr, backlog).map_err(|error| Error::Bind { addr, error })?;
     let local = listener
         .local_addr()
         .map_err(|error| Error::Bind { addr, error })?;
@@ -208,13 +209,14 @@ impl Dataplane {
                 Some(Background::Controller(conn))
             }
         };
-        let (http, http_addr) = bind(opts.http).await?;
+        let backlog = opts.listen_backlog;
+        let (http, http_addr) = bind(opts.http, backlog)?;
         let https = match opts.https {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, backlog)?),
             None => None,
         };
         let https_addr = https.as_ref().map(|(_, addr)| *addr);
-        let (admin, admin_addr) = bind(opts.admin).await?;
+        let (admin, admin_addr) = bind(opts.admin, backlog)?;
 
         match source {
             None => {}
@@ -246,8 +248,9 @@ impl Dataplane {
             let log = (log_state.as_ref())
                 .map(|state| (Arc::clone(state), access::Entry::start(&req, conn.peer)));
             async move {
-                // Not boxed: the front end polls it where it is built, in
-                // the connection's own task (hyper's path boxes it, see
+                // Not boxed here: the front end keeps it in a room its
+                // connections lend each other (`front::Spares`), so that a
+                // request allocates none (hyper's path boxes it, see
                 // `listener`; measured: the box cost 700 instructions a
                 // request).
                 let handled = proxy.handle(req, conn.peer, conn.site.as_deref());

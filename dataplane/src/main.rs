@@ -53,6 +53,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 access_log: false,
                 report_interval: sluice_dataplane::report::INTERVAL,
                 workers: 1,
+                listen_backlog: sluice_dataplane::listener::LISTEN_BACKLOG,
             };
             (opts, true)
         }

@@ -23,5 +23,6 @@ pub fn loopback(source: Source, name: &str) -> Options {
         access_log: false,
         report_interval: sluice_dataplane::report::INTERVAL,
         workers: 1,
+        listen_backlog: sluice_dataplane::listener::LISTEN_BACKLOG,
     }
 }

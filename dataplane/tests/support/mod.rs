@@ -252,6 +252,7 @@ pub fn options(source: Source) -> Options {
         access_log: false,
         report_interval: sluice_dataplane::report::INTERVAL,
         workers: 1,
+        listen_backlog: sluice_dataplane::listener::LISTEN_BACKLOG,
     }
 }
 
