@@ -192,6 +192,11 @@ impl Conn {
         if !self.buf.is_empty() || !self.io.rejoin() {
             return;
         }
+        if self.buf.capacity() > 2 * h1::READ_SIZE {
+            // Grown for a big body: an idle connection keeps only what a
+            // response head needs.
+            self.buf = BytesMut::new();
+        }
         self.since = Instant::now();
         let mut idle = endpoint.idle().lock().unwrap_or_else(|p| p.into_inner());
         idle.push(self);
