@@ -26,10 +26,10 @@ Everything goes to 127.0.0.1 only; every load is bounded in time (curl
 --max-time, wrk -d, h2load -D) and in count.
 """
 
-import asyncio
 import json
 import os
 import re
+import select
 import socket
 import statistics
 import subprocess
@@ -284,66 +284,127 @@ def bodies(args):
 # --- the storm ------------------------------------------------------------
 
 
-async def one_client(port, conns, stats):
-    start = time.monotonic()
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
-    except (OSError, asyncio.TimeoutError):
-        stats["errors"] += 1
-        return
-    connected = time.monotonic() - start
-    # A SYN that was dropped is sent again after 1 s (Linux's initial RTO).
-    if connected >= 0.9:
-        stats["retried"] += 1
-    try:
-        writer.write(b"GET / HTTP/1.1\r\nHost: storm.bench\r\n\r\n")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-        if not head.startswith(b"HTTP/1.1 200") or not m:
-            raise OSError("bad response")
-        await asyncio.wait_for(reader.readexactly(int(m.group(1))), 30)
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-        stats["errors"] += 1
-        writer.close()
-        return
-    stats["served"] += 1
-    stats["last"] = max(stats["last"], time.monotonic())
-    conns.append(writer)
-
-
-def nstat_drops():
-    out = subprocess.run(["nstat", "-az", "TcpExtListenOverflows", "TcpExtListenDrops"],
-                         capture_output=True, text=True).stdout
+def nstat(*names):
+    out = subprocess.run(["nstat", "-az", *names], capture_output=True, text=True).stdout
     total = {}
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith("TcpExt"):
+        if len(parts) >= 2 and parts[0] in names:
             total[parts[0]] = int(parts[1])
     return total
 
 
-async def storm_round(port, n, pid):
-    conns, stats = [], {"errors": 0, "retried": 0, "served": 0, "last": 0.0}
-    rss_before = measure.status_kib(pid, "VmRSS")
-    drops0 = nstat_drops()
+STORM_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPSynRetrans")
+REQUEST = b"GET / HTTP/1.1\r\nHost: storm.bench\r\n\r\n"
+
+
+def burst(port, n, limit_s=60):
+    """Opens n non-blocking connections at once, sends one GET on each as it
+    connects, reads each answer (Content-Length framed). Returns the open
+    sockets, how many were served, how many failed, and the time from the
+    first connect to the last answer. One epoll loop: fast enough that the
+    client, not its own scheduling, is what the proxy sees."""
+    ep = select.epoll()
+    socks, state = {}, {}
     start = time.monotonic()
-    await asyncio.gather(*(one_client(port, conns, stats) for _ in range(n)))
-    served_in = (stats["last"] or time.monotonic()) - start
-    drops1 = nstat_drops()
-    await asyncio.sleep(1.0)
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        socks[s.fileno()] = s
+        state[s.fileno()] = b""
+        ep.register(s.fileno(), select.EPOLLOUT)
+    served, failed, last = [], 0, start
+    pending = n
+    deadline = start + limit_s
+    while pending and time.monotonic() < deadline:
+        for fd, ev in ep.poll(0.5):
+            s = socks[fd]
+            if ev & select.EPOLLERR:
+                failed += 1
+                pending -= 1
+                ep.unregister(fd)
+                s.close()
+                del socks[fd]
+                continue
+            if ev & select.EPOLLOUT:
+                try:
+                    s.send(REQUEST)
+                except OSError:
+                    failed += 1
+                    pending -= 1
+                    ep.unregister(fd)
+                    s.close()
+                    del socks[fd]
+                    continue
+                ep.modify(fd, select.EPOLLIN)
+                continue
+            try:
+                got = s.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                got = b""
+            if not got:
+                failed += 1
+                pending -= 1
+                ep.unregister(fd)
+                s.close()
+                del socks[fd]
+                continue
+            buf = state[fd] + got
+            state[fd] = buf
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                continue
+            m = re.search(rb"(?i)content-length:\s*(\d+)", buf[:end])
+            if not buf.startswith(b"HTTP/1.1 200") or not m:
+                failed += 1
+            elif len(buf) >= end + 4 + int(m.group(1)):
+                served.append(s)
+            else:
+                continue
+            pending -= 1
+            last = time.monotonic()
+            ep.unregister(fd)
+    failed += pending
+    ep.close()
+    return served, failed, last - start
+
+
+def storm_round(port, n, pid):
+    """A burst of n connections at once (closed again), then n idle ones
+    opened 100 at a time, so that what they hold is an idle connection's
+    cost rather than that of n requests in flight."""
+    rss_before = measure.status_kib(pid, "VmRSS")
+    c0 = nstat(*STORM_COUNTERS)
+    served, failed, took = burst(port, n)
+    c1 = nstat(*STORM_COUNTERS)
+    burst_served = len(served)
+    time.sleep(1.0)
+    rss_burst = measure.status_kib(pid, "VmRSS")
+    for s in served:
+        s.close()
+    time.sleep(2.0)
+    rss_closed = measure.status_kib(pid, "VmRSS")
+    idle, idle_failed = [], 0
+    while len(idle) + idle_failed < n:
+        got, bad, _ = burst(port, min(100, n - len(idle) - idle_failed))
+        idle += got
+        idle_failed += bad
+    time.sleep(1.0)
     rss_idle = measure.status_kib(pid, "VmRSS")
-    for w in conns:
-        w.close()
-    await asyncio.gather(*(w.wait_closed() for w in conns), return_exceptions=True)
-    await asyncio.sleep(2.0)
+    for s in idle:
+        s.close()
+    time.sleep(2.0)
     rss_after = measure.status_kib(pid, "VmRSS")
+    d = {k: c1.get(k, 0) - c0.get(k, 0) for k in STORM_COUNTERS}
     return {
-        "served": stats["served"], "errors": stats["errors"], "retried": stats["retried"],
-        "seconds": served_in,
-        "overflows": drops1.get("TcpExtListenOverflows", 0) - drops0.get("TcpExtListenOverflows", 0),
-        "drops": drops1.get("TcpExtListenDrops", 0) - drops0.get("TcpExtListenDrops", 0),
-        "rss_before_kib": rss_before, "rss_idle_kib": rss_idle, "rss_after_kib": rss_after,
-        "idle_bytes_per_conn": (rss_idle - rss_before) * 1024 / max(stats["served"], 1),
+        "served": burst_served, "errors": failed + idle_failed, "retried": d["TcpExtTCPSynRetrans"],
+        "seconds": took, "overflows": d["TcpExtListenOverflows"], "drops": d["TcpExtListenDrops"],
+        "rss_before_kib": rss_before, "rss_burst_kib": rss_burst, "rss_closed_kib": rss_closed,
+        "rss_idle_kib": rss_idle, "rss_after_kib": rss_after,
+        "idle_bytes_per_conn": (rss_idle - rss_closed) * 1024 / max(len(idle), 1),
     }
 
 
@@ -357,13 +418,14 @@ def storm(args):
                 target = spec["targets"].get(name)
                 if not target:
                     continue
-                row = asyncio.run(storm_round(target["port"], n, target["pid"]))
+                row = storm_round(target["port"], n, target["pid"])
                 row.update({"round": rnd, "target": name})
                 out.write(json.dumps(row) + "\n")
                 out.flush()
                 print(f"bench: storm round {rnd} {name:8} served {row['served']} in {row['seconds']:.2f} s, "
-                      f"retried {row['retried']}, idle {row['idle_bytes_per_conn']:.0f} B/conn, "
-                      f"RSS {row['rss_before_kib']} -> {row['rss_idle_kib']} -> {row['rss_after_kib']} KiB",
+                      f"SYNs retried {row['retried']}, errors {row['errors']}, idle {row['idle_bytes_per_conn']:.0f} B/conn, "
+                      f"RSS {row['rss_before_kib']} -> burst {row['rss_burst_kib']} -> closed {row['rss_closed_kib']} "
+                      f"-> idle {row['rss_idle_kib']} -> closed {row['rss_after_kib']} KiB",
                       file=sys.stderr)
 
 
@@ -443,28 +505,31 @@ def report(args):
     srows = [json.loads(l) for l in open(storm_file)] if os.path.exists(storm_file) else []
     if srows:
         n = max(r["served"] + r["errors"] for r in srows)
-        print(f"\n## Connection storm ({n:,} connections at once, one request each, kept open)\n")
-        print("Time: from the first connect to the last response. Retried: connections whose "
-              "connect took ≥ 0.9 s (a dropped SYN is sent again after 1 s). Overflows: the "
-              "kernel's TcpExtListenOverflows during the burst (machine-wide). Idle B/conn: "
-              "(VmRSS with all connections open and idle − VmRSS before) ÷ connections. "
-              "RSS after: VmRSS 2 s after all were closed.\n")
-        print("| round | target | served | errors | time | retried | overflows | idle B/conn "
-              "| RSS before | RSS idle | RSS after |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print(f"\n## Connection storm ({n:,} connections at once, one request each)\n")
+        print("Burst: all connections opened at once, one `GET /` each; time from the first connect "
+              "to the last answer; SYNs retried: the kernel's TcpExtTCPSynRetrans during the burst "
+              "(a SYN the listener's full queue dropped is sent again after 1 s), overflows its "
+              "TcpExtListenOverflows (both machine-wide). Then as many idle keep-alive connections, "
+              "opened 100 at a time after one request each: idle B/conn is the VmRSS they added ÷ "
+              "connections. VmRSS before the round, 1 s after the burst, 2 s after its connections "
+              "closed, with the idle ones open, and 2 s after those closed.\n")
+        print("| round | target | served | errors | burst time | SYNs retried | overflows | idle B/conn "
+              "| RSS before | burst | closed | idle | closed |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        mib = lambda k: f"{k / 1024:.1f} MiB"
         for r in srows:
             print(f"| {r['round']} | {LABELS[r['target']]} | {r['served']:,} | {r['errors']} | "
                   f"{r['seconds']:.2f} s | {r['retried']} | {r['overflows']} | "
-                  f"{r['idle_bytes_per_conn']:,.0f} | {r['rss_before_kib'] / 1024:.1f} MiB | "
-                  f"{r['rss_idle_kib'] / 1024:.1f} MiB | {r['rss_after_kib'] / 1024:.1f} MiB |")
-        print("\n| median | time | retried | idle B/conn |")
-        print("|---|---:|---:|---:|")
+                  f"{r['idle_bytes_per_conn']:,.0f} | {mib(r['rss_before_kib'])} | {mib(r['rss_burst_kib'])} | "
+                  f"{mib(r['rss_closed_kib'])} | {mib(r['rss_idle_kib'])} | {mib(r['rss_after_kib'])} |")
+        print("\n| median over rounds | burst time | SYNs retried | idle B/conn | RSS after the last round |")
+        print("|---|---:|---:|---:|---:|")
         for t in ("nginx", "haproxy", "sluice"):
             sel = [r for r in srows if r["target"] == t]
             if sel:
                 print(f"| {LABELS[t]} | {med(r['seconds'] for r in sel):.2f} s | "
                       f"{med(r['retried'] for r in sel):.0f} | "
-                      f"{med(r['idle_bytes_per_conn'] for r in sel):,.0f} |")
+                      f"{med(r['idle_bytes_per_conn'] for r in sel):,.0f} | {mib(sel[-1]['rss_after_kib'])} |")
 
 
 def main(argv):

@@ -8,7 +8,8 @@
 //! [`activation`] (holding requests for a pool scaled to zero),
 //! [`policy`] with [`upstream`], [`retry`], [`breaker`] and [`ratelimit`]
 //! (per-pool clients, retries, timeouts, circuit breaker, rate limits),
-//! [`listener`] (serving with limits and graceful drain), [`tls`]
+//! [`listener`] (serving with limits and graceful drain), [`heap`] (memory
+//! a burst freed given back), [`tls`]
 //! (termination, certificates by SNI), [`upgrade`], [`access`] (the access
 //! log), [`stream`] and [`report`]
 //! (cluster mode), [`file`](mod@file) (standalone mode), [`persist`] (`--state-dir`),
@@ -28,6 +29,7 @@ pub mod front;
 pub mod h1;
 pub mod head_timeout;
 pub mod health;
+pub mod heap;
 pub mod listener;
 pub mod metrics;
 pub mod outlier;
@@ -240,6 +242,7 @@ impl Dataplane {
         }
         tasks.spawn(health::run(Arc::clone(&state), stop_rx.clone()));
         tasks.spawn(upstream::reap(Arc::clone(&state), stop_rx.clone()));
+        tasks.spawn(heap::run(stop_rx.clone()));
         let proxy = Arc::new(Proxy::new(Arc::clone(&state)));
         // The access log's table handle; nothing extra per request when off.
         let log_state = opts.access_log.then(|| Arc::clone(&state));

@@ -195,7 +195,7 @@ pub async fn serve<H, F, B>(
                     }
                 }
             }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(_) = conns.join_next(), if !conns.is_empty() => drain.closed(),
         }
     }
     drop(listener);
@@ -327,7 +327,10 @@ async fn serve_conn<I, H, F, B>(
 #[derive(Default)]
 struct Drain {
     signals: Vec<Weak<Signal>>,
+    /// Connections accepted, and closed, since the closed connections'
+    /// entries last went.
     accepted: usize,
+    closed: usize,
 }
 
 /// One connection's part in the drain.
@@ -343,13 +346,30 @@ impl Drain {
     /// A new connection's signal.
     fn signal(&mut self) -> Arc<Signal> {
         self.accepted += 1;
-        if self.accepted.is_multiple_of(1024) {
-            // The closed connections' entries go, in passing.
-            self.signals.retain(|s| s.strong_count() > 0);
+        if self.accepted >= 1024 {
+            self.sweep();
         }
         let signal = Arc::new(Signal::default());
         self.signals.push(Arc::downgrade(&signal));
         signal
+    }
+
+    /// A connection closed: after many, their entries go too, so that a
+    /// burst of connections, once closed, leaves nothing behind (a `Weak`
+    /// keeps its signal's allocation).
+    fn closed(&mut self) {
+        self.closed += 1;
+        if self.closed >= 1024 {
+            self.sweep();
+        }
+    }
+
+    fn sweep(&mut self) {
+        (self.accepted, self.closed) = (0, 0);
+        self.signals.retain(|s| s.strong_count() > 0);
+        if self.signals.capacity() > 2 * self.signals.len() + 1024 {
+            self.signals.shrink_to_fit();
+        }
     }
 
     /// Tells every open connection to finish.
