@@ -61,8 +61,9 @@ const GATHER: usize = 16 * 1024;
 /// frames) so that they go out in one write; a larger frame is written
 /// from its own bytes, with what was gathered in front of it in one
 /// vectored write. Copying every byte of a big body into the write buffer
-/// cost as much CPU as the kernel's own copies (a 1 GiB download ran at
-/// 0.45x nginx's MiB/s; see `bench/results/heavy.md`).
+/// cost as much CPU as the kernel's own copies: a 1 GiB download ran at
+/// 0.45x nginx's MiB/s, and at 1.3x with these writes and 64 KiB endpoint
+/// reads, at 0.68x nginx's CPU per MiB (`bench/results/heavy.md`).
 const COPY_MAX: usize = 4 * 1024;
 
 /// A client's request body: none (this path), or hyper's.
