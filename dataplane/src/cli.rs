@@ -106,6 +106,9 @@ pub struct RunArgs {
     /// Share of new traces (requests without a valid traceparent) that are recorded, from 0 to 1; a request with one follows its sampled flag.
     #[arg(long, env = "SLUICE_TRACING_SAMPLE_RATIO", value_name = "RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
     pub tracing_sample_ratio: f64,
+    /// Connections each listener lets the kernel queue before they are accepted (capped by net.core.somaxconn).
+    #[arg(long, env = "SLUICE_LISTEN_BACKLOG", default_value_t = listener::LISTEN_BACKLOG, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    pub listen_backlog: u32,
 }
 
 /// A listener address, or none (`off`).
@@ -213,6 +216,7 @@ impl RunArgs {
                 self.tracing_otlp_endpoint,
                 self.tracing_sample_ratio,
             ),
+            listen_backlog: self.listen_backlog,
         })
     }
 }
@@ -314,6 +318,7 @@ mod tests {
         assert_eq!(opts.https, Some("0.0.0.0:8443".parse().expect("addr")));
         assert_eq!(opts.drain_delay, Duration::from_secs(5));
         assert_eq!(opts.limits, Limits::default());
+        assert_eq!(opts.listen_backlog, listener::LISTEN_BACKLOG);
         assert!(!opts.access_log);
         let opts = parse(&[
             "--config",
@@ -334,6 +339,11 @@ mod tests {
         assert_eq!(opts.drain_delay, Duration::ZERO);
         assert_eq!(opts.limits.max_headers, 50);
         assert!(opts.access_log);
+        let backlog = |v: &str| parse(&["--config", "a.yaml", "--listen-backlog", v]);
+        let opts = backlog("65535").expect("a backlog").run.options(None);
+        assert_eq!(opts.expect("options").listen_backlog, 65535);
+        assert!(backlog("0").is_err(), "a listener must queue something");
+        assert!(backlog("-1").is_err());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! [`activation`] (holding requests for a pool scaled to zero),
 //! [`policy`] with [`upstream`], [`retry`], [`breaker`] and [`ratelimit`]
 //! (per-pool clients, retries, timeouts, circuit breaker, rate limits),
-//! [`listener`] (serving with limits and graceful drain), [`tls`]
+//! [`listener`] (serving with limits and graceful drain), [`heap`] (memory
+//! a burst freed given back), [`tls`]
 //! (termination, certificates by SNI), [`upgrade`], [`access`] (the access
 //! log), [`stream`] and [`report`]
 //! (cluster mode), [`file`](mod@file) (standalone mode), [`persist`] (`--state-dir`),
@@ -29,6 +30,7 @@ pub mod front;
 pub mod h1;
 pub mod head_timeout;
 pub mod health;
+pub mod heap;
 pub mod interim;
 pub mod listener;
 pub mod metrics;
@@ -123,6 +125,9 @@ pub struct Options {
     /// Trace context propagation and span export; `None`: off, and
     /// `traceparent` passes through like any other header.
     pub tracing: Option<trace::Settings>,
+    /// Connections each listener (HTTP, HTTPS, admin) lets the kernel
+    /// queue before they are accepted; see [`listener::LISTEN_BACKLOG`].
+    pub listen_backlog: u32,
 }
 
 /// Why the dataplane could not start.
@@ -173,10 +178,8 @@ pub struct Dataplane {
     spans_exported: Option<trace::export::Finished>,
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|error| Error::Bind { addr, error })?;
+fn bind(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), Error> {
+    let listener = listener::bind(addr, backlog).map_err(|error| Error::Bind { addr, error })?;
     let local = listener
         .local_addr()
         .map_err(|error| Error::Bind { addr, error })?;
@@ -220,13 +223,14 @@ impl Dataplane {
                 Some(Background::Controller(conn))
             }
         };
-        let (http, http_addr) = bind(opts.http).await?;
+        let backlog = opts.listen_backlog;
+        let (http, http_addr) = bind(opts.http, backlog)?;
         let https = match opts.https {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, backlog)?),
             None => None,
         };
         let https_addr = https.as_ref().map(|(_, addr)| *addr);
-        let (admin, admin_addr) = bind(opts.admin).await?;
+        let (admin, admin_addr) = bind(opts.admin, backlog)?;
         let (tracer, spans_exported) = match &opts.tracing {
             Some(settings) => {
                 let (queue, finished) = match &settings.otlp_endpoint {
@@ -264,6 +268,7 @@ impl Dataplane {
         }
         tasks.spawn(health::run(Arc::clone(&state), stop_rx.clone()));
         tasks.spawn(upstream::reap(Arc::clone(&state), stop_rx.clone()));
+        tasks.spawn(heap::run(stop_rx.clone()));
         let proxy = Arc::new(Proxy::new(Arc::clone(&state)));
         // The access log's table handle; nothing extra per request when off.
         let log_state = opts.access_log.then(|| Arc::clone(&state));
@@ -282,8 +287,9 @@ impl Dataplane {
             });
             async move {
                 let outgoing = trace.as_ref().map(|(begun, _)| begun.outgoing);
-                // Not boxed: the front end polls it where it is built, in
-                // the connection's own task (hyper's path boxes it, see
+                // Not boxed here: the front end keeps it in a room its
+                // connections lend each other (`front::Spares`), so that a
+                // request allocates none (hyper's path boxes it, see
                 // `listener`; measured: the box cost 700 instructions a
                 // request).
                 let handled = proxy.handle(req, conn.peer, conn.site.as_deref(), outgoing);

@@ -33,11 +33,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::front::{self, ClientBody, Rewind};
+use crate::front::{self, ClientBody, Rewind, Spares};
 use crate::head_timeout::{Activity, HeadTimeout};
 use crate::interim::{Informing, Interim};
 use crate::tls::{Site, Sites};
@@ -51,6 +51,27 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// hyper parse headers into a stack array; any other value costs a heap
 /// allocation per request.
 pub const MAX_HEADERS: usize = 100;
+
+/// Connections a listener lets the kernel queue before they are accepted,
+/// by default. tokio's (and the standard library's) 128 drops the SYNs of
+/// a burst of new connections (measured: a third of 10,000 opened at once,
+/// each then waiting at least a second for its retry); nginx's and
+/// HAProxy's practice on Linux is a backlog in the thousands. The kernel
+/// caps it at `net.core.somaxconn` (4096 by default since Linux 5.4).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket on `addr` with `backlog` (capped by the
+/// kernel), with `SO_REUSEADDR` as `TcpListener::bind` sets it, so that a
+/// restarted dataplane binds again while old connections linger.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
 
 /// What a client may send before its request is refused, per connection.
 /// Over the limits, hyper answers HTTP/1 requests itself: 431 for a head
@@ -131,6 +152,7 @@ pub async fn serve<H, F, B>(
 {
     let mut drain = Drain::default();
     let builder = Arc::new(builder(limits));
+    let spares = Arc::new(Spares::default());
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -147,11 +169,12 @@ pub async fn serve<H, F, B>(
                 let _ = stream.set_nodelay(true);
                 let (builder, handler, signal) =
                     (Arc::clone(&builder), handler.clone(), drain.signal());
+                let spares = Arc::clone(&spares);
                 match &tls {
                     None => {
                         let conn = Conn { peer, site: None };
                         let limit = Some(limits.header_read_timeout);
-                        conns.spawn(serve_conn(builder, stream, conn, limits, limit, handler, signal));
+                        conns.spawn(serve_conn(builder, stream, conn, limits, limit, handler, spares, signal));
                     }
                     Some(sites) => {
                         let sites = Arc::clone(sites);
@@ -164,7 +187,7 @@ pub async fn serve<H, F, B>(
                                     let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
                                     let limit = h1.then_some(timeout);
                                     let conn = Conn { peer, site: Some(site) };
-                                    serve_conn(builder, stream, conn, limits, limit, handler, signal).await;
+                                    serve_conn(builder, stream, conn, limits, limit, handler, spares, signal).await;
                                 }
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -173,7 +196,7 @@ pub async fn serve<H, F, B>(
                     }
                 }
             }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(_) = conns.join_next(), if !conns.is_empty() => drain.closed(),
         }
     }
     drop(listener);
@@ -210,6 +233,7 @@ async fn handshake(
 /// `head_timeout`: the request heads' deadline (408), `None` for HTTP/2 by
 /// ALPN. HTTP/1.1's plain requests are served by [`front`], the rest by
 /// hyper.
+#[allow(clippy::too_many_arguments)]
 async fn serve_conn<I, H, F, B>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: I,
@@ -217,6 +241,7 @@ async fn serve_conn<I, H, F, B>(
     limits: Limits,
     head_timeout: Option<Duration>,
     handler: H,
+    spares: Arc<Spares<F>>,
     signal: Arc<Signal>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -242,12 +267,14 @@ async fn serve_conn<I, H, F, B>(
             &mut buf,
             &conn,
             &handler,
+            &spares,
             &activity,
             &signal,
             max_head,
             max_headers,
-        );
-        if served.await == front::Next::Closed {
+        )
+        .await;
+        if served == front::Next::Closed {
             return;
         }
     }
@@ -277,7 +304,10 @@ async fn serve_conn<I, H, F, B>(
             Ok::<_, Infallible>(resp)
         }
     });
-    let mut served = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
+    // Boxed: hyper's connection state is kilobytes, and kept inline it
+    // would make every connection's task that big, idle ones included,
+    // when most connections never get here.
+    let mut served = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
     let mut told = false;
     let served = std::future::poll_fn(|cx| {
         if !told {
@@ -305,7 +335,10 @@ async fn serve_conn<I, H, F, B>(
 #[derive(Default)]
 struct Drain {
     signals: Vec<Weak<Signal>>,
+    /// Connections accepted, and closed, since the closed connections'
+    /// entries last went.
     accepted: usize,
+    closed: usize,
 }
 
 /// One connection's part in the drain.
@@ -321,13 +354,30 @@ impl Drain {
     /// A new connection's signal.
     fn signal(&mut self) -> Arc<Signal> {
         self.accepted += 1;
-        if self.accepted.is_multiple_of(1024) {
-            // The closed connections' entries go, in passing.
-            self.signals.retain(|s| s.strong_count() > 0);
+        if self.accepted >= 1024 {
+            self.sweep();
         }
         let signal = Arc::new(Signal::default());
         self.signals.push(Arc::downgrade(&signal));
         signal
+    }
+
+    /// A connection closed: after many, their entries go too, so that a
+    /// burst of connections, once closed, leaves nothing behind (a `Weak`
+    /// keeps its signal's allocation).
+    fn closed(&mut self) {
+        self.closed += 1;
+        if self.closed >= 1024 {
+            self.sweep();
+        }
+    }
+
+    fn sweep(&mut self) {
+        (self.accepted, self.closed) = (0, 0);
+        self.signals.retain(|s| s.strong_count() > 0);
+        if self.signals.capacity() > 2 * self.signals.len() + 1024 {
+            self.signals.shrink_to_fit();
+        }
     }
 
     /// Tells every open connection to finish.

@@ -54,6 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 report_interval: sluice_dataplane::report::INTERVAL,
                 workers: 1,
                 tracing: None,
+                listen_backlog: sluice_dataplane::listener::LISTEN_BACKLOG,
             };
             (opts, true)
         }

@@ -97,3 +97,53 @@ async fn shutdown_lets_an_in_flight_request_finish() {
     // ...while the request in flight still gets its answer.
     support::in_flight_answered_then_stopped(&b, in_flight, shutdown).await;
 }
+
+/// Connections opened at once on each listener while the dataplane accepts
+/// none: more than the 128 that tokio's default backlog would queue.
+const BURST: usize = 300;
+
+#[test]
+fn a_burst_of_connections_waits_in_every_listeners_backlog() {
+    // The dataplane runs on a single-threaded runtime of its own, whose
+    // thread is then held: nothing accepts, so every connection must wait
+    // in the kernel's queue of the listener, whose length is the backlog.
+    let (addrs_tx, addrs) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut opts = options(one_pool("127.0.0.1:9".parse().expect("addr")));
+            opts.https = Some("127.0.0.1:0".parse().expect("addr"));
+            let dp = Dataplane::start(opts).await.expect("dataplane starts");
+            let https = dp.https_addr().expect("an HTTPS listener");
+            addrs_tx
+                .send([dp.http_addr(), https, dp.admin_addr()])
+                .expect("addresses sent");
+            // Blocks the runtime: no accept runs until the test is done.
+            let _ = released.recv_timeout(WAIT * 3);
+            dp.shutdown().await;
+        });
+    });
+    let addrs = addrs.recv_timeout(WAIT).expect("the dataplane started");
+    for addr in addrs {
+        let mut queued = Vec::with_capacity(BURST);
+        for _ in 0..BURST {
+            // A connection past a full queue has its SYN dropped and would
+            // wait for retries: bounded here, and counted as not queued.
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(s) => queued.push(s),
+                Err(_) => break,
+            }
+        }
+        assert_eq!(
+            queued.len(),
+            BURST,
+            "connections queued on {addr} before the first was refused"
+        );
+    }
+    release.send(()).expect("released");
+    server.join().expect("the dataplane stopped");
+}

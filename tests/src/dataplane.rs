@@ -24,5 +24,6 @@ pub fn loopback(source: Source, name: &str) -> Options {
         report_interval: sluice_dataplane::report::INTERVAL,
         workers: 1,
         tracing: None,
+        listen_backlog: sluice_dataplane::listener::LISTEN_BACKLOG,
     }
 }

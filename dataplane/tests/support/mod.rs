@@ -258,6 +258,7 @@ pub fn options(source: Source) -> Options {
         report_interval: sluice_dataplane::report::INTERVAL,
         workers: 1,
         tracing: None,
+        listen_backlog: sluice_dataplane::listener::LISTEN_BACKLOG,
     }
 }
 

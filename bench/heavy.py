@@ -1,0 +1,567 @@
+#!/usr/bin/env python3
+"""The big-body and connection-storm benchmark's loads, readings and report.
+
+  sink PORT
+      an HTTP/1.1 upload sink for the backends: reads each request's body
+      to its end (Content-Length or chunked), then answers `200` with a
+      3-byte body; keep-alive. One thread per connection.
+
+  bodies SPEC_FILE ROUNDS SECONDS CLK OUT_JSONL
+      runs the big-body cases: SPEC_FILE is JSON {"targets": {NAME:
+      {"h1": URL_BASE, "h2": URL_BASE or null, "pid": PID or null}},
+      "files": {"1m": PATH, "1g": PATH}, "lua": PATH, "taskset": [...]}.
+      Every round runs every case against every target, targets
+      interleaved within a case, one JSON line per run into OUT_JSONL.
+
+  storm SPEC_FILE CONNECTIONS ROUNDS OUT_JSONL
+      opens CONNECTIONS keep-alive connections at once to each target,
+      one request on each, keeps them open, reads the proxy's memory,
+      closes them all, reads it again; ROUNDS times per target.
+
+  report HEADER BODIES_JSONL STORM_JSONL
+      prints the Markdown report: medians over rounds, ratios of sluice to
+      nginx and HAProxy (of the medians, and paired within each round).
+
+Everything goes to 127.0.0.1 only; every load is bounded in time (curl
+--max-time, wrk -d, h2load -D) and in count.
+"""
+
+import json
+import os
+import re
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import measure  # noqa: E402
+
+MIB = 1024 * 1024
+TARGETS = ["direct", "nginx", "haproxy", "sluice"]
+LABELS = {"direct": "direct", "nginx": "nginx", "haproxy": "HAProxy", "sluice": "sluice"}
+# Longest a single 1 GiB transfer may take before it counts as failed.
+TRANSFER_LIMIT_S = 120
+
+
+# --- the upload sink ------------------------------------------------------
+
+
+def sink(port):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(1024)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=sink_conn, args=(conn,), daemon=True).start()
+
+
+def sink_conn(conn):
+    buf = bytearray(256 * 1024)
+    view = memoryview(buf)
+    pending = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in pending:
+                n = conn.recv_into(view)
+                if n == 0:
+                    return
+                pending += bytes(view[:n])
+                if len(pending) > 64 * 1024 and b"\r\n\r\n" not in pending:
+                    return
+            head, _, pending = pending.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+            if "content-length" in headers:
+                left = int(headers["content-length"]) - len(pending)
+                pending = b"" if left >= 0 else pending[len(pending) + left :]
+                while left > 0:
+                    n = conn.recv_into(view, min(left, len(buf)))
+                    if n == 0:
+                        return
+                    left -= n
+            elif "chunked" in headers.get("transfer-encoding", "").lower():
+                pending = drain_chunked(conn, view, pending)
+                if pending is None:
+                    return
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def drain_chunked(conn, view, pending):
+    """Reads a chunked body to its end; returns what follows it."""
+
+    def more():
+        n = conn.recv_into(view)
+        if n == 0:
+            raise OSError("closed")
+        return bytes(view[:n])
+
+    while True:
+        while b"\r\n" not in pending:
+            pending += more()
+        line, _, pending = pending.partition(b"\r\n")
+        size = int(line.split(b";")[0], 16)
+        if size == 0:
+            while b"\r\n\r\n" not in b"\r\n" + pending:
+                pending += more()
+            _, _, pending = (b"\r\n" + pending).partition(b"\r\n\r\n")
+            return pending
+        left = size + 2 - len(pending)
+        if left <= 0:
+            pending = pending[size + 2 :]
+            continue
+        pending = b""
+        while left > 0:
+            n = conn.recv_into(view, min(left, len(view)))
+            if n == 0:
+                return None
+            left -= n
+
+
+# --- readings -------------------------------------------------------------
+
+
+class RssPeak:
+    """Samples a process tree's VmRSS every 50 ms while a load runs."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+        self.thread = None
+
+    def __enter__(self):
+        if self.pid:
+            self.before = measure.status_kib(self.pid, "VmRSS")
+            self.peak = self.before
+            self.thread = threading.Thread(target=self.run, daemon=True)
+            self.thread.start()
+        return self
+
+    def run(self):
+        while not self.stop.wait(0.05):
+            self.peak = max(self.peak, measure.status_kib(self.pid, "VmRSS"))
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread:
+            self.thread.join()
+            self.after = measure.status_kib(self.pid, "VmRSS")
+
+
+def cpu_seconds(pid, clk):
+    if not pid:
+        return None
+    user, system = measure.cpu_ticks(pid)
+    return (user + system) / clk
+
+
+# --- the body cases -------------------------------------------------------
+
+CASES = [
+    # name, protocol, direction, body size
+    ("download 1 GiB", "h1", "down", "1g"),
+    ("upload 1 GiB", "h1", "up", "1g"),
+    ("download 1 MiB", "h1", "down", "1m"),
+    ("upload 1 MiB", "h1", "up", "1m"),
+    ("download 1 GiB", "h2", "down", "1g"),
+    ("upload 1 GiB", "h2", "up", "1g"),
+    ("download 1 MiB", "h2", "down", "1m"),
+    ("upload 1 MiB", "h2", "up", "1m"),
+]
+
+
+def run_case(spec, case, url, seconds):
+    """Runs one case against one URL base: (bytes moved, seconds, errors)."""
+    _, proto, direction, size = case
+    taskset = spec["taskset"]
+    files = spec["files"]
+    if size == "1g" and proto == "h1":
+        cmd = ["curl", "-s", "-o", "/dev/null", "--max-time", str(TRANSFER_LIMIT_S), "-w",
+               "%{http_code} %{size_download} %{size_upload} %{time_total}"]
+        if direction == "down":
+            cmd.append(url + "/1g")
+        else:
+            cmd += ["-H", "Expect:", "-X", "POST", "-T", files["1g"], url + "/upload"]
+        out = subprocess.run(taskset + cmd, capture_output=True, text=True)
+        parts = out.stdout.split()
+        if out.returncode != 0 or len(parts) != 4 or parts[0] != "200":
+            return 0, 0.0, 1
+        moved = float(parts[1]) if direction == "down" else float(parts[2])
+        return moved, float(parts[3]), 0 if moved == 1024 * MIB else 1
+    if proto == "h1":
+        cmd = ["wrk", "-t1", "-c8", f"-d{seconds}s", url + ("/1m" if direction == "down" else "/upload")]
+        if direction == "up":
+            cmd[1:1] = ["-s", spec["lua"]]
+        start = time.monotonic()
+        out = subprocess.run(taskset + cmd, capture_output=True, text=True)
+        took = time.monotonic() - start
+        m = re.search(r"(\d+) requests in ([0-9.]+)(ms|s|m)", out.stdout)
+        if out.returncode != 0 or not m:
+            return 0, took, 1
+        requests = int(m.group(1))
+        took = float(m.group(2)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(3)]
+        errors = 0
+        e = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out.stdout)
+        if e:
+            errors += sum(int(g) for g in e.groups())
+        e = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+        if e:
+            errors += int(e.group(1))
+        return requests * MIB, took, errors
+    # HTTP/2 with prior knowledge (h2c), h2load.
+    if size == "1g":
+        cmd = ["h2load", "-n1", "-c1", "-m1", "-w30", "-W30"]
+    else:
+        cmd = ["h2load", "-c8", "-m1", f"-D{seconds}", "-w30", "-W30"]
+    if direction == "up":
+        cmd += ["-d", files[size], url + "/upload"]
+    else:
+        cmd.append(url + "/" + size)
+    start = time.monotonic()
+    try:
+        out = subprocess.run(taskset + cmd, capture_output=True, text=True, timeout=TRANSFER_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        return 0, time.monotonic() - start, 1
+    took = time.monotonic() - start
+    m = re.search(r"finished in ([0-9.]+)(ms|s)", out.stdout)
+    if m:
+        took = float(m.group(1)) * (1e-3 if m.group(2) == "ms" else 1.0)
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out.stdout)
+    s = re.search(r"status codes: (\d+) 2xx", out.stdout)
+    if out.returncode != 0 or not m or not s:
+        return 0, took, 1
+    # (With -D, a request still in flight at the end counts in neither.)
+    ok = int(s.group(1))
+    errors = int(m.group(2)) + int(m.group(3))
+    per = 1024 * MIB if size == "1g" else MIB
+    return ok * per, took, errors
+
+
+def bodies(args):
+    spec_file, rounds, seconds, clk, out_file = args[0], int(args[1]), int(args[2]), int(args[3]), args[4]
+    with open(spec_file) as f:
+        spec = json.load(f)
+    names = [t for t in TARGETS if t in spec["targets"]]
+    with open(out_file, "a") as out:
+        for rnd in range(1, rounds + 1):
+            for case in CASES:
+                # Rotate the targets' order from round to round.
+                k = (rnd - 1) % len(names)
+                for name in names[k:] + names[:k]:
+                    target = spec["targets"][name]
+                    base = target.get(case[1])
+                    if not base:
+                        continue
+                    if case[2] == "up" and case[1] == "h1":
+                        base = target.get("upload", base)
+                    pid = target.get("pid")
+                    cpu0 = cpu_seconds(pid, clk)
+                    with RssPeak(pid) as rss:
+                        moved, took, errors = run_case(spec, case, base, seconds)
+                    cpu1 = cpu_seconds(pid, clk)
+                    row = {
+                        "round": rnd, "case": case[0], "proto": case[1], "target": name,
+                        "mib": moved / MIB, "seconds": took, "errors": errors,
+                        "mib_s": moved / MIB / took if took > 0 else 0.0,
+                        "cpu_us_per_mib": (cpu1 - cpu0) * 1e6 / (moved / MIB) if pid and moved else None,
+                        "rss_growth_kib": (rss.peak - rss.before) if pid else None,
+                    }
+                    out.write(json.dumps(row) + "\n")
+                    out.flush()
+                    print(f"bench: round {rnd} {case[1]} {case[0]:15} {name:8} "
+                          f"{row['mib_s']:8.0f} MiB/s  errors {errors}", file=sys.stderr)
+
+
+# --- the storm ------------------------------------------------------------
+
+
+def nstat(*names):
+    out = subprocess.run(["nstat", "-az", *names], capture_output=True, text=True).stdout
+    total = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in names:
+            total[parts[0]] = int(parts[1])
+    return total
+
+
+STORM_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPSynRetrans")
+REQUEST = b"GET / HTTP/1.1\r\nHost: storm.bench\r\n\r\n"
+
+
+def burst(port, n, limit_s=60):
+    """Opens n non-blocking connections at once, sends one GET on each as it
+    connects, reads each answer (Content-Length framed). Returns the open
+    sockets, how many were served, how many failed, and the time from the
+    first connect to the last answer. One epoll loop: fast enough that the
+    client, not its own scheduling, is what the proxy sees."""
+    ep = select.epoll()
+    socks, state = {}, {}
+    start = time.monotonic()
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        socks[s.fileno()] = s
+        state[s.fileno()] = b""
+        ep.register(s.fileno(), select.EPOLLOUT)
+    served, failed, last = [], 0, start
+    pending = n
+    deadline = start + limit_s
+    while pending and time.monotonic() < deadline:
+        for fd, ev in ep.poll(0.5):
+            s = socks[fd]
+            if ev & select.EPOLLERR:
+                failed += 1
+                pending -= 1
+                ep.unregister(fd)
+                s.close()
+                del socks[fd]
+                continue
+            if ev & select.EPOLLOUT:
+                try:
+                    s.send(REQUEST)
+                except OSError:
+                    failed += 1
+                    pending -= 1
+                    ep.unregister(fd)
+                    s.close()
+                    del socks[fd]
+                    continue
+                ep.modify(fd, select.EPOLLIN)
+                continue
+            try:
+                got = s.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                got = b""
+            if not got:
+                failed += 1
+                pending -= 1
+                ep.unregister(fd)
+                s.close()
+                del socks[fd]
+                continue
+            buf = state[fd] + got
+            state[fd] = buf
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                continue
+            m = re.search(rb"(?i)content-length:\s*(\d+)", buf[:end])
+            if not buf.startswith(b"HTTP/1.1 200") or not m:
+                failed += 1
+            elif len(buf) >= end + 4 + int(m.group(1)):
+                served.append(s)
+            else:
+                continue
+            pending -= 1
+            last = time.monotonic()
+            ep.unregister(fd)
+    failed += pending
+    ep.close()
+    return served, failed, last - start
+
+
+def storm_round(port, n, pid):
+    """A burst of n connections at once (closed again), then n idle ones
+    opened 100 at a time, so that what they hold is an idle connection's
+    cost rather than that of n requests in flight."""
+    rss_before = measure.status_kib(pid, "VmRSS")
+    c0 = nstat(*STORM_COUNTERS)
+    served, failed, took = burst(port, n)
+    c1 = nstat(*STORM_COUNTERS)
+    burst_served = len(served)
+    time.sleep(1.0)
+    rss_burst = measure.status_kib(pid, "VmRSS")
+    for s in served:
+        s.close()
+    time.sleep(2.0)
+    rss_closed = measure.status_kib(pid, "VmRSS")
+    idle, idle_failed = [], 0
+    while len(idle) + idle_failed < n:
+        got, bad, _ = burst(port, min(100, n - len(idle) - idle_failed))
+        idle += got
+        idle_failed += bad
+    time.sleep(1.0)
+    rss_idle = measure.status_kib(pid, "VmRSS")
+    for s in idle:
+        s.close()
+    time.sleep(2.0)
+    rss_after = measure.status_kib(pid, "VmRSS")
+    d = {k: c1.get(k, 0) - c0.get(k, 0) for k in STORM_COUNTERS}
+    return {
+        "served": burst_served, "errors": failed + idle_failed, "retried": d["TcpExtTCPSynRetrans"],
+        "seconds": took, "overflows": d["TcpExtListenOverflows"], "drops": d["TcpExtListenDrops"],
+        "rss_before_kib": rss_before, "rss_burst_kib": rss_burst, "rss_closed_kib": rss_closed,
+        "rss_idle_kib": rss_idle, "rss_after_kib": rss_after,
+        "idle_bytes_per_conn": (rss_idle - rss_closed) * 1024 / max(len(idle), 1),
+    }
+
+
+# Seconds after the last storm before the final reading: past sluice's
+# default idle timeout of endpoint connections (60 s) and its heap check
+# (every 10 s).
+SETTLE_S = 75
+
+
+def storm(args):
+    spec_file, n, rounds, out_file = args[0], int(args[1]), int(args[2]), args[3]
+    with open(spec_file) as f:
+        spec = json.load(f)
+    names = [t for t in ("nginx", "haproxy", "sluice") if t in spec["targets"]]
+    with open(out_file, "a") as out:
+        for rnd in range(1, rounds + 1):
+            for name in names:
+                target = spec["targets"][name]
+                row = storm_round(target["port"], n, target["pid"])
+                row.update({"round": rnd, "target": name})
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                print(f"bench: storm round {rnd} {name:8} served {row['served']} in {row['seconds']:.2f} s, "
+                      f"SYNs retried {row['retried']}, errors {row['errors']}, idle {row['idle_bytes_per_conn']:.0f} B/conn, "
+                      f"RSS {row['rss_before_kib']} -> burst {row['rss_burst_kib']} -> closed {row['rss_closed_kib']} "
+                      f"-> idle {row['rss_idle_kib']} -> closed {row['rss_after_kib']} KiB",
+                      file=sys.stderr)
+        print(f"bench: waiting {SETTLE_S} s for idle connections to expire", file=sys.stderr)
+        time.sleep(SETTLE_S)
+        for name in names:
+            rss = measure.status_kib(spec["targets"][name]["pid"], "VmRSS")
+            out.write(json.dumps({"settled": True, "target": name, "rss_kib": rss}) + "\n")
+
+
+# --- the report -----------------------------------------------------------
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def f(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def ratio(a, b):
+    return None if a is None or not b else a / b
+
+
+def report(args):
+    header, bodies_file, storm_file = args
+    with open(header) as fh:
+        print(fh.read().rstrip())
+    rows = [json.loads(l) for l in open(bodies_file)] if os.path.exists(bodies_file) else []
+    if rows:
+        print("\n## Big bodies (median over rounds)\n")
+        print("MiB/s: bytes moved over the transfer's time as the client saw it. CPU µs/MiB: the "
+              "proxy's user+system time per MiB moved. RSS growth: the proxy's peak VmRSS during "
+              "the run minus its VmRSS before.\n")
+        print("| case | proto | target | MiB/s | CPU µs/MiB | RSS growth | errors |")
+        print("|---|---|---|---:|---:|---:|---:|")
+        keys = []
+        for r in rows:
+            k = (r["case"], r["proto"])
+            if k not in keys:
+                keys.append(k)
+        medians = {}
+        for case, proto in keys:
+            for t in TARGETS:
+                sel = [r for r in rows if (r["case"], r["proto"], r["target"]) == (case, proto, t)]
+                if not sel:
+                    continue
+                m = {
+                    "mib_s": med(r["mib_s"] for r in sel),
+                    "cpu": med(r["cpu_us_per_mib"] for r in sel),
+                    "rss": med(r["rss_growth_kib"] for r in sel),
+                    "errors": sum(r["errors"] for r in sel),
+                }
+                medians[(case, proto, t)] = m
+                rss = "—" if m["rss"] is None else f"{m['rss'] / 1024:.1f} MiB"
+                print(f"| {case} | {proto} | {LABELS[t]} | {f(m['mib_s'], ',.0f')} | {f(m['cpu'], ',.0f')} "
+                      f"| {rss} | {m['errors']} |")
+        print("\n### sluice against the anchors\n")
+        print("Of the medians, and paired (the ratio within each round, where the targets ran back "
+              "to back, then the median over rounds).\n")
+        print("| case | proto | MiB/s ÷ nginx | ÷ HAProxy | paired ÷ nginx | paired ÷ HAProxy "
+              "| CPU/MiB ÷ nginx | ÷ HAProxy | paired ÷ nginx | paired ÷ HAProxy |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for case, proto in keys:
+            s = medians.get((case, proto, "sluice"))
+            if not s:
+                continue
+            cells = []
+            for key, rk in (("mib_s", "mib_s"), ("cpu", "cpu_us_per_mib")):
+                for o in ("nginx", "haproxy"):
+                    om = medians.get((case, proto, o))
+                    cells.append(f(ratio(s[key], om and om[key]), ".2f"))
+                for o in ("nginx", "haproxy"):
+                    paired = []
+                    for rnd in {r["round"] for r in rows}:
+                        a = [r[rk] for r in rows if (r["case"], r["proto"], r["target"], r["round"]) == (case, proto, "sluice", rnd)]
+                        b = [r[rk] for r in rows if (r["case"], r["proto"], r["target"], r["round"]) == (case, proto, o, rnd)]
+                        if a and b and a[0] is not None and b[0]:
+                            paired.append(a[0] / b[0])
+                    cells.append(f(med(paired), ".2f"))
+            print(f"| {case} | {proto} | " + " | ".join(cells[0:2] + cells[2:4] + cells[4:6] + cells[6:8]) + " |")
+    srows = [json.loads(l) for l in open(storm_file)] if os.path.exists(storm_file) else []
+    settled = {r["target"]: r["rss_kib"] for r in srows if r.get("settled")}
+    srows = [r for r in srows if not r.get("settled")]
+    if srows:
+        n = max(r["served"] + r["errors"] for r in srows)
+        print(f"\n## Connection storm ({n:,} connections at once, one request each)\n")
+        print("Burst: all connections opened at once, one `GET /` each; time from the first connect "
+              "to the last answer; SYNs retried: the kernel's TcpExtTCPSynRetrans during the burst "
+              "(a SYN the listener's full queue dropped is sent again after 1 s), overflows its "
+              "TcpExtListenOverflows (both machine-wide). Then as many idle keep-alive connections, "
+              "opened 100 at a time after one request each: idle B/conn is the VmRSS they added ÷ "
+              "connections. VmRSS before the round, 1 s after the burst, 2 s after its connections "
+              "closed, with the idle ones open, and 2 s after those closed.\n")
+        print("| round | target | served | errors | burst time | SYNs retried | overflows | idle B/conn "
+              "| RSS before | burst | closed | idle | closed |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        mib = lambda k: f"{k / 1024:.1f} MiB"
+        for r in srows:
+            print(f"| {r['round']} | {LABELS[r['target']]} | {r['served']:,} | {r['errors']} | "
+                  f"{r['seconds']:.2f} s | {r['retried']} | {r['overflows']} | "
+                  f"{r['idle_bytes_per_conn']:,.0f} | {mib(r['rss_before_kib'])} | {mib(r['rss_burst_kib'])} | "
+                  f"{mib(r['rss_closed_kib'])} | {mib(r['rss_idle_kib'])} | {mib(r['rss_after_kib'])} |")
+        print(f"\n| median over rounds | burst time | SYNs retried | idle B/conn | RSS before the first round "
+              f"| after the last | {SETTLE_S} s later |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for t in ("nginx", "haproxy", "sluice"):
+            sel = [r for r in srows if r["target"] == t]
+            if sel:
+                later = mib(settled[t]) if t in settled else "—"
+                print(f"| {LABELS[t]} | {med(r['seconds'] for r in sel):.2f} s | "
+                      f"{med(r['retried'] for r in sel):.0f} | "
+                      f"{med(r['idle_bytes_per_conn'] for r in sel):,.0f} | {mib(sel[0]['rss_before_kib'])} | "
+                      f"{mib(sel[-1]['rss_after_kib'])} | {later} |")
+
+
+def main(argv):
+    cmd, args = argv[1], argv[2:]
+    if cmd == "sink":
+        sink(int(args[0]))
+    elif cmd == "bodies":
+        bodies(args)
+    elif cmd == "storm":
+        storm(args)
+    elif cmd == "report":
+        report(args)
+    else:
+        raise SystemExit(f"unknown subcommand {cmd!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
