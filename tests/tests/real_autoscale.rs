@@ -218,7 +218,13 @@ async fn a_load_step_scales_up_idle_goes_to_zero_and_a_held_request_brings_a_pod
             }
         },
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        let notes = cp
+            .kubectl(&["describe", "scalingtrigger", "web", "-n", "default"])
+            .unwrap_or_else(|e| e.to_string());
+        anyhow::anyhow!("{e}; `kubectl describe st web`:\n{notes}")
+    })?;
     let steps = steps(&seen);
     eprintln!("rescales: {seen:?}");
     assert_eq!(
