@@ -50,6 +50,11 @@ pub struct Network {
     k: u8,
     bridge: String,
     free: Mutex<BTreeSet<u8>>,
+    /// The host part given out last: the next pod gets the first free one
+    /// after it (as host-local IPAM does), so an address just freed is not
+    /// reused at once, while the neighbours (the host, the dataplanes) still
+    /// have the old pod's MAC address for it in their ARP caches.
+    last: Mutex<u8>,
 }
 
 impl Network {
@@ -73,6 +78,7 @@ impl Network {
                 k,
                 bridge: bridge.clone(),
                 free: Mutex::new((2..=254).collect()),
+                last: Mutex::new(1),
             };
             let alias = format!("sluice-test pid {}", std::process::id());
             ip(&["link", "set", "dev", &bridge, "alias", &alias])?;
@@ -98,10 +104,17 @@ impl Network {
     pub fn add_netns(&self) -> anyhow::Result<Netns> {
         let host = {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            let first = free.iter().next().copied();
-            first
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let next = free
+                .range(last.saturating_add(1)..)
+                .next()
+                .or_else(|| free.iter().next())
+                .copied();
+            let host = next
                 .and_then(|h| free.take(&h))
-                .context("the pod address pool (253 addresses) is exhausted")?
+                .context("the pod address pool (253 addresses) is exhausted")?;
+            *last = host;
+            host
         };
         let name = format!("sl{}-{host}", self.k);
         let veth = format!("sl{}v{host}", self.k);
