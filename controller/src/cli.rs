@@ -32,7 +32,9 @@ pub struct Cli {
     /// and every open route stream re-checks its token at this interval
     /// and is closed when the token is refused. A revoked token (its
     /// ServiceAccount or pod deleted, or a line removed from the static
-    /// file) so loses access within this time plus one TokenReview. While
+    /// file) so loses access within this time plus one TokenReview (plus
+    /// up to 10 s kube-apiserver itself still accepts a token it checked
+    /// recently). While
     /// the API server cannot be asked, open streams stay open.
     #[arg(long, env = "SLUICE_TOKEN_RECHECK", default_value = "15s", value_parser = parse_positive)]
     pub token_recheck: Duration,
