@@ -123,3 +123,31 @@ pub async fn wait_available(
     })
     .await
 }
+
+/// Waits until the Deployment `name` has rolled out its current template:
+/// the deployment controller has seen the latest spec (`observedGeneration`)
+/// and every replica is updated and ready, with no old one left counted.
+/// Unlike [`wait_available`], it does not pass on the status from before a
+/// change the controller has not looked at yet.
+pub async fn wait_rolled_out(
+    api: &Api<Deployment>,
+    name: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    wait::until(limit, &format!("Deployment {name} rolled out"), || {
+        let api = api.clone();
+        async move {
+            let d = api.get(name).await.ok()?;
+            let generation = d.metadata.generation?;
+            let want = d.spec.as_ref()?.replicas.unwrap_or(1);
+            let st = d.status?;
+            let ok = st.observed_generation.unwrap_or(0) >= generation
+                && st.ready_replicas.unwrap_or(0) == want
+                && st.updated_replicas.unwrap_or(0) == want
+                && st.available_replicas.unwrap_or(0) == want
+                && st.replicas.unwrap_or(0) == want;
+            ok.then_some(())
+        }
+    })
+    .await
+}
