@@ -54,8 +54,8 @@ async fn rolling_updates_of_twenty_pods_fail_no_request() -> anyhow::Result<()> 
 /// Sets `strategy` and changes the pod template (an annotation) of
 /// Deployment `web` under load through `dataplanes`, waits until the
 /// update is rolled out and the old pods are gone, and checks: no request
-/// failed, every pod is new, and the dataplanes' answers come from exactly
-/// the new ReplicaSet's pods. Returns the new pods' names.
+/// failed meanwhile, every pod is new, and the dataplanes' answers come
+/// from exactly the new ReplicaSet's pods. Returns the new pods' names.
 async fn rollout(
     client: &kube::Client,
     http: &HttpClient,
@@ -101,6 +101,13 @@ async fn rollout(
         "rollout {revision} ({strategy}): done in {:.1?}",
         start.elapsed()
     );
+    let (served, failed) = load.finish().await?;
+    eprintln!("rollout {revision}: served {served} requests, {failed} failed");
+    assert!(served > 0, "nothing was served during rollout {revision}");
+    assert_eq!(
+        failed, 0,
+        "requests failed during rollout {revision} ({strategy}; {served} served)"
+    );
 
     let new = app::echo_pods(client).await?;
     assert_eq!(new.len(), PODS, "after rollout {revision}: {new:?}");
@@ -116,12 +123,5 @@ async fn rollout(
              pods ({hash}) answer; other answers: {other:?}"
         );
     }
-    let (served, failed) = load.finish().await?;
-    eprintln!("rollout {revision}: served {served} requests, {failed} failed");
-    assert!(served > 0, "nothing was served during rollout {revision}");
-    assert_eq!(
-        failed, 0,
-        "requests failed during rollout {revision} ({strategy}; {served} served)"
-    );
     Ok(new)
 }
