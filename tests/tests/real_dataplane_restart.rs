@@ -59,7 +59,11 @@ async fn a_rolling_restart_of_the_dataplanes_fails_no_request_through_their_serv
         },
     )
     .await?;
-    let load = ServiceLoad::paced(&http, Arc::clone(&service), app::HOST, 100.0);
+    // New connections for every request: new clients, which the Service
+    // sends to whichever endpoint it lists (keep-alive ones stay on their
+    // dataplane, which finishes them on SIGTERM).
+    let fresh = HttpClient::without_keep_alive();
+    let load = ServiceLoad::paced(&fresh, Arc::clone(&service), app::HOST, 100.0);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), chart::NAMESPACE);
