@@ -86,6 +86,7 @@ async fn the_leaders_pod_deleted_the_other_replica_takes_over_without_failed_req
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), chart::NAMESPACE);
+    let start = std::time::Instant::now();
     pods.delete(&leader, &DeleteParams::default()).await?;
     let new_leader = wait::until(
         Duration::from_secs(60),
@@ -96,7 +97,10 @@ async fn the_leaders_pod_deleted_the_other_replica_takes_over_without_failed_req
         },
     )
     .await?;
-    eprintln!("leader {leader} deleted; {new_leader} took over");
+    eprintln!(
+        "leader {leader} deleted; {new_leader} took over after {:.1?}",
+        start.elapsed()
+    );
     // The standby retries every 2 s (plus jitter) while the replacement pod
     // tries as it starts, so either may win: what counts is that a live
     // controller pod other than the deleted one now leads.
@@ -122,11 +126,16 @@ async fn the_leaders_pod_deleted_the_other_replica_takes_over_without_failed_req
     chart::wait_available(&web, "web", Duration::from_secs(90)).await?;
     let after = app::echo_pods(&client).await?;
     assert_eq!(after.len(), 3, "three echo pods after scaling: {after:?}");
+    eprintln!("scaled up {:.1?} after the deletion", start.elapsed());
     for (dp, addr) in &dataplanes {
         let (seen, other) = app::answering(&http, *addr, &after, Duration::from_secs(90)).await;
         assert_eq!(
             seen, after,
             "after the takeover, through {dp}; other answers: {other:?}"
+        );
+        eprintln!(
+            "{dp} reaches all three {:.1?} after the deletion",
+            start.elapsed()
         );
     }
     let (served, failed) = load.finish().await?;

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use anyhow::{Context, bail};
 
@@ -50,6 +51,12 @@ pub struct Network {
     k: u8,
     bridge: String,
     free: Mutex<BTreeSet<u8>>,
+    /// The host part handed out last: the next pod gets the next free one
+    /// after it, as host-local IPAM does. Handing out the lowest free one
+    /// gave a new pod the address of one just deleted, which the other
+    /// pods' neighbour caches still map to the dead veth's MAC: the new pod
+    /// was unreachable for tens of seconds.
+    last: AtomicU8,
 }
 
 impl Network {
@@ -73,6 +80,7 @@ impl Network {
                 k,
                 bridge: bridge.clone(),
                 free: Mutex::new((2..=254).collect()),
+                last: AtomicU8::new(1),
             };
             let alias = format!("sluice-test pid {}", std::process::id());
             ip(&["link", "set", "dev", &bridge, "alias", &alias])?;
@@ -98,10 +106,17 @@ impl Network {
     pub fn add_netns(&self) -> anyhow::Result<Netns> {
         let host = {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            let first = free.iter().next().copied();
-            first
+            let last = self.last.load(Ordering::Relaxed);
+            let next = free
+                .range(last.saturating_add(1)..)
+                .next()
+                .or_else(|| free.iter().next())
+                .copied();
+            let host = next
                 .and_then(|h| free.take(&h))
-                .context("the pod address pool (253 addresses) is exhausted")?
+                .context("the pod address pool (253 addresses) is exhausted")?;
+            self.last.store(host, Ordering::Relaxed);
+            host
         };
         let name = format!("sl{}-{host}", self.k);
         let veth = format!("sl{}v{host}", self.k);
