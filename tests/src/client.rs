@@ -40,6 +40,17 @@ impl HttpClient {
         }
     }
 
+    /// A client that keeps no idle connection: every request opens a new
+    /// one, as new clients arriving through a Service do (kube-proxy picks
+    /// an endpoint per connection, so only these see an endpoint change).
+    pub fn without_keep_alive() -> Self {
+        Self {
+            inner: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build_http(),
+        }
+    }
+
     /// `GET http://addr/path` with `Host: host`, bounded by 5 s.
     pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Answer> {
         let req = http::Request::get(format!("http://{addr}{path}"))

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
@@ -151,4 +151,72 @@ pub async fn answering(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (seen, other)
+}
+
+/// The pod-template hash of Deployment `name`'s current ReplicaSet in `ns`:
+/// the one whose revision is the Deployment's (the
+/// `deployment.kubernetes.io/revision` annotation both carry), as
+/// `kubectl rollout status` reads it.
+pub async fn current_template_hash(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    const REVISION: &str = "deployment.kubernetes.io/revision";
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let d = deployments.get(name).await?;
+    let revision = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION))
+        .with_context(|| format!("Deployment {name} has no revision yet"))?
+        .clone();
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    let uid = d.metadata.uid.unwrap_or_default();
+    sets.list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|rs| {
+            rs.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid)
+        })
+        .filter(|rs| {
+            rs.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REVISION))
+                == Some(&revision)
+        })
+        .find_map(|rs| rs.metadata.labels?.remove("pod-template-hash"))
+        .with_context(|| format!("no ReplicaSet of {name} at revision {revision}"))
+}
+
+/// Every pod matching `selector` in `ns`, terminating ones included: name
+/// and `pod-template-hash` label (empty when it has none).
+pub async fn pods_with_template_hash(
+    client: &kube::Client,
+    ns: &str,
+    selector: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = api.list(&ListParams::default().labels(selector)).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let hash = p
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"))
+                .cloned()
+                .unwrap_or_default();
+            Some((p.metadata.name?, hash))
+        })
+        .collect())
 }

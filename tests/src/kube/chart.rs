@@ -81,6 +81,24 @@ pub fn install_crds(cp: &ControlPlane) -> anyhow::Result<()> {
 /// (the controller leads and is ready, the dataplanes have a table).
 pub async fn install(cp: &ControlPlane, values: &Value) -> anyhow::Result<Vec<Value>> {
     let start = std::time::Instant::now();
+    let objects = apply(cp, values)?;
+    let deployments: Api<Deployment> = Api::namespaced(cp.client().await?, NAMESPACE);
+    for name in ["sluice-controller", "sluice-dataplane"] {
+        wait_available(&deployments, name, Duration::from_secs(120)).await?;
+    }
+    eprintln!(
+        "real cluster: chart installed and available in {:.1?}",
+        start.elapsed()
+    );
+    Ok(objects)
+}
+
+/// Applies the chart with `values` into [`NAMESPACE`] (CRDs, namespace,
+/// the rendered objects) without waiting for its pods: for installs whose
+/// Deployments are never fully Ready, such as two controller replicas of
+/// which only the leader is.
+pub fn apply(cp: &ControlPlane, values: &Value) -> anyhow::Result<Vec<Value>> {
+    let start = std::time::Instant::now();
     install_crds(cp)?;
     cp.kubectl(&["create", "namespace", NAMESPACE])?;
     let objects = render(values, NAMESPACE)?;
@@ -92,14 +110,6 @@ pub async fn install(cp: &ControlPlane, values: &Value) -> anyhow::Result<Vec<Va
     let file = cp.dir().join("chart.json");
     std::fs::write(&file, list.to_string())?;
     cp.kubectl(&["apply", "--server-side", "-f", &file.to_string_lossy()])?;
-    let deployments: Api<Deployment> = Api::namespaced(cp.client().await?, NAMESPACE);
-    for name in ["sluice-controller", "sluice-dataplane"] {
-        wait_available(&deployments, name, Duration::from_secs(120)).await?;
-    }
-    eprintln!(
-        "real cluster: chart installed and available in {:.1?}",
-        start.elapsed()
-    );
     Ok(objects)
 }
 
@@ -117,6 +127,34 @@ pub async fn wait_available(
             let st = d.status?;
             let ok = st.ready_replicas.unwrap_or(0) == want
                 && st.updated_replicas.unwrap_or(0) == want
+                && st.replicas.unwrap_or(0) == want;
+            ok.then_some(())
+        }
+    })
+    .await
+}
+
+/// Waits until the Deployment `name` has rolled out its current template:
+/// the deployment controller has seen the latest spec (`observedGeneration`)
+/// and every replica is updated and ready, with no old one left counted.
+/// Unlike [`wait_available`], it does not pass on the status from before a
+/// change the controller has not looked at yet.
+pub async fn wait_rolled_out(
+    api: &Api<Deployment>,
+    name: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    wait::until(limit, &format!("Deployment {name} rolled out"), || {
+        let api = api.clone();
+        async move {
+            let d = api.get(name).await.ok()?;
+            let generation = d.metadata.generation?;
+            let want = d.spec.as_ref()?.replicas.unwrap_or(1);
+            let st = d.status?;
+            let ok = st.observed_generation.unwrap_or(0) >= generation
+                && st.ready_replicas.unwrap_or(0) == want
+                && st.updated_replicas.unwrap_or(0) == want
+                && st.available_replicas.unwrap_or(0) == want
                 && st.replicas.unwrap_or(0) == want;
             ok.then_some(())
         }

@@ -12,6 +12,7 @@ pub mod host;
 pub mod node;
 pub mod pki;
 pub mod process;
+pub mod service;
 
 use anyhow::Context;
 
