@@ -3,7 +3,7 @@
 //! through both dataplanes scales Deployment `web` up (the replicaset
 //! controller creates the pods, the node stand-in runs them, the
 //! endpointslice controller publishes them) and traffic reaches the new
-//! pods; idle, it goes to zero pods; a request held at zero brings one
+//! pods; load at the target changes nothing; idle, it goes to zero pods; a request held at zero brings one
 //! back and is answered by it. What `kubectl describe st web` shows is
 //! read from the Events the API server holds: each rescale with its
 //! numbers. See docs/testing.md.
@@ -130,9 +130,34 @@ async fn a_load_step_scales_up_idle_goes_to_zero_and_a_held_request_brings_a_pod
             "the new pods answered through {dp}; other answers: {other:?}"
         );
     }
+    // Ten times the target wants ten replicas: maxReplicas holds it at four.
+    wait_for_replicas(
+        &deployments,
+        "maxReplicas under the load step",
+        Duration::from_secs(60),
+        |r| i64::from(r) == MAX_REPLICAS,
+    )
+    .await?;
     let (served, failed) = load.finish().await?;
     eprintln!("load step: served {served}, {failed} failed");
     assert_eq!(failed, 0, "scaling up fails no request ({served} served)");
+
+    // Load at the target (four replicas of TARGET_RPS each) changes nothing:
+    // once two windows hold only that load, the replica count stays put.
+    let at_target = Load::paced(&http, &addrs, app::HOST, TARGET_RPS * MAX_REPLICAS as f64);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for _ in 0..10 {
+        let d = deployments.get("web").await?;
+        let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(1);
+        assert_eq!(
+            i64::from(replicas),
+            MAX_REPLICAS,
+            "load at the target changes no replica count"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (served, failed) = at_target.finish().await?;
+    assert_eq!(failed, 0, "at the target: {failed} of {served} failed");
 
     // Idle, with scale to zero allowed: no pods left.
     apply(cp, "trigger.yaml", &trigger_yaml(0, Some("3s")))?;
