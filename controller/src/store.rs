@@ -164,6 +164,9 @@ impl RouteStore {
                     base: b,
                     upserts,
                     removes,
+                    // Routes of their own come with the Gateway API
+                    // translation; a BackendPool implies its route.
+                    ..Delta::default()
                 }))
             }
             _ => Some(RouteEvent::Snapshot(Snapshot {
@@ -173,6 +176,7 @@ impl RouteStore {
                     .values()
                     .map(|(r, _)| PoolRoute::clone(r))
                     .collect(),
+                routes: Vec::new(),
             })),
         }
     }
