@@ -26,11 +26,16 @@ use crate::endpoint::{Endpoint, InFlight};
 use crate::forward::{self, Forwarded, RoutedHost};
 use crate::metrics::Exchange;
 use crate::retry::{self, Failure, RequestTraits, idempotent};
+use crate::rules::{Matched, RequestView, Target};
 use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
 use crate::tls::{self, Site};
 use crate::upgrade;
 use crate::upstream::{BoxError, Outgoing, ResponseBody, UpstreamError};
+
+mod rule;
+
+use self::rule::RuleLimits;
 
 /// Header naming why Sluice answered a request itself.
 pub const ERROR_HEADER: &str = "x-sluice-error";
@@ -254,11 +259,50 @@ impl Proxy {
             return local(StatusCode::BAD_REQUEST, "no-host", body);
         };
         let host = normalize_host(raw_host);
-        let path = req.uri().path();
-        let Some(pool) = table.route(&host, path) else {
+        let uri = req.uri();
+        let view = RequestView {
+            path: uri.path(),
+            query: uri.query(),
+            method: req.method(),
+            headers: req.headers(),
+        };
+        let from = Origin { peer, site };
+        let pool = match table.select(&host, &view) {
+            Some(Matched {
+                target: Target::Pool(i),
+                ..
+            }) => table.pool_at(*i),
+            Some(Matched {
+                target: Target::Rule(action),
+                prefix_len,
+            }) => {
+                let (action, prefix_len) = (Arc::clone(action), prefix_len);
+                let raw_host = raw_host.to_string();
+                let ruled = (action, prefix_len, raw_host);
+                return self.ruled(&table, ruled, req, original_host, from).await;
+            }
+            None => None,
+        };
+        let Some(pool) = pool else {
+            let path = view.path;
             let body = format!("no pool matches host {host:?} path {path:?}\n");
             return local(StatusCode::NOT_FOUND, "no-route", body);
         };
+        self.to_pool(pool, req, original_host, from, RuleLimits::default())
+            .await
+    }
+
+    /// Takes a routed request on to `pool`: its client-certificate
+    /// requirement, its rate limit, then [`Proxy::dispatch`].
+    async fn to_pool(
+        &self,
+        pool: &Arc<Pool>,
+        req: Request<ClientBody>,
+        original_host: Option<RoutedHost>,
+        from: Origin<'_>,
+        limits: RuleLimits,
+    ) -> Response<ProxyBody> {
+        let Origin { peer, site } = from;
         if !tls::admits(site, &pool.route) {
             let body = format!(
                 "pool {:?} requires a client certificate: connect with TLS to one of its hosts\n",
@@ -278,8 +322,7 @@ impl Proxy {
             exchange.respond(429);
             return rate_limited(&pool.route.name, secs);
         }
-        let from = Origin { peer, site };
-        self.dispatch(pool, exchange, req, original_host, from, None)
+        self.dispatch(pool, exchange, req, original_host, from, None, limits)
             .await
     }
 
@@ -288,7 +331,9 @@ impl Proxy {
     /// endpoints holds it when it has `activation`. `original_host`: the
     /// `Host` the client sent, for `X-Forwarded-Host`. `turn`: a released
     /// request's place in the release order, passed on once its first
-    /// attempt started (or it was answered).
+    /// attempt started (or it was answered). `limits`: the matched rule's
+    /// timeouts, which can only shorten the pool's.
+    #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
         pool: &Arc<Pool>,
@@ -297,6 +342,7 @@ impl Proxy {
         original_host: Option<RoutedHost>,
         from: Origin<'_>,
         turn: Option<activation::Turn>,
+        limits: RuleLimits,
     ) -> Response<ProxyBody> {
         let Origin { peer, site } = from;
         let name = &pool.route.name;
@@ -314,7 +360,9 @@ impl Proxy {
                 // holds up no one released after it.
                 drop((admitted, turn));
                 let pool = Arc::clone(pool);
-                return self.held(pool, exchange, req, original_host, from).await;
+                return self
+                    .held(pool, exchange, req, original_host, from, limits)
+                    .await;
             }
             exchange.respond(503);
             let body = format!("pool {name:?} has no ready endpoints\n");
@@ -325,12 +373,13 @@ impl Proxy {
         let upgrade = upgrade::take(&mut parts);
         let https = site.is_some();
         let forwarded = forward::request(&mut parts, peer.ip(), original_host, https);
-        let limit = pool.policy.request_timeout;
+        let limit = limits.request(pool.policy.request_timeout);
         // Boxed: the attempts make a future of kilobytes, which the timeout
         // and activation layers above would otherwise copy whole as they
         // take it (measured, with the front end polling the request's
         // future in place: 1.6k more instructions a request unboxed).
-        let attempts = boxed_attempts(pool, target, &pick, &forwarded, parts, body);
+        let per_try = limits.per_try(pool.policy.retry.per_try_timeout);
+        let attempts = boxed_attempts(pool, target, &pick, &forwarded, per_try, parts, body);
         let tries = tokio::time::timeout(limit, attempts);
         let (mut resp, tries) = match activation::relay(tries, turn).await {
             Ok(Answer::Upstream {
@@ -382,6 +431,7 @@ impl Proxy {
         req: Request<ClientBody>,
         original_host: Option<RoutedHost>,
         from: Origin<'a>,
+        limits: RuleLimits,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
         Box::pin(async move {
             let arrived = tokio::time::Instant::from_std(exchange.started());
@@ -400,7 +450,8 @@ impl Proxy {
                     Some(now) => {
                         let exchange = pending.resume(&now.metrics);
                         let host = original_host;
-                        self.dispatch(now, exchange, req, host, from, turn).await
+                        self.dispatch(now, exchange, req, host, from, turn, limits)
+                            .await
                     }
                     // The pool left the table: route the request afresh.
                     None => {
@@ -421,20 +472,22 @@ fn boxed_attempts<'a>(
     first: &'a Arc<Endpoint>,
     pick: &'a PickRequest,
     forwarded: &'a Forwarded,
+    per_try: Option<Duration>,
     parts: Parts,
     body: ClientBody,
 ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
-    Box::pin(attempts(pool, first, pick, forwarded, parts, body))
+    Box::pin(attempts(pool, first, pick, forwarded, per_try, parts, body))
 }
 
 /// Sends the request to `first`, and again to other endpoints while the
 /// pool's retry policy, budget and `maxRetries` allow (rules in
-/// [`crate::retry`]).
+/// [`crate::retry`]). `per_try`: the limit of one try.
 async fn attempts(
     pool: &Pool,
     first: &Arc<Endpoint>,
     pick: &PickRequest,
     forwarded: &Forwarded,
+    per_try: Option<Duration>,
     parts: Parts,
     body: ClientBody,
 ) -> Answer {
@@ -474,7 +527,7 @@ async fn attempts(
             Request::from_parts(parts, body.attempt()),
             forwarded,
         );
-        let result = match retry.per_try_timeout {
+        let result = match per_try {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
             None => Ok(sent.await),
         };

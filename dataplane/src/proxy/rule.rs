@@ -1,0 +1,191 @@
+//! The request path of a matched rule that does more than send everything
+//! to one pool: redirect, header changes, rewrite, mirror, a backend chosen
+//! by weight, the rule's timeouts. Plain pool routes never come here.
+//!
+//! Mirrors copy only requests without a body: copying a body would mean
+//! holding it in memory until both pools have read it, or slowing the
+//! client to the pace of the mirror; a request with a body goes to its
+//! backend alone. A mirror's answer is read and dropped; it counts in the
+//! mirror endpoint's request metrics but not in its health or outlier
+//! verdicts, and never in the client's response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+
+use super::{Origin, Proxy, ProxyBody, local};
+use crate::forward::{self, RoutedHost};
+use crate::front::ClientBody;
+use crate::rules::RuleAction;
+use crate::table::{Pool, Table};
+use crate::upstream::RequestBody;
+
+/// A matched rule's timeouts: each only ever shortens the pool's own.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct RuleLimits {
+    request: Option<Duration>,
+    backend: Option<Duration>,
+}
+
+impl RuleLimits {
+    /// The request's limit, given the pool's.
+    pub(super) fn request(self, pool: Duration) -> Duration {
+        self.request.map_or(pool, |r| r.min(pool))
+    }
+
+    /// One try's limit, given the pool's `perTryTimeout`.
+    pub(super) fn per_try(self, pool: Option<Duration>) -> Option<Duration> {
+        match (self.backend, pool) {
+            (Some(b), Some(p)) => Some(b.min(p)),
+            (b, p) => b.or(p),
+        }
+    }
+}
+
+/// What the router found: the rule, the length of path its prefix
+/// matched, and the `Host` as the client sent it (for redirects).
+pub(super) type Ruled = (Arc<RuleAction>, usize, String);
+
+impl Proxy {
+    /// Applies the rule to the request and, unless it redirects, forwards
+    /// it to the backend its weights pick. Boxed: only rule requests pay
+    /// for its room in the request's future.
+    pub(super) fn ruled<'a>(
+        &'a self,
+        table: &'a Arc<Table>,
+        (action, prefix_len, host): Ruled,
+        req: Request<ClientBody>,
+        original_host: Option<RoutedHost>,
+        from: Origin<'a>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut resp = self
+                .apply(table, &action, prefix_len, &host, req, original_host, from)
+                .await;
+            if let Some(ops) = &action.response_headers {
+                ops.apply(resp.headers_mut());
+            }
+            resp
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &self,
+        table: &Arc<Table>,
+        action: &RuleAction,
+        prefix_len: usize,
+        host: &str,
+        req: Request<ClientBody>,
+        mut original_host: Option<RoutedHost>,
+        from: Origin<'_>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        if let Some(redirect) = &action.redirect {
+            let https = from.site.is_some();
+            let (path, query) = (parts.uri.path(), parts.uri.query());
+            let location = redirect.location(https, host, path, query, prefix_len);
+            let mut resp = Response::new(ProxyBody::Local(Default::default()));
+            *resp.status_mut() = redirect.status;
+            match HeaderValue::try_from(location) {
+                Ok(value) => resp.headers_mut().insert(header::LOCATION, value),
+                Err(_) => {
+                    let body = format!("{}: the redirect target is not a valid URL\n", action.name);
+                    return local(StatusCode::INTERNAL_SERVER_ERROR, "bad-redirect", body);
+                }
+            };
+            return resp;
+        }
+        if let Some(ops) = &action.request_headers {
+            ops.apply(&mut parts.headers);
+        }
+        if let Some(change) = &action.rewrite_path {
+            let path = change.apply(parts.uri.path(), prefix_len);
+            let target = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            match PathAndQuery::try_from(target) {
+                Ok(pq) => parts.uri = Uri::from(pq),
+                Err(_) => {
+                    let body = format!("{}: the rewritten path is not valid\n", action.name);
+                    return local(StatusCode::INTERNAL_SERVER_ERROR, "bad-rewrite", body);
+                }
+            }
+        }
+        if let Some(value) = &action.rewrite_host {
+            parts.headers.insert(header::HOST, value.clone());
+            // The pool sees the new `Host`; `X-Forwarded-Host` keeps the
+            // client's.
+            if let Some(routed) = &mut original_host {
+                routed.in_host_header = true;
+            }
+        }
+        if body.is_end_stream() {
+            for (_, pool) in action.mirrors.iter() {
+                if let Some(pool) = pool.and_then(|i| table.pool_at(i)) {
+                    mirror(Arc::clone(pool), &parts, from, original_host.clone());
+                }
+            }
+        }
+        let Some(backend) = action.pick() else {
+            let body = format!("{}: no backend has a weight above 0\n", action.name);
+            return local(StatusCode::INTERNAL_SERVER_ERROR, "no-backend", body);
+        };
+        let Some(pool) = backend.pool.and_then(|i| table.pool_at(i)) else {
+            let body = format!(
+                "{}: backend pool {:?} is not in the table\n",
+                action.name, backend.name
+            );
+            return local(StatusCode::INTERNAL_SERVER_ERROR, "invalid-backend", body);
+        };
+        let limits = RuleLimits {
+            request: action.request_timeout,
+            backend: action.backend_timeout,
+        };
+        let req = Request::from_parts(parts, body);
+        self.to_pool(pool, req, original_host, from, limits).await
+    }
+}
+
+/// Sends a copy of a bodiless request head to one of `pool`'s endpoints,
+/// in the background, within the pool's request timeout; the answer is
+/// dropped.
+fn mirror(pool: Arc<Pool>, parts: &Parts, from: Origin<'_>, host: Option<RoutedHost>) {
+    let mut head = Request::new(()).into_parts().0;
+    head.method = parts.method.clone();
+    head.uri = parts.uri.clone();
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    let peer = from.peer.ip();
+    let https = from.site.is_some();
+    tokio::spawn(async move {
+        let pick = pool.pick_request(&head.headers, peer);
+        let Some(target) = pool.pick(&pick).cloned() else {
+            return;
+        };
+        let forwarded = forward::request(&mut head, peer, host, https);
+        let req = Request::from_parts(head, RequestBody::Empty);
+        let exchange = async {
+            let resp = pool.policy.upstream.send(&target, req, &forwarded).await?;
+            target.upstream.inc(resp.status().as_u16());
+            // Read to the end, so the connection goes back to the pool.
+            let mut body = resp.into_body();
+            while let Some(Ok(_)) =
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+            {
+            }
+            Ok::<_, (crate::upstream::UpstreamError, Option<Request<RequestBody>>)>(())
+        };
+        if let Ok(Err(_)) | Err(_) =
+            tokio::time::timeout(pool.policy.request_timeout, exchange).await
+        {
+            target.upstream.inc(0);
+        }
+    });
+}
