@@ -12,7 +12,7 @@ use crate::http_route::{HttpRoute, validate_routes};
 use crate::route::{PoolRoute, RouteError, validate_pools};
 
 /// Every pool at one version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     /// The controller's table version.
