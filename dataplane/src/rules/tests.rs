@@ -9,7 +9,12 @@ use crate::table::Table;
 fn table(yaml: &str) -> Table {
     let file = RouteFile::from_yaml(yaml).expect("valid");
     let routes = RouteTable::from_parts(1, file.pools, file.routes);
-    Table::build(&routes, &Table::default(), &Metrics::new(), &Registry::default())
+    Table::build(
+        &routes,
+        &Table::default(),
+        &Metrics::new(),
+        &Registry::default(),
+    )
 }
 
 /// What `host` + `target` (path and query) with `headers` selects: the
@@ -138,7 +143,10 @@ fn precedence_follows_gateway_api() {
     assert_eq!(pick(&t, Method::PUT, "x.test", "/api/v1/x", &[]), "b");
     assert_eq!(get("/api/v1/x", &[]), "route \"older\" rules[3]");
     assert_eq!(get("/api/v1/x", &[("a", "1")]), "route \"older\" rules[4]");
-    assert_eq!(get("/api/v1/x?q=1", &[("a", "1")]), "route \"older\" rules[5]");
+    assert_eq!(
+        get("/api/v1/x?q=1", &[("a", "1")]),
+        "route \"older\" rules[5]"
+    );
     // Equal matches: the route with the lower order (the older one) wins.
     assert_eq!(get("/api/x", &[]), "route \"older\" rules[0]");
     assert_eq!(get("/other", &[]), "a");
@@ -160,9 +168,15 @@ routes:
         backends: [{pool: api}]
 "#,
     );
-    assert_eq!(pick(&t, Method::GET, "x.test", "/api/x", &[("v", "2")]), "api");
+    assert_eq!(
+        pick(&t, Method::GET, "x.test", "/api/x", &[("v", "2")]),
+        "api"
+    );
     assert_eq!(pick(&t, Method::GET, "x.test", "/api/x", &[]), "site");
-    assert_eq!(pick(&t, Method::GET, "y.test", "/api/x", &[("v", "2")]), "wild");
+    assert_eq!(
+        pick(&t, Method::GET, "y.test", "/api/x", &[("v", "2")]),
+        "wild"
+    );
     // A backend-only pool has no route of its own, not even a catch-all.
     assert_eq!(pick(&t, Method::GET, "other.org", "/", &[]), "-");
 }
@@ -197,7 +211,10 @@ fn a_rule_that_only_forwards_compiles_to_its_pool_and_weights_split() {
     let mut counts = [0u32; 3];
     for _ in 0..4000 {
         let b = split.pick().expect("a backend");
-        counts[["a", "b", "c"].iter().position(|n| *n == b.name).expect("known")] += 1;
+        counts[["a", "b", "c"]
+            .iter()
+            .position(|n| *n == b.name)
+            .expect("known")] += 1;
     }
     assert_eq!(counts[2], 0, "weight 0 gets nothing");
     assert!((2700..3300).contains(&counts[0]), "{counts:?}");
