@@ -58,7 +58,7 @@ fn parses_every_part_of_a_rule() {
     let rule = &route.rules[0];
     let m = &rule.matches[0];
     assert_eq!(m.path, Some(PathMatch::Exact("/cart".into())));
-    assert_eq!(m.method, Some(Method::POST));
+    assert_eq!(m.method, Some(Method::Post));
     assert!(!m.headers[0].regex && m.headers[1].regex);
     assert_eq!(m.query_params[0].name, "debug");
     assert_eq!(rule.backends[0].weight, 90);
