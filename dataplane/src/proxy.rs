@@ -267,42 +267,36 @@ impl Proxy {
             headers: req.headers(),
         };
         let from = Origin { peer, site };
-        let pool = match table.select(&host, &view) {
+        let (pool, req, original_host, rule) = match table.select(&host, &view) {
             Some(Matched {
                 target: Target::Pool(i),
                 ..
-            }) => table.pool_at(*i),
+            }) => match table.pool_at(*i) {
+                Some(pool) => (pool, req, original_host, None),
+                None => return no_route(&host, view.path),
+            },
             Some(Matched {
                 target: Target::Rule(action),
                 prefix_len,
             }) => {
-                let (action, prefix_len) = (Arc::clone(action), prefix_len);
+                let action = Arc::clone(action);
                 let raw_host = raw_host.to_string();
-                let ruled = (action, prefix_len, raw_host);
-                return self.ruled(&table, ruled, req, original_host, from).await;
+                let ruled = rule::apply(
+                    &table,
+                    &action,
+                    prefix_len,
+                    &raw_host,
+                    req,
+                    original_host,
+                    from,
+                );
+                match ruled {
+                    Ok((pool, req, original_host)) => (pool, req, original_host, Some(action)),
+                    Err(resp) => return resp,
+                }
             }
-            None => None,
+            None => return no_route(&host, view.path),
         };
-        let Some(pool) = pool else {
-            let path = view.path;
-            let body = format!("no pool matches host {host:?} path {path:?}\n");
-            return local(StatusCode::NOT_FOUND, "no-route", body);
-        };
-        self.to_pool(pool, req, original_host, from, RuleLimits::default())
-            .await
-    }
-
-    /// Takes a routed request on to `pool`: its client-certificate
-    /// requirement, its rate limit, then [`Proxy::dispatch`].
-    async fn to_pool(
-        &self,
-        pool: &Arc<Pool>,
-        req: Request<ClientBody>,
-        original_host: Option<RoutedHost>,
-        from: Origin<'_>,
-        limits: RuleLimits,
-    ) -> Response<ProxyBody> {
-        let Origin { peer, site } = from;
         if !tls::admits(site, &pool.route) {
             let body = format!(
                 "pool {:?} requires a client certificate: connect with TLS to one of its hosts\n",
@@ -322,8 +316,16 @@ impl Proxy {
             exchange.respond(429);
             return rate_limited(&pool.route.name, secs);
         }
-        self.dispatch(pool, exchange, req, original_host, from, None, limits)
-            .await
+        let limits = rule
+            .as_deref()
+            .map_or_else(RuleLimits::default, RuleLimits::of);
+        let mut resp = self
+            .dispatch(pool, exchange, req, original_host, from, None, limits)
+            .await;
+        if let Some(ops) = rule.as_ref().and_then(|r| r.response_headers.as_ref()) {
+            ops.apply(resp.headers_mut());
+        }
+        resp
     }
 
     /// Takes the request (routed to `pool`, within its rate limit) on from
@@ -692,6 +694,12 @@ fn failed_answer(pool: &Pool, target: &Endpoint, tries: u32) -> Answer {
     );
     let resp = local(StatusCode::BAD_GATEWAY, "upstream-failed", body);
     Answer::Local { resp, tries }
+}
+
+/// 404 for a request no rule matches.
+fn no_route(host: &str, path: &str) -> Response<ProxyBody> {
+    let body = format!("no pool matches host {host:?} path {path:?}\n");
+    local(StatusCode::NOT_FOUND, "no-route", body)
 }
 
 /// 429 for a request over the pool's rate limit.

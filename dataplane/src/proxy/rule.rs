@@ -1,6 +1,9 @@
-//! The request path of a matched rule that does more than send everything
-//! to one pool: redirect, header changes, rewrite, mirror, a backend chosen
-//! by weight, the rule's timeouts. Plain pool routes never come here.
+//! What a matched rule does to a request before it goes on to a pool, when
+//! it does more than send everything to one pool: redirect, header
+//! changes, rewrite, mirror, a backend chosen by weight, the rule's
+//! timeouts. Plain pool routes never come here; the request then takes the
+//! same path as theirs (client certificates, rate limit, breaker,
+//! endpoint, retries).
 //!
 //! Mirrors copy only requests without a body: copying a body would mean
 //! holding it in memory until both pools have read it, or slowing the
@@ -18,7 +21,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 
-use super::{Origin, Proxy, ProxyBody, local};
+use super::{Origin, ProxyBody, local};
 use crate::forward::{self, RoutedHost};
 use crate::front::ClientBody;
 use crate::rules::RuleAction;
@@ -45,112 +48,104 @@ impl RuleLimits {
             (b, p) => b.or(p),
         }
     }
+
+    /// The timeouts of `rule`.
+    pub(super) fn of(rule: &RuleAction) -> Self {
+        Self {
+            request: rule.request_timeout,
+            backend: rule.backend_timeout,
+        }
+    }
 }
 
-/// What the router found: the rule, the length of path its prefix
-/// matched, and the `Host` as the client sent it (for redirects).
-pub(super) type Ruled = (Arc<RuleAction>, usize, String);
-
-impl Proxy {
-    /// Applies the rule to the request and, unless it redirects, forwards
-    /// it to the backend its weights pick. Boxed: only rule requests pay
-    /// for its room in the request's future.
-    pub(super) fn ruled<'a>(
-        &'a self,
-        table: &'a Arc<Table>,
-        (action, prefix_len, host): Ruled,
-        req: Request<ClientBody>,
-        original_host: Option<RoutedHost>,
-        from: Origin<'a>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
-        Box::pin(async move {
-            let mut resp = self
-                .apply(table, &action, prefix_len, &host, req, original_host, from)
-                .await;
-            if let Some(ops) = &action.response_headers {
-                ops.apply(resp.headers_mut());
-            }
-            resp
-        })
+/// Applies a matched rule to the request: a redirect, a 500 when its
+/// weights land on no pool, or the pool to forward to with the request as
+/// the rule changed it (headers, host and path rewritten, mirrors sent).
+/// The response side (`ResponseHeaderModifier`) is the caller's. Not
+/// inlined: plain pool routes never run it, and the request path stays
+/// as short as it was.
+#[inline(never)]
+#[allow(clippy::too_many_arguments, clippy::result_large_err)]
+pub(super) fn apply<'t>(
+    table: &'t Table,
+    action: &RuleAction,
+    prefix_len: usize,
+    host: &str,
+    req: Request<ClientBody>,
+    mut original_host: Option<RoutedHost>,
+    from: Origin<'_>,
+) -> Result<(&'t Arc<Pool>, Request<ClientBody>, Option<RoutedHost>), Response<ProxyBody>> {
+    let (mut parts, body) = req.into_parts();
+    if let Some(redirect) = &action.redirect {
+        let https = from.site.is_some();
+        let (path, query) = (parts.uri.path(), parts.uri.query());
+        let location = redirect.location(https, host, path, query, prefix_len);
+        let Ok(value) = HeaderValue::try_from(location) else {
+            let body = format!("{}: the redirect target is not a valid URL\n", action.name);
+            return Err(local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bad-redirect",
+                body,
+            ));
+        };
+        let mut resp = Response::new(ProxyBody::Local(Default::default()));
+        *resp.status_mut() = redirect.status;
+        resp.headers_mut().insert(header::LOCATION, value);
+        if let Some(ops) = &action.response_headers {
+            ops.apply(resp.headers_mut());
+        }
+        return Err(resp);
     }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn apply(
-        &self,
-        table: &Arc<Table>,
-        action: &RuleAction,
-        prefix_len: usize,
-        host: &str,
-        req: Request<ClientBody>,
-        mut original_host: Option<RoutedHost>,
-        from: Origin<'_>,
-    ) -> Response<ProxyBody> {
-        let (mut parts, body) = req.into_parts();
-        if let Some(redirect) = &action.redirect {
-            let https = from.site.is_some();
-            let (path, query) = (parts.uri.path(), parts.uri.query());
-            let location = redirect.location(https, host, path, query, prefix_len);
-            let mut resp = Response::new(ProxyBody::Local(Default::default()));
-            *resp.status_mut() = redirect.status;
-            match HeaderValue::try_from(location) {
-                Ok(value) => resp.headers_mut().insert(header::LOCATION, value),
-                Err(_) => {
-                    let body = format!("{}: the redirect target is not a valid URL\n", action.name);
-                    return local(StatusCode::INTERNAL_SERVER_ERROR, "bad-redirect", body);
-                }
-            };
-            return resp;
-        }
-        if let Some(ops) = &action.request_headers {
-            ops.apply(&mut parts.headers);
-        }
-        if let Some(change) = &action.rewrite_path {
-            let path = change.apply(parts.uri.path(), prefix_len);
-            let target = match parts.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            match PathAndQuery::try_from(target) {
-                Ok(pq) => parts.uri = Uri::from(pq),
-                Err(_) => {
-                    let body = format!("{}: the rewritten path is not valid\n", action.name);
-                    return local(StatusCode::INTERNAL_SERVER_ERROR, "bad-rewrite", body);
-                }
-            }
-        }
-        if let Some(value) = &action.rewrite_host {
-            parts.headers.insert(header::HOST, value.clone());
-            // The pool sees the new `Host`; `X-Forwarded-Host` keeps the
-            // client's.
-            if let Some(routed) = &mut original_host {
-                routed.in_host_header = true;
-            }
-        }
-        if body.is_end_stream() {
-            for (_, pool) in action.mirrors.iter() {
-                if let Some(pool) = pool.and_then(|i| table.pool_at(i)) {
-                    mirror(Arc::clone(pool), &parts, from, original_host.clone());
-                }
-            }
-        }
-        let Some(backend) = action.pick() else {
-            let body = format!("{}: no backend has a weight above 0\n", action.name);
-            return local(StatusCode::INTERNAL_SERVER_ERROR, "no-backend", body);
-        };
-        let Some(pool) = backend.pool.and_then(|i| table.pool_at(i)) else {
-            let body = format!(
-                "{}: backend pool {:?} is not in the table\n",
-                action.name, backend.name
-            );
-            return local(StatusCode::INTERNAL_SERVER_ERROR, "invalid-backend", body);
-        };
-        let limits = RuleLimits {
-            request: action.request_timeout,
-            backend: action.backend_timeout,
-        };
-        let req = Request::from_parts(parts, body);
-        self.to_pool(pool, req, original_host, from, limits).await
+    if let Some(ops) = &action.request_headers {
+        ops.apply(&mut parts.headers);
     }
+    if let Some(change) = &action.rewrite_path {
+        let path = change.apply(parts.uri.path(), prefix_len);
+        let target = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let Ok(pq) = PathAndQuery::try_from(target) else {
+            let body = format!("{}: the rewritten path is not valid\n", action.name);
+            return Err(local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bad-rewrite",
+                body,
+            ));
+        };
+        parts.uri = Uri::from(pq);
+    }
+    if let Some(value) = &action.rewrite_host {
+        parts.headers.insert(header::HOST, value.clone());
+        // The pool sees the new `Host`; `X-Forwarded-Host` keeps the
+        // client's.
+        if let Some(routed) = &mut original_host {
+            routed.in_host_header = true;
+        }
+    }
+    if body.is_end_stream() {
+        for (_, pool) in action.mirrors.iter() {
+            if let Some(pool) = pool.and_then(|i| table.pool_at(i)) {
+                mirror(Arc::clone(pool), &parts, from, original_host.clone());
+            }
+        }
+    }
+    let Some(backend) = action.pick() else {
+        let body = format!("{}: no backend has a weight above 0\n", action.name);
+        return Err(local(StatusCode::INTERNAL_SERVER_ERROR, "no-backend", body));
+    };
+    let Some(pool) = backend.pool.and_then(|i| table.pool_at(i)) else {
+        let body = format!(
+            "{}: backend pool {:?} is not in the table\n",
+            action.name, backend.name
+        );
+        return Err(local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "invalid-backend",
+            body,
+        ));
+    };
+    Ok((pool, Request::from_parts(parts, body), original_host))
 }
 
 /// Sends a copy of a bodiless request head to one of `pool`'s endpoints,
