@@ -249,7 +249,7 @@ impl Proxy {
     /// TLS `site` (`None`: plain HTTP).
     pub async fn handle(
         &self,
-        req: Request<ClientBody>,
+        mut req: Request<ClientBody>,
         peer: SocketAddr,
         site: Option<&Site>,
     ) -> Response<ProxyBody> {
@@ -267,31 +267,23 @@ impl Proxy {
             headers: req.headers(),
         };
         let from = Origin { peer, site };
-        let (pool, req, original_host, rule) = match table.select(&host, &view) {
+        let mut original_host = original_host;
+        let (pool, rule) = match table.select(&host, &view) {
             Some(Matched {
                 target: Target::Pool(i),
                 ..
             }) => match table.pool_at(*i) {
-                Some(pool) => (pool, req, original_host, None),
+                Some(pool) => (pool, None),
                 None => return no_route(&host, view.path),
             },
             Some(Matched {
                 target: Target::Rule(action),
                 prefix_len,
             }) => {
-                let action = Arc::clone(action);
                 let raw_host = raw_host.to_string();
-                let ruled = rule::apply(
-                    &table,
-                    &action,
-                    prefix_len,
-                    &raw_host,
-                    req,
-                    original_host,
-                    from,
-                );
-                match ruled {
-                    Ok((pool, req, original_host)) => (pool, req, original_host, Some(action)),
+                let host = (&raw_host[..], &mut original_host);
+                match rule::apply(&table, action, prefix_len, host, &mut req, from) {
+                    Ok(pool) => (pool, Some(&**action)),
                     Err(resp) => return resp,
                 }
             }
@@ -322,7 +314,7 @@ impl Proxy {
         let mut resp = self
             .dispatch(pool, exchange, req, original_host, from, None, limits)
             .await;
-        if let Some(ops) = rule.as_ref().and_then(|r| r.response_headers.as_ref()) {
+        if let Some(ops) = rule.and_then(|r| r.response_headers.as_ref()) {
             ops.apply(resp.headers_mut());
         }
         resp

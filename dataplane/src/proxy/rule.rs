@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
@@ -58,27 +57,27 @@ impl RuleLimits {
     }
 }
 
-/// Applies a matched rule to the request: a redirect, a 500 when its
-/// weights land on no pool, or the pool to forward to with the request as
-/// the rule changed it (headers, host and path rewritten, mirrors sent).
-/// The response side (`ResponseHeaderModifier`) is the caller's. Not
-/// inlined: plain pool routes never run it, and the request path stays
-/// as short as it was.
+/// Applies a matched rule to the request, in place: a redirect, a 500 when
+/// its weights land on no pool, or the pool to forward to, with the
+/// request as the rule changed it (headers, host and path rewritten,
+/// mirrors sent). `host`: the `Host` as the client sent it, and the value
+/// `X-Forwarded-Host` will carry. The response side
+/// (`ResponseHeaderModifier`) is the caller's. Not inlined, and the
+/// request changed in place rather than moved through: plain pool routes
+/// never run it and pay nothing for it.
 #[inline(never)]
-#[allow(clippy::too_many_arguments, clippy::result_large_err)]
+#[allow(clippy::result_large_err)]
 pub(super) fn apply<'t>(
     table: &'t Table,
     action: &RuleAction,
     prefix_len: usize,
-    host: &str,
-    req: Request<ClientBody>,
-    mut original_host: Option<RoutedHost>,
+    (host, original_host): (&str, &mut Option<RoutedHost>),
+    req: &mut Request<ClientBody>,
     from: Origin<'_>,
-) -> Result<(&'t Arc<Pool>, Request<ClientBody>, Option<RoutedHost>), Response<ProxyBody>> {
-    let (mut parts, body) = req.into_parts();
+) -> Result<&'t Arc<Pool>, Response<ProxyBody>> {
     if let Some(redirect) = &action.redirect {
         let https = from.site.is_some();
-        let (path, query) = (parts.uri.path(), parts.uri.query());
+        let (path, query) = (req.uri().path(), req.uri().query());
         let location = redirect.location(https, host, path, query, prefix_len);
         let Ok(value) = HeaderValue::try_from(location) else {
             let body = format!("{}: the redirect target is not a valid URL\n", action.name);
@@ -97,11 +96,11 @@ pub(super) fn apply<'t>(
         return Err(resp);
     }
     if let Some(ops) = &action.request_headers {
-        ops.apply(&mut parts.headers);
+        ops.apply(req.headers_mut());
     }
     if let Some(change) = &action.rewrite_path {
-        let path = change.apply(parts.uri.path(), prefix_len);
-        let target = match parts.uri.query() {
+        let path = change.apply(req.uri().path(), prefix_len);
+        let target = match req.uri().query() {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
@@ -113,20 +112,20 @@ pub(super) fn apply<'t>(
                 body,
             ));
         };
-        parts.uri = Uri::from(pq);
+        *req.uri_mut() = Uri::from(pq);
     }
     if let Some(value) = &action.rewrite_host {
-        parts.headers.insert(header::HOST, value.clone());
+        req.headers_mut().insert(header::HOST, value.clone());
         // The pool sees the new `Host`; `X-Forwarded-Host` keeps the
         // client's.
-        if let Some(routed) = &mut original_host {
+        if let Some(routed) = original_host {
             routed.in_host_header = true;
         }
     }
-    if body.is_end_stream() {
+    if req.body().is_end_stream() {
         for (_, pool) in action.mirrors.iter() {
             if let Some(pool) = pool.and_then(|i| table.pool_at(i)) {
-                mirror(Arc::clone(pool), &parts, from, original_host.clone());
+                mirror(Arc::clone(pool), req, from, original_host.clone());
             }
         }
     }
@@ -134,29 +133,24 @@ pub(super) fn apply<'t>(
         let body = format!("{}: no backend has a weight above 0\n", action.name);
         return Err(local(StatusCode::INTERNAL_SERVER_ERROR, "no-backend", body));
     };
-    let Some(pool) = backend.pool.and_then(|i| table.pool_at(i)) else {
+    backend.pool.and_then(|i| table.pool_at(i)).ok_or_else(|| {
         let body = format!(
             "{}: backend pool {:?} is not in the table\n",
             action.name, backend.name
         );
-        return Err(local(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "invalid-backend",
-            body,
-        ));
-    };
-    Ok((pool, Request::from_parts(parts, body), original_host))
+        local(StatusCode::INTERNAL_SERVER_ERROR, "invalid-backend", body)
+    })
 }
 
 /// Sends a copy of a bodiless request head to one of `pool`'s endpoints,
 /// in the background, within the pool's request timeout; the answer is
 /// dropped.
-fn mirror(pool: Arc<Pool>, parts: &Parts, from: Origin<'_>, host: Option<RoutedHost>) {
+fn mirror(pool: Arc<Pool>, req: &Request<ClientBody>, from: Origin<'_>, host: Option<RoutedHost>) {
     let mut head = Request::new(()).into_parts().0;
-    head.method = parts.method.clone();
-    head.uri = parts.uri.clone();
-    head.version = parts.version;
-    head.headers = parts.headers.clone();
+    head.method = req.method().clone();
+    head.uri = req.uri().clone();
+    head.version = req.version();
+    head.headers = req.headers().clone();
     let peer = from.peer.ip();
     let https = from.site.is_some();
     tokio::spawn(async move {
