@@ -26,7 +26,7 @@ use crate::endpoint::{Endpoint, InFlight};
 use crate::forward::{self, Forwarded, RoutedHost};
 use crate::metrics::Exchange;
 use crate::retry::{self, Failure, RequestTraits, idempotent};
-use crate::rules::{Matched, RequestView, Target};
+use crate::rules::{Matched, RequestView, RuleAction, Target};
 use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
 use crate::tls::{self, Site};
@@ -308,11 +308,8 @@ impl Proxy {
             exchange.respond(429);
             return rate_limited(&pool.route.name, secs);
         }
-        let limits = rule
-            .as_deref()
-            .map_or_else(RuleLimits::default, RuleLimits::of);
         let mut resp = self
-            .dispatch(pool, exchange, req, original_host, from, None, limits)
+            .dispatch(pool, exchange, req, original_host, from, None, rule)
             .await;
         if let Some(ops) = rule.and_then(|r| r.response_headers.as_ref()) {
             ops.apply(resp.headers_mut());
@@ -325,8 +322,8 @@ impl Proxy {
     /// endpoints holds it when it has `activation`. `original_host`: the
     /// `Host` the client sent, for `X-Forwarded-Host`. `turn`: a released
     /// request's place in the release order, passed on once its first
-    /// attempt started (or it was answered). `limits`: the matched rule's
-    /// timeouts, which can only shorten the pool's.
+    /// attempt started (or it was answered). `rule`: the matched rule, whose
+    /// timeouts can only shorten the pool's.
     #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
@@ -336,7 +333,7 @@ impl Proxy {
         original_host: Option<RoutedHost>,
         from: Origin<'_>,
         turn: Option<activation::Turn>,
-        limits: RuleLimits,
+        rule: Option<&RuleAction>,
     ) -> Response<ProxyBody> {
         let Origin { peer, site } = from;
         let name = &pool.route.name;
@@ -355,7 +352,7 @@ impl Proxy {
                 drop((admitted, turn));
                 let pool = Arc::clone(pool);
                 return self
-                    .held(pool, exchange, req, original_host, from, limits)
+                    .held(pool, exchange, req, original_host, from, rule)
                     .await;
             }
             exchange.respond(503);
@@ -367,6 +364,7 @@ impl Proxy {
         let upgrade = upgrade::take(&mut parts);
         let https = site.is_some();
         let forwarded = forward::request(&mut parts, peer.ip(), original_host, https);
+        let limits = rule.map_or_else(RuleLimits::default, RuleLimits::of);
         let limit = limits.request(pool.policy.request_timeout);
         // Boxed: the attempts make a future of kilobytes, which the timeout
         // and activation layers above would otherwise copy whole as they
@@ -425,7 +423,7 @@ impl Proxy {
         req: Request<ClientBody>,
         original_host: Option<RoutedHost>,
         from: Origin<'a>,
-        limits: RuleLimits,
+        rule: Option<&'a RuleAction>,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
         Box::pin(async move {
             let arrived = tokio::time::Instant::from_std(exchange.started());
@@ -444,7 +442,7 @@ impl Proxy {
                     Some(now) => {
                         let exchange = pending.resume(&now.metrics);
                         let host = original_host;
-                        self.dispatch(now, exchange, req, host, from, turn, limits)
+                        self.dispatch(now, exchange, req, host, from, turn, rule)
                             .await
                     }
                     // The pool left the table: route the request afresh.

@@ -304,7 +304,6 @@ impl Rules {
 
     /// The first match for `host` (as `normalize_host` returns it) that
     /// holds for `req`.
-    #[inline]
     pub fn find(&self, host: &str, req: &RequestView<'_>) -> Option<Matched<'_>> {
         let first = |list: &[u32]| {
             list.iter().find_map(|i| {

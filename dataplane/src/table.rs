@@ -281,7 +281,6 @@ impl Table {
 
     /// The first rule for `host` (as [`normalize_host`] returns it) that
     /// holds for `req`.
-    #[inline]
     pub fn select(&self, host: &str, req: &RequestView<'_>) -> Option<Matched<'_>> {
         self.rules.find(host, req)
     }
