@@ -172,7 +172,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn select<'t>(table: &'t Table, c: &Case) -> bool {
+fn select(table: &Table, c: &Case) -> bool {
     let view = RequestView {
         path: c.path,
         query: c.query,
@@ -210,7 +210,7 @@ fn main() {
     println!();
     println!("table build (parse + compile): 10k rules {build_rules:?}, 1k pools {build_plain:?}");
     println!("{:<34} {:>10} {:>14}", "case", "ns/select", "allocs/select");
-    let mut run = |name: String, table: &Table, case: &Case| {
+    let run = |name: String, table: &Table, case: &Case| {
         let region = Region::new(GLOBAL);
         let started = Instant::now();
         for _ in 0..N {
