@@ -137,6 +137,7 @@ pub fn compute(
         rate_limit: policy("rateLimit", &spec.rate_limit)?,
         tls: None,
         activation: None,
+        backend_only: false,
     };
     if let Some(tls) = &spec.tls {
         match resolve_tls(namespace, &tls.secret_name, lookup) {

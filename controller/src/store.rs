@@ -1,8 +1,8 @@
 //! The versioned route table the stream serves.
 //!
 //! Instead of a queue of deltas per subscriber, the store remembers, for each
-//! pool, the version at which it last changed (and, for removed pools, a
-//! bounded set of tombstones). Any subscriber can then be brought from any
+//! pool and each route, the version at which it last changed (and, for
+//! removed ones, a bounded set of tombstones). Any subscriber can then be brought from any
 //! recent version to the current one with a single coalesced delta, and a
 //! subscriber that fell too far behind gets a snapshot. Memory is bounded by
 //! the table size plus [`MAX_TOMBSTONES`], whatever the number of changes or
@@ -11,10 +11,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sluice_protocol::{Delta, PoolRoute, RouteEvent, Snapshot};
+use sluice_protocol::{Delta, HttpRoute, PoolRoute, RouteEvent, Snapshot};
 use tokio::sync::watch;
 
-/// Removed pools remembered for deltas; older bases get a snapshot.
+/// Removed pools (and, apart, removed routes) remembered for deltas; older
+/// bases get a snapshot.
 pub const MAX_TOMBSTONES: usize = 4096;
 
 /// The route table, shared by the index (writer) and the stream (readers).
@@ -32,8 +33,102 @@ struct Inner {
     first: u64,
     /// Deltas can be built from any base at or after this version.
     horizon: u64,
-    pools: BTreeMap<String, (Arc<PoolRoute>, u64)>,
+    pools: Keyed<PoolRoute>,
+    routes: Keyed<HttpRoute>,
+}
+
+/// Named entries with the version of their last change, and tombstones.
+#[derive(Debug)]
+struct Keyed<T> {
+    live: BTreeMap<String, (Arc<T>, u64)>,
     tombstones: BTreeMap<String, u64>,
+}
+
+impl<T> Default for Keyed<T> {
+    fn default() -> Self {
+        Self {
+            live: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
+        }
+    }
+}
+
+/// What names an entry of the table.
+trait Named: PartialEq + Clone {
+    fn name(&self) -> &str;
+}
+
+impl Named for PoolRoute {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Named for HttpRoute {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<T: Named> Keyed<T> {
+    /// Applies changes as version `next`; whether anything changed.
+    fn change(&mut self, upserts: Vec<T>, removes: Vec<String>, next: u64) -> bool {
+        let mut changed = false;
+        for name in removes {
+            if self.live.remove(&name).is_some() {
+                self.tombstones.insert(name, next);
+                changed = true;
+            }
+        }
+        for item in upserts {
+            if self.live.get(item.name()).is_some_and(|(r, _)| **r == item) {
+                continue;
+            }
+            self.tombstones.remove(item.name());
+            self.live
+                .insert(item.name().to_string(), (Arc::new(item), next));
+            changed = true;
+        }
+        changed
+    }
+
+    /// Drops the oldest tombstones beyond [`MAX_TOMBSTONES`]; returns the
+    /// newest version dropped (deltas from before it are unknown).
+    fn trim(&mut self) -> u64 {
+        let mut horizon = 0;
+        while self.tombstones.len() > MAX_TOMBSTONES {
+            let oldest = self
+                .tombstones
+                .iter()
+                .min_by_key(|(_, v)| **v)
+                .map(|(n, v)| (n.clone(), *v));
+            if let Some((name, v)) = oldest {
+                self.tombstones.remove(&name);
+                horizon = horizon.max(v);
+            }
+        }
+        horizon
+    }
+
+    fn all(&self) -> Vec<T> {
+        self.live.values().map(|(r, _)| T::clone(r)).collect()
+    }
+
+    fn since(&self, base: u64) -> (Vec<T>, Vec<String>) {
+        let upserts = self
+            .live
+            .values()
+            .filter(|(_, v)| *v > base)
+            .map(|(r, _)| T::clone(r))
+            .collect();
+        let removes = self
+            .tombstones
+            .iter()
+            .filter(|(_, v)| **v > base)
+            .map(|(n, _)| n.clone())
+            .collect();
+        (upserts, removes)
+    }
 }
 
 impl RouteStore {
@@ -46,8 +141,8 @@ impl RouteStore {
                 version: first,
                 first,
                 horizon: first,
-                pools: BTreeMap::new(),
-                tombstones: BTreeMap::new(),
+                pools: Keyed::default(),
+                routes: Keyed::default(),
             }),
             version_tx,
         }
@@ -71,47 +166,33 @@ impl RouteStore {
         self.version_tx.subscribe()
     }
 
-    /// Applies one batch of changes as one new version. Upserts equal to what
-    /// is stored and removes of absent pools are ignored; when nothing is left
-    /// the version does not move. Returns the version holding the batch.
+    /// Applies one batch of pool changes as one new version. Upserts equal
+    /// to what is stored and removes of absent pools are ignored; when
+    /// nothing is left the version does not move. Returns the version
+    /// holding the batch.
     pub fn publish(&self, upserts: Vec<PoolRoute>, removes: Vec<String>) -> u64 {
+        self.publish_with_routes(upserts, removes, Vec::new(), Vec::new())
+    }
+
+    /// [`RouteStore::publish`] for pools and routes together: one version,
+    /// so a dataplane never sees a route without the pool change that came
+    /// with it.
+    pub fn publish_with_routes(
+        &self,
+        upserts: Vec<PoolRoute>,
+        removes: Vec<String>,
+        route_upserts: Vec<HttpRoute>,
+        route_removes: Vec<String>,
+    ) -> u64 {
         let mut inner = self.lock();
         let next = inner.version + 1;
-        let mut changed = false;
-        for name in removes {
-            if inner.pools.remove(&name).is_some() {
-                inner.tombstones.insert(name, next);
-                changed = true;
-            }
-        }
-        for route in upserts {
-            if inner
-                .pools
-                .get(&route.name)
-                .is_some_and(|(r, _)| **r == route)
-            {
-                continue;
-            }
-            inner.tombstones.remove(&route.name);
-            inner
-                .pools
-                .insert(route.name.clone(), (Arc::new(route), next));
-            changed = true;
-        }
-        if !changed {
+        let pools = inner.pools.change(upserts, removes, next);
+        let routes = inner.routes.change(route_upserts, route_removes, next);
+        if !pools && !routes {
             return inner.version;
         }
-        while inner.tombstones.len() > MAX_TOMBSTONES {
-            let oldest = inner
-                .tombstones
-                .iter()
-                .min_by_key(|(_, v)| **v)
-                .map(|(n, v)| (n.clone(), *v));
-            if let Some((name, v)) = oldest {
-                inner.tombstones.remove(&name);
-                inner.horizon = inner.horizon.max(v);
-            }
-        }
+        let dropped = inner.pools.trim().max(inner.routes.trim());
+        inner.horizon = inner.horizon.max(dropped);
         inner.version = next;
         drop(inner);
         self.version_tx.send_replace(next);
@@ -136,7 +217,7 @@ impl RouteStore {
 
     /// The version at which `name` last changed, if it is in the table.
     pub fn pool_version(&self, name: &str) -> Option<u64> {
-        self.lock().pools.get(name).map(|(_, v)| *v)
+        self.lock().pools.live.get(name).map(|(_, v)| *v)
     }
 
     /// What a subscriber at `base` needs to reach the current version:
@@ -147,32 +228,21 @@ impl RouteStore {
         match base {
             Some(b) if b == version => None,
             Some(b) if b >= inner.horizon && b >= inner.first && b < version => {
-                let upserts = inner
-                    .pools
-                    .values()
-                    .filter(|(_, v)| *v > b)
-                    .map(|(r, _)| PoolRoute::clone(r))
-                    .collect();
-                let removes = inner
-                    .tombstones
-                    .iter()
-                    .filter(|(_, v)| **v > b)
-                    .map(|(n, _)| n.clone())
-                    .collect();
+                let (upserts, removes) = inner.pools.since(b);
+                let (route_upserts, route_removes) = inner.routes.since(b);
                 Some(RouteEvent::Delta(Delta {
                     version,
                     base: b,
                     upserts,
                     removes,
+                    route_upserts,
+                    route_removes,
                 }))
             }
             _ => Some(RouteEvent::Snapshot(Snapshot {
                 version,
-                pools: inner
-                    .pools
-                    .values()
-                    .map(|(r, _)| PoolRoute::clone(r))
-                    .collect(),
+                pools: inner.pools.all(),
+                routes: inner.routes.all(),
             })),
         }
     }
@@ -270,6 +340,93 @@ mod tests {
                 subscriber.apply(ev).expect("event applies");
             }
             prop_assert_eq!(subscriber, current);
+        }
+    }
+
+    fn http_route(name: &str, pool: u16) -> HttpRoute {
+        HttpRoute {
+            name: name.into(),
+            rules: vec![sluice_protocol::Rule {
+                backends: vec![sluice_protocol::Backend {
+                    pool: format!("p{pool}"),
+                    weight: 1,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    proptest! {
+        /// The same, with routes changing beside pools.
+        #[test]
+        fn any_subscriber_converges_on_pools_and_routes(ops in prop::collection::vec((0u8..3, 0u16..3, any::<bool>(), any::<bool>()), 1..40), at in 0usize..40) {
+            let s = RouteStore::new(1000);
+            let mut current = RouteTable { version: 1000, ..Default::default() };
+            let mut seen = vec![current.clone()];
+            for (n, port, remove, is_route) in ops {
+                let name = format!("n{n}");
+                let v = match (is_route, remove) {
+                    (false, false) => {
+                        current.pools.insert(name.clone(), route(&name, port));
+                        s.publish(vec![route(&name, port)], vec![])
+                    }
+                    (false, true) => {
+                        current.pools.remove(&name);
+                        s.publish(vec![], vec![name])
+                    }
+                    (true, false) => {
+                        current.routes.insert(name.clone(), http_route(&name, port));
+                        s.publish_with_routes(vec![], vec![], vec![http_route(&name, port)], vec![])
+                    }
+                    (true, true) => {
+                        current.routes.remove(&name);
+                        s.publish_with_routes(vec![], vec![], vec![], vec![name])
+                    }
+                };
+                current.version = v;
+                seen.push(current.clone());
+            }
+            let mut subscriber = seen[at % seen.len()].clone();
+            if let Some(ev) = s.event_since(Some(subscriber.version)) {
+                subscriber.apply(ev).expect("event applies");
+            }
+            prop_assert_eq!(subscriber, current);
+        }
+    }
+
+    #[test]
+    fn a_route_change_resumes_as_a_delta_of_routes() {
+        let s = RouteStore::new(100);
+        let v1 = s.publish_with_routes(
+            vec![route("a", 1)],
+            vec![],
+            vec![http_route("r", 1)],
+            vec![],
+        );
+        let v2 = s.publish_with_routes(vec![], vec![], vec![http_route("r", 2)], vec![]);
+        assert_eq!(
+            s.publish_with_routes(vec![], vec![], vec![http_route("r", 2)], vec![]),
+            v2
+        );
+        match s.event_since(Some(v1)) {
+            Some(RouteEvent::Delta(d)) => {
+                assert!(d.upserts.is_empty() && d.removes.is_empty());
+                assert_eq!(d.route_upserts, vec![http_route("r", 2)]);
+            }
+            other => panic!("expected a delta, got {other:?}"),
+        }
+        s.publish_with_routes(vec![], vec![], vec![], vec!["r".into()]);
+        match s.event_since(Some(v2)) {
+            Some(RouteEvent::Delta(d)) => assert_eq!(d.route_removes, vec!["r".to_string()]),
+            other => panic!("expected a delta, got {other:?}"),
+        }
+        match s.event_since(None) {
+            Some(RouteEvent::Snapshot(snap)) => {
+                assert_eq!(snap.pools.len(), 1);
+                assert!(snap.routes.is_empty());
+            }
+            other => panic!("expected a snapshot, got {other:?}"),
         }
     }
 

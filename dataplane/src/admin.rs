@@ -48,12 +48,16 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
                     p
                 })
                 .collect();
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "version": routes.version,
                 "pools": pools,
                 "lastError": state.last_error(),
                 "rejected": state.rejected(),
             });
+            if !routes.routes.is_empty() {
+                let list: Vec<_> = routes.routes.values().collect();
+                body["routes"] = serde_json::json!(list);
+            }
             reply(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         "/debug/pools" => {

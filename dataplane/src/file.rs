@@ -99,7 +99,7 @@ fn parse(path: &Path, text: &str, version: u64, serving: usize) -> Result<RouteT
         path: path.to_path_buf(),
         message: explain(&error, text),
     })?;
-    if file.pools.is_empty() && serving > 0 && !file.allow_empty {
+    if file.pools.is_empty() && file.routes.is_empty() && serving > 0 && !file.allow_empty {
         return Err(FileError::WouldEmpty {
             path: path.to_path_buf(),
             serving,
@@ -109,7 +109,7 @@ fn parse(path: &Path, text: &str, version: u64, serving: usize) -> Result<RouteT
         path: path.to_path_buf(),
         error,
     })?;
-    Ok(RouteTable::from_pools(version, file.pools))
+    Ok(RouteTable::from_parts(version, file.pools, file.routes))
 }
 
 /// Whether the file holds no YAML at all: blank lines, comments, document

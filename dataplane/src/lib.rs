@@ -2,7 +2,8 @@
 //! by a file. It knows nothing of Kubernetes; `sluice-protocol` is the only
 //! thing it shares with the controller.
 //!
-//! Layout: [`table`] (host + prefix routing, swapped whole), [`balance`]
+//! Layout: [`table`] (pools and routing, swapped whole), [`rules`] (matches,
+//! filters and weighted backends between host and pool), [`balance`]
 //! (endpoint selection), [`health`] and [`outlier`] (endpoint
 //! availability), [`proxy`] and [`forward`] (the request path),
 //! [`activation`] (holding requests for a pool scaled to zero),
@@ -41,6 +42,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod report;
 pub mod retry;
+pub mod rules;
 pub mod state;
 pub mod stream;
 pub mod table;

@@ -27,12 +27,17 @@ use crate::forward::{self, Forwarded, RoutedHost};
 use crate::h1;
 use crate::metrics::Exchange;
 use crate::retry::{self, Failure, RequestTraits, idempotent};
+use crate::rules::{Matched, RequestView, RuleAction, Target};
 use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
 use crate::tls::{self, Site};
 use crate::trace::Propagated;
 use crate::upgrade;
 use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError};
+
+mod rule;
+
+use self::rule::RuleLimits;
 
 /// Header naming why Sluice answered a request itself.
 pub const ERROR_HEADER: &str = "x-sluice-error";
@@ -249,7 +254,7 @@ impl Proxy {
     /// endpoint gets (`None`: tracing off).
     pub async fn handle(
         &self,
-        req: Request<ClientBody>,
+        mut req: Request<ClientBody>,
         peer: SocketAddr,
         site: Option<&Site>,
         trace: Option<Propagated>,
@@ -260,10 +265,35 @@ impl Proxy {
             Err(bad) => return bad_request(req.version(), bad.reason(), bad.to_string()),
         };
         let host = normalize_host(raw_host);
-        let path = req.uri().path();
-        let Some(pool) = table.route(&host, path) else {
-            let body = format!("no pool matches host {host:?} path {path:?}\n");
-            return local(StatusCode::NOT_FOUND, "no-route", body);
+        let uri = req.uri();
+        let view = RequestView {
+            path: uri.path(),
+            query: uri.query(),
+            method: req.method(),
+            headers: req.headers(),
+        };
+        let from = Origin { peer, site, trace };
+        let mut original_host = original_host;
+        let (pool, rule) = match table.select(&host, &view) {
+            Some(Matched {
+                target: Target::Pool(i),
+                ..
+            }) => match table.pool_at(*i) {
+                Some(pool) => (pool, None),
+                None => return no_route(&host, view.path),
+            },
+            Some(Matched {
+                target: Target::Rule(action),
+                prefix_len,
+            }) => {
+                let raw_host = raw_host.to_string();
+                let host = (&raw_host[..], &mut original_host);
+                match rule::apply(&table, action, prefix_len, host, &mut req, from) {
+                    Ok(pool) => (pool, Some(&**action)),
+                    Err(resp) => return resp,
+                }
+            }
+            None => return no_route(&host, view.path),
         };
         if !tls::admits(site, &pool.route) {
             let body = format!(
@@ -284,9 +314,13 @@ impl Proxy {
             exchange.respond(429);
             return rate_limited(&pool.route.name, secs);
         }
-        let from = Origin { peer, site, trace };
-        self.dispatch(pool, exchange, req, original_host, from, None)
-            .await
+        let mut resp = self
+            .dispatch(pool, exchange, req, original_host, from, None, rule)
+            .await;
+        if let Some(ops) = rule.and_then(|r| r.response_headers.as_ref()) {
+            ops.apply(resp.headers_mut());
+        }
+        resp
     }
 
     /// Takes the request (routed to `pool`, within its rate limit) on from
@@ -294,7 +328,9 @@ impl Proxy {
     /// endpoints holds it when it has `activation`. `original_host`: the
     /// `Host` the client sent, for `X-Forwarded-Host`. `turn`: a released
     /// request's place in the release order, passed on once its first
-    /// attempt started (or it was answered).
+    /// attempt started (or it was answered). `rule`: the matched rule, whose
+    /// timeouts can only shorten the pool's.
+    #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
         pool: &Arc<Pool>,
@@ -303,6 +339,7 @@ impl Proxy {
         original_host: Option<RoutedHost>,
         from: Origin<'_>,
         turn: Option<activation::Turn>,
+        rule: Option<&RuleAction>,
     ) -> Response<ProxyBody> {
         let Origin { peer, site, trace } = from;
         let name = &pool.route.name;
@@ -320,7 +357,9 @@ impl Proxy {
                 // holds up no one released after it.
                 drop((admitted, turn));
                 let pool = Arc::clone(pool);
-                return self.held(pool, exchange, req, original_host, from).await;
+                return self
+                    .held(pool, exchange, req, original_host, from, rule)
+                    .await;
             }
             exchange.respond(503);
             let body = format!("pool {name:?} has no ready endpoints\n");
@@ -332,14 +371,18 @@ impl Proxy {
         let version = parts.version;
         let https = site.is_some();
         let forwarded = forward::request(&mut parts, peer.ip(), original_host, https, trace);
-        let limit = pool.policy.request_timeout;
+        let limits = rule.map_or_else(RuleLimits::default, RuleLimits::of);
+        let limit = limits.request(pool.policy.request_timeout);
         let idle = pool.policy.upstream.idle();
         let progress = (!body.is_end_stream()).then(|| Arc::new(Progress::default()));
         // Boxed: the attempts make a future of kilobytes, which the timeout
         // and activation layers above would otherwise copy whole as they
         // take it (measured, with the front end polling the request's
         // future in place: 1.6k more instructions a request unboxed).
-        let attempts = boxed_attempts(pool, target, &pick, &forwarded, parts, body, &progress);
+        let per_try = limits.per_try(pool.policy.retry.per_try_timeout);
+        let attempts = boxed_attempts(
+            pool, target, &pick, &forwarded, per_try, parts, body, &progress,
+        );
         let tries = within_silence(attempts, progress.as_deref(), limit, Some(idle));
         let (mut resp, tries) = match activation::relay(tries, turn).await {
             Ok(Answer::Upstream {
@@ -408,6 +451,7 @@ impl Proxy {
         req: Request<ClientBody>,
         original_host: Option<RoutedHost>,
         from: Origin<'a>,
+        rule: Option<&'a RuleAction>,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
         Box::pin(async move {
             let arrived = tokio::time::Instant::from_std(exchange.started());
@@ -426,7 +470,8 @@ impl Proxy {
                     Some(now) => {
                         let exchange = pending.resume(&now.metrics);
                         let host = original_host;
-                        self.dispatch(now, exchange, req, host, from, turn).await
+                        self.dispatch(now, exchange, req, host, from, turn, rule)
+                            .await
                     }
                     // The pool left the table: route the request afresh.
                     None => {
@@ -521,24 +566,26 @@ fn boxed_attempts<'a>(
     first: &'a Arc<Endpoint>,
     pick: &'a PickRequest,
     forwarded: &'a Forwarded,
+    per_try: Option<Duration>,
     parts: Parts,
     body: ClientBody,
     progress: &Option<Arc<Progress>>,
 ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
     let progress = progress.clone();
     Box::pin(attempts(
-        pool, first, pick, forwarded, parts, body, progress,
+        pool, first, pick, forwarded, per_try, parts, body, progress,
     ))
 }
 
 /// Sends the request to `first`, and again to other endpoints while the
 /// pool's retry policy, budget and `maxRetries` allow (rules in
-/// [`crate::retry`]).
+/// [`crate::retry`]). `per_try`: the limit of one try.
 async fn attempts(
     pool: &Pool,
     first: &Arc<Endpoint>,
     pick: &PickRequest,
     forwarded: &Forwarded,
+    per_try: Option<Duration>,
     parts: Parts,
     body: ClientBody,
     progress: Option<Arc<Progress>>,
@@ -579,7 +626,7 @@ async fn attempts(
             Request::from_parts(parts, body.attempt()),
             forwarded,
         );
-        let result = match retry.per_try_timeout {
+        let result = match per_try {
             Some(limit) => within_silence(sent, body.progress(), limit, None)
                 .await
                 .map_err(|_| limit),
@@ -775,6 +822,12 @@ fn failed_answer(pool: &Pool, target: &Endpoint, tries: u32) -> Answer {
     );
     let resp = local(StatusCode::BAD_GATEWAY, "upstream-failed", body);
     Answer::Local { resp, tries }
+}
+
+/// 404 for a request no rule matches.
+fn no_route(host: &str, path: &str) -> Response<ProxyBody> {
+    let body = format!("no pool matches host {host:?} path {path:?}\n");
+    local(StatusCode::NOT_FOUND, "no-route", body)
 }
 
 /// 429 for a request over the pool's rate limit.

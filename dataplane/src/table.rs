@@ -1,13 +1,15 @@
-//! The compiled routing table: host + longest path prefix → pool.
+//! The compiled routing table: pools, and the rules that send requests to
+//! them ([`crate::rules`]: host, then matches in precedence order).
 //!
 //! Built off the request path from a protocol `RouteTable` and swapped in
 //! whole (`State::install` stores it in an `ArcSwap`), so a request reads one
 //! consistent table from routing to the endpoint it dials.
 //!
+//! A pool with hosts is a route with one `PathPrefix` rule to itself.
 //! Matching order: the exact host, then `*.suffix` wildcards (longest suffix
-//! first), then catch-all pools (`*` or no hosts). Within a tier the longest
-//! matching path prefix wins. A tier whose pools all miss the path falls
-//! through to the next one, as Gateway API's precedence does: a request for
+//! first), then catch-all routes (`*` or no hosts). Within a tier the
+//! longest matching path prefix wins. A tier whose rules all miss the
+//! request falls through to the next one: a request for
 //! `api.example.com/docs` reaches `*.example.com`'s `/` when the exact pool
 //! only serves `/v1`, rather than failing while another pool matches.
 
@@ -33,6 +35,7 @@ use crate::balance::{Balancer, KeySource};
 use crate::endpoint::{Endpoint, PoolState, Registry};
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::policy::Policy;
+use crate::rules::{Matched, RequestView, Rules, Target};
 
 /// One pool as the proxy uses it. The route, endpoints and weights are fixed
 /// for the pool's life; which endpoints the balancer spreads traffic over
@@ -245,10 +248,7 @@ pub struct Table {
     pub version: u64,
     pools: Vec<Arc<Pool>>,
     by_name: HashMap<String, usize>,
-    exact: HashMap<String, Vec<usize>>,
-    /// `(".suffix", pools)`, longest suffix first.
-    wildcard: Vec<(String, Vec<usize>)>,
-    catch_all: Vec<usize>,
+    rules: Rules,
 }
 
 impl Table {
@@ -266,7 +266,6 @@ impl Table {
             version: routes.version,
             ..Default::default()
         };
-        let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
         for route in routes.pools.values() {
             let i = table.pools.len();
             let pool = match previous.pool(&route.name) {
@@ -275,55 +274,47 @@ impl Table {
             };
             table.pools.push(pool);
             table.by_name.insert(route.name.clone(), i);
-            if route.hosts.is_empty() {
-                table.catch_all.push(i);
-            }
-            for host in &route.hosts {
-                if host.is_catch_all() {
-                    table.catch_all.push(i);
-                } else if let Some(suffix) = host.wildcard_suffix() {
-                    wildcard.entry(suffix.to_string()).or_default().push(i);
-                } else {
-                    let list = table.exact.entry(host.as_str().to_string());
-                    list.or_default().push(i);
-                }
-            }
         }
-        let pools = &table.pools;
-        let by_specificity = |list: &mut Vec<usize>| {
-            list.sort_by_key(|i| std::cmp::Reverse(pools[*i].route.path_prefix.specificity()));
-            list.dedup();
-        };
-        table.exact.values_mut().for_each(by_specificity);
-        wildcard.values_mut().for_each(by_specificity);
-        by_specificity(&mut table.catch_all);
-        table.wildcard = wildcard.into_iter().collect();
-        table
-            .wildcard
-            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        table.rules = Rules::build(routes, |name| table.by_name.get(name).copied());
         table
     }
 
-    /// The pool for `host` (as [`normalize_host`] returns it) and `path`.
+    /// The first rule for `host` (as [`normalize_host`] returns it) that
+    /// holds for `req`.
+    pub fn select(&self, host: &str, req: &RequestView<'_>) -> Option<Matched<'_>> {
+        self.rules.find(host, req)
+    }
+
+    /// The pool at `index` (a [`Target::Pool`], a rule's backend).
+    pub fn pool_at(&self, index: usize) -> Option<&Arc<Pool>> {
+        self.pools.get(index)
+    }
+
+    /// The pool a `GET` of `path` without headers goes to on `host`: for a
+    /// rule with several backends, the heaviest one present. For the
+    /// access log and tests; the proxy routes with [`Table::select`].
     pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
-        let first_match = |list: &[usize]| {
-            list.iter()
-                .map(|i| &self.pools[*i])
-                .find(|p| p.route.path_prefix.matches(path))
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            path,
+            query: None,
+            method: &http::Method::GET,
+            headers: &headers,
         };
-        if let Some(p) = self.exact.get(host).and_then(|l| first_match(l)) {
-            return Some(p);
+        match self.select(host, &view)?.target {
+            Target::Pool(i) => self.pool_at(*i),
+            Target::Rule(action) => action
+                .backends
+                .iter()
+                .filter(|b| b.weight > 0 && b.pool.is_some())
+                .max_by_key(|b| b.weight)
+                .and_then(|b| self.pool_at(b.pool?)),
         }
-        for (suffix, list) in &self.wildcard {
-            // `*.example.com` matches `a.example.com`, not `example.com`.
-            if host.len() > suffix.len()
-                && host.ends_with(suffix.as_str())
-                && let Some(p) = first_match(list)
-            {
-                return Some(p);
-            }
-        }
-        first_match(&self.catch_all)
+    }
+
+    /// Number of compiled rule matches, pools' own included.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
     }
 
     /// The pool named `name`.

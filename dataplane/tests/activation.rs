@@ -38,7 +38,11 @@ fn pool(endpoints: &[SocketAddr], max_pending: u32, timeout: Duration) -> PoolRo
 }
 
 fn snapshot(pools: Vec<PoolRoute>) -> RouteEvent {
-    RouteEvent::Snapshot(Snapshot { version: 1, pools })
+    RouteEvent::Snapshot(Snapshot {
+        version: 1,
+        pools,
+        ..Default::default()
+    })
 }
 
 fn delta(version: u64, upserts: Vec<PoolRoute>) -> RouteEvent {
@@ -47,6 +51,7 @@ fn delta(version: u64, upserts: Vec<PoolRoute>) -> RouteEvent {
         base: version - 1,
         upserts,
         removes: vec![],
+        ..Default::default()
     })
 }
 

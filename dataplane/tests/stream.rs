@@ -24,7 +24,11 @@ fn pool(addr: SocketAddr) -> PoolRoute {
 }
 
 fn snapshot(version: u64, pools: Vec<PoolRoute>) -> RouteEvent {
-    RouteEvent::Snapshot(Snapshot { version, pools })
+    RouteEvent::Snapshot(Snapshot {
+        version,
+        pools,
+        ..Default::default()
+    })
 }
 
 fn delta(version: u64, base: u64, upserts: Vec<PoolRoute>) -> RouteEvent {
@@ -33,6 +37,7 @@ fn delta(version: u64, base: u64, upserts: Vec<PoolRoute>) -> RouteEvent {
         base,
         upserts,
         removes: vec![],
+        ..Default::default()
     })
 }
 

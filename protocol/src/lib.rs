@@ -8,6 +8,7 @@
 //! become one validated shape. This crate knows nothing of Kubernetes.
 
 pub mod duration;
+pub mod http_route;
 pub mod policy;
 pub mod report;
 pub mod route;
@@ -15,6 +16,7 @@ pub mod sse;
 pub mod table;
 
 pub use duration::Duration;
+pub use http_route::{Backend, Filter, HttpRoute, PathMatch, RouteMatch, Rule};
 pub use policy::{
     Activation, Algorithm, CircuitBreaker, HashKey, HealthCheck, OutlierDetection, Percent,
     RateLimit, RateLimitAlgorithm, RateLimitKey, Retries, RetryOn, SessionAffinity, Timeouts, Tls,

@@ -12,6 +12,7 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
+use crate::http_route::{HttpRoute, validate_routes};
 use crate::policy::{
     Activation, Algorithm, CircuitBreaker, HashKey, HealthCheck, OutlierDetection, RateLimit,
     RateLimitKey, Retries, SessionAffinity, Timeouts, Tls,
@@ -70,6 +71,11 @@ pub struct PoolRoute {
     /// Request holding while the pool has no ready endpoint (scale from zero).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<Activation>,
+    /// The pool is only a backend of [`crate::HttpRoute`] rules: it implies
+    /// no route of its own (otherwise a pool without `hosts` would catch
+    /// every host). Takes no `hosts`, `pathPrefix` or `tls`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub backend_only: bool,
 }
 
 impl PoolRoute {
@@ -281,13 +287,17 @@ impl fmt::Display for Host {
     }
 }
 
-/// The standalone dataplane's file: `{pools: [PoolRoute], allowEmpty: bool}`.
+/// The standalone dataplane's file: `{pools: [PoolRoute], routes:
+/// [HttpRoute], allowEmpty: bool}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     /// Every pool the dataplane serves.
     #[serde(default)]
     pub pools: Vec<PoolRoute>,
+    /// Rules sending requests to the pools by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<HttpRoute>,
     /// The author means an empty `pools` list even when it replaces a table
     /// in service. Without it a reload that lists no pools is refused: a
     /// truncated or half-written file must not take every route away.
@@ -313,6 +323,19 @@ pub enum RouteError {
     /// Policies that do not fit together.
     #[error("pool {pool:?}: {message}")]
     Policy { pool: String, message: String },
+    /// Two routes share a name.
+    #[error("routes[{index}]: name {name:?} is used by more than one route")]
+    DuplicateRouteName { index: usize, name: String },
+    /// A route has an empty name.
+    #[error("routes[{index}]: name must not be empty")]
+    EmptyRouteName { index: usize },
+    /// A rule whose parts do not fit together.
+    #[error("route {route:?}: rules[{rule}]: {message}")]
+    Rule {
+        route: String,
+        rule: usize,
+        message: String,
+    },
 }
 
 impl RouteFile {
@@ -321,6 +344,7 @@ impl RouteFile {
         let file: RouteFile =
             serde_saphyr::from_str(text).map_err(|e| RouteError::Yaml(e.to_string()))?;
         validate_pools(&file.pools)?;
+        validate_routes(&file.routes)?;
         Ok(file)
     }
 }
@@ -375,6 +399,14 @@ fn check_policies(pool: &PoolRoute) -> Result<(), String> {
             }
             _ => {}
         }
+    }
+    if pool.backend_only
+        && (!pool.hosts.is_empty() || pool.tls.is_some() || pool.path_prefix.as_str() != "/")
+    {
+        return Err(
+            "backendOnly: the pool implies no route, so it takes no hosts, pathPrefix or tls"
+                .into(),
+        );
     }
     if let Some(tls) = &pool.tls {
         tls.check()?;

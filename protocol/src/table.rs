@@ -8,20 +8,25 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::http_route::{HttpRoute, validate_routes};
 use crate::route::{PoolRoute, RouteError, validate_pools};
 
 /// Every pool at one version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     /// The controller's table version.
     pub version: u64,
     /// All pools.
     pub pools: Vec<PoolRoute>,
+    /// All routes (absent from the JSON when there are none, so a table of
+    /// pools alone reads as it always did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<HttpRoute>,
 }
 
 /// The change from version `base` to version `version`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Delta {
     /// The version after the change.
@@ -34,6 +39,20 @@ pub struct Delta {
     /// Names of pools removed.
     #[serde(default)]
     pub removes: Vec<String>,
+    /// Routes added or changed, whole.
+    #[serde(
+        default,
+        rename = "routeUpserts",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub route_upserts: Vec<HttpRoute>,
+    /// Names of routes removed.
+    #[serde(
+        default,
+        rename = "routeRemoves",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub route_removes: Vec<String>,
 }
 
 /// One event of the route stream.
@@ -100,22 +119,31 @@ pub enum ApplyError {
     Invalid(#[from] RouteError),
 }
 
-/// A versioned set of pools, keyed by name.
+/// A versioned set of pools and routes, each keyed by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteTable {
     /// Version of the last applied event; 0 before any.
     pub version: u64,
     /// Pools by name.
     pub pools: BTreeMap<String, PoolRoute>,
+    /// Routes by name.
+    pub routes: BTreeMap<String, HttpRoute>,
 }
 
 impl RouteTable {
     /// A table at `version` holding `pools` (names assumed unique, as
     /// [`crate::RouteFile::from_yaml`] guarantees).
     pub fn from_pools(version: u64, pools: Vec<PoolRoute>) -> Self {
+        Self::from_parts(version, pools, Vec::new())
+    }
+
+    /// A table at `version` holding `pools` and `routes` (names assumed
+    /// unique within each, as [`crate::RouteFile::from_yaml`] guarantees).
+    pub fn from_parts(version: u64, pools: Vec<PoolRoute>, routes: Vec<HttpRoute>) -> Self {
         Self {
             version,
             pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            routes: routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
         }
     }
 
@@ -124,7 +152,8 @@ impl RouteTable {
         match event {
             RouteEvent::Snapshot(s) => {
                 validate_pools(&s.pools)?;
-                *self = Self::from_pools(s.version, s.pools);
+                validate_routes(&s.routes)?;
+                *self = Self::from_parts(s.version, s.pools, s.routes);
             }
             RouteEvent::Delta(d) => {
                 if d.base != self.version {
@@ -134,6 +163,7 @@ impl RouteTable {
                     });
                 }
                 validate_pools(&d.upserts)?;
+                validate_routes(&d.route_upserts)?;
                 // Everything that can refuse the delta was checked above:
                 // change the table in place, at the cost of what changed.
                 for name in &d.removes {
@@ -141,6 +171,12 @@ impl RouteTable {
                 }
                 for pool in d.upserts {
                     self.pools.insert(pool.name.clone(), pool);
+                }
+                for name in &d.route_removes {
+                    self.routes.remove(name);
+                }
+                for route in d.route_upserts {
+                    self.routes.insert(route.name.clone(), route);
                 }
                 self.version = d.version;
             }
@@ -153,6 +189,7 @@ impl RouteTable {
         Snapshot {
             version: self.version,
             pools: self.pools.values().cloned().collect(),
+            routes: self.routes.values().cloned().collect(),
         }
     }
 
@@ -175,6 +212,18 @@ impl RouteTable {
             base: self.version,
             upserts,
             removes,
+            route_upserts: newer
+                .routes
+                .iter()
+                .filter(|(name, route)| self.routes.get(*name) != Some(route))
+                .map(|(_, route)| route.clone())
+                .collect(),
+            route_removes: self
+                .routes
+                .keys()
+                .filter(|name| !newer.routes.contains_key(*name))
+                .cloned()
+                .collect(),
         }
     }
 
@@ -214,6 +263,7 @@ mod tests {
         RouteTable {
             version,
             pools: pools.iter().map(|(n, p)| (n.clone(), pool(n, p))).collect(),
+            ..RouteTable::default()
         }
     }
 
@@ -227,6 +277,7 @@ mod tests {
                 base: 6,
                 upserts: vec![],
                 removes: vec!["a".into()],
+                ..Delta::default()
             }))
             .expect_err("wrong base");
         assert!(matches!(err, ApplyError::BaseMismatch { have: 5, base: 6 }));
@@ -244,6 +295,7 @@ mod tests {
                 base: 5,
                 upserts: vec![pool("b", &[2, 2])],
                 removes: vec!["a".into()],
+                ..Delta::default()
             }))
             .expect_err("duplicate endpoint");
         assert!(err.to_string().contains("more than once"), "{err}");
