@@ -380,9 +380,11 @@ impl Proxy {
         // take it (measured, with the front end polling the request's
         // future in place: 1.6k more instructions a request unboxed).
         let per_try = limits.per_try(pool.policy.retry.per_try_timeout);
-        let attempts = boxed_attempts(
-            pool, target, &pick, &forwarded, per_try, parts, body, &progress,
-        );
+        let watch = TryWatch {
+            per_try,
+            progress: progress.clone(),
+        };
+        let attempts = boxed_attempts(pool, target, &pick, &forwarded, watch, parts, body);
         let tries = within_silence(attempts, progress.as_deref(), limit, Some(idle));
         let (mut resp, tries) = match activation::relay(tries, turn).await {
             Ok(Answer::Upstream {
@@ -566,30 +568,35 @@ fn boxed_attempts<'a>(
     first: &'a Arc<Endpoint>,
     pick: &'a PickRequest,
     forwarded: &'a Forwarded,
-    per_try: Option<Duration>,
+    watch: TryWatch,
     parts: Parts,
     body: ClientBody,
-    progress: &Option<Arc<Progress>>,
 ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
-    let progress = progress.clone();
-    Box::pin(attempts(
-        pool, first, pick, forwarded, per_try, parts, body, progress,
-    ))
+    Box::pin(attempts(pool, first, pick, forwarded, watch, parts, body))
+}
+
+/// What bounds each try besides the request: the limit of one try (the
+/// pool's `perTryTimeout`, or a rule's `backendRequest`) and, for a
+/// request with a body, the body's progress, so that the limit measures
+/// silence after the body's last byte, not the upload's length.
+struct TryWatch {
+    per_try: Option<Duration>,
+    progress: Option<Arc<Progress>>,
 }
 
 /// Sends the request to `first`, and again to other endpoints while the
 /// pool's retry policy, budget and `maxRetries` allow (rules in
-/// [`crate::retry`]). `per_try`: the limit of one try.
+/// [`crate::retry`]).
 async fn attempts(
     pool: &Pool,
     first: &Arc<Endpoint>,
     pick: &PickRequest,
     forwarded: &Forwarded,
-    per_try: Option<Duration>,
+    watch: TryWatch,
     parts: Parts,
     body: ClientBody,
-    progress: Option<Arc<Progress>>,
 ) -> Answer {
+    let TryWatch { per_try, progress } = watch;
     let policy = &pool.policy;
     let retry = policy.retry;
     let may_retry = retry.enabled() && pool.endpoints.len() > 1;
