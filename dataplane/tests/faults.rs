@@ -115,24 +115,7 @@ async fn malformed_or_abandoned_uploads_are_the_clients_fault_not_the_endpoints(
     let http = client();
     // Abandoned uploads end on the proxy's side a little after the
     // client left: wait until none is in flight.
-    eventually("the abandoned uploads to end", async || {
-        endpoints(&http, &dp)
-            .await
-            .iter()
-            .all(|e| e["inFlight"] == 0)
-    })
-    .await;
-    for e in endpoints(&http, &dp).await {
-        assert_eq!(e["ejected"], false, "{e}");
-        assert_eq!(e["consecutiveFailures"], 0, "{e}");
-    }
-    let metrics = admin_get(&http, &dp, "/metrics").await.text();
-    assert!(
-        !metrics
-            .lines()
-            .any(|l| l.starts_with("sluice_upstream_requests_total") && l.contains("code=\"0\"")),
-        "no failed exchange counted against an endpoint:\n{metrics}"
-    );
+    nothing_counted_against_endpoints(&http, &dp, "the abandoned uploads to end").await;
     let mut seen = Vec::new();
     for _ in 0..20 {
         let got = proxy_get(&http, &dp, "x", "/").await;
@@ -194,24 +177,7 @@ async fn an_http2_stream_reset_mid_upload_is_the_clients_fault_not_the_endpoints
     }
     conn.abort();
     let http = client();
-    eventually("the reset uploads to end", async || {
-        endpoints(&http, &dp)
-            .await
-            .iter()
-            .all(|e| e["inFlight"] == 0)
-    })
-    .await;
-    for e in endpoints(&http, &dp).await {
-        assert_eq!(e["ejected"], false, "{e}");
-        assert_eq!(e["consecutiveFailures"], 0, "{e}");
-    }
-    let metrics = admin_get(&http, &dp, "/metrics").await.text();
-    assert!(
-        !metrics
-            .lines()
-            .any(|l| l.starts_with("sluice_upstream_requests_total") && l.contains("code=\"0\"")),
-        "no failed exchange counted against an endpoint:\n{metrics}"
-    );
+    nothing_counted_against_endpoints(&http, &dp, "the reset uploads to end").await;
 }
 
 /// An endpoint that can be killed: its listener and every connection close
@@ -355,5 +321,30 @@ async fn a_killed_endpoint_costs_no_idempotent_request_with_default_settings() {
     assert_eq!(
         victim_entry["ejected"], true,
         "ejected on its refusals: {victim_entry}"
+    );
+}
+
+/// Once no request is in flight any more (`what` names the wait): no
+/// endpoint ejected, none with a failure counted, and no failed exchange
+/// (`code="0"`) in the endpoints' metrics.
+async fn nothing_counted_against_endpoints(
+    http: &HttpClient,
+    dp: &sluice_dataplane::Dataplane,
+    what: &str,
+) {
+    eventually(what, async || {
+        endpoints(http, dp).await.iter().all(|e| e["inFlight"] == 0)
+    })
+    .await;
+    for e in endpoints(http, dp).await {
+        assert_eq!(e["ejected"], false, "{e}");
+        assert_eq!(e["consecutiveFailures"], 0, "{e}");
+    }
+    let metrics = admin_get(http, dp, "/metrics").await.text();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_upstream_requests_total") && l.contains("code=\"0\"")),
+        "no failed exchange counted against an endpoint:\n{metrics}"
     );
 }
