@@ -11,7 +11,7 @@
       prints the Markdown report (PINNED is 1 when the proxy had a core of
       its own, which makes the noise check meaningful): the header, the table of medians over
       rounds, sluice's ratios to the others with PASS/MISS against the
-      targets of issue 3, and every run.
+      performance targets (see bench/README.md), and every run.
 
   instructions FILE
       prints the callgrind section: FILE has one "NAME INSTRUCTIONS REQUESTS"
@@ -30,7 +30,7 @@ import sys
 SCENARIOS = ["direct", "nginx", "haproxy", "sluice"]
 LABELS = {"direct": "direct", "nginx": "nginx", "haproxy": "HAProxy", "sluice": "sluice"}
 
-# Targets from issue 3.
+# The performance targets (bench/README.md).
 CPU_TARGET = 0.70  # sluice CPU/request <= this x the better of nginx, HAProxy
 DIRECT_TARGET = 0.95  # sluice req/s >= this x direct
 IDLE_RSS_TARGET_MIB = 20.0  # with 100 pools x 10 endpoints

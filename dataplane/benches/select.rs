@@ -1,6 +1,6 @@
 //! Endpoint selection: one pick per iteration, for every algorithm at 10
 //! and 1,000 endpoints (weights 1..=4 cycling, so the weighted paths run).
-//! Targets (issue 3): ≤ 100 ns per pick and no allocation per pick.
+//! Targets: ≤ 100 ns per pick and no allocation per pick.
 //!
 //! `cargo bench -p sluice-dataplane --bench select` prints criterion's lines
 //! and then a table: ns/pick (criterion's median estimate is in its lines;

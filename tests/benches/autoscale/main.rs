@@ -1,4 +1,4 @@
-//! Autoscale benchmark (issue 5): how fast the closed loop reacts, on
+//! Autoscale benchmark: how fast the closed loop reacts, on
 //! loopback, with the controller's default trigger settings.
 //!
 //! `cargo bench -p sluice-tests --bench autoscale`. Each run starts a fresh
@@ -14,7 +14,7 @@
 //! - **zero → first 200**: from a request to a pool scaled to zero until
 //!   its answer, minus the simulated backend start time.
 //!
-//! Targets (issue 5): the first patch within 3 s of the step (HPA syncs
+//! Targets: the first patch within 3 s of the step (HPA syncs
 //! every 15 s, KEDA polls every 30 s); the first answer from zero within
 //! 2 s plus the backend's start time.
 

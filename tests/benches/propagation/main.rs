@@ -1,4 +1,4 @@
-//! Propagation benchmark (issue 4): how fast an EndpointSlice change reaches
+//! Propagation benchmark: how fast an EndpointSlice change reaches
 //! every dataplane at 1,000 pools × 10 endpoints with 50 dataplanes.
 //!
 //! `cargo bench -p sluice-tests --bench propagation`. The API-server fake,
