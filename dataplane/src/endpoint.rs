@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -162,12 +162,22 @@ impl Drop for InFlight {
     }
 }
 
+/// What is rebuilt when an endpoint of a pool becomes available or
+/// unavailable: a selector over the pool's endpoints
+/// ([`crate::selector::Selector`]), seen here only through this trait so
+/// that endpoint state does not import the table.
+pub trait Reselect: Send + Sync + std::fmt::Debug {
+    /// Rebuilds over the endpoints available now and publishes the result.
+    fn rebuild(&self);
+}
+
 /// State of one pool that survives table versions.
 #[derive(Debug, Default)]
 pub struct PoolState {
-    /// Bumped whenever an endpoint's availability changes; a pool rebuilds
-    /// its balancer over the available endpoints when it sees a new value.
-    pub epoch: AtomicU64,
+    /// The selectors of the pool's live versions (the newest table's, and
+    /// older ones still serving requests), rebuilt one at a time under this
+    /// lock when an endpoint's availability changes.
+    selectors: Mutex<Vec<Weak<dyn Reselect>>>,
     /// Circuit breaker counts (connections, pending, requests, retries).
     pub breaker: Arc<Breaker>,
     /// Requests and retries of the last seconds, for the retry budget.
@@ -183,9 +193,30 @@ pub struct PoolState {
 }
 
 impl PoolState {
-    /// Marks the pool's availability as changed.
+    /// An endpoint's availability changed: rebuilds every live selector of
+    /// the pool now, on the caller's task (a health check loop, the outlier
+    /// decision), so that no request ever builds one. The lock makes
+    /// rebuilds one at a time, so the last one stored saw every change.
     pub fn availability_changed(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let mut selectors = self.selectors.lock().unwrap_or_else(|p| p.into_inner());
+        selectors.retain(|weak| match weak.upgrade() {
+            Some(selector) => {
+                selector.rebuild();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Builds `selector` over the endpoints available now and keeps it up
+    /// to date from then on (for as long as it lives).
+    pub fn attach(&self, selector: Weak<dyn Reselect>) {
+        let mut selectors = self.selectors.lock().unwrap_or_else(|p| p.into_inner());
+        selectors.retain(|weak| weak.strong_count() > 0);
+        if let Some(live) = selector.upgrade() {
+            live.rebuild();
+            selectors.push(selector);
+        }
     }
 }
 

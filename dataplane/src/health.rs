@@ -18,8 +18,8 @@
 //! This is the choice Envoy makes unless told otherwise, and HAProxy's
 //! default for servers of a running backend.
 //!
-//! Transitions bump the pool's availability epoch, so the next request
-//! rebuilds its balancer over the available endpoints; when none is
+//! A transition rebuilds the pool's balancer over the available endpoints
+//! at once, on the task that saw it (see [`crate::selector`]); when none is
 //! available the pool spreads traffic over all of them (panic mode, as
 //! Envoy's panic threshold does) rather than failing every request.
 
@@ -89,8 +89,8 @@ impl Health {
         self.gauge.pool()
     }
 
-    /// After a transition: updates `sluice_endpoint_healthy` and makes the
-    /// pool rebuild its balancer.
+    /// After a transition: updates `sluice_endpoint_healthy` and rebuilds
+    /// the pool's balancer.
     pub fn publish(&self, pool: &PoolState) {
         self.gauge.set(self.is_available());
         pool.availability_changed();

@@ -43,6 +43,7 @@ pub mod ratelimit;
 pub mod report;
 pub mod retry;
 pub mod rules;
+pub mod selector;
 pub mod state;
 pub mod stream;
 pub mod table;

@@ -428,6 +428,45 @@ mod state_tests {
     }
 
     #[test]
+    fn the_ejection_rebuilds_the_balancer_and_requests_never_do() {
+        let t = table(&TWO.replace("127.0.0.1:2}]", "127.0.0.1:2}]\n    algorithm: Maglev"));
+        let pool = t.pool("p").expect("pool");
+        assert_eq!(pool.route.algorithm, sluice_protocol::Algorithm::Maglev);
+        assert_eq!(pool.selector_builds(), 1, "built with the table");
+        let a = &pool.endpoints[0];
+        a.record_failure();
+        a.record_failure();
+        assert!(!a.is_available());
+        assert_eq!(pool.selector_builds(), 2, "rebuilt by the ejection");
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for k in 0..1_000u64 {
+                        let req = PickRequest {
+                            hash: Some(crate::balance::hash::key(&k.to_le_bytes())),
+                            sticky: None,
+                        };
+                        let pick = pool.pick(&req).map(|e| e.addr.port());
+                        assert_eq!(pick, Some(2), "the ejected endpoint takes no key");
+                    }
+                });
+            }
+        });
+        assert_eq!(pool.selector_builds(), 2, "4,000 picks built nothing");
+        return_to_service(a);
+        assert_eq!(pool.selector_builds(), 3, "rebuilt by the return");
+        let ports: std::collections::HashSet<_> = (0..200u64)
+            .filter_map(|k| {
+                let hash = Some(crate::balance::hash::key(&k.to_le_bytes()));
+                pool.pick(&PickRequest { hash, sticky: None })
+                    .map(|e| e.addr.port())
+            })
+            .collect();
+        assert_eq!(ports.len(), 2, "both endpoints take keys again");
+        assert_eq!(pool.selector_builds(), 3);
+    }
+
+    #[test]
     fn a_lone_ejected_endpoint_puts_the_pool_in_panic() {
         let t = table(
             "pools:\n  - name: p\n    outlierDetection: {consecutiveFailures: 1}\n    endpoints: [{address: 127.0.0.1:1}]\n",
