@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
+use crate::balance::Load;
+use crate::balance::ewma::{self, PeakEwma};
 use crate::breaker::Breaker;
 use crate::health::Health;
 use crate::metrics::{CodeCounters, HealthGauge, PoolEndpointCode};
@@ -38,7 +40,7 @@ pub struct Endpoint {
     /// Active health check verdict and passive outlier (ejection) state.
     pub health: Health,
     in_flight: AtomicU32,
-    latency: crate::balance::ewma::PeakEwma,
+    latency: PeakEwma,
     /// Idle keep-alive connections to this endpoint, most recent last, one
     /// list per worker thread (see [`crate::workers`]). Boxed connections:
     /// one moves as a pointer between its list, a request and a body.
@@ -63,7 +65,7 @@ impl Endpoint {
             pool,
             health: Health::new(healthy),
             in_flight: AtomicU32::new(0),
-            latency: crate::balance::ewma::PeakEwma::new(),
+            latency: PeakEwma::new(),
             idle: (0..crate::workers::count())
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
@@ -80,15 +82,15 @@ impl Endpoint {
         &self.idle
     }
 
-    /// Requests to this endpoint that have not finished.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
     /// Counts a request to this endpoint as in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
+    }
+
+    /// Requests to this endpoint that have not finished.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Feeds the time to a response head into the latency estimate.
@@ -104,12 +106,7 @@ impl Endpoint {
 
     /// The peak-EWMA latency estimate, decayed to now, in nanoseconds.
     pub fn latency_estimate_ns(&self) -> f64 {
-        self.latency.estimate_ns(crate::balance::ewma::now_us())
-    }
-
-    /// The latency estimate (used by PeakEwma and shown in `/debug/pools`).
-    pub fn latency(&self) -> &crate::balance::ewma::PeakEwma {
-        &self.latency
+        self.latency.estimate_ns(ewma::now_us())
     }
 
     /// Whether the endpoint may take traffic (healthy and not ejected).
@@ -142,6 +139,17 @@ impl Endpoint {
         } else {
             self.record_success();
         }
+    }
+}
+
+/// What the balancers read (shown in `/debug/pools` too).
+impl Load for Endpoint {
+    fn in_flight(&self) -> u32 {
+        Endpoint::in_flight(self)
+    }
+
+    fn latency(&self) -> &PeakEwma {
+        &self.latency
     }
 }
 
