@@ -35,7 +35,6 @@ pub mod heap;
 pub mod interim;
 pub mod listener;
 pub mod metrics;
-pub mod outlier;
 pub mod persist;
 pub mod policy;
 pub mod proxy;

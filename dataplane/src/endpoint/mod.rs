@@ -7,6 +7,8 @@
 //! limiter, availability epoch) is kept by pool name. [`Registry`] holds the
 //! live ones weakly so that an endpoint that leaves every table is freed.
 
+pub mod outlier;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,7 +22,7 @@ use crate::balance::ewma::{self, PeakEwma};
 use crate::breaker::Breaker;
 use crate::health::Health;
 use crate::metrics::{CodeCounters, HealthGauge, PoolEndpointCode};
-use crate::outlier::{self, PoolOutlier};
+use outlier::PoolOutlier;
 use crate::ratelimit::RateLimiter;
 use crate::retry::RetryBudget;
 use crate::upstream::{Conn, Upstream};

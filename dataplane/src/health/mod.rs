@@ -1,5 +1,5 @@
 //! Endpoint health: the active HTTP checker, each endpoint's availability
-//! (checks + outlier ejection, see [`crate::outlier`]), panic mode logging
+//! (checks + outlier ejection, see [`crate::endpoint::outlier`]), panic mode logging
 //! and `/debug/pools`.
 //!
 //! One checker task per dataplane follows the installed tables and keeps
@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 use crate::endpoint::{Endpoint, PoolState};
 use crate::listener::stopped;
 use crate::metrics::HealthGauge;
-use crate::outlier::Outlier;
+use crate::endpoint::outlier::Outlier;
 use crate::state::State;
 use crate::table::{Pool, Table};
 
