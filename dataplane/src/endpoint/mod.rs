@@ -22,10 +22,10 @@ use crate::balance::ewma::{self, PeakEwma};
 use crate::breaker::Breaker;
 use crate::health::Health;
 use crate::metrics::{CodeCounters, HealthGauge, PoolEndpointCode};
-use outlier::PoolOutlier;
 use crate::ratelimit::RateLimiter;
 use crate::retry::RetryBudget;
 use crate::upstream::{Conn, Upstream};
+use outlier::PoolOutlier;
 
 /// One endpoint of one pool.
 #[derive(Debug)]
@@ -114,6 +114,14 @@ impl Endpoint {
     /// Whether the endpoint may take traffic (healthy and not ejected).
     pub fn is_available(&self) -> bool {
         self.health.is_available()
+    }
+
+    /// Its availability changed (a check verdict, an ejection or a return):
+    /// shows it in `sluice_endpoint_healthy` and rebuilds the pool's
+    /// balancer on the caller's task.
+    pub fn availability_changed(&self) {
+        self.health.show();
+        self.pool.availability_changed();
     }
 
     /// An attempt to this endpoint succeeded (for outlier detection).
