@@ -24,7 +24,8 @@ use crate::health::Health;
 use crate::metrics::{CodeCounters, HealthGauge, PoolEndpointCode};
 use crate::ratelimit::RateLimiter;
 use crate::retry::RetryBudget;
-use crate::upstream::{Conn, Upstream};
+use crate::upstream::Upstream;
+use crate::upstream::idle::Idle;
 use outlier::PoolOutlier;
 
 /// One endpoint of one pool.
@@ -43,11 +44,8 @@ pub struct Endpoint {
     pub health: Health,
     in_flight: AtomicU32,
     latency: PeakEwma,
-    /// Idle keep-alive connections to this endpoint, most recent last, one
-    /// list per worker thread (see [`crate::workers`]). Boxed connections:
-    /// one moves as a pointer between its list, a request and a body.
-    #[allow(clippy::vec_box)]
-    idle: Box<[Mutex<Vec<Box<Conn>>>]>,
+    /// Idle keep-alive connections to this endpoint (the upstream side's).
+    pub idle: Idle,
 }
 
 impl Endpoint {
@@ -68,20 +66,8 @@ impl Endpoint {
             health: Health::new(healthy),
             in_flight: AtomicU32::new(0),
             latency: PeakEwma::new(),
-            idle: (0..crate::workers::count())
-                .map(|_| Mutex::new(Vec::new()))
-                .collect(),
+            idle: Idle::default(),
         }
-    }
-
-    /// The idle connections of the calling worker.
-    pub fn idle(&self) -> &Mutex<Vec<Box<Conn>>> {
-        &self.idle[crate::workers::current() % self.idle.len()]
-    }
-
-    /// The idle connections of every worker.
-    pub fn all_idle(&self) -> &[Mutex<Vec<Box<Conn>>>] {
-        &self.idle
     }
 
     /// Counts a request to this endpoint as in flight until the guard drops.
@@ -207,7 +193,7 @@ pub struct PoolState {
     /// Outlier detection settings and members, for ejection decisions.
     pub outlier: PoolOutlier,
     /// Requests held for activation while the pool has no endpoints.
-    pub held: Arc<crate::activation::Queue>,
+    pub held: Arc<crate::activation::queue::Queue>,
 }
 
 impl PoolState {

@@ -24,29 +24,32 @@
 //! through, or shared with later attempts until the first read so that a
 //! request whose body was never sent can be retried.
 
-use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::forward::Forwarded;
 use crate::front::ClientBody;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use sluice_protocol::policy::Timeouts;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::task::JoinHandle;
 
-use crate::breaker::{Breaker, Held, Overflow};
+use crate::breaker::{Breaker, Overflow};
 use crate::endpoint::Endpoint;
 use crate::h1::{self, Framing, RequestFraming};
+
+pub mod conn;
+pub mod idle;
+
+pub use conn::Conn;
+use conn::{Io, Writer};
 
 /// Errors crossing hyper's boxed error types.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -80,187 +83,6 @@ impl UpstreamError {
     }
 }
 
-thread_local! {
-    /// Read buffers of idle endpoint connections, for the next exchange on
-    /// this thread: an idle connection holds none. Why: after a burst of
-    /// 10,000 requests at once, the endpoint connections it opened stayed
-    /// idle (for `timeouts.idle`) with a 16 KiB read buffer each: 160 MiB
-    /// of resident memory that did not come back (see
-    /// `bench/results/heavy.md`).
-    static SPARE_BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Read buffers kept per thread: enough for the exchanges in flight at
-/// once; the rest are freed.
-const SPARE_BUFS_KEPT: usize = 64;
-
-/// Gives an idle connection's read buffer to the thread's spares (one
-/// grown for a big body is freed instead).
-fn lend(buf: BytesMut) {
-    if buf.capacity() == 0 || buf.capacity() > 2 * h1::READ_SIZE {
-        return;
-    }
-    SPARE_BUFS.with(|s| {
-        let mut spares = s.borrow_mut();
-        if spares.len() < SPARE_BUFS_KEPT {
-            spares.push(buf);
-        }
-    });
-}
-
-/// A connection to one endpoint, idle or carrying one exchange.
-#[derive(Debug)]
-pub struct Conn {
-    io: Io,
-    /// Bytes read and not yet consumed.
-    buf: BytesMut,
-    /// The request head being written (kept to reuse its allocation).
-    head: Vec<u8>,
-    /// The response head's parser's room (kept likewise).
-    fields: h1::Fields,
-    /// When it was last returned idle.
-    since: Instant,
-    /// Its place in the pool's `maxConnections`.
-    _slot: Held,
-}
-
-/// The socket: whole, or split while a request body is being sent by a
-/// task of its own (so that the response can stream back at the same time,
-/// as an echo or a bidirectional stream needs).
-#[derive(Debug)]
-enum Io {
-    Whole(TcpStream),
-    Split {
-        read: OwnedReadHalf,
-        write: Writer,
-    },
-    /// Between the two (never seen outside a method).
-    Gone,
-}
-
-/// The write half while a task sends the request body, and after.
-/// Dropping it while the task runs stops the sending.
-#[derive(Debug)]
-enum Writer {
-    Running(JoinHandle<Result<OwnedWriteHalf, h1::Error>>),
-    /// (An `Option` only to be taken out: `Writer` has a `Drop`.)
-    Done(Option<OwnedWriteHalf>),
-    Failed,
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if let Writer::Running(task) = self {
-            task.abort();
-        }
-    }
-}
-
-impl Writer {
-    /// Waits for the body to be sent; the write half is kept.
-    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h1::Error>> {
-        let Writer::Running(task) = self else {
-            return Poll::Ready(match self {
-                Writer::Done(Some(_)) => Ok(()),
-                _ => Err(h1::Error::Closed),
-            });
-        };
-        let (next, result) = match ready!(Pin::new(task).poll(cx)) {
-            Ok(Ok(write)) => (Writer::Done(Some(write)), Ok(())),
-            Ok(Err(e)) => (Writer::Failed, Err(e)),
-            Err(e) => (Writer::Failed, Err(h1::Error::Io(std::io::Error::other(e)))),
-        };
-        *self = next;
-        Poll::Ready(result)
-    }
-}
-
-impl Io {
-    /// The whole socket again, if the body was sent in full.
-    fn rejoin(&mut self) -> bool {
-        if let Io::Split { write, .. } = self {
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            if !matches!(write.poll_sent(&mut cx), Poll::Ready(Ok(()))) {
-                return false;
-            }
-        }
-        match std::mem::replace(self, Io::Gone) {
-            Io::Whole(io) => *self = Io::Whole(io),
-            Io::Split { read, mut write } => {
-                if let Writer::Done(half) = &mut write
-                    && let Some(half) = half.take()
-                    && let Ok(io) = read.reunite(half)
-                {
-                    *self = Io::Whole(io);
-                }
-            }
-            Io::Gone => {}
-        }
-        matches!(self, Io::Whole(_))
-    }
-}
-
-impl tokio::io::AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Whole(io) => Pin::new(io).poll_read(cx, buf),
-            Io::Split { read, .. } => Pin::new(read).poll_read(cx, buf),
-            Io::Gone => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
-        }
-    }
-}
-
-impl Conn {
-    /// Puts the connection back on `endpoint`'s idle list, after its
-    /// response was read to the end and its request body sent. Bytes
-    /// beyond the response (an endpoint that answered more than it was
-    /// asked) rule the connection out.
-    fn release(mut self: Box<Self>, endpoint: &Endpoint) {
-        if !self.buf.is_empty() || !self.io.rejoin() {
-            return;
-        }
-        lend(std::mem::take(&mut self.buf));
-        self.since = Instant::now();
-        let mut idle = endpoint.idle().lock().unwrap_or_else(|p| p.into_inner());
-        idle.push(self);
-    }
-
-    /// Whether an idle connection can take a request: the reactor has seen
-    /// nothing arrive on it (no end of file, no stray bytes). Costs a
-    /// system call only when something did arrive.
-    fn alive(&mut self) -> bool {
-        let Io::Whole(io) = &self.io else {
-            return false;
-        };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            }
-        }
-    }
-
-    /// The raw connection and the bytes already read from it, for a tunnel
-    /// after `101 Switching Protocols` (`None` if a request body was still
-    /// being sent).
-    pub fn into_tunnel(mut self) -> Option<(TcpStream, BytesMut, Held)> {
-        if !self.io.rejoin() {
-            return None;
-        }
-        match std::mem::replace(&mut self.io, Io::Gone) {
-            Io::Whole(io) => Some((io, self.buf, self._slot)),
-            _ => None,
-        }
-    }
-}
-
 /// Longest time between two sweeps of idle connections (shorter when a
 /// pool's `timeouts.idle` is: half of the shortest).
 pub const REAP_INTERVAL: Duration = Duration::from_secs(5);
@@ -289,9 +111,8 @@ pub async fn reap(state: Arc<crate::state::State>, mut stop: tokio::sync::watch:
         let now = Instant::now();
         for pool in table.pools() {
             let limit = pool.policy.upstream.idle();
-            for list in pool.endpoints.iter().flat_map(|e| e.all_idle()) {
-                let mut idle = list.lock().unwrap_or_else(|p| p.into_inner());
-                idle.retain_mut(|c| now.duration_since(c.since) < limit && c.alive());
+            for ep in &pool.endpoints {
+                ep.idle.sweep(now, limit);
             }
         }
     }
@@ -372,17 +193,7 @@ impl Upstream {
     /// The most recently used idle connection of `endpoint` that can take a
     /// request now; expired and closed ones are dropped on the way.
     fn checkout(&self, endpoint: &Endpoint) -> Option<Box<Conn>> {
-        let mut idle = endpoint.idle().lock().unwrap_or_else(|p| p.into_inner());
-        if idle.is_empty() {
-            return None;
-        }
-        let now = Instant::now();
-        while let Some(mut conn) = idle.pop() {
-            if now.duration_since(conn.since) < self.idle && conn.alive() {
-                return Some(conn);
-            }
-        }
-        None
+        endpoint.idle.checkout(self.idle)
     }
 
     /// Dials `endpoint` within the connect timeout and the breaker's limits.
@@ -397,16 +208,7 @@ impl Upstream {
         };
         drop(pending);
         let _ = io.set_nodelay(true);
-        // Boxed once for its life: it moves between the idle list and
-        // the requests that use it.
-        Ok(Box::new(Conn {
-            io: Io::Whole(io),
-            buf: BytesMut::new(),
-            head: Vec::new(),
-            fields: Vec::new(),
-            since: Instant::now(),
-            _slot: slot,
-        }))
+        Ok(Conn::new(io, slot))
     }
 }
 
@@ -456,11 +258,7 @@ async fn exchange_parts(
     let Io::Whole(io) = &mut conn.io else {
         return Err(h1::Error::Closed);
     };
-    if conn.buf.capacity() == 0 {
-        conn.buf = SPARE_BUFS
-            .with(|s| s.borrow_mut().pop())
-            .unwrap_or_default();
-    }
+    conn::give_spare(&mut conn.buf);
     // Nothing came back yet: a failed write is the endpoint gone.
     io.write_all(&conn.head)
         .await
@@ -547,7 +345,7 @@ impl ResponseBody {
         if let Some(conn) = self.conn.take()
             && self.reusable
         {
-            conn.release(&self.endpoint);
+            conn.release(&self.endpoint.idle);
         }
     }
 }
