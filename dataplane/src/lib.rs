@@ -27,12 +27,9 @@ pub mod demo;
 pub mod endpoint;
 pub mod file;
 pub mod forward;
-pub mod front;
-pub mod h1;
-pub mod head_timeout;
 pub mod health;
 pub mod heap;
-pub mod interim;
+pub mod http1;
 pub mod listener;
 pub mod metrics;
 pub mod persist;
@@ -276,7 +273,7 @@ impl Dataplane {
         let log_state = opts.access_log.then(|| Arc::clone(&state));
         // Likewise the tracer's: when off, `None`s all the way down.
         let trace_state = tracer.map(|tracer| (tracer, Arc::clone(&state)));
-        let handler = move |req: hyper::Request<front::ClientBody>, conn: &Conn| {
+        let handler = move |req: hyper::Request<http1::server::ClientBody>, conn: &Conn| {
             let (proxy, conn) = (Arc::clone(&proxy), conn.clone());
             let mut log = (log_state.as_ref())
                 .map(|state| (Arc::clone(state), access::Entry::start(&req, conn.peer)));

@@ -6,7 +6,7 @@
 //! whatever is left then is closed.
 //!
 //! A connection's plain HTTP/1.1 requests (no body, no upgrade) are served
-//! by [`crate::front`]; from the first other one on, the connection is
+//! by [`crate::http1::server`]; from the first other one on, the connection is
 //! hyper's. Hyper serves it with hyper-util's `auto` builder rather than
 //! hyper's HTTP/1 one: it serves HTTP/1.1 with keep-alive and also HTTP/2
 //! with prior knowledge (h2c) on the same port, telling them apart by the
@@ -37,9 +37,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::front::{self, ClientBody, Rewind, Spares};
-use crate::head_timeout::{Activity, HeadTimeout};
-use crate::interim::{Informing, Interim};
+use crate::http1::head_timeout::{Activity, HeadTimeout};
+use crate::http1::interim::{Informing, Interim};
+use crate::http1::server::{self as front, ClientBody, Rewind, Spares};
 use crate::tls::{Site, Sites};
 
 /// How long a client may take to send a request head (and, on the HTTPS
@@ -81,7 +81,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// `header_read_timeout` gets a 408 and the connection closes when it is the
 /// connection's first request and some of it arrived; otherwise (an idle
 /// connection, a later keep-alive request) the connection closes silently,
-/// one to two periods after its last response (see [`crate::head_timeout`]).
+/// one to two periods after its last response (see [`crate::http1::head_timeout`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// See [`HEADER_READ_TIMEOUT`].
@@ -279,7 +279,7 @@ async fn serve_conn<I, H, F, B>(
         }
     }
     // The endpoints' interim responses reach HTTP/1 clients around hyper
-    // ([`crate::interim`]).
+    // ([`crate::http1::interim`]).
     let interim = Arc::new(Interim::default());
     let io = Informing::new(Rewind::new(buf.freeze(), io), Arc::clone(&interim));
     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {

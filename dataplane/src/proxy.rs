@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::front::ClientBody;
+use crate::http1::server::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -24,7 +24,7 @@ use crate::activation;
 use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::endpoint::{Endpoint, InFlight};
 use crate::forward::{self, Forwarded, RoutedHost};
-use crate::h1;
+use crate::http1::client as h1;
 use crate::metrics::Exchange;
 use crate::retry::{self, Failure, RequestTraits, idempotent};
 use crate::rules::{Matched, RequestView, RuleAction, Target};

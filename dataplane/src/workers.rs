@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::front::ClientBody;
+use crate::http1::server::ClientBody;
 use hyper::body::Body;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;

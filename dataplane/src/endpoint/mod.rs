@@ -24,7 +24,7 @@ use crate::health::Health;
 use crate::metrics::{CodeCounters, HealthGauge, PoolEndpointCode};
 use crate::ratelimit::RateLimiter;
 use crate::retry::RetryBudget;
-use crate::upstream::Upstream;
+use crate::upstream::client::Upstream;
 use crate::upstream::idle::Idle;
 use outlier::PoolOutlier;
 

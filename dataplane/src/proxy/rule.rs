@@ -22,7 +22,7 @@ use http_body::Body as _;
 
 use super::{Origin, ProxyBody, local};
 use crate::forward::{self, RoutedHost};
-use crate::front::ClientBody;
+use crate::http1::server::ClientBody;
 use crate::rules::RuleAction;
 use crate::table::{Pool, Table};
 use crate::upstream::RequestBody;

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::idle::Idle;
 use crate::breaker::Held;
-use crate::h1;
+use crate::http1::client as h1;
 
 thread_local! {
     /// Read buffers of idle endpoint connections, for the next exchange on

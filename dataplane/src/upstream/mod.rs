@@ -4,7 +4,7 @@
 //! `timeouts.idle` unused.
 //!
 //! A request is written and its response read by the request's own task
-//! ([`crate::h1`]): no connection task, no channels. A checkout is a pop
+//! ([`crate::http1::client`]): no connection task, no channels. A checkout is a pop
 //! from the endpoint's own list (no pool-wide map keyed by authority, no
 //! boxed connect future per request), getting a connection is separate
 //! from sending (so a connect failure leaves the request in hand to retry
@@ -32,22 +32,23 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::forward::Forwarded;
-use crate::front::ClientBody;
+use crate::http1::server::ClientBody;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use sluice_protocol::policy::Timeouts;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::breaker::{Breaker, Overflow};
+use crate::breaker::Overflow;
 use crate::endpoint::Endpoint;
-use crate::h1::{self, Framing, RequestFraming};
+use crate::http1::client::{self as h1, Framing, RequestFraming};
 
+pub mod client;
 pub mod conn;
 pub mod idle;
 
+pub use client::Upstream;
 pub use conn::Conn;
 use conn::{Io, Writer};
 
@@ -118,50 +119,7 @@ pub async fn reap(state: Arc<crate::state::State>, mut stop: tokio::sync::watch:
     }
 }
 
-/// One pool's connection settings and circuit breaker.
-#[derive(Debug)]
-pub struct Upstream {
-    breaker: Arc<Breaker>,
-    connect: Duration,
-    idle: Duration,
-}
-
 impl Upstream {
-    /// A pool's upstream with its timeouts, counting into `breaker`.
-    pub fn new(timeouts: &Timeouts, breaker: Arc<Breaker>) -> Self {
-        Self {
-            breaker,
-            connect: timeouts.connect.get(),
-            idle: timeouts.idle.get(),
-        }
-    }
-
-    /// The upstream for a pool being built: the kept one when the connect
-    /// and idle timeouts are unchanged. (Idle connections belong to the
-    /// endpoints, so they survive either way.)
-    pub fn kept(
-        slot: &Mutex<Option<Arc<Upstream>>>,
-        timeouts: &Timeouts,
-        breaker: &Arc<Breaker>,
-    ) -> Arc<Upstream> {
-        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = slot.as_ref()
-            && u.connect == timeouts.connect.get()
-            && u.idle == timeouts.idle.get()
-        {
-            return Arc::clone(u);
-        }
-        let u = Arc::new(Upstream::new(timeouts, Arc::clone(breaker)));
-        *slot = Some(Arc::clone(&u));
-        u
-    }
-
-    /// Longest silence allowed on a response body, and on an idle
-    /// connection.
-    pub fn idle(&self) -> Duration {
-        self.idle
-    }
-
     /// Sends one attempt to `endpoint` on a pooled connection or a new
     /// one. A connect-time failure gives the request back (nothing was
     /// sent); the response's body puts the connection back on the

@@ -9,7 +9,7 @@
 //! replacing it took Sluice's user CPU per request from 9.3 to 7.4 µs. Here
 //! the task that serves the client reads and writes the endpoint's socket
 //! itself, with no new dependency (`httparse` is hyper's own parser). On
-//! the clients' side, [`crate::front`] serves plain HTTP/1.1 requests and
+//! the clients' side, [`crate::http1::server`] serves plain HTTP/1.1 requests and
 //! hyper the rest (bodies, HTTP/2, limits, upgrades).
 //!
 //! What it speaks: requests in origin form with `Content-Length` or
@@ -495,7 +495,7 @@ fn encode_interim(out: &mut Vec<u8>, status: StatusCode, fields: &[httparse::Hea
 }
 
 /// A header value httparse took, sharing the head's bytes. Used by both
-/// parsers (here and in [`crate::front`]).
+/// parsers (here and in [`crate::http1::server`]).
 pub(crate) fn parsed_value(bytes: Bytes) -> HeaderValue {
     // SAFETY: httparse admits in a header value exactly the bytes that
     // `HeaderValue` does — HTAB, SP, visible ASCII and obs-text (0x80 to
@@ -512,7 +512,7 @@ pub(crate) fn parsed_value(bytes: Bytes) -> HeaderValue {
 /// switch and a compare); `HeaderName::from_bytes` lowercases and looks up
 /// every name (measured: about 200 instructions a name, 3 % of a
 /// request's). Used for both sides: the endpoints' responses here, the
-/// clients' requests in [`crate::front`].
+/// clients' requests in [`crate::http1::server`].
 pub(crate) fn header_name(raw: &[u8]) -> Result<HeaderName, header::InvalidHeaderName> {
     Ok(match raw {
         b"Date" | b"date" => header::DATE,

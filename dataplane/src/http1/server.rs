@@ -39,8 +39,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::h1::{header_name, offset_in, write_parts};
-use crate::head_timeout::Activity;
+use crate::http1::client::{header_name, offset_in, write_parts};
+use crate::http1::head_timeout::Activity;
 use crate::listener::{Conn, Signal};
 
 /// Most headers a request on this path may carry (hyper's default limit;
@@ -211,7 +211,10 @@ impl Scratch {
         let mut headers = self.spare.take().unwrap_or_default();
         headers.reserve(self.fields.len() + EXTRA_HEADERS);
         for (name, start, end) in self.fields.drain(..) {
-            headers.append(name, crate::h1::parsed_value(frozen.slice(start..end)));
+            headers.append(
+                name,
+                crate::http1::client::parsed_value(frozen.slice(start..end)),
+            );
         }
         let head = method == Method::HEAD;
         let mut request = Request::new(ClientBody::Empty);
@@ -365,12 +368,12 @@ where
     // (pipelined) is read ahead, up to the head limit; its close (or a
     // reset) drops the request, as hyper does.
     // Interim responses (103 Early Hints, ...) the endpoint sends are
-    // forwarded as they come ([`crate::h1::interim_into`]).
+    // forwarded as they come ([`crate::http1::client::interim_into`]).
     let mut handled = spares.slot(handler(request, conn));
     let interim = &mut scratch.interim;
     let resp = loop {
         let waited = std::future::poll_fn(|cx| {
-            let polled = crate::h1::interim_into(interim, || handled.poll(cx));
+            let polled = crate::http1::client::interim_into(interim, || handled.poll(cx));
             if let Poll::Ready(resp) = polled {
                 return Poll::Ready(Waited::Answer(resp));
             }
@@ -561,7 +564,7 @@ fn encode_head<B: Body>(
                 continue;
             }
             // The endpoint's, checked when its response was read.
-            length = crate::h1::parse_length(value.as_bytes()).ok();
+            length = crate::http1::client::parse_length(value.as_bytes()).ok();
         } else if *name == header::TRANSFER_ENCODING || *name == header::CONNECTION {
             // Ours to set (none of the proxy's responses carries them).
             continue;
@@ -850,7 +853,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     }
 }
 
-crate::head_timeout::write_through!(Rewind);
+crate::http1::head_timeout::write_through!(Rewind);
 
 #[cfg(test)]
 mod tests {

@@ -2,10 +2,10 @@
 //! second 100) on their way to an HTTP/1.1 client that hyper serves.
 //!
 //! RFC 9110 §15.2 has a proxy forward the 1xx responses it did not ask
-//! for. Sluice's own front end writes them itself ([`crate::front`]);
+//! for. Sluice's own front end writes them itself ([`crate::http1::server`]);
 //! hyper's server has no way to send one (a service returns one
 //! response). So they go around it: the request's future is polled with
-//! [`crate::h1::interim_into`] collecting them ([`Interim::relay`]), and the
+//! [`crate::http1::client::interim_into`] collecting them ([`Interim::relay`]), and the
 //! connection's socket, wrapped in [`Informing`], writes them before
 //! anything hyper writes next.
 //!
@@ -58,7 +58,8 @@ impl Interim {
         let mut request = std::pin::pin!(request);
         let mut sink = Vec::new();
         std::future::poll_fn(|cx| {
-            let polled = crate::h1::interim_into(&mut sink, || request.as_mut().poll(cx));
+            let polled =
+                crate::http1::client::interim_into(&mut sink, || request.as_mut().poll(cx));
             if !sink.is_empty() {
                 self.push(&sink);
                 sink.clear();
