@@ -106,6 +106,12 @@ pub struct Forwarded {
     trace: Option<Propagated>,
 }
 
+impl crate::http1::client::ExtraFields for Forwarded {
+    fn write(&self, out: &mut Vec<u8>) {
+        Forwarded::write(self, out);
+    }
+}
+
 impl Forwarded {
     /// Appends the request's `X-Forwarded-For` (the client's chain, then
     /// the client), `X-Forwarded-Proto` and `X-Forwarded-Host` lines to a

@@ -19,13 +19,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::task::AtomicWaker;
 use http::StatusCode;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
@@ -39,7 +38,7 @@ use tokio::task::JoinSet;
 
 use crate::http1::head_timeout::{Activity, HeadTimeout};
 use crate::http1::interim::{Informing, Interim};
-use crate::http1::server::{self as front, ClientBody, Rewind, Spares};
+use crate::http1::server::{self as front, ClientBody, Rewind, Signal, Spares};
 use crate::tls::{Site, Sites};
 
 /// How long a client may take to send a request head (and, on the HTTPS
@@ -109,6 +108,12 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The TLS site its handshake chose; `None` for plain HTTP.
     pub site: Option<Arc<Site>>,
+}
+
+impl front::Peer for Conn {
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
 }
 
 fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
@@ -339,15 +344,6 @@ struct Drain {
     /// entries last went.
     accepted: usize,
     closed: usize,
-}
-
-/// One connection's part in the drain.
-#[derive(Default)]
-pub(crate) struct Signal {
-    /// Set when the drain starts.
-    pub(crate) draining: AtomicBool,
-    /// Woken when the drain starts.
-    pub(crate) waker: AtomicWaker,
 }
 
 impl Drain {

@@ -35,7 +35,7 @@ const SPARE_BUFS_KEPT: usize = 64;
 /// Gives an idle connection's read buffer to the thread's spares (one
 /// grown for a big body is freed instead).
 fn lend(buf: BytesMut) {
-    if buf.capacity() == 0 || buf.capacity() > 2 * h1::READ_SIZE {
+    if buf.capacity() == 0 || buf.capacity() > 2 * crate::http1::common::READ_SIZE {
         return;
     }
     SPARE_BUFS.with(|s| {
