@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::forward::Forwarded;
 use crate::http1::server::ClientBody;
 use bytes::Bytes;
 use http::request::Parts;
@@ -42,7 +41,7 @@ use tokio::net::TcpStream;
 
 use crate::breaker::Overflow;
 use crate::endpoint::Endpoint;
-use crate::http1::client::{self as h1, Framing, RequestFraming};
+use crate::http1::client::{self as h1, ExtraFields, Framing, RequestFraming};
 
 pub mod client;
 pub mod conn;
@@ -128,7 +127,7 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-        forwarded: &Forwarded,
+        forwarded: &(dyn ExtraFields + Sync),
     ) -> Result<Response<ResponseBody>, (UpstreamError, Option<Request<RequestBody>>)> {
         let conn = match self.checkout(endpoint) {
             Some(conn) => conn,
@@ -178,7 +177,7 @@ impl Upstream {
 async fn exchange(
     conn: Box<Conn>,
     req: Request<RequestBody>,
-    forwarded: &Forwarded,
+    forwarded: &(dyn ExtraFields + Sync),
     endpoint: &Arc<Endpoint>,
 ) -> Result<Response<ResponseBody>, (h1::Error, Option<Parts>)> {
     let (mut parts, body) = req.into_parts();
@@ -196,7 +195,7 @@ async fn exchange_parts(
     mut conn: Box<Conn>,
     parts: &mut Parts,
     body: RequestBody,
-    forwarded: &Forwarded,
+    forwarded: &(dyn ExtraFields + Sync),
     endpoint: &Arc<Endpoint>,
 ) -> Result<Response<ResponseBody>, h1::Error> {
     let framing = RequestFraming::for_body(body.is_end_stream(), body.size_hint().exact());
