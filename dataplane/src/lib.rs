@@ -17,37 +17,25 @@
 //! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`], [`trace`](mod@trace)
 //! (W3C trace context and OTLP spans).
 
-pub mod access;
 pub mod activation;
 pub mod admin;
 pub mod balance;
-pub mod breaker;
 pub mod cli;
+pub mod control;
 pub mod demo;
 pub mod endpoint;
-pub mod file;
-pub mod forward;
+pub mod front;
 pub mod health;
 pub mod heap;
 pub mod http1;
-pub mod listener;
 pub mod metrics;
-pub mod persist;
 pub mod policy;
 pub mod proxy;
-pub mod ratelimit;
-pub mod report;
-pub mod retry;
 pub mod rules;
-pub mod selector;
 pub mod state;
-pub mod stream;
 pub mod table;
-pub mod tls;
 pub mod trace;
-pub mod upgrade;
 pub mod upstream;
-pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,10 +47,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::listener::{Conn, Limits};
-use crate::proxy::Proxy;
+use crate::control::stream::ControllerConn;
+use crate::control::{file, persist, report, stream};
+use crate::front::listener::{Conn, Limits};
+use crate::front::{listener, tls, workers};
+use crate::proxy::{Proxy, access};
 use crate::state::State;
-use crate::stream::ControllerConn;
 
 /// How long the background tasks (file watcher, stream, reporter, state
 /// writer, admin server) get to finish after the proxy drained.

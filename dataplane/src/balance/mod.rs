@@ -1,5 +1,5 @@
 //! Endpoint selection, built once per pool version and availability change
-//! (see [`crate::selector`]) and read lock-free per request.
+//! (see [`crate::table::selector`]) and read lock-free per request.
 //!
 //! One file per family, as pingora's `selection` does: [`rotation`]
 //! (RoundRobin, WeightedRoundRobin), [`random`] (weighted draws),

@@ -19,11 +19,11 @@ use http::uri::Authority;
 
 use crate::balance::Load;
 use crate::balance::ewma::{self, PeakEwma};
-use crate::breaker::Breaker;
 use crate::health::Health;
 use crate::metrics::{CodeCounters, HealthGauge, PoolEndpointCode};
-use crate::ratelimit::RateLimiter;
-use crate::retry::RetryBudget;
+use crate::policy::breaker::Breaker;
+use crate::policy::ratelimit::RateLimiter;
+use crate::policy::retry::RetryBudget;
 use crate::upstream::client::Upstream;
 use crate::upstream::idle::Idle;
 use outlier::PoolOutlier;
@@ -168,7 +168,7 @@ impl Drop for InFlight {
 
 /// What is rebuilt when an endpoint of a pool becomes available or
 /// unavailable: a selector over the pool's endpoints
-/// ([`crate::selector::Selector`]), seen here only through this trait so
+/// ([`crate::table::selector::Selector`]), seen here only through this trait so
 /// that endpoint state does not import the table.
 pub trait Reselect: Send + Sync + std::fmt::Debug {
     /// Rebuilds over the endpoints available now and publishes the result.

@@ -7,7 +7,7 @@
 //! endpoint's verdict. A loop's first probe comes at a random point of the
 //! first interval, so a pool's endpoints (and several dataplanes) are not
 //! all probed at once. A verdict that changes rebuilds the pool's balancer
-//! on the loop's task (see [`crate::selector`]).
+//! on the loop's task (see [`crate::table::selector`]).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::Streak;
 use crate::endpoint::Endpoint;
-use crate::listener::stopped;
+use crate::front::listener::stopped;
 use crate::state::State;
 use crate::table::Table;
 

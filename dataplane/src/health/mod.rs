@@ -14,7 +14,7 @@
 //! default for servers of a running backend.
 //!
 //! A transition rebuilds the pool's balancer over the available endpoints
-//! at once, on the task that saw it (see [`crate::selector`]); when none is
+//! at once, on the task that saw it (see [`crate::table::selector`]); when none is
 //! available the pool spreads traffic over all of them (panic mode, as
 //! Envoy's panic threshold does) rather than failing every request.
 

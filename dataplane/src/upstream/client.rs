@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice_protocol::policy::Timeouts;
 
-use crate::breaker::Breaker;
+use crate::policy::breaker::Breaker;
 
 /// One pool's connection settings and circuit breaker.
 #[derive(Debug)]

@@ -15,8 +15,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
 
 use super::idle::Idle;
-use crate::breaker::Held;
 use crate::http1::client as h1;
+use crate::policy::breaker::Held;
 
 thread_local! {
     /// Read buffers of idle endpoint connections, for the next exchange on

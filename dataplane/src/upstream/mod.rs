@@ -39,9 +39,9 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::breaker::Overflow;
 use crate::endpoint::Endpoint;
 use crate::http1::client::{self as h1, ExtraFields, Framing, RequestFraming};
+use crate::policy::breaker::Overflow;
 
 pub mod client;
 pub mod conn;

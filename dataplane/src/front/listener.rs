@@ -36,10 +36,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::front::tls::{Site, Sites};
 use crate::http1::head_timeout::{Activity, HeadTimeout};
 use crate::http1::interim::{Informing, Interim};
 use crate::http1::server::{self as front, ClientBody, Rewind, Signal, Spares};
-use crate::tls::{Site, Sites};
 
 /// How long a client may take to send a request head (and, on the HTTPS
 /// listener, to finish the TLS handshake).

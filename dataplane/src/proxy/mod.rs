@@ -21,21 +21,23 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
 use crate::activation;
-use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::endpoint::{Endpoint, InFlight};
-use crate::forward::{self, Forwarded, RoutedHost};
+use crate::front::tls::{self, Site};
 use crate::http1::client as h1;
 use crate::metrics::Exchange;
-use crate::retry::{self, Failure, RequestTraits, idempotent};
+use crate::policy::breaker::{Held, OVERFLOW_HEADER, Overflow};
+use crate::policy::retry::{self, Failure, RequestTraits, idempotent};
 use crate::rules::{Matched, RequestView, RuleAction, Target};
 use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
-use crate::tls::{self, Site};
 use crate::trace::Propagated;
-use crate::upgrade;
 use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError};
+use forward::{Forwarded, RoutedHost};
 
+pub mod access;
+pub mod forward;
 mod rule;
+pub mod upgrade;
 
 use self::rule::RuleLimits;
 
@@ -586,7 +588,7 @@ struct TryWatch {
 
 /// Sends the request to `first`, and again to other endpoints while the
 /// pool's retry policy, budget and `maxRetries` allow (rules in
-/// [`crate::retry`]).
+/// [`crate::policy::retry`]).
 async fn attempts(
     pool: &Pool,
     first: &Arc<Endpoint>,

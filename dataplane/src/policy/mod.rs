@@ -5,14 +5,18 @@
 //! unchanged, so pooled connections and rate-limit counts survive table
 //! updates, and the circuit breaker's limits are updated in place.
 
+pub mod breaker;
+pub mod ratelimit;
+pub mod retry;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_protocol::PoolRoute;
 
 use crate::endpoint::PoolState;
-use crate::ratelimit::RateLimiter;
-use crate::retry::RetryPolicy;
+use crate::policy::ratelimit::RateLimiter;
+use crate::policy::retry::RetryPolicy;
 use crate::upstream::Upstream;
 
 /// What the request path needs of a pool's policies, resolved once.

@@ -13,6 +13,8 @@
 //! `api.example.com/docs` reaches `*.example.com`'s `/` when the exact pool
 //! only serves `/v1`, rather than failing while another pool matches.
 
+pub mod selector;
+
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,7 +33,7 @@ use crate::endpoint::{Endpoint, PoolState, Registry};
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::policy::Policy;
 use crate::rules::{Matched, RequestView, Rules, Target};
-use crate::selector::{Picker, Selector};
+use crate::table::selector::{Picker, Selector};
 
 /// One pool as the proxy uses it. The route, endpoints and weights are fixed
 /// for the pool's life; which endpoints the balancer spreads traffic over

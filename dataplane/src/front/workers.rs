@@ -28,8 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::listener::{self, Conn, Limits};
-use crate::tls::Sites;
+use crate::front::listener::{self, Conn, Limits};
+use crate::front::tls::Sites;
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
