@@ -36,6 +36,7 @@ pub mod state;
 pub mod table;
 pub mod trace;
 pub mod upstream;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -181,7 +182,7 @@ impl Dataplane {
     /// controller URL or a port in use fails here, before anything runs.
     pub async fn start(opts: Options) -> Result<Dataplane, Error> {
         let worker_count = opts.workers.max(1);
-        workers::reserve(worker_count);
+        worker::reserve(worker_count);
         let state = State::new();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -17,7 +17,7 @@ use sluice_protocol::PoolRoute;
 use crate::endpoint::PoolState;
 use crate::policy::ratelimit::RateLimiter;
 use crate::policy::retry::RetryPolicy;
-use crate::upstream::Upstream;
+use crate::upstream::client::Upstream;
 
 /// What the request path needs of a pool's policies, resolved once.
 #[derive(Debug)]

@@ -13,9 +13,11 @@
 //! `api.example.com/docs` reaches `*.example.com`'s `/` when the exact pool
 //! only serves `/v1`, rather than failing while another pool matches.
 
+pub mod host;
 pub mod selector;
 
-use std::borrow::Cow;
+pub use host::normalize_host;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -283,28 +285,11 @@ impl Table {
     }
 }
 
-/// A Host header or `:authority` as the table matches it: port stripped,
-/// lower-cased, trailing dot dropped. Borrows when nothing changes.
-pub fn normalize_host(raw: &str) -> Cow<'_, str> {
-    let host = match raw.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => match raw.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => raw,
-        },
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use sluice_protocol::RouteFile;
+    use std::borrow::Cow;
 
     fn routes(version: u64, yaml: &str) -> RouteTable {
         let file = RouteFile::from_yaml(yaml).expect("valid");

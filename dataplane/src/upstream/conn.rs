@@ -14,7 +14,6 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
 
-use super::idle::Idle;
 use crate::http1::client as h1;
 use crate::policy::breaker::Held;
 
@@ -163,17 +162,18 @@ impl tokio::io::AsyncRead for Io {
 }
 
 impl Conn {
-    /// Puts the connection back on its endpoint's idle list, after its
-    /// response was read to the end and its request body sent. Bytes
-    /// beyond the response (an endpoint that answered more than it was
-    /// asked) rule the connection out.
-    pub(super) fn release(mut self: Box<Self>, idle: &Idle) {
+    /// Readies the connection to wait idle, after its response was read
+    /// to the end and its request body sent: its read buffer goes to the
+    /// thread's spares. `false`: it cannot be kept (bytes beyond the
+    /// response, from an endpoint that answered more than it was asked,
+    /// rule it out, as does a request body not sent in full).
+    pub(super) fn go_idle(&mut self) -> bool {
         if !self.buf.is_empty() || !self.io.rejoin() {
-            return;
+            return false;
         }
         lend(std::mem::take(&mut self.buf));
         self.since = Instant::now();
-        idle.push(self);
+        true
     }
 
     /// A new connection on `io`, holding its place in `maxConnections`.

@@ -1,6 +1,6 @@
 //! An endpoint's idle keep-alive connections: one list per worker thread
 //! (a connection belongs to the I/O driver of the runtime that opened it,
-//! see [`crate::front::workers`]), most recently used last, so the warmest is
+//! see [`crate::worker`]), most recently used last, so the warmest is
 //! reused and the others can time out. The endpoint holds one; the upstream
 //! side alone puts connections in and takes them out.
 
@@ -21,7 +21,7 @@ pub struct Idle {
 impl Default for Idle {
     fn default() -> Self {
         Self {
-            lists: (0..crate::front::workers::count())
+            lists: (0..crate::worker::count())
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
         }
@@ -32,13 +32,16 @@ impl Idle {
     /// The calling worker's list.
     #[allow(clippy::vec_box)]
     fn mine(&self) -> MutexGuard<'_, Vec<Box<Conn>>> {
-        let list = &self.lists[crate::front::workers::current() % self.lists.len()];
+        let list = &self.lists[crate::worker::current() % self.lists.len()];
         list.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps `conn` for the calling worker's next request.
-    pub(super) fn push(&self, conn: Box<Conn>) {
-        self.mine().push(conn);
+    /// Keeps `conn`, whose exchange is over, for the calling worker's next
+    /// request, when it can be kept.
+    pub(super) fn release(&self, mut conn: Box<Conn>) {
+        if conn.go_idle() {
+            self.mine().push(conn);
+        }
     }
 
     /// The calling worker's most recently used connection that can take a

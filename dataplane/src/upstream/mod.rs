@@ -302,7 +302,7 @@ impl ResponseBody {
         if let Some(conn) = self.conn.take()
             && self.reusable
         {
-            conn.release(&self.endpoint.idle);
+            self.endpoint.idle.release(conn);
         }
     }
 }
