@@ -27,16 +27,17 @@
 //! Nothing here is on the path of a pool that has endpoints: the proxy only
 //! looks at `activation` after its pick found no endpoint.
 
+mod hold;
 pub mod queue;
+
+pub use hold::hold;
 
 use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
-use tokio::time::Instant;
 
 pub use queue::{Full, Queue, Turn, Waiter, Woken, relay};
 
-use crate::state::State;
 use crate::table::{Pool, Table};
 
 /// `x-sluice-error` of a request refused because `maxPending` requests are
@@ -98,55 +99,6 @@ pub fn must_hold(table: &Table, name: &str) -> bool {
 /// Whether `pool` holds its requests rather than answering 503 at once.
 pub fn holds(pool: &Arc<Pool>) -> bool {
     pool.route.activation.is_some() && pool.endpoints.is_empty()
-}
-
-/// Holds a request for `pool` (which [`holds`]) until a table gives it
-/// endpoints or takes it away, at most the activation timeout from its
-/// arrival. `Ok`: the table to serve it on, with its turn when it was
-/// released with others; `Err`: the 503.
-pub async fn hold(
-    state: &State,
-    pool: &Pool,
-    arrived: Instant,
-) -> Result<(Arc<Table>, Option<Turn>), Refused> {
-    let name = &pool.route.name;
-    let Some(activation) = &pool.route.activation else {
-        return Ok((state.table.load_full(), None));
-    };
-    let max = activation.max_pending;
-    let timeout = activation.timeout;
-    let deadline = arrived + timeout.get();
-    let (mut waiter, first) = pool.state.held.hold(max).map_err(|Full| Refused {
-        reason: OVERFLOW_REASON,
-        body: format!(
-            "pool {name:?} has no ready endpoints and already holds {max} requests (activation maxPending)\n"
-        ),
-    })?;
-    if first {
-        state.activation.demand.notify_one();
-    }
-    // A table installed between routing and queueing released nobody:
-    // look again now that the place is taken.
-    let table = state.table.load_full();
-    if !must_hold(&table, name) {
-        return Ok((table, None));
-    }
-    let mut shutdown = state.activation.shutdown.subscribe();
-    match waiter.wait(deadline, &mut shutdown).await {
-        Woken::Released(turn) => Ok((state.table.load_full(), Some(turn))),
-        Woken::TimedOut => Err(Refused {
-            reason: TIMEOUT_REASON,
-            body: format!(
-                "pool {name:?} had no ready endpoints within the activation timeout {timeout}\n"
-            ),
-        }),
-        Woken::ShutDown => Err(Refused {
-            reason: SHUTDOWN_REASON,
-            body: format!(
-                "pool {name:?} has no ready endpoints and the dataplane is shutting down\n"
-            ),
-        }),
-    }
 }
 
 /// Releases, after `table` replaced `previous`, the queues of the pools
