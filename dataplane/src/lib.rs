@@ -50,7 +50,7 @@ use tokio::task::JoinSet;
 
 use crate::control::stream::ControllerConn;
 use crate::control::{file, persist, report, stream};
-use crate::front::listener::{Conn, Limits};
+use crate::front::listener::{ClientConn, Limits};
 use crate::front::{listener, tls, workers};
 use crate::proxy::{Proxy, access};
 use crate::state::State;
@@ -264,7 +264,7 @@ impl Dataplane {
         let log_state = opts.access_log.then(|| Arc::clone(&state));
         // Likewise the tracer's: when off, `None`s all the way down.
         let trace_state = tracer.map(|tracer| (tracer, Arc::clone(&state)));
-        let handler = move |req: hyper::Request<http1::server::ClientBody>, conn: &Conn| {
+        let handler = move |req: hyper::Request<http1::server::ClientBody>, conn: &ClientConn| {
             let (proxy, conn) = (Arc::clone(&proxy), conn.clone());
             let mut log = (log_state.as_ref())
                 .map(|state| (Arc::clone(state), access::Entry::start(&req, conn.peer)));
@@ -352,7 +352,7 @@ impl Dataplane {
             admin,
             None,
             Limits::default(),
-            move |req, _: &Conn| admin::handle(Arc::clone(&admin_state), req),
+            move |req, _: &ClientConn| admin::handle(Arc::clone(&admin_state), req),
             stop_rx,
             Duration::from_millis(100),
         ));

@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 /// The requests one pool holds, oldest first. Kept in the pool's
-/// [`PoolState`](crate::endpoint::PoolState), so it survives the table
+/// [`KeptPool`](crate::endpoint::KeptPool), so it survives the table
 /// updates that bring the endpoints.
 #[derive(Debug, Default)]
 pub struct Queue {

@@ -3,7 +3,7 @@
 //! A table update rebuilds a pool's balancer, never its state: the
 //! [`Endpoint`] of an address that stays in a pool is the same `Arc` in the
 //! new table, so its in-flight count, latency estimate, health and ejection
-//! carry over, and the [`PoolState`] (limits in use, retry budget, rate
+//! carry over, and the [`KeptPool`] (limits in use, retry budget, rate
 //! limiter, availability epoch) is kept by pool name. [`Registry`] holds the
 //! live ones weakly so that an endpoint that leaves every table is freed.
 
@@ -39,7 +39,7 @@ pub struct Endpoint {
     pub upstream: CodeCounters<PoolEndpointCode>,
     /// The owning pool's state (its availability epoch is bumped when this
     /// endpoint's availability changes).
-    pub pool: Arc<PoolState>,
+    pub pool: Arc<KeptPool>,
     /// Active health check verdict and passive outlier (ejection) state.
     pub health: Health,
     in_flight: AtomicU32,
@@ -54,7 +54,7 @@ impl Endpoint {
         addr: SocketAddr,
         upstream: CodeCounters<PoolEndpointCode>,
         healthy: HealthGauge,
-        pool: Arc<PoolState>,
+        pool: Arc<KeptPool>,
     ) -> Self {
         Self {
             addr,
@@ -177,7 +177,7 @@ pub trait Reselect: Send + Sync + std::fmt::Debug {
 
 /// State of one pool that survives table versions.
 #[derive(Debug, Default)]
-pub struct PoolState {
+pub struct KeptPool {
     /// The selectors of the pool's live versions (the newest table's, and
     /// older ones still serving requests), rebuilt one at a time under this
     /// lock when an endpoint's availability changes.
@@ -196,7 +196,7 @@ pub struct PoolState {
     pub held: Arc<crate::activation::queue::Queue>,
 }
 
-impl PoolState {
+impl KeptPool {
     /// An endpoint's availability changed: rebuilds every live selector of
     /// the pool now, on the caller's task (a health check loop, the outlier
     /// decision), so that no request ever builds one. The lock makes
@@ -233,18 +233,18 @@ pub struct Registry {
 
 #[derive(Debug, Default)]
 struct RegistryInner {
-    pools: HashMap<String, Weak<PoolState>>,
+    pools: HashMap<String, Weak<KeptPool>>,
     endpoints: HashMap<(String, SocketAddr), Weak<Endpoint>>,
 }
 
 impl Registry {
     /// The state of pool `name`, kept or new.
-    pub fn pool(&self, name: &str) -> Arc<PoolState> {
+    pub fn pool(&self, name: &str) -> Arc<KeptPool> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(state) = inner.pools.get(name).and_then(Weak::upgrade) {
             return state;
         }
-        let state = Arc::new(PoolState::default());
+        let state = Arc::new(KeptPool::default());
         inner.pools.insert(name.to_string(), Arc::downgrade(&state));
         state
     }

@@ -17,7 +17,7 @@
 //! The success path costs two relaxed atomic loads; locks are taken only on
 //! failures that reach the threshold, on probation results and on
 //! transitions. The state lives in the `Endpoint` and the pool's
-//! `PoolState`, so it survives table updates.
+//! `KeptPool`, so it survives table updates.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Weak};
@@ -29,7 +29,7 @@ use crate::endpoint::Endpoint;
 use crate::health::ejection::{decayed, ejection_time, lock, max_times, may_eject};
 
 /// Outlier detection settings and members of one pool; kept in its
-/// `PoolState`, refreshed by every build of the pool.
+/// `KeptPool`, refreshed by every build of the pool.
 #[derive(Debug, Default)]
 pub struct PoolOutlier {
     /// Consecutive failures that eject; 0 = detection off. Read on every

@@ -103,14 +103,14 @@ impl Default for Limits {
 
 /// The connection a request came on.
 #[derive(Clone, Debug)]
-pub struct Conn {
+pub struct ClientConn {
     /// The client.
     pub peer: SocketAddr,
     /// The TLS site its handshake chose; `None` for plain HTTP.
     pub site: Option<Arc<Site>>,
 }
 
-impl front::Peer for Conn {
+impl front::Peer for ClientConn {
     fn peer(&self) -> SocketAddr {
         self.peer
     }
@@ -149,7 +149,7 @@ pub async fn serve<H, F, B>(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    H: Fn(Request<ClientBody>, &Conn) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -177,7 +177,7 @@ pub async fn serve<H, F, B>(
                 let spares = Arc::clone(&spares);
                 match &tls {
                     None => {
-                        let conn = Conn { peer, site: None };
+                        let conn = ClientConn { peer, site: None };
                         let limit = Some(limits.header_read_timeout);
                         conns.spawn(serve_conn(builder, stream, conn, limits, limit, handler, spares, signal));
                     }
@@ -191,7 +191,7 @@ pub async fn serve<H, F, B>(
                                     // Over h2, no first-head deadline.
                                     let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
                                     let limit = h1.then_some(timeout);
-                                    let conn = Conn { peer, site: Some(site) };
+                                    let conn = ClientConn { peer, site: Some(site) };
                                     serve_conn(builder, stream, conn, limits, limit, handler, spares, signal).await;
                                 }
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -242,7 +242,7 @@ async fn handshake(
 async fn serve_conn<I, H, F, B>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: I,
-    conn: Conn,
+    conn: ClientConn,
     limits: Limits,
     head_timeout: Option<Duration>,
     handler: H,
@@ -250,7 +250,7 @@ async fn serve_conn<I, H, F, B>(
     signal: Arc<Signal>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<ClientBody>, &Conn) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,

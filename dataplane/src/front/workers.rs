@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::front::listener::{self, Conn, Limits};
+use crate::front::listener::{self, ClientConn, Limits};
 use crate::front::tls::Sites;
 
 /// One listening socket and how to serve it.
@@ -51,7 +51,7 @@ pub fn spawn<H, F, B>(
     grace: Duration,
 ) -> std::io::Result<JoinHandle<()>>
 where
-    H: Fn(Request<ClientBody>, &Conn) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,

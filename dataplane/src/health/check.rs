@@ -212,7 +212,7 @@ async fn probe(
         .header(USER_AGENT, USER_AGENT_VALUE)
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
-    let exchange = async {
+    let answered = async {
         let resp = client
             .request(req)
             .await
@@ -222,7 +222,7 @@ async fn probe(
         let _ = Limited::new(resp.into_body(), MAX_BODY).collect().await;
         Ok(status)
     };
-    tokio::time::timeout(timeout, exchange)
+    tokio::time::timeout(timeout, answered)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
 }

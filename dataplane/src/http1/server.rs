@@ -302,9 +302,15 @@ where
                     // Boxed (a small allocation, from the allocator's
                     // per-thread cache): inline, its room would be part of
                     // every connection's task, idle ones included.
-                    let served =
-                        Box::pin(exchange(&mut client, handler, spares, request, head, close))
-                            .await;
+                    let served = Box::pin(serve_request(
+                        &mut client,
+                        handler,
+                        spares,
+                        request,
+                        head,
+                        close,
+                    ))
+                    .await;
                     if served == Served::Close {
                         return Next::Closed;
                     }
@@ -345,7 +351,7 @@ enum Served {
     Close,
 }
 
-/// A connection as [`exchange`] serves it: the socket, what was read
+/// A connection as [`serve_request`] serves it: the socket, what was read
 /// ahead, and the state kept from one request to the next.
 struct Client<'a, I, C> {
     io: &'a mut I,
@@ -359,7 +365,7 @@ struct Client<'a, I, C> {
 }
 
 /// One request and its response.
-async fn exchange<I, C, H, F, B>(
+async fn serve_request<I, C, H, F, B>(
     client: &mut Client<'_, I, C>,
     handler: &H,
     spares: &Spares<F>,

@@ -1,7 +1,7 @@
 //! A pool's resilience policies compiled for the request path: its client
 //! (connect and idle timeouts, connection counting), retry policy, request
 //! timeout and rate limiter. Built with the pool; the client and the
-//! limiter are taken from the pool's [`PoolState`] when their settings are
+//! limiter are taken from the pool's [`KeptPool`] when their settings are
 //! unchanged, so pooled connections and rate-limit counts survive table
 //! updates, and the circuit breaker's limits are updated in place.
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sluice_protocol::PoolRoute;
 
-use crate::endpoint::PoolState;
+use crate::endpoint::KeptPool;
 use crate::policy::ratelimit::RateLimiter;
 use crate::policy::retry::RetryPolicy;
 use crate::upstream::client::Upstream;
@@ -34,7 +34,7 @@ pub struct Policy {
 
 impl Policy {
     /// Compiles `route`'s policies over the pool's kept `state`.
-    pub fn new(route: &PoolRoute, state: &PoolState) -> Self {
+    pub fn new(route: &PoolRoute, state: &KeptPool) -> Self {
         state.breaker.configure(&route.circuit_breaker());
         let timeouts = route.timeouts();
         Self {

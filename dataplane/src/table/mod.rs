@@ -31,7 +31,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::balance::KeySource;
 pub use crate::balance::PickRequest;
 use crate::balance::affinity::Affinity;
-use crate::endpoint::{Endpoint, PoolState, Registry};
+use crate::endpoint::{Endpoint, KeptPool, Registry};
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::policy::Policy;
 use crate::rules::{Matched, RequestView, Rules, Target};
@@ -56,7 +56,7 @@ pub struct Pool {
     /// Cookie session affinity, when the route asks for it.
     affinity: Option<Affinity>,
     /// State kept across table versions.
-    pub state: Arc<PoolState>,
+    pub state: Arc<KeptPool>,
     /// Counters of the pool's requests.
     pub metrics: Arc<PoolMetrics>,
     /// Client, retries, timeouts and rate limit.

@@ -4,7 +4,7 @@
 //! Building a balancer can be costly (a Maglev table has 65,537 entries), so
 //! it is done when a table is built ([`Selector::new`]) and when an
 //! endpoint's availability changes: the health check loop or the outlier
-//! decision that flips it calls [`crate::endpoint::PoolState::availability_changed`],
+//! decision that flips it calls [`crate::endpoint::KeptPool::availability_changed`],
 //! which rebuilds, one at a time, every selector over that pool's endpoints
 //! (the newest table's and those of older tables still serving requests) and
 //! publishes each with an `ArcSwap`. A request only loads the current
@@ -20,7 +20,7 @@ use arc_swap::{ArcSwap, Guard};
 use sluice_protocol::Algorithm;
 
 use crate::balance::Balancer;
-use crate::endpoint::{Endpoint, PoolState, Reselect};
+use crate::endpoint::{Endpoint, KeptPool, Reselect};
 
 /// The endpoints of one pool version and the balancer over the available
 /// ones.
@@ -54,7 +54,7 @@ impl Selector {
     /// available now and kept up to date by `state` (the pool state all of
     /// `endpoints` report their availability changes to) from then on.
     pub fn new(
-        state: &PoolState,
+        state: &KeptPool,
         pool: &str,
         algorithm: Algorithm,
         endpoints: Vec<Arc<Endpoint>>,

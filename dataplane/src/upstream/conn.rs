@@ -57,7 +57,7 @@ pub(super) fn give_spare(buf: &mut BytesMut) {
 
 /// A connection to one endpoint, idle or carrying one exchange.
 #[derive(Debug)]
-pub struct Conn {
+pub struct EndpointConn {
     pub(super) io: Io,
     /// Bytes read and not yet consumed.
     pub(super) buf: BytesMut,
@@ -161,7 +161,7 @@ impl tokio::io::AsyncRead for Io {
     }
 }
 
-impl Conn {
+impl EndpointConn {
     /// Readies the connection to wait idle, after its response was read
     /// to the end and its request body sent: its read buffer goes to the
     /// thread's spares. `false`: it cannot be kept (bytes beyond the
@@ -180,7 +180,7 @@ impl Conn {
     /// Boxed once for its life: it moves between the idle list and the
     /// requests that use it.
     pub(super) fn new(io: TcpStream, slot: Held) -> Box<Self> {
-        Box::new(Conn {
+        Box::new(EndpointConn {
             io: Io::Whole(io),
             buf: BytesMut::new(),
             head: Vec::new(),

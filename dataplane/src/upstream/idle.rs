@@ -7,7 +7,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::conn::Conn;
+use super::conn::EndpointConn;
 
 /// The idle connections to one endpoint.
 #[derive(Debug)]
@@ -15,7 +15,7 @@ pub struct Idle {
     /// Boxed connections: one moves as a pointer between its list, a
     /// request and a body.
     #[allow(clippy::vec_box)]
-    lists: Box<[Mutex<Vec<Box<Conn>>>]>,
+    lists: Box<[Mutex<Vec<Box<EndpointConn>>>]>,
 }
 
 impl Default for Idle {
@@ -31,14 +31,14 @@ impl Default for Idle {
 impl Idle {
     /// The calling worker's list.
     #[allow(clippy::vec_box)]
-    fn mine(&self) -> MutexGuard<'_, Vec<Box<Conn>>> {
+    fn mine(&self) -> MutexGuard<'_, Vec<Box<EndpointConn>>> {
         let list = &self.lists[crate::worker::current() % self.lists.len()];
         list.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Keeps `conn`, whose exchange is over, for the calling worker's next
     /// request, when it can be kept.
-    pub(super) fn release(&self, mut conn: Box<Conn>) {
+    pub(super) fn release(&self, mut conn: Box<EndpointConn>) {
         if conn.go_idle() {
             self.mine().push(conn);
         }
@@ -47,7 +47,7 @@ impl Idle {
     /// The calling worker's most recently used connection that can take a
     /// request now; those idle for `max_idle` or more, and those the
     /// endpoint closed, are dropped on the way.
-    pub(super) fn checkout(&self, max_idle: Duration) -> Option<Box<Conn>> {
+    pub(super) fn checkout(&self, max_idle: Duration) -> Option<Box<EndpointConn>> {
         let mut idle = self.mine();
         if idle.is_empty() {
             return None;

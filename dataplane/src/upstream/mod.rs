@@ -48,7 +48,7 @@ pub mod conn;
 pub mod idle;
 
 pub use client::Upstream;
-pub use conn::Conn;
+pub use conn::EndpointConn;
 use conn::{Io, Writer};
 
 /// Errors crossing hyper's boxed error types.
@@ -139,7 +139,7 @@ impl Upstream {
         };
         // A request that got no answer comes back (without its body,
         // which the attempts keep) to be sent again.
-        exchange(conn, req, forwarded, endpoint)
+        send_on(conn, req, forwarded, endpoint)
             .await
             .map_err(|(e, parts)| {
                 let back = parts.map(|p| Request::from_parts(p, RequestBody::Empty));
@@ -149,12 +149,12 @@ impl Upstream {
 
     /// The most recently used idle connection of `endpoint` that can take a
     /// request now; expired and closed ones are dropped on the way.
-    fn checkout(&self, endpoint: &Endpoint) -> Option<Box<Conn>> {
+    fn checkout(&self, endpoint: &Endpoint) -> Option<Box<EndpointConn>> {
         endpoint.idle.checkout(self.idle)
     }
 
     /// Dials `endpoint` within the connect timeout and the breaker's limits.
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Conn>, UpstreamError> {
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<EndpointConn>, UpstreamError> {
         let slot = self.breaker.connection().map_err(UpstreamError::Overflow)?;
         let pending = self.breaker.pending().map_err(UpstreamError::Overflow)?;
         let dial = tokio::time::timeout(self.connect, TcpStream::connect(endpoint.addr));
@@ -165,7 +165,7 @@ impl Upstream {
         };
         drop(pending);
         let _ = io.set_nodelay(true);
-        Ok(Conn::new(io, slot))
+        Ok(EndpointConn::new(io, slot))
     }
 }
 
@@ -174,14 +174,14 @@ impl Upstream {
 /// a task of its own while the response head is awaited, and goes on
 /// while the response streams back: an endpoint that answers before taking
 /// the whole body (a 413, an echo) is heard.
-async fn exchange(
-    conn: Box<Conn>,
+async fn send_on(
+    conn: Box<EndpointConn>,
     req: Request<RequestBody>,
     forwarded: &(dyn ExtraFields + Sync),
     endpoint: &Arc<Endpoint>,
 ) -> Result<Response<ResponseBody>, (h1::Error, Option<Parts>)> {
     let (mut parts, body) = req.into_parts();
-    match exchange_parts(conn, &mut parts, body, forwarded, endpoint).await {
+    match send_parts_on(conn, &mut parts, body, forwarded, endpoint).await {
         Ok(resp) => Ok(resp),
         // Nothing came back: the head is still whole.
         Err(e @ h1::Error::Unanswered(_)) => Err((e, Some(parts))),
@@ -191,8 +191,8 @@ async fn exchange(
 
 /// [`exchange`], on the request's head in place: its headers become the
 /// response's (their room reused), but only once a response head came.
-async fn exchange_parts(
-    mut conn: Box<Conn>,
+async fn send_parts_on(
+    mut conn: Box<EndpointConn>,
     parts: &mut Parts,
     body: RequestBody,
     forwarded: &(dyn ExtraFields + Sync),
@@ -233,7 +233,7 @@ async fn exchange_parts(
             write: Writer::Running(writer),
         };
     }
-    let Conn {
+    let EndpointConn {
         io, buf, fields, ..
     } = &mut *conn;
     let head = match io {
@@ -272,14 +272,19 @@ async fn exchange_parts(
 #[derive(Debug)]
 pub struct ResponseBody {
     /// Until the body is read (or, after a 101, until the tunnel takes it).
-    conn: Option<Box<Conn>>,
+    conn: Option<Box<EndpointConn>>,
     framing: Framing,
     reusable: bool,
     endpoint: Arc<Endpoint>,
 }
 
 impl ResponseBody {
-    fn new(conn: Box<Conn>, framing: Framing, reusable: bool, endpoint: &Arc<Endpoint>) -> Self {
+    fn new(
+        conn: Box<EndpointConn>,
+        framing: Framing,
+        reusable: bool,
+        endpoint: &Arc<Endpoint>,
+    ) -> Self {
         let mut body = Self {
             conn: Some(conn),
             framing,
@@ -293,7 +298,7 @@ impl ResponseBody {
     }
 
     /// The connection, after a `101 Switching Protocols`.
-    pub fn take_upgraded(&mut self) -> Option<Box<Conn>> {
+    pub fn take_upgraded(&mut self) -> Option<Box<EndpointConn>> {
         self.conn.take()
     }
 
