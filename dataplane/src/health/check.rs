@@ -216,7 +216,7 @@ async fn probe(
         let resp = client
             .request(req)
             .await
-            .map_err(|e| crate::proxy::describe(&e))?;
+            .map_err(|e| crate::upstream::describe(&e))?;
         let status = resp.status();
         // Read (a bounded part of) the body so the connection can be reused.
         let _ = Limited::new(resp.into_body(), MAX_BODY).collect().await;

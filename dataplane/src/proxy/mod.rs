@@ -31,7 +31,7 @@ use crate::rules::{Matched, RequestView, RuleAction, Target};
 use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
 use crate::trace::Propagated;
-use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError};
+use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError, describe};
 use forward::{Forwarded, RoutedHost};
 
 pub mod access;
@@ -1005,19 +1005,6 @@ pub fn local(status: StatusCode, reason: &'static str, body: String) -> Response
     );
     h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
     resp
-}
-
-/// The error and its causes on one line, e.g. "client error (Connect): tcp
-/// connect error: Connection refused (os error 111)".
-pub(crate) fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

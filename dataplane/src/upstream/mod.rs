@@ -83,6 +83,19 @@ impl UpstreamError {
     }
 }
 
+/// The error and its causes on one line, e.g. "client error (Connect): tcp
+/// connect error: Connection refused (os error 111)".
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
 /// Longest time between two sweeps of idle connections (shorter when a
 /// pool's `timeouts.idle` is: half of the shortest).
 pub const REAP_INTERVAL: Duration = Duration::from_secs(5);
