@@ -27,10 +27,7 @@
 //! Nothing here is on the path of a pool that has endpoints: the proxy only
 //! looks at `activation` after its pick found no endpoint.
 
-mod hold;
 pub mod queue;
-
-pub use hold::hold;
 
 use std::sync::Arc;
 
@@ -78,6 +75,16 @@ impl Signals {
     /// from now on, with 503: no table will come to release them.
     pub fn shut_down(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Wakes the reporter: a pool started holding requests.
+    pub fn demand(&self) {
+        self.demand.notify_one();
+    }
+
+    /// Tells a held request when the dataplane shuts down.
+    pub fn on_shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 }
 

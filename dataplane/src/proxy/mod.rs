@@ -36,6 +36,7 @@ use forward::{Forwarded, RoutedHost};
 
 pub mod access;
 pub mod forward;
+mod hold;
 mod rule;
 pub mod upgrade;
 
@@ -460,7 +461,7 @@ impl Proxy {
         Box::pin(async move {
             let arrived = tokio::time::Instant::from_std(exchange.started());
             let pending = exchange.hold();
-            match activation::hold(&self.state, &pool, arrived).await {
+            match hold::hold(&self.state, &pool, arrived).await {
                 Err(refused) => {
                     let exchange = pending.resume(&pool.metrics);
                     exchange.respond(503);

@@ -1,16 +1,17 @@
-//! The request path's wait for a pool's first endpoint (see the module
-//! above for when a request is held and how it is released).
+//! The request path's wait for a pool's first endpoint (see
+//! [`crate::activation`] for when a request is held and how it is
+//! released).
 
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::queue::{Full, Turn, Woken};
-use super::{OVERFLOW_REASON, Refused, SHUTDOWN_REASON, TIMEOUT_REASON, must_hold};
+use crate::activation::queue::{Full, Turn, Woken};
+use crate::activation::{OVERFLOW_REASON, Refused, SHUTDOWN_REASON, TIMEOUT_REASON, must_hold};
 use crate::state::State;
 use crate::table::{Pool, Table};
 
-/// Holds a request for `pool` (which [`super::holds`]) until a table gives it
+/// Holds a request for `pool` (which [`crate::activation::holds`]) until a table gives it
 /// endpoints or takes it away, at most the activation timeout from its
 /// arrival. `Ok`: the table to serve it on, with its turn when it was
 /// released with others; `Err`: the 503.
@@ -33,7 +34,7 @@ pub async fn hold(
         ),
     })?;
     if first {
-        state.activation.demand.notify_one();
+        state.activation.demand();
     }
     // A table installed between routing and queueing released nobody:
     // look again now that the place is taken.
@@ -41,7 +42,7 @@ pub async fn hold(
     if !must_hold(&table, name) {
         return Ok((table, None));
     }
-    let mut shutdown = state.activation.shutdown.subscribe();
+    let mut shutdown = state.activation.on_shutdown();
     match waiter.wait(deadline, &mut shutdown).await {
         Woken::Released(turn) => Ok((state.table.load_full(), Some(turn))),
         Woken::TimedOut => Err(Refused {
