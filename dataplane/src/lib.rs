@@ -2,20 +2,21 @@
 //! by a file. It knows nothing of Kubernetes; `sluice-protocol` is the only
 //! thing it shares with the controller.
 //!
-//! Layout: [`table`] (pools and routing, swapped whole), [`rules`] (matches,
-//! filters and weighted backends between host and pool), [`balance`]
-//! (endpoint selection), [`health`] and [`outlier`] (endpoint
-//! availability), [`proxy`] and [`forward`] (the request path),
-//! [`activation`] (holding requests for a pool scaled to zero),
-//! [`policy`] with [`upstream`], [`retry`], [`breaker`] and [`ratelimit`]
-//! (per-pool clients, retries, timeouts, circuit breaker, rate limits),
-//! [`listener`] (serving with limits and graceful drain), [`heap`] (memory
-//! a burst freed given back), [`tls`]
-//! (termination, certificates by SNI), [`upgrade`], [`access`] (the access
-//! log), [`stream`] and [`report`]
-//! (cluster mode), [`file`](mod@file) (standalone mode), [`persist`] (`--state-dir`),
-//! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`], [`trace`](mod@trace)
-//! (W3C trace context and OTLP spans).
+//! Layout (`docs/architecture.md` has the whole house and which way its
+//! imports run): [`proxy`] (the request path: routing, forwarding, retries,
+//! upgrades, the access log), [`table`] (pools, their selectors and routing,
+//! swapped whole), [`rules`] (matches, filters and weighted backends between
+//! host and pool), [`balance`] (endpoint selection), [`endpoint`] (state
+//! kept across tables, outlier decisions), [`health`] (verdicts and the
+//! active checker), [`activation`] (holding requests for a pool scaled to
+//! zero), [`policy`] (per-pool timeouts, retries, circuit breaker, rate
+//! limits), [`upstream`] (connections to endpoints), [`http1`] (the HTTP/1.1
+//! codec by direction), [`front`] (listeners with limits and graceful
+//! drain, TLS by SNI, workers), [`control`] (the controller's stream,
+//! reports, the standalone file, `--state-dir`), [`heap`] (memory a burst
+//! freed given back), [`worker`], [`admin`], [`metrics`], [`state`],
+//! [`demo`], [`cli`], [`trace`](mod@trace) (W3C trace context and OTLP
+//! spans).
 
 pub mod activation;
 pub mod admin;

@@ -4,7 +4,7 @@
 //! The proxy reports every attempt's outcome ([`crate::endpoint::Endpoint`]'s
 //! `record_success` / `record_failure`). After `consecutiveFailures` failures
 //! in a row the endpoint is ejected for `baseEjectionTime` × the number of
-//! times it was ejected (capped at [`MAX_EJECTION_TIME`] or the base, if
+//! times it was ejected (capped at [`MAX_EJECTION_TIME`](crate::health::ejection::MAX_EJECTION_TIME) or the base, if
 //! longer), unless that would eject more than `maxEjectionPercent` of the
 //! pool — one endpoint may always be ejected. When the time is up a tokio
 //! timer puts the endpoint back in the balancer on probation (half-open):

@@ -16,7 +16,7 @@
 //! `Transfer-Encoding: chunked` bodies (trailers kept); responses framed by
 //! `Content-Length`, chunked (trailers kept) or by the connection's close;
 //! `1xx` interim responses passed to the client side when it forwards
-//! them ([`interim_into`]) and skipped otherwise, `101` handing the
+//! them ([`interim_into`](super::interim::interim_into)) and skipped otherwise, `101` handing the
 //! connection over for a tunnel; bodiless responses to `HEAD` and for 204/304. A response that
 //! does not parse, has a head over [`MAX_HEAD`] bytes or more than
 //! [`MAX_HEADERS`] headers, or contradicts its own framing, fails the

@@ -5,7 +5,7 @@
 //! for. Sluice's own front end writes them itself ([`crate::http1::server`]);
 //! hyper's server has no way to send one (a service returns one
 //! response). So they go around it: the request's future is polled with
-//! [`crate::http1::client::interim_into`] collecting them ([`Interim::relay`]), and the
+//! [`crate::http1::interim::interim_into`] collecting them ([`Interim::relay`]), and the
 //! connection's socket, wrapped in [`Informing`], writes them before
 //! anything hyper writes next.
 //!
