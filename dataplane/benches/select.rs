@@ -22,7 +22,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 struct Setup {
-    endpoints: Vec<std::sync::Arc<sluice_dataplane::endpoint::Endpoint>>,
+    endpoints: Vec<std::sync::Arc<testing::Member>>,
     members: Vec<u32>,
     balancer: Balancer,
 }

@@ -8,7 +8,12 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::Request;
 
+use serde_json::{Value, json};
+
+use crate::balance::Load;
+use crate::endpoint::Endpoint;
 use crate::state::State;
+use crate::table::{Pool, Table};
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -61,7 +66,7 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
             reply(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         "/debug/pools" => {
-            let body = crate::health::pools_json(&state.table.load());
+            let body = pools_json(&state.table.load());
             reply(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
         other => reply(
@@ -70,4 +75,57 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
             format!("no admin endpoint {other}\n"),
         ),
     }
+}
+
+/// `/debug/pools`: every pool's endpoints with their health, ejection and
+/// load, and whether the pool is in panic mode.
+pub fn pools_json(table: &Table) -> Value {
+    let pools: Vec<_> = table.pools().iter().map(|p| pool_json(p)).collect();
+    json!({"version": table.version, "pools": pools})
+}
+
+fn pool_json(pool: &Pool) -> Value {
+    // `Pool::endpoints` are the route's ready endpoints, in route order.
+    let weights = pool.route.endpoints.iter().filter(|e| e.ready);
+    let endpoints: Vec<_> = pool
+        .endpoints
+        .iter()
+        .zip(weights)
+        .map(|(ep, e)| endpoint_json(ep, e.weight.get()))
+        .collect();
+    let panic = !pool.endpoints.is_empty() && !pool.endpoints.iter().any(|e| e.is_available());
+    let in_flight: u64 = pool
+        .endpoints
+        .iter()
+        .map(|e| u64::from(e.in_flight()))
+        .sum();
+    json!({
+        "name": pool.route.name,
+        "algorithm": pool.route.algorithm,
+        "healthChecked": pool.route.health_check.is_some(),
+        "panic": panic,
+        "inFlight": in_flight,
+        // Requests held for activation (scale from zero).
+        "pending": pool.state.held.len(),
+        "endpoints": endpoints,
+    })
+}
+
+fn endpoint_json(ep: &Endpoint, weight: u32) -> Value {
+    let o = ep.health.outlier.view();
+    json!({
+        "address": ep.addr.to_string(),
+        "weight": weight,
+        "available": ep.is_available(),
+        "healthy": ep.health.is_healthy(),
+        "ejected": o.ejected,
+        "ejectionRemainingMs": o.remaining.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        "timesEjected": o.times_ejected,
+        "onTrial": o.probation,
+        "consecutiveFailures": o.consecutive_failures,
+        "inFlight": ep.in_flight(),
+        // Peak-EWMA latency estimate, decayed to now (kept for every
+        // algorithm; PeakEwma balances on it).
+        "ewmaMs": (ep.latency_estimate_ns() / 1e6 * 1000.0).round() / 1000.0,
+    })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
-use crate::listener::{self, Limits};
+use crate::front::listener::{self, Limits};
 use crate::trace::Settings as TracingSettings;
 use crate::{Options, Source};
 
@@ -209,7 +209,7 @@ impl RunArgs {
                 max_headers: self.max_headers,
             },
             access_log: self.access_log,
-            report_interval: crate::report::INTERVAL,
+            report_interval: crate::control::report::INTERVAL,
             workers: 1,
             tracing: tracing(
                 self.tracing,

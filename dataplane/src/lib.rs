@@ -2,55 +2,42 @@
 //! by a file. It knows nothing of Kubernetes; `sluice-protocol` is the only
 //! thing it shares with the controller.
 //!
-//! Layout: [`table`] (pools and routing, swapped whole), [`rules`] (matches,
-//! filters and weighted backends between host and pool), [`balance`]
-//! (endpoint selection), [`health`] and [`outlier`] (endpoint
-//! availability), [`proxy`] and [`forward`] (the request path),
-//! [`activation`] (holding requests for a pool scaled to zero),
-//! [`policy`] with [`upstream`], [`retry`], [`breaker`] and [`ratelimit`]
-//! (per-pool clients, retries, timeouts, circuit breaker, rate limits),
-//! [`listener`] (serving with limits and graceful drain), [`heap`] (memory
-//! a burst freed given back), [`tls`]
-//! (termination, certificates by SNI), [`upgrade`], [`access`] (the access
-//! log), [`stream`] and [`report`]
-//! (cluster mode), [`file`](mod@file) (standalone mode), [`persist`] (`--state-dir`),
-//! [`admin`], [`metrics`], [`state`], [`demo`], [`cli`], [`trace`](mod@trace)
-//! (W3C trace context and OTLP spans).
+//! Layout (`docs/architecture.md` has the whole house and which way its
+//! imports run): [`proxy`] (the request path: routing, forwarding, retries,
+//! upgrades, the access log), [`table`] (pools, their selectors and routing,
+//! swapped whole), [`rules`] (matches, filters and weighted backends between
+//! host and pool), [`balance`] (endpoint selection), [`endpoint`] (state
+//! kept across tables, outlier decisions), [`health`] (verdicts and the
+//! active checker), [`activation`] (holding requests for a pool scaled to
+//! zero), [`policy`] (per-pool timeouts, retries, circuit breaker, rate
+//! limits), [`upstream`] (connections to endpoints), [`http1`] (the HTTP/1.1
+//! codec by direction), [`front`] (listeners with limits and graceful
+//! drain, TLS by SNI, workers), [`control`] (the controller's stream,
+//! reports, the standalone file, `--state-dir`), [`heap`] (memory a burst
+//! freed given back), [`worker`], [`admin`], [`metrics`], [`state`],
+//! [`demo`], [`cli`], [`trace`](mod@trace) (W3C trace context and OTLP
+//! spans).
 
-pub mod access;
 pub mod activation;
 pub mod admin;
 pub mod balance;
-pub mod breaker;
 pub mod cli;
+pub mod control;
 pub mod demo;
 pub mod endpoint;
-pub mod file;
-pub mod forward;
 pub mod front;
-pub mod h1;
-pub mod head_timeout;
 pub mod health;
 pub mod heap;
-pub mod interim;
-pub mod listener;
+pub mod http1;
 pub mod metrics;
-pub mod outlier;
-pub mod persist;
 pub mod policy;
 pub mod proxy;
-pub mod ratelimit;
-pub mod report;
-pub mod retry;
 pub mod rules;
 pub mod state;
-pub mod stream;
 pub mod table;
-pub mod tls;
 pub mod trace;
-pub mod upgrade;
 pub mod upstream;
-pub mod workers;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,10 +49,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::listener::{Conn, Limits};
-use crate::proxy::Proxy;
+use crate::control::stream::ControllerConn;
+use crate::control::{file, persist, report, stream};
+use crate::front::listener::{ClientConn, Limits};
+use crate::front::{listener, tls, workers};
+use crate::proxy::{Proxy, access};
 use crate::state::State;
-use crate::stream::ControllerConn;
 
 /// How long the background tasks (file watcher, stream, reporter, state
 /// writer, admin server) get to finish after the proxy drained.
@@ -194,7 +183,7 @@ impl Dataplane {
     /// controller URL or a port in use fails here, before anything runs.
     pub async fn start(opts: Options) -> Result<Dataplane, Error> {
         let worker_count = opts.workers.max(1);
-        workers::reserve(worker_count);
+        worker::reserve(worker_count);
         let state = State::new();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -276,7 +265,7 @@ impl Dataplane {
         let log_state = opts.access_log.then(|| Arc::clone(&state));
         // Likewise the tracer's: when off, `None`s all the way down.
         let trace_state = tracer.map(|tracer| (tracer, Arc::clone(&state)));
-        let handler = move |req: hyper::Request<front::ClientBody>, conn: &Conn| {
+        let handler = move |req: hyper::Request<http1::server::ClientBody>, conn: &ClientConn| {
             let (proxy, conn) = (Arc::clone(&proxy), conn.clone());
             let mut log = (log_state.as_ref())
                 .map(|state| (Arc::clone(state), access::Entry::start(&req, conn.peer)));
@@ -364,7 +353,7 @@ impl Dataplane {
             admin,
             None,
             Limits::default(),
-            move |req, _: &Conn| admin::handle(Arc::clone(&admin_state), req),
+            move |req, _: &ClientConn| admin::handle(Arc::clone(&admin_state), req),
             stop_rx,
             Duration::from_millis(100),
         ));

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     // A current-thread runtime: it is worker 0, and `--workers N` adds
     // N - 1 threads of their own (thread-per-core, see
-    // `sluice_dataplane::workers`); no work-stealing scheduler anywhere.
+    // `sluice_dataplane::front::workers`); no work-stealing scheduler anywhere.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -51,10 +51,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 drain_delay: Duration::ZERO,
                 limits: Default::default(),
                 access_log: false,
-                report_interval: sluice_dataplane::report::INTERVAL,
+                report_interval: sluice_dataplane::control::report::INTERVAL,
                 workers: 1,
                 tracing: None,
-                listen_backlog: sluice_dataplane::listener::LISTEN_BACKLOG,
+                listen_backlog: sluice_dataplane::front::listener::LISTEN_BACKLOG,
             };
             (opts, true)
         }

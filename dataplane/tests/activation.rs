@@ -16,7 +16,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use sluice_dataplane::report::INTERVAL;
+use sluice_dataplane::control::report::INTERVAL;
 use sluice_dataplane::{Dataplane, Options, Source};
 use sluice_protocol::policy::Activation;
 use sluice_protocol::{Delta, Endpoint, PoolRoute, RouteEvent, Snapshot};

@@ -244,7 +244,7 @@ async fn a_bad_value_is_explained_in_plain_words_and_logged_once() {
     assert_eq!(dp.route_version(), 1);
 
     // Several polls of the unchanged file: still one line per change.
-    tokio::time::sleep(sluice_dataplane::file::POLL * 4).await;
+    tokio::time::sleep(sluice_dataplane::control::file::POLL * 4).await;
     let text = logs.text();
     assert_eq!(
         text.matches("config file rejected").count(),

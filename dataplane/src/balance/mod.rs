@@ -1,5 +1,5 @@
-//! Endpoint selection, built once per pool version (and availability
-//! epoch) and read lock-free per request.
+//! Endpoint selection, built once per pool version and availability change
+//! (see [`crate::table::selector`]) and read lock-free per request.
 //!
 //! One file per family, as pingora's `selection` does: [`rotation`]
 //! (RoundRobin, WeightedRoundRobin), [`random`] (weighted draws),
@@ -10,8 +10,11 @@
 //! A balancer is built over the pool's available endpoints ("members") and
 //! returns an index into them; it borrows the endpoints at pick time for the
 //! per-endpoint state the load-aware algorithms read (in-flight counts,
-//! latency), which lives on `Endpoint` and so survives table updates. No
-//! pick allocates or locks; randomness is `fastrand`'s thread-local wyrand.
+//! latency), which lives on the endpoint and so survives table updates. It
+//! sees an endpoint only through [`Load`] (as linkerd's balancer sees only
+//! `tower::load::Load`), so this folder imports nothing of the request path.
+//! No pick allocates or locks; randomness is `fastrand`'s thread-local
+//! wyrand.
 
 pub mod affinity;
 pub mod ewma;
@@ -27,10 +30,26 @@ use std::sync::Arc;
 
 use sluice_protocol::Algorithm;
 
-use crate::endpoint::Endpoint;
-
 pub use key::{KeySource, PickRequest};
 pub use rotation::{MAX_SCHEDULE, Rotation};
+
+/// What the load-aware algorithms read of an endpoint.
+pub trait Load {
+    /// Requests sent to it that have not finished.
+    fn in_flight(&self) -> u32;
+    /// Its peak-EWMA latency estimate.
+    fn latency(&self) -> &ewma::PeakEwma;
+}
+
+impl<T: Load + ?Sized> Load for Arc<T> {
+    fn in_flight(&self) -> u32 {
+        (**self).in_flight()
+    }
+
+    fn latency(&self) -> &ewma::PeakEwma {
+        (**self).latency()
+    }
+}
 
 /// Picks among the available endpoints of one pool.
 #[derive(Debug)]
@@ -69,9 +88,9 @@ impl Balancer {
     /// `members` are indexes into `endpoints`, in the order the balancer was
     /// built with; `hash` is the request's key hash (hashing algorithms
     /// pick at random without one, and the others ignore it).
-    pub fn pick(
+    pub fn pick<L: Load>(
         &self,
-        endpoints: &[Arc<Endpoint>],
+        endpoints: &[L],
         members: &[u32],
         hash: Option<u64>,
     ) -> Option<usize> {
@@ -89,23 +108,63 @@ impl Balancer {
 /// Endpoints for unit tests and benchmarks.
 #[doc(hidden)]
 pub mod testing {
-    use super::*;
-    use crate::endpoint::PoolState;
-    use crate::metrics::Metrics;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
 
-    /// `n` fresh endpoints of one pool, on 10.x.y.z:8080.
-    pub fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
-        let metrics = Metrics::new();
-        let state = Arc::new(PoolState::default());
+    use super::*;
+
+    /// An endpoint as a balancer sees it: an address and its load.
+    #[derive(Debug)]
+    pub struct Member {
+        /// Socket address.
+        pub addr: SocketAddr,
+        in_flight: AtomicU32,
+        latency: ewma::PeakEwma,
+    }
+
+    /// One request in flight to a [`Member`] until dropped.
+    #[derive(Debug)]
+    pub struct Busy<'a>(&'a Member);
+
+    impl Drop for Busy<'_> {
+        fn drop(&mut self) {
+            self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    impl Member {
+        /// Counts one more request in flight until the guard drops.
+        pub fn begin(&self) -> Busy<'_> {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            Busy(self)
+        }
+
+        /// Feeds a latency sample.
+        pub fn observe_latency(&self, rtt: Duration) {
+            self.latency.observe(rtt);
+        }
+    }
+
+    impl Load for Member {
+        fn in_flight(&self) -> u32 {
+            self.in_flight.load(Ordering::Relaxed)
+        }
+
+        fn latency(&self) -> &ewma::PeakEwma {
+            &self.latency
+        }
+    }
+
+    /// `n` fresh members, on 10.x.y.z:8080.
+    pub fn endpoints(n: usize) -> Vec<Arc<Member>> {
         addrs(n)
             .into_iter()
-            .map(|a| {
-                Arc::new(Endpoint::new(
-                    a,
-                    metrics.endpoint("bench", a),
-                    metrics.endpoint_healthy("bench", a),
-                    Arc::clone(&state),
-                ))
+            .map(|addr| {
+                Arc::new(Member {
+                    addr,
+                    in_flight: AtomicU32::new(0),
+                    latency: ewma::PeakEwma::new(),
+                })
             })
             .collect()
     }

@@ -19,12 +19,10 @@
 //!   across weights would turn latency noise (a scheduling hiccup remembered
 //!   as a peak for seconds) into a broken traffic split.
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
-
+use super::Load;
 use super::ewma::DECAY_US;
 use super::random::Weighted;
-use crate::endpoint::Endpoint;
+use std::num::NonZeroU32;
 
 /// Weighted power of two choices on in-flight requests.
 #[derive(Debug)]
@@ -43,7 +41,7 @@ impl LeastRequest {
     }
 
     /// Index into `members` of the pick.
-    pub fn pick(&self, endpoints: &[Arc<Endpoint>], members: &[u32]) -> Option<usize> {
+    pub fn pick<L: Load>(&self, endpoints: &[L], members: &[u32]) -> Option<usize> {
         let (a, b) = self.draw.draw_two()?;
         let Some(b) = b else { return Some(a) };
         let load = |i: usize| {
@@ -96,7 +94,7 @@ impl PeakEwma {
     }
 
     /// Index into `members` of the pick.
-    pub fn pick(&self, endpoints: &[Arc<Endpoint>], members: &[u32]) -> Option<usize> {
+    pub fn pick<L: Load>(&self, endpoints: &[L], members: &[u32]) -> Option<usize> {
         let (start, len) = self.bounds[self.groups.draw()?];
         let (start, len) = (start as usize, len as usize);
         let group = &self.order[start..start + len];

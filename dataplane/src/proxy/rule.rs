@@ -21,8 +21,8 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 
 use super::{Origin, ProxyBody, local};
-use crate::forward::{self, RoutedHost};
-use crate::front::ClientBody;
+use crate::http1::server::ClientBody;
+use crate::proxy::forward::{self, RoutedHost};
 use crate::rules::RuleAction;
 use crate::table::{Pool, Table};
 use crate::upstream::RequestBody;

@@ -255,10 +255,10 @@ pub fn options(source: Source) -> Options {
         drain_delay: Duration::ZERO,
         limits: Default::default(),
         access_log: false,
-        report_interval: sluice_dataplane::report::INTERVAL,
+        report_interval: sluice_dataplane::control::report::INTERVAL,
         workers: 1,
         tracing: None,
-        listen_backlog: sluice_dataplane::listener::LISTEN_BACKLOG,
+        listen_backlog: sluice_dataplane::front::listener::LISTEN_BACKLOG,
     }
 }
 

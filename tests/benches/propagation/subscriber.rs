@@ -1,5 +1,5 @@
 //! A simulated dataplane: follows `GET /v1/routes` like the real one
-//! (`sluice_dataplane::stream::follow`), with the same SSE decoder and the
+//! (`sluice_dataplane::control::stream::follow`), with the same SSE decoder and the
 //! same `RouteTable::apply`, but without listeners or a proxy. It acks the
 //! applied version with a report every second, as the real one does, and
 //! records when it first held everything the current [`Expect`] asks for.

@@ -44,7 +44,7 @@ use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use sluice_protocol::policy::Tls;
 use sluice_protocol::{PoolRoute, RouteTable};
 
-use crate::table::normalize_host;
+use crate::table::host::normalize_host;
 
 /// How often certificate files are re-read.
 pub const FILE_POLL: Duration = Duration::from_secs(2);

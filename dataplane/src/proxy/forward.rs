@@ -106,6 +106,12 @@ pub struct Forwarded {
     trace: Option<Propagated>,
 }
 
+impl crate::http1::client::ExtraFields for Forwarded {
+    fn write(&self, out: &mut Vec<u8>) {
+        Forwarded::write(self, out);
+    }
+}
+
 impl Forwarded {
     /// Appends the request's `X-Forwarded-For` (the client's chain, then
     /// the client), `X-Forwarded-Proto` and `X-Forwarded-Host` lines to a
@@ -160,12 +166,12 @@ pub fn request(
     // Origin-form: the connection already goes to the endpoint, and
     // `Host` names what the client asked for.
     parts.uri = Uri::from(path_and_query);
-    let upgrade = crate::upgrade::requested(parts.version, &parts.headers);
+    let upgrade = crate::proxy::upgrade::requested(parts.version, &parts.headers);
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     let forwarded_by_client = strip::<true>(headers);
     if let Some(protocol) = upgrade {
-        crate::upgrade::keep(headers, protocol);
+        crate::proxy::upgrade::keep(headers, protocol);
     }
     let mut prior = None;
     if forwarded_by_client {

@@ -39,9 +39,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::h1::{header_name, offset_in, write_parts};
-use crate::head_timeout::Activity;
-use crate::listener::{Conn, Signal};
+use crate::http1::common::{header_name, offset_in, write_parts};
+use crate::http1::head_timeout::Activity;
+use futures::task::AtomicWaker;
+use std::sync::atomic::AtomicBool;
 
 /// Most headers a request on this path may carry (hyper's default limit;
 /// a request with more goes to hyper, which applies the configured one).
@@ -65,6 +66,23 @@ const GATHER: usize = 16 * 1024;
 /// 0.45x nginx's MiB/s, and at 1.3x with these writes and 64 KiB endpoint
 /// reads, at 0.68x nginx's CPU per MiB (`bench/results/heavy.md`).
 const COPY_MAX: usize = 4 * 1024;
+
+/// What the server side knows of the connection it serves, for its logs;
+/// the rest is the handler's.
+pub(crate) trait Peer {
+    /// The client's address.
+    fn peer(&self) -> std::net::SocketAddr;
+}
+
+/// One connection's part in the drain: the server side closes the
+/// connection after the response in flight once it is set.
+#[derive(Default)]
+pub(crate) struct Signal {
+    /// Set when the drain starts.
+    pub(crate) draining: AtomicBool,
+    /// Woken when the drain starts.
+    pub(crate) waker: AtomicWaker,
+}
 
 /// A client's request body: none (this path), or hyper's.
 #[derive(Debug)]
@@ -211,7 +229,10 @@ impl Scratch {
         let mut headers = self.spare.take().unwrap_or_default();
         headers.reserve(self.fields.len() + EXTRA_HEADERS);
         for (name, start, end) in self.fields.drain(..) {
-            headers.append(name, crate::h1::parsed_value(frozen.slice(start..end)));
+            headers.append(
+                name,
+                crate::http1::common::parsed_value(frozen.slice(start..end)),
+            );
         }
         let head = method == Method::HEAD;
         let mut request = Request::new(ClientBody::Empty);
@@ -239,10 +260,10 @@ fn restore(buf: &mut BytesMut, head: &[u8]) {
 /// `max_head`: the largest request head taken, in bytes. Between requests
 /// the connection holds no buffer: they go back to `spares`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve<I, H, F, B>(
+pub(crate) async fn serve<I, C, H, F, B>(
     io: &mut I,
     buf: &mut BytesMut,
-    conn: &Conn,
+    conn: &C,
     handler: &H,
     spares: &Spares<F>,
     activity: &Activity,
@@ -252,7 +273,8 @@ pub(crate) async fn serve<I, H, F, B>(
 ) -> Next
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(Request<ClientBody>, &Conn) -> F,
+    C: Peer,
+    H: Fn(Request<ClientBody>, &C) -> F,
     F: Future<Output = Response<B>>,
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -280,9 +302,15 @@ where
                     // Boxed (a small allocation, from the allocator's
                     // per-thread cache): inline, its room would be part of
                     // every connection's task, idle ones included.
-                    let served =
-                        Box::pin(exchange(&mut client, handler, spares, request, head, close))
-                            .await;
+                    let served = Box::pin(serve_request(
+                        &mut client,
+                        handler,
+                        spares,
+                        request,
+                        head,
+                        close,
+                    ))
+                    .await;
                     if served == Served::Close {
                         return Next::Closed;
                     }
@@ -323,12 +351,12 @@ enum Served {
     Close,
 }
 
-/// A connection as [`exchange`] serves it: the socket, what was read
+/// A connection as [`serve_request`] serves it: the socket, what was read
 /// ahead, and the state kept from one request to the next.
-struct Client<'a, I> {
+struct Client<'a, I, C> {
     io: &'a mut I,
     buf: &'a mut BytesMut,
-    conn: &'a Conn,
+    conn: &'a C,
     signal: &'a Signal,
     /// The largest request head taken, in bytes (what is read ahead while
     /// a request is in flight stops there).
@@ -337,8 +365,8 @@ struct Client<'a, I> {
 }
 
 /// One request and its response.
-async fn exchange<I, H, F, B>(
-    client: &mut Client<'_, I>,
+async fn serve_request<I, C, H, F, B>(
+    client: &mut Client<'_, I, C>,
     handler: &H,
     spares: &Spares<F>,
     request: Request<ClientBody>,
@@ -347,7 +375,8 @@ async fn exchange<I, H, F, B>(
 ) -> Served
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(Request<ClientBody>, &Conn) -> F,
+    C: Peer,
+    H: Fn(Request<ClientBody>, &C) -> F,
     F: Future<Output = Response<B>>,
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -365,12 +394,12 @@ where
     // (pipelined) is read ahead, up to the head limit; its close (or a
     // reset) drops the request, as hyper does.
     // Interim responses (103 Early Hints, ...) the endpoint sends are
-    // forwarded as they come ([`crate::h1::interim_into`]).
+    // forwarded as they come ([`crate::http1::client::interim_into`]).
     let mut handled = spares.slot(handler(request, conn));
     let interim = &mut scratch.interim;
     let resp = loop {
         let waited = std::future::poll_fn(|cx| {
-            let polled = crate::h1::interim_into(interim, || handled.poll(cx));
+            let polled = crate::http1::interim::interim_into(interim, || handled.poll(cx));
             if let Poll::Ready(resp) = polled {
                 return Poll::Ready(Waited::Answer(resp));
             }
@@ -447,7 +476,7 @@ where
                 Step::Gone => return Served::Close,
                 Step::Frame(None) => break,
                 Step::Frame(Some(Err(e))) => {
-                    tracing::debug!(peer = %conn.peer, error = %e, "response body failed; closing the connection");
+                    tracing::debug!(peer = %conn.peer(), error = %e, "response body failed; closing the connection");
                     let _ = io.write_all(out).await;
                     return Served::Close;
                 }
@@ -464,7 +493,7 @@ where
                     sent += n as u64;
                     match framing {
                         Framing::Length(len) if sent > len => {
-                            tracing::debug!(peer = %conn.peer, len, "response body longer than its length; closing the connection");
+                            tracing::debug!(peer = %conn.peer(), len, "response body longer than its length; closing the connection");
                             let _ = io.write_all(out).await;
                             return Served::Close;
                         }
@@ -488,7 +517,7 @@ where
         }
         match framing {
             Framing::Length(len) if sent != len => {
-                tracing::debug!(peer = %conn.peer, len, sent, "response body shorter than its length; closing the connection");
+                tracing::debug!(peer = %conn.peer(), len, sent, "response body shorter than its length; closing the connection");
                 let _ = io.write_all(out).await;
                 return Served::Close;
             }
@@ -561,7 +590,7 @@ fn encode_head<B: Body>(
                 continue;
             }
             // The endpoint's, checked when its response was read.
-            length = crate::h1::parse_length(value.as_bytes()).ok();
+            length = crate::http1::common::parse_length(value.as_bytes()).ok();
         } else if *name == header::TRANSFER_ENCODING || *name == header::CONNECTION {
             // Ours to set (none of the proxy's responses carries them).
             continue;
@@ -850,7 +879,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     }
 }
 
-crate::head_timeout::write_through!(Rewind);
+crate::http1::head_timeout::write_through!(Rewind);
 
 #[cfg(test)]
 mod tests {

@@ -3,25 +3,30 @@
 //! A table update rebuilds a pool's balancer, never its state: the
 //! [`Endpoint`] of an address that stays in a pool is the same `Arc` in the
 //! new table, so its in-flight count, latency estimate, health and ejection
-//! carry over, and the [`PoolState`] (limits in use, retry budget, rate
+//! carry over, and the [`KeptPool`] (limits in use, retry budget, rate
 //! limiter, availability epoch) is kept by pool name. [`Registry`] holds the
 //! live ones weakly so that an endpoint that leaves every table is freed.
 
+pub mod outlier;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::breaker::Breaker;
+use crate::balance::Load;
+use crate::balance::ewma::{self, PeakEwma};
 use crate::health::Health;
 use crate::metrics::{CodeCounters, HealthGauge, PoolEndpointCode};
-use crate::outlier::{self, PoolOutlier};
-use crate::ratelimit::RateLimiter;
-use crate::retry::RetryBudget;
-use crate::upstream::{Conn, Upstream};
+use crate::policy::breaker::Breaker;
+use crate::policy::ratelimit::RateLimiter;
+use crate::policy::retry::RetryBudget;
+use crate::upstream::client::Upstream;
+use crate::upstream::idle::Idle;
+use outlier::PoolOutlier;
 
 /// One endpoint of one pool.
 #[derive(Debug)]
@@ -34,16 +39,13 @@ pub struct Endpoint {
     pub upstream: CodeCounters<PoolEndpointCode>,
     /// The owning pool's state (its availability epoch is bumped when this
     /// endpoint's availability changes).
-    pub pool: Arc<PoolState>,
+    pub pool: Arc<KeptPool>,
     /// Active health check verdict and passive outlier (ejection) state.
     pub health: Health,
     in_flight: AtomicU32,
-    latency: crate::balance::ewma::PeakEwma,
-    /// Idle keep-alive connections to this endpoint, most recent last, one
-    /// list per worker thread (see [`crate::workers`]). Boxed connections:
-    /// one moves as a pointer between its list, a request and a body.
-    #[allow(clippy::vec_box)]
-    idle: Box<[Mutex<Vec<Box<Conn>>>]>,
+    latency: PeakEwma,
+    /// Idle keep-alive connections to this endpoint (the upstream side's).
+    pub idle: Idle,
 }
 
 impl Endpoint {
@@ -52,7 +54,7 @@ impl Endpoint {
         addr: SocketAddr,
         upstream: CodeCounters<PoolEndpointCode>,
         healthy: HealthGauge,
-        pool: Arc<PoolState>,
+        pool: Arc<KeptPool>,
     ) -> Self {
         Self {
             addr,
@@ -63,32 +65,20 @@ impl Endpoint {
             pool,
             health: Health::new(healthy),
             in_flight: AtomicU32::new(0),
-            latency: crate::balance::ewma::PeakEwma::new(),
-            idle: (0..crate::workers::count())
-                .map(|_| Mutex::new(Vec::new()))
-                .collect(),
+            latency: PeakEwma::new(),
+            idle: Idle::default(),
         }
-    }
-
-    /// The idle connections of the calling worker.
-    pub fn idle(&self) -> &Mutex<Vec<Box<Conn>>> {
-        &self.idle[crate::workers::current() % self.idle.len()]
-    }
-
-    /// The idle connections of every worker.
-    pub fn all_idle(&self) -> &[Mutex<Vec<Box<Conn>>>] {
-        &self.idle
-    }
-
-    /// Requests to this endpoint that have not finished.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts a request to this endpoint as in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
+    }
+
+    /// Requests to this endpoint that have not finished.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Feeds the time to a response head into the latency estimate.
@@ -104,17 +94,20 @@ impl Endpoint {
 
     /// The peak-EWMA latency estimate, decayed to now, in nanoseconds.
     pub fn latency_estimate_ns(&self) -> f64 {
-        self.latency.estimate_ns(crate::balance::ewma::now_us())
-    }
-
-    /// The latency estimate (used by PeakEwma and shown in `/debug/pools`).
-    pub fn latency(&self) -> &crate::balance::ewma::PeakEwma {
-        &self.latency
+        self.latency.estimate_ns(ewma::now_us())
     }
 
     /// Whether the endpoint may take traffic (healthy and not ejected).
     pub fn is_available(&self) -> bool {
         self.health.is_available()
+    }
+
+    /// Its availability changed (a check verdict, an ejection or a return):
+    /// shows it in `sluice_endpoint_healthy` and rebuilds the pool's
+    /// balancer on the caller's task.
+    pub fn availability_changed(&self) {
+        self.health.show();
+        self.pool.availability_changed();
     }
 
     /// An attempt to this endpoint succeeded (for outlier detection).
@@ -145,6 +138,17 @@ impl Endpoint {
     }
 }
 
+/// What the balancers read (shown in `/debug/pools` too).
+impl Load for Endpoint {
+    fn in_flight(&self) -> u32 {
+        Endpoint::in_flight(self)
+    }
+
+    fn latency(&self) -> &PeakEwma {
+        &self.latency
+    }
+}
+
 /// A request in flight to an endpoint.
 #[derive(Debug)]
 pub struct InFlight(Arc<Endpoint>);
@@ -162,12 +166,22 @@ impl Drop for InFlight {
     }
 }
 
+/// What is rebuilt when an endpoint of a pool becomes available or
+/// unavailable: a selector over the pool's endpoints
+/// ([`crate::table::selector::Selector`]), seen here only through this trait so
+/// that endpoint state does not import the table.
+pub trait Reselect: Send + Sync + std::fmt::Debug {
+    /// Rebuilds over the endpoints available now and publishes the result.
+    fn rebuild(&self);
+}
+
 /// State of one pool that survives table versions.
 #[derive(Debug, Default)]
-pub struct PoolState {
-    /// Bumped whenever an endpoint's availability changes; a pool rebuilds
-    /// its balancer over the available endpoints when it sees a new value.
-    pub epoch: AtomicU64,
+pub struct KeptPool {
+    /// The selectors of the pool's live versions (the newest table's, and
+    /// older ones still serving requests), rebuilt one at a time under this
+    /// lock when an endpoint's availability changes.
+    selectors: Mutex<Vec<Weak<dyn Reselect>>>,
     /// Circuit breaker counts (connections, pending, requests, retries).
     pub breaker: Arc<Breaker>,
     /// Requests and retries of the last seconds, for the retry budget.
@@ -179,13 +193,34 @@ pub struct PoolState {
     /// Outlier detection settings and members, for ejection decisions.
     pub outlier: PoolOutlier,
     /// Requests held for activation while the pool has no endpoints.
-    pub held: Arc<crate::activation::Queue>,
+    pub held: Arc<crate::activation::queue::Queue>,
 }
 
-impl PoolState {
-    /// Marks the pool's availability as changed.
+impl KeptPool {
+    /// An endpoint's availability changed: rebuilds every live selector of
+    /// the pool now, on the caller's task (a health check loop, the outlier
+    /// decision), so that no request ever builds one. The lock makes
+    /// rebuilds one at a time, so the last one stored saw every change.
     pub fn availability_changed(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let mut selectors = self.selectors.lock().unwrap_or_else(|p| p.into_inner());
+        selectors.retain(|weak| match weak.upgrade() {
+            Some(selector) => {
+                selector.rebuild();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Builds `selector` over the endpoints available now and keeps it up
+    /// to date from then on (for as long as it lives).
+    pub fn attach(&self, selector: Weak<dyn Reselect>) {
+        let mut selectors = self.selectors.lock().unwrap_or_else(|p| p.into_inner());
+        selectors.retain(|weak| weak.strong_count() > 0);
+        if let Some(live) = selector.upgrade() {
+            live.rebuild();
+            selectors.push(selector);
+        }
     }
 }
 
@@ -198,18 +233,18 @@ pub struct Registry {
 
 #[derive(Debug, Default)]
 struct RegistryInner {
-    pools: HashMap<String, Weak<PoolState>>,
+    pools: HashMap<String, Weak<KeptPool>>,
     endpoints: HashMap<(String, SocketAddr), Weak<Endpoint>>,
 }
 
 impl Registry {
     /// The state of pool `name`, kept or new.
-    pub fn pool(&self, name: &str) -> Arc<PoolState> {
+    pub fn pool(&self, name: &str) -> Arc<KeptPool> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(state) = inner.pools.get(name).and_then(Weak::upgrade) {
             return state;
         }
-        let state = Arc::new(PoolState::default());
+        let state = Arc::new(KeptPool::default());
         inner.pools.insert(name.to_string(), Arc::downgrade(&state));
         state
     }

@@ -26,9 +26,9 @@ use http_body_util::Full;
 use sluice_protocol::{REPORTS_PATH, Report};
 use tokio::sync::watch;
 
-use crate::listener::stopped;
+use crate::control::stream::{ControllerClient, ControllerConn, RESPONSE_TIMEOUT, http_client};
+use crate::front::listener::stopped;
 use crate::state::State;
-use crate::stream::{ControllerClient, ControllerConn, RESPONSE_TIMEOUT, http_client};
 
 /// How often a report is sent.
 pub const INTERVAL: Duration = Duration::from_secs(1);

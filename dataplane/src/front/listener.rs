@@ -6,7 +6,7 @@
 //! whatever is left then is closed.
 //!
 //! A connection's plain HTTP/1.1 requests (no body, no upgrade) are served
-//! by [`crate::front`]; from the first other one on, the connection is
+//! by [`crate::http1::server`]; from the first other one on, the connection is
 //! hyper's. Hyper serves it with hyper-util's `auto` builder rather than
 //! hyper's HTTP/1 one: it serves HTTP/1.1 with keep-alive and also HTTP/2
 //! with prior knowledge (h2c) on the same port, telling them apart by the
@@ -19,13 +19,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::task::AtomicWaker;
 use http::StatusCode;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
@@ -37,10 +36,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::front::{self, ClientBody, Rewind, Spares};
-use crate::head_timeout::{Activity, HeadTimeout};
-use crate::interim::{Informing, Interim};
-use crate::tls::{Site, Sites};
+use crate::front::tls::{Site, Sites};
+use crate::http1::head_timeout::{Activity, HeadTimeout};
+use crate::http1::interim::{Informing, Interim};
+use crate::http1::server::{self as front, ClientBody, Rewind, Signal, Spares};
 
 /// How long a client may take to send a request head (and, on the HTTPS
 /// listener, to finish the TLS handshake).
@@ -81,7 +80,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// `header_read_timeout` gets a 408 and the connection closes when it is the
 /// connection's first request and some of it arrived; otherwise (an idle
 /// connection, a later keep-alive request) the connection closes silently,
-/// one to two periods after its last response (see [`crate::head_timeout`]).
+/// one to two periods after its last response (see [`crate::http1::head_timeout`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// See [`HEADER_READ_TIMEOUT`].
@@ -104,11 +103,17 @@ impl Default for Limits {
 
 /// The connection a request came on.
 #[derive(Clone, Debug)]
-pub struct Conn {
+pub struct ClientConn {
     /// The client.
     pub peer: SocketAddr,
     /// The TLS site its handshake chose; `None` for plain HTTP.
     pub site: Option<Arc<Site>>,
+}
+
+impl front::Peer for ClientConn {
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
 }
 
 fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
@@ -144,7 +149,7 @@ pub async fn serve<H, F, B>(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) where
-    H: Fn(Request<ClientBody>, &Conn) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -172,7 +177,7 @@ pub async fn serve<H, F, B>(
                 let spares = Arc::clone(&spares);
                 match &tls {
                     None => {
-                        let conn = Conn { peer, site: None };
+                        let conn = ClientConn { peer, site: None };
                         let limit = Some(limits.header_read_timeout);
                         conns.spawn(serve_conn(builder, stream, conn, limits, limit, handler, spares, signal));
                     }
@@ -186,7 +191,7 @@ pub async fn serve<H, F, B>(
                                     // Over h2, no first-head deadline.
                                     let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
                                     let limit = h1.then_some(timeout);
-                                    let conn = Conn { peer, site: Some(site) };
+                                    let conn = ClientConn { peer, site: Some(site) };
                                     serve_conn(builder, stream, conn, limits, limit, handler, spares, signal).await;
                                 }
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -237,7 +242,7 @@ async fn handshake(
 async fn serve_conn<I, H, F, B>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: I,
-    conn: Conn,
+    conn: ClientConn,
     limits: Limits,
     head_timeout: Option<Duration>,
     handler: H,
@@ -245,7 +250,7 @@ async fn serve_conn<I, H, F, B>(
     signal: Arc<Signal>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<ClientBody>, &Conn) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -279,7 +284,7 @@ async fn serve_conn<I, H, F, B>(
         }
     }
     // The endpoints' interim responses reach HTTP/1 clients around hyper
-    // ([`crate::interim`]).
+    // ([`crate::http1::interim`]).
     let interim = Arc::new(Interim::default());
     let io = Informing::new(Rewind::new(buf.freeze(), io), Arc::clone(&interim));
     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -339,15 +344,6 @@ struct Drain {
     /// entries last went.
     accepted: usize,
     closed: usize,
-}
-
-/// One connection's part in the drain.
-#[derive(Default)]
-pub(crate) struct Signal {
-    /// Set when the drain starts.
-    pub(crate) draining: AtomicBool,
-    /// Woken when the drain starts.
-    pub(crate) waker: AtomicWaker,
 }
 
 impl Drain {

@@ -4,7 +4,7 @@
 //! `timeouts.idle` unused.
 //!
 //! A request is written and its response read by the request's own task
-//! ([`crate::h1`]): no connection task, no channels. A checkout is a pop
+//! ([`crate::http1::client`]): no connection task, no channels. A checkout is a pop
 //! from the endpoint's own list (no pool-wide map keyed by authority, no
 //! boxed connect future per request), getting a connection is separate
 //! from sending (so a connect failure leaves the request in hand to retry
@@ -24,29 +24,32 @@
 //! through, or shared with later attempts until the first read so that a
 //! request whose body was never sent can be retried.
 
-use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::forward::Forwarded;
-use crate::front::ClientBody;
-use bytes::{Bytes, BytesMut};
+use crate::http1::server::ClientBody;
+use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use sluice_protocol::policy::Timeouts;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::task::JoinHandle;
 
-use crate::breaker::{Breaker, Held, Overflow};
 use crate::endpoint::Endpoint;
-use crate::h1::{self, Framing, RequestFraming};
+use crate::http1::client::{self as h1, ExtraFields, Framing, RequestFraming};
+use crate::policy::breaker::Overflow;
+
+pub mod client;
+pub mod conn;
+pub mod idle;
+
+pub use client::Upstream;
+pub use conn::EndpointConn;
+use conn::{Io, Writer};
 
 /// Errors crossing hyper's boxed error types.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -80,185 +83,17 @@ impl UpstreamError {
     }
 }
 
-thread_local! {
-    /// Read buffers of idle endpoint connections, for the next exchange on
-    /// this thread: an idle connection holds none. Why: after a burst of
-    /// 10,000 requests at once, the endpoint connections it opened stayed
-    /// idle (for `timeouts.idle`) with a 16 KiB read buffer each: 160 MiB
-    /// of resident memory that did not come back (see
-    /// `bench/results/heavy.md`).
-    static SPARE_BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Read buffers kept per thread: enough for the exchanges in flight at
-/// once; the rest are freed.
-const SPARE_BUFS_KEPT: usize = 64;
-
-/// Gives an idle connection's read buffer to the thread's spares (one
-/// grown for a big body is freed instead).
-fn lend(buf: BytesMut) {
-    if buf.capacity() == 0 || buf.capacity() > 2 * h1::READ_SIZE {
-        return;
+/// The error and its causes on one line, e.g. "client error (Connect): tcp
+/// connect error: Connection refused (os error 111)".
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
     }
-    SPARE_BUFS.with(|s| {
-        let mut spares = s.borrow_mut();
-        if spares.len() < SPARE_BUFS_KEPT {
-            spares.push(buf);
-        }
-    });
-}
-
-/// A connection to one endpoint, idle or carrying one exchange.
-#[derive(Debug)]
-pub struct Conn {
-    io: Io,
-    /// Bytes read and not yet consumed.
-    buf: BytesMut,
-    /// The request head being written (kept to reuse its allocation).
-    head: Vec<u8>,
-    /// The response head's parser's room (kept likewise).
-    fields: h1::Fields,
-    /// When it was last returned idle.
-    since: Instant,
-    /// Its place in the pool's `maxConnections`.
-    _slot: Held,
-}
-
-/// The socket: whole, or split while a request body is being sent by a
-/// task of its own (so that the response can stream back at the same time,
-/// as an echo or a bidirectional stream needs).
-#[derive(Debug)]
-enum Io {
-    Whole(TcpStream),
-    Split {
-        read: OwnedReadHalf,
-        write: Writer,
-    },
-    /// Between the two (never seen outside a method).
-    Gone,
-}
-
-/// The write half while a task sends the request body, and after.
-/// Dropping it while the task runs stops the sending.
-#[derive(Debug)]
-enum Writer {
-    Running(JoinHandle<Result<OwnedWriteHalf, h1::Error>>),
-    /// (An `Option` only to be taken out: `Writer` has a `Drop`.)
-    Done(Option<OwnedWriteHalf>),
-    Failed,
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if let Writer::Running(task) = self {
-            task.abort();
-        }
-    }
-}
-
-impl Writer {
-    /// Waits for the body to be sent; the write half is kept.
-    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h1::Error>> {
-        let Writer::Running(task) = self else {
-            return Poll::Ready(match self {
-                Writer::Done(Some(_)) => Ok(()),
-                _ => Err(h1::Error::Closed),
-            });
-        };
-        let (next, result) = match ready!(Pin::new(task).poll(cx)) {
-            Ok(Ok(write)) => (Writer::Done(Some(write)), Ok(())),
-            Ok(Err(e)) => (Writer::Failed, Err(e)),
-            Err(e) => (Writer::Failed, Err(h1::Error::Io(std::io::Error::other(e)))),
-        };
-        *self = next;
-        Poll::Ready(result)
-    }
-}
-
-impl Io {
-    /// The whole socket again, if the body was sent in full.
-    fn rejoin(&mut self) -> bool {
-        if let Io::Split { write, .. } = self {
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            if !matches!(write.poll_sent(&mut cx), Poll::Ready(Ok(()))) {
-                return false;
-            }
-        }
-        match std::mem::replace(self, Io::Gone) {
-            Io::Whole(io) => *self = Io::Whole(io),
-            Io::Split { read, mut write } => {
-                if let Writer::Done(half) = &mut write
-                    && let Some(half) = half.take()
-                    && let Ok(io) = read.reunite(half)
-                {
-                    *self = Io::Whole(io);
-                }
-            }
-            Io::Gone => {}
-        }
-        matches!(self, Io::Whole(_))
-    }
-}
-
-impl tokio::io::AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Whole(io) => Pin::new(io).poll_read(cx, buf),
-            Io::Split { read, .. } => Pin::new(read).poll_read(cx, buf),
-            Io::Gone => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
-        }
-    }
-}
-
-impl Conn {
-    /// Puts the connection back on `endpoint`'s idle list, after its
-    /// response was read to the end and its request body sent. Bytes
-    /// beyond the response (an endpoint that answered more than it was
-    /// asked) rule the connection out.
-    fn release(mut self: Box<Self>, endpoint: &Endpoint) {
-        if !self.buf.is_empty() || !self.io.rejoin() {
-            return;
-        }
-        lend(std::mem::take(&mut self.buf));
-        self.since = Instant::now();
-        let mut idle = endpoint.idle().lock().unwrap_or_else(|p| p.into_inner());
-        idle.push(self);
-    }
-
-    /// Whether an idle connection can take a request: the reactor has seen
-    /// nothing arrive on it (no end of file, no stray bytes). Costs a
-    /// system call only when something did arrive.
-    fn alive(&mut self) -> bool {
-        let Io::Whole(io) = &self.io else {
-            return false;
-        };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            }
-        }
-    }
-
-    /// The raw connection and the bytes already read from it, for a tunnel
-    /// after `101 Switching Protocols` (`None` if a request body was still
-    /// being sent).
-    pub fn into_tunnel(mut self) -> Option<(TcpStream, BytesMut, Held)> {
-        if !self.io.rejoin() {
-            return None;
-        }
-        match std::mem::replace(&mut self.io, Io::Gone) {
-            Io::Whole(io) => Some((io, self.buf, self._slot)),
-            _ => None,
-        }
-    }
+    s
 }
 
 /// Longest time between two sweeps of idle connections (shorter when a
@@ -289,58 +124,14 @@ pub async fn reap(state: Arc<crate::state::State>, mut stop: tokio::sync::watch:
         let now = Instant::now();
         for pool in table.pools() {
             let limit = pool.policy.upstream.idle();
-            for list in pool.endpoints.iter().flat_map(|e| e.all_idle()) {
-                let mut idle = list.lock().unwrap_or_else(|p| p.into_inner());
-                idle.retain_mut(|c| now.duration_since(c.since) < limit && c.alive());
+            for ep in &pool.endpoints {
+                ep.idle.sweep(now, limit);
             }
         }
     }
 }
 
-/// One pool's connection settings and circuit breaker.
-#[derive(Debug)]
-pub struct Upstream {
-    breaker: Arc<Breaker>,
-    connect: Duration,
-    idle: Duration,
-}
-
 impl Upstream {
-    /// A pool's upstream with its timeouts, counting into `breaker`.
-    pub fn new(timeouts: &Timeouts, breaker: Arc<Breaker>) -> Self {
-        Self {
-            breaker,
-            connect: timeouts.connect.get(),
-            idle: timeouts.idle.get(),
-        }
-    }
-
-    /// The upstream for a pool being built: the kept one when the connect
-    /// and idle timeouts are unchanged. (Idle connections belong to the
-    /// endpoints, so they survive either way.)
-    pub fn kept(
-        slot: &Mutex<Option<Arc<Upstream>>>,
-        timeouts: &Timeouts,
-        breaker: &Arc<Breaker>,
-    ) -> Arc<Upstream> {
-        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = slot.as_ref()
-            && u.connect == timeouts.connect.get()
-            && u.idle == timeouts.idle.get()
-        {
-            return Arc::clone(u);
-        }
-        let u = Arc::new(Upstream::new(timeouts, Arc::clone(breaker)));
-        *slot = Some(Arc::clone(&u));
-        u
-    }
-
-    /// Longest silence allowed on a response body, and on an idle
-    /// connection.
-    pub fn idle(&self) -> Duration {
-        self.idle
-    }
-
     /// Sends one attempt to `endpoint` on a pooled connection or a new
     /// one. A connect-time failure gives the request back (nothing was
     /// sent); the response's body puts the connection back on the
@@ -349,7 +140,7 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-        forwarded: &Forwarded,
+        forwarded: &(dyn ExtraFields + Sync),
     ) -> Result<Response<ResponseBody>, (UpstreamError, Option<Request<RequestBody>>)> {
         let conn = match self.checkout(endpoint) {
             Some(conn) => conn,
@@ -361,7 +152,7 @@ impl Upstream {
         };
         // A request that got no answer comes back (without its body,
         // which the attempts keep) to be sent again.
-        exchange(conn, req, forwarded, endpoint)
+        send_on(conn, req, forwarded, endpoint)
             .await
             .map_err(|(e, parts)| {
                 let back = parts.map(|p| Request::from_parts(p, RequestBody::Empty));
@@ -371,22 +162,12 @@ impl Upstream {
 
     /// The most recently used idle connection of `endpoint` that can take a
     /// request now; expired and closed ones are dropped on the way.
-    fn checkout(&self, endpoint: &Endpoint) -> Option<Box<Conn>> {
-        let mut idle = endpoint.idle().lock().unwrap_or_else(|p| p.into_inner());
-        if idle.is_empty() {
-            return None;
-        }
-        let now = Instant::now();
-        while let Some(mut conn) = idle.pop() {
-            if now.duration_since(conn.since) < self.idle && conn.alive() {
-                return Some(conn);
-            }
-        }
-        None
+    fn checkout(&self, endpoint: &Endpoint) -> Option<Box<EndpointConn>> {
+        endpoint.idle.checkout(self.idle)
     }
 
     /// Dials `endpoint` within the connect timeout and the breaker's limits.
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Conn>, UpstreamError> {
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<EndpointConn>, UpstreamError> {
         let slot = self.breaker.connection().map_err(UpstreamError::Overflow)?;
         let pending = self.breaker.pending().map_err(UpstreamError::Overflow)?;
         let dial = tokio::time::timeout(self.connect, TcpStream::connect(endpoint.addr));
@@ -397,16 +178,7 @@ impl Upstream {
         };
         drop(pending);
         let _ = io.set_nodelay(true);
-        // Boxed once for its life: it moves between the idle list and
-        // the requests that use it.
-        Ok(Box::new(Conn {
-            io: Io::Whole(io),
-            buf: BytesMut::new(),
-            head: Vec::new(),
-            fields: Vec::new(),
-            since: Instant::now(),
-            _slot: slot,
-        }))
+        Ok(EndpointConn::new(io, slot))
     }
 }
 
@@ -415,14 +187,14 @@ impl Upstream {
 /// a task of its own while the response head is awaited, and goes on
 /// while the response streams back: an endpoint that answers before taking
 /// the whole body (a 413, an echo) is heard.
-async fn exchange(
-    conn: Box<Conn>,
+async fn send_on(
+    conn: Box<EndpointConn>,
     req: Request<RequestBody>,
-    forwarded: &Forwarded,
+    forwarded: &(dyn ExtraFields + Sync),
     endpoint: &Arc<Endpoint>,
 ) -> Result<Response<ResponseBody>, (h1::Error, Option<Parts>)> {
     let (mut parts, body) = req.into_parts();
-    match exchange_parts(conn, &mut parts, body, forwarded, endpoint).await {
+    match send_parts_on(conn, &mut parts, body, forwarded, endpoint).await {
         Ok(resp) => Ok(resp),
         // Nothing came back: the head is still whole.
         Err(e @ h1::Error::Unanswered(_)) => Err((e, Some(parts))),
@@ -432,11 +204,11 @@ async fn exchange(
 
 /// [`exchange`], on the request's head in place: its headers become the
 /// response's (their room reused), but only once a response head came.
-async fn exchange_parts(
-    mut conn: Box<Conn>,
+async fn send_parts_on(
+    mut conn: Box<EndpointConn>,
     parts: &mut Parts,
     body: RequestBody,
-    forwarded: &Forwarded,
+    forwarded: &(dyn ExtraFields + Sync),
     endpoint: &Arc<Endpoint>,
 ) -> Result<Response<ResponseBody>, h1::Error> {
     let framing = RequestFraming::for_body(body.is_end_stream(), body.size_hint().exact());
@@ -456,11 +228,7 @@ async fn exchange_parts(
     let Io::Whole(io) = &mut conn.io else {
         return Err(h1::Error::Closed);
     };
-    if conn.buf.capacity() == 0 {
-        conn.buf = SPARE_BUFS
-            .with(|s| s.borrow_mut().pop())
-            .unwrap_or_default();
-    }
+    conn::give_spare(&mut conn.buf);
     // Nothing came back yet: a failed write is the endpoint gone.
     io.write_all(&conn.head)
         .await
@@ -478,7 +246,7 @@ async fn exchange_parts(
             write: Writer::Running(writer),
         };
     }
-    let Conn {
+    let EndpointConn {
         io, buf, fields, ..
     } = &mut *conn;
     let head = match io {
@@ -517,14 +285,19 @@ async fn exchange_parts(
 #[derive(Debug)]
 pub struct ResponseBody {
     /// Until the body is read (or, after a 101, until the tunnel takes it).
-    conn: Option<Box<Conn>>,
+    conn: Option<Box<EndpointConn>>,
     framing: Framing,
     reusable: bool,
     endpoint: Arc<Endpoint>,
 }
 
 impl ResponseBody {
-    fn new(conn: Box<Conn>, framing: Framing, reusable: bool, endpoint: &Arc<Endpoint>) -> Self {
+    fn new(
+        conn: Box<EndpointConn>,
+        framing: Framing,
+        reusable: bool,
+        endpoint: &Arc<Endpoint>,
+    ) -> Self {
         let mut body = Self {
             conn: Some(conn),
             framing,
@@ -538,7 +311,7 @@ impl ResponseBody {
     }
 
     /// The connection, after a `101 Switching Protocols`.
-    pub fn take_upgraded(&mut self) -> Option<Box<Conn>> {
+    pub fn take_upgraded(&mut self) -> Option<Box<EndpointConn>> {
         self.conn.take()
     }
 
@@ -547,7 +320,7 @@ impl ResponseBody {
         if let Some(conn) = self.conn.take()
             && self.reusable
         {
-            conn.release(&self.endpoint);
+            self.endpoint.idle.release(conn);
         }
     }
 }

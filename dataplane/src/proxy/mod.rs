@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::front::ClientBody;
+use crate::http1::server::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -21,21 +21,24 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
 use crate::activation;
-use crate::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::endpoint::{Endpoint, InFlight};
-use crate::forward::{self, Forwarded, RoutedHost};
-use crate::h1;
+use crate::front::tls::{self, Site};
+use crate::http1::client as h1;
 use crate::metrics::Exchange;
-use crate::retry::{self, Failure, RequestTraits, idempotent};
+use crate::policy::breaker::{Held, OVERFLOW_HEADER, Overflow};
+use crate::policy::retry::{self, Failure, RequestTraits, idempotent};
 use crate::rules::{Matched, RequestView, RuleAction, Target};
 use crate::state::State;
 use crate::table::{PickRequest, Pool, normalize_host};
-use crate::tls::{self, Site};
 use crate::trace::Propagated;
-use crate::upgrade;
-use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError};
+use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError, describe};
+use forward::{Forwarded, RoutedHost};
 
+pub mod access;
+pub mod forward;
+mod hold;
 mod rule;
+pub mod upgrade;
 
 use self::rule::RuleLimits;
 
@@ -458,7 +461,7 @@ impl Proxy {
         Box::pin(async move {
             let arrived = tokio::time::Instant::from_std(exchange.started());
             let pending = exchange.hold();
-            match activation::hold(&self.state, &pool, arrived).await {
+            match hold::hold(&self.state, &pool, arrived).await {
                 Err(refused) => {
                     let exchange = pending.resume(&pool.metrics);
                     exchange.respond(503);
@@ -586,7 +589,7 @@ struct TryWatch {
 
 /// Sends the request to `first`, and again to other endpoints while the
 /// pool's retry policy, budget and `maxRetries` allow (rules in
-/// [`crate::retry`]).
+/// [`crate::policy::retry`]).
 async fn attempts(
     pool: &Pool,
     first: &Arc<Endpoint>,
@@ -1003,19 +1006,6 @@ pub fn local(status: StatusCode, reason: &'static str, body: String) -> Response
     );
     h.insert(ERROR_HEADER, HeaderValue::from_static(reason));
     resp
-}
-
-/// The error and its causes on one line, e.g. "client error (Connect): tcp
-/// connect error: Connection refused (os error 111)".
-pub(crate) fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

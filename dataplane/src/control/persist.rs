@@ -12,7 +12,7 @@ use std::sync::Arc;
 use sluice_protocol::{RouteEvent, RouteTable, Snapshot};
 use tokio::sync::watch;
 
-use crate::listener::stopped;
+use crate::front::listener::stopped;
 use crate::state::State;
 
 /// File name of the persisted table under `--state-dir`.

@@ -29,7 +29,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
 
-use crate::listener::stopped;
+use crate::front::listener::stopped;
 use crate::state::State;
 
 /// No bytes for this long (three missed keepalives) means the stream is dead.

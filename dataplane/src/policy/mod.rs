@@ -1,19 +1,23 @@
 //! A pool's resilience policies compiled for the request path: its client
 //! (connect and idle timeouts, connection counting), retry policy, request
 //! timeout and rate limiter. Built with the pool; the client and the
-//! limiter are taken from the pool's [`PoolState`] when their settings are
+//! limiter are taken from the pool's [`KeptPool`] when their settings are
 //! unchanged, so pooled connections and rate-limit counts survive table
 //! updates, and the circuit breaker's limits are updated in place.
+
+pub mod breaker;
+pub mod ratelimit;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_protocol::PoolRoute;
 
-use crate::endpoint::PoolState;
-use crate::ratelimit::RateLimiter;
-use crate::retry::RetryPolicy;
-use crate::upstream::Upstream;
+use crate::endpoint::KeptPool;
+use crate::policy::ratelimit::RateLimiter;
+use crate::policy::retry::RetryPolicy;
+use crate::upstream::client::Upstream;
 
 /// What the request path needs of a pool's policies, resolved once.
 #[derive(Debug)]
@@ -30,7 +34,7 @@ pub struct Policy {
 
 impl Policy {
     /// Compiles `route`'s policies over the pool's kept `state`.
-    pub fn new(route: &PoolRoute, state: &PoolState) -> Self {
+    pub fn new(route: &PoolRoute, state: &KeptPool) -> Self {
         state.breaker.configure(&route.circuit_breaker());
         let timeouts = route.timeouts();
         Self {

@@ -4,7 +4,7 @@
 //! The proxy reports every attempt's outcome ([`crate::endpoint::Endpoint`]'s
 //! `record_success` / `record_failure`). After `consecutiveFailures` failures
 //! in a row the endpoint is ejected for `baseEjectionTime` × the number of
-//! times it was ejected (capped at [`MAX_EJECTION_TIME`] or the base, if
+//! times it was ejected (capped at [`MAX_EJECTION_TIME`](crate::health::ejection::MAX_EJECTION_TIME) or the base, if
 //! longer), unless that would eject more than `maxEjectionPercent` of the
 //! pool — one endpoint may always be ejected. When the time is up a tokio
 //! timer puts the endpoint back in the balancer on probation (half-open):
@@ -17,57 +17,19 @@
 //! The success path costs two relaxed atomic loads; locks are taken only on
 //! failures that reach the threshold, on probation results and on
 //! transitions. The state lives in the `Endpoint` and the pool's
-//! `PoolState`, so it survives table updates.
+//! `KeptPool`, so it survives table updates.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sluice_protocol::OutlierDetection;
 
 use crate::endpoint::Endpoint;
-
-/// Longest ejection, unless the base time is longer (Envoy's
-/// `max_ejection_time` default).
-pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// How long the `times`-th ejection in a row lasts.
-pub fn ejection_time(base: Duration, times: u32) -> Duration {
-    base.saturating_mul(times.max(1))
-        .min(base.max(MAX_EJECTION_TIME))
-}
-
-/// Most ejections counted: the first count whose ejection lasts
-/// [`MAX_EJECTION_TIME`]. Counting on would lengthen no ejection and only
-/// make an endpoint that misbehaved for long take longer to be forgiven
-/// (its count decays by one per `base` in service).
-pub fn max_times(base: Duration) -> u32 {
-    let periods = MAX_EJECTION_TIME
-        .as_nanos()
-        .div_ceil(base.as_nanos().max(1));
-    u32::try_from(periods).unwrap_or(u32::MAX).max(1)
-}
-
-/// The ejection count after `clean` time back in service: one less per
-/// `base` elapsed.
-pub fn decayed(times: u32, clean: Duration, base: Duration) -> u32 {
-    let periods = clean.as_nanos() / base.as_nanos().max(1);
-    times.saturating_sub(u32::try_from(periods).unwrap_or(u32::MAX))
-}
-
-/// Whether one more endpoint may be ejected when `ejected` of `total` are:
-/// the share after ejecting must stay within `max_percent`, except that one
-/// endpoint may always be ejected (Envoy's rule).
-pub fn may_eject(ejected: usize, total: usize, max_percent: u32) -> bool {
-    ejected == 0 || (ejected + 1) * 100 <= total * max_percent as usize
-}
+use crate::health::ejection::{decayed, ejection_time, lock, max_times, may_eject};
 
 /// Outlier detection settings and members of one pool; kept in its
-/// `PoolState`, refreshed by every build of the pool.
+/// `KeptPool`, refreshed by every build of the pool.
 #[derive(Debug, Default)]
 pub struct PoolOutlier {
     /// Consecutive failures that eject; 0 = detection off. Read on every
@@ -96,62 +58,6 @@ impl PoolOutlier {
             .store(config.consecutive_failures, Ordering::Relaxed);
     }
 }
-
-/// Outlier state of one endpoint.
-#[derive(Debug, Default)]
-pub struct Outlier {
-    failures: AtomicU32,
-    ejected: AtomicBool,
-    /// Back from an ejection, awaiting its first result.
-    probation: AtomicBool,
-    history: Mutex<History>,
-}
-
-#[derive(Debug, Default)]
-struct History {
-    times_ejected: u32,
-    until: Option<Instant>,
-    returned_at: Option<Instant>,
-}
-
-/// What `/debug/pools` shows of an endpoint's outlier state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutlierView {
-    /// Ejected now.
-    pub ejected: bool,
-    /// Time left of the current ejection.
-    pub remaining: Option<Duration>,
-    /// Ejections counted towards the next one's length (decays over time).
-    pub times_ejected: u32,
-    /// Failures in a row so far.
-    pub consecutive_failures: u32,
-    /// Back from an ejection and awaiting its first result.
-    pub probation: bool,
-}
-
-impl Outlier {
-    /// Whether the endpoint is ejected now.
-    pub fn is_ejected(&self) -> bool {
-        self.ejected.load(Ordering::Acquire)
-    }
-
-    /// A snapshot for debugging.
-    pub fn view(&self) -> OutlierView {
-        let history = lock(&self.history);
-        let ejected = self.is_ejected();
-        OutlierView {
-            ejected,
-            remaining: history
-                .until
-                .filter(|_| ejected)
-                .map(|u| u.saturating_duration_since(Instant::now())),
-            times_ejected: history.times_ejected,
-            consecutive_failures: self.failures.load(Ordering::Relaxed),
-            probation: self.probation.load(Ordering::Relaxed),
-        }
-    }
-}
-
 /// The request path's success report: cheap unless the endpoint is on
 /// probation or had failures.
 pub fn record_success(ep: &Endpoint) {
@@ -237,7 +143,7 @@ fn record(ep: &std::sync::Arc<Endpoint>, at_once: bool) {
         seconds = duration.as_secs_f64(),
         "endpoint ejected"
     );
-    ep.health.publish(&ep.pool);
+    ep.availability_changed();
     let weak = std::sync::Arc::downgrade(ep);
     // Without a runtime (unit tests) nothing brings it back; the request
     // path always runs inside one.
@@ -263,64 +169,11 @@ fn return_to_service(ep: &Endpoint) {
         o.ejected.store(false, Ordering::Release);
     }
     tracing::info!(pool = %pool_name(ep), endpoint = %ep.addr, "ejection over, endpoint on trial");
-    ep.health.publish(&ep.pool);
+    ep.availability_changed();
 }
 
 fn pool_name(ep: &Endpoint) -> &str {
     ep.health.pool_name()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const S: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn ejection_time_grows_with_each_ejection_up_to_the_cap() {
-        assert_eq!(ejection_time(30 * S, 0), 30 * S);
-        assert_eq!(ejection_time(30 * S, 1), 30 * S);
-        assert_eq!(ejection_time(30 * S, 3), 90 * S);
-        assert_eq!(ejection_time(30 * S, 10), 300 * S);
-        assert_eq!(ejection_time(30 * S, u32::MAX), 300 * S);
-        // A base above the cap is used as it is.
-        assert_eq!(ejection_time(600 * S, 4), 600 * S);
-        assert_eq!(
-            ejection_time(Duration::from_millis(200), 2),
-            2 * Duration::from_millis(200)
-        );
-    }
-
-    #[test]
-    fn the_ejection_count_decays_one_per_base_time_in_service() {
-        assert_eq!(decayed(3, Duration::ZERO, 30 * S), 3);
-        assert_eq!(decayed(3, 29 * S, 30 * S), 3);
-        assert_eq!(decayed(3, 30 * S, 30 * S), 2);
-        assert_eq!(decayed(3, 95 * S, 30 * S), 0);
-        assert_eq!(decayed(3, Duration::MAX, Duration::from_nanos(1)), 0);
-        assert_eq!(decayed(0, 95 * S, 30 * S), 0);
-    }
-
-    #[test]
-    fn the_ejection_count_stops_where_the_ejection_stops_growing() {
-        assert_eq!(max_times(30 * S), 10);
-        assert_eq!(ejection_time(30 * S, max_times(30 * S)), MAX_EJECTION_TIME);
-        assert_eq!(max_times(Duration::from_secs(7)), 43);
-        assert_eq!(max_times(600 * S), 1);
-        assert_eq!(max_times(Duration::ZERO), u32::MAX);
-    }
-
-    #[test]
-    fn the_percentage_cap_always_allows_one_ejection() {
-        assert!(may_eject(0, 2, 50));
-        assert!(!may_eject(1, 2, 50));
-        assert!(may_eject(1, 4, 50));
-        assert!(!may_eject(2, 4, 50));
-        assert!(may_eject(0, 10, 0));
-        assert!(!may_eject(1, 10, 10));
-        assert!(may_eject(9, 10, 100));
-        assert!(may_eject(0, 1, 50));
-    }
 }
 
 #[cfg(test)]
@@ -425,6 +278,45 @@ mod state_tests {
             a.record_failure();
         }
         assert!(a.is_available());
+    }
+
+    #[test]
+    fn the_ejection_rebuilds_the_balancer_and_requests_never_do() {
+        let t = table(&TWO.replace("127.0.0.1:2}]", "127.0.0.1:2}]\n    algorithm: Maglev"));
+        let pool = t.pool("p").expect("pool");
+        assert_eq!(pool.route.algorithm, sluice_protocol::Algorithm::Maglev);
+        assert_eq!(pool.selector_builds(), 1, "built with the table");
+        let a = &pool.endpoints[0];
+        a.record_failure();
+        a.record_failure();
+        assert!(!a.is_available());
+        assert_eq!(pool.selector_builds(), 2, "rebuilt by the ejection");
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for k in 0..1_000u64 {
+                        let req = PickRequest {
+                            hash: Some(crate::balance::hash::key(&k.to_le_bytes())),
+                            sticky: None,
+                        };
+                        let pick = pool.pick(&req).map(|e| e.addr.port());
+                        assert_eq!(pick, Some(2), "the ejected endpoint takes no key");
+                    }
+                });
+            }
+        });
+        assert_eq!(pool.selector_builds(), 2, "4,000 picks built nothing");
+        return_to_service(a);
+        assert_eq!(pool.selector_builds(), 3, "rebuilt by the return");
+        let ports: std::collections::HashSet<_> = (0..200u64)
+            .filter_map(|k| {
+                let hash = Some(crate::balance::hash::key(&k.to_le_bytes()));
+                pool.pick(&PickRequest { hash, sticky: None })
+                    .map(|e| e.addr.port())
+            })
+            .collect();
+        assert_eq!(ports.len(), 2, "both endpoints take keys again");
+        assert_eq!(pool.selector_builds(), 3);
     }
 
     #[test]

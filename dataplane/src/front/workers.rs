@@ -4,7 +4,7 @@
 //! the same listening sockets (as nginx workers share theirs), so that a
 //! connection, its requests and its endpoint connections stay on one
 //! thread: no work stealing, no wake-ups across threads. Idle endpoint
-//! connections are kept per worker ([`current`]) for the same reason, and
+//! connections are kept per worker ([`crate::worker::current`]) for the same reason, and
 //! because a connection belongs to the I/O driver of the runtime that
 //! opened it.
 //!
@@ -14,45 +14,20 @@
 //! every idle worker and the first to accept takes it, so a busy worker
 //! takes fewer.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::front::ClientBody;
+use crate::http1::server::ClientBody;
 use hyper::body::Body;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::listener::{self, Conn, Limits};
-use crate::tls::Sites;
-
-thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The most workers any dataplane in this process was started with: how
-/// many idle lists an endpoint keeps.
-static WORKERS: AtomicUsize = AtomicUsize::new(1);
-
-/// The worker this thread is (0 outside the extra worker threads).
-pub fn current() -> usize {
-    WORKER.with(Cell::get)
-}
-
-/// How many idle lists a new endpoint needs.
-pub fn count() -> usize {
-    WORKERS.load(Ordering::Relaxed)
-}
-
-/// Records that `n` workers will serve (before any endpoint is built).
-pub fn reserve(n: usize) {
-    WORKERS.fetch_max(n.max(1), Ordering::Relaxed);
-}
+use crate::front::listener::{self, ClientConn, Limits};
+use crate::front::tls::Sites;
 
 /// One listening socket and how to serve it.
 pub struct Serving<'a, H> {
@@ -76,7 +51,7 @@ pub fn spawn<H, F, B>(
     grace: Duration,
 ) -> std::io::Result<JoinHandle<()>>
 where
-    H: Fn(Request<ClientBody>, &Conn) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -95,7 +70,7 @@ where
     std::thread::Builder::new()
         .name(format!("sluice-worker-{index}"))
         .spawn(move || {
-            WORKER.with(|w| w.set(index));
+            crate::worker::enter(index);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();

@@ -13,35 +13,35 @@
 //! `api.example.com/docs` reaches `*.example.com`'s `/` when the exact pool
 //! only serves `/v1`, rather than failing while another pool matches.
 
-use std::borrow::Cow;
+pub mod host;
+pub mod selector;
+
+pub use host::normalize_host;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_protocol::{PoolRoute, RouteTable};
 
-use std::num::NonZeroU32;
-use std::sync::atomic::Ordering;
-
-use arc_swap::ArcSwap;
-
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderValue};
 
+use crate::balance::KeySource;
 pub use crate::balance::PickRequest;
 use crate::balance::affinity::Affinity;
-use crate::balance::{Balancer, KeySource};
-use crate::endpoint::{Endpoint, PoolState, Registry};
+use crate::endpoint::{Endpoint, KeptPool, Registry};
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::policy::Policy;
 use crate::rules::{Matched, RequestView, Rules, Target};
+use crate::table::selector::{Picker, Selector};
 
 /// One pool as the proxy uses it. The route, endpoints and weights are fixed
 /// for the pool's life; which endpoints the balancer spreads traffic over
-/// follows their availability (health checks, ejections): when the pool's
-/// availability epoch moves, the next pick rebuilds the balancer over the
-/// available endpoints, or over all of them when none is (panic mode).
+/// follows their availability (health checks, ejections): the [`Selector`]
+/// is rebuilt over the available endpoints, or over all of them when none
+/// is (panic mode), by whoever changes an endpoint's availability.
 /// A table that keeps an unchanged route reuses the previous `Arc<Pool>`.
 #[derive(Debug)]
 pub struct Pool {
@@ -50,29 +50,17 @@ pub struct Pool {
     /// The ready endpoints, in route order. Shared with earlier and later
     /// tables for as long as the endpoint stays in the pool.
     pub endpoints: Vec<Arc<Endpoint>>,
-    weights: Vec<NonZeroU32>,
-    picker: ArcSwap<Picker>,
+    selector: Arc<Selector>,
     /// Where RingHash and Maglev take the request's key from.
     key: Option<KeySource>,
     /// Cookie session affinity, when the route asks for it.
     affinity: Option<Affinity>,
     /// State kept across table versions.
-    pub state: Arc<PoolState>,
+    pub state: Arc<KeptPool>,
     /// Counters of the pool's requests.
     pub metrics: Arc<PoolMetrics>,
     /// Client, retries, timeouts and rate limit.
     pub policy: Policy,
-}
-
-/// A balancer over the endpoints available at one availability epoch.
-#[derive(Debug)]
-struct Picker {
-    epoch: u64,
-    /// Indexes into `Pool::endpoints` of the endpoints the balancer picks from.
-    members: Box<[u32]>,
-    balancer: Balancer,
-    /// No endpoint was available: the balancer spans them all.
-    panic: bool,
 }
 
 impl Pool {
@@ -101,49 +89,23 @@ impl Pool {
             let addrs: Vec<SocketAddr> = ready.iter().map(|e| e.address).collect();
             Affinity::new(policy, &route.name, &addrs)
         });
-        let pool = Self {
+        let selector = Selector::new(
+            &state,
+            &route.name,
+            route.algorithm,
+            endpoints.clone(),
+            weights,
+        );
+        Self {
             route: route.clone(),
             endpoints,
-            weights,
-            picker: ArcSwap::from_pointee(Picker {
-                epoch: u64::MAX,
-                members: Box::default(),
-                balancer: Balancer::new(route.algorithm, &[], &[]),
-                panic: false,
-            }),
+            selector,
             policy: Policy::new(route, &state),
             key,
             affinity,
             state,
             metrics: Arc::new(metrics.pool(&route.name)),
-        };
-        pool.refresh(pool.state.epoch.load(Ordering::Acquire));
-        pool
-    }
-
-    /// Rebuilds the balancer over the endpoints available now.
-    fn refresh(&self, epoch: u64) {
-        let mut members: Vec<u32> = (0..self.endpoints.len() as u32)
-            .filter(|i| self.endpoints[*i as usize].is_available())
-            .collect();
-        let panic = members.is_empty() && !self.endpoints.is_empty();
-        if panic {
-            members = (0..self.endpoints.len() as u32).collect();
         }
-        let weights: Vec<_> = members.iter().map(|i| self.weights[*i as usize]).collect();
-        if panic != self.picker.load().panic {
-            crate::health::log_panic(&self.route.name, panic, self.endpoints.len());
-        }
-        let addrs: Vec<_> = members
-            .iter()
-            .map(|i| self.endpoints[*i as usize].addr)
-            .collect();
-        self.picker.store(Arc::new(Picker {
-            epoch,
-            members: members.into_boxed_slice(),
-            balancer: Balancer::new(self.route.algorithm, &addrs, &weights),
-            panic,
-        }));
     }
 
     /// What selection needs from a request: its hash key (hashing
@@ -155,22 +117,11 @@ impl Pool {
         }
     }
 
-    /// The balancer of the current availability epoch.
-    fn picker(&self) -> arc_swap::Guard<Arc<Picker>> {
-        let epoch = self.state.epoch.load(Ordering::Acquire);
-        let picker = self.picker.load();
-        if picker.epoch == epoch {
-            return picker;
-        }
-        self.refresh(epoch);
-        self.picker.load()
-    }
-
     /// The endpoint for the next request, or `None` when none is ready: the
     /// one the affinity cookie names while it is available, else the
     /// algorithm's pick.
     pub fn pick(&self, req: &PickRequest) -> Option<&Arc<Endpoint>> {
-        let picker = self.picker();
+        let picker = self.selector.picker();
         if let Some(sticky) = req.sticky
             && picker.members.binary_search(&sticky).is_ok()
         {
@@ -196,7 +147,7 @@ impl Pool {
         req: &PickRequest,
         tried: &[SocketAddr],
     ) -> Option<&Arc<Endpoint>> {
-        let picker = self.picker();
+        let picker = self.selector.picker();
         let fresh = |ep: &&Arc<Endpoint>| !tried.contains(&ep.addr);
         if let Some(sticky) = req.sticky
             && picker.members.binary_search(&sticky).is_ok()
@@ -237,7 +188,13 @@ impl Pool {
 
     /// Whether no endpoint is available and traffic goes to all of them.
     pub fn in_panic(&self) -> bool {
-        self.picker.load().panic
+        self.selector.picker().panic
+    }
+
+    /// Balancers built for this pool version so far (see
+    /// [`Selector::builds`]).
+    pub fn selector_builds(&self) -> u64 {
+        self.selector.builds()
     }
 }
 
@@ -328,28 +285,11 @@ impl Table {
     }
 }
 
-/// A Host header or `:authority` as the table matches it: port stripped,
-/// lower-cased, trailing dot dropped. Borrows when nothing changes.
-pub fn normalize_host(raw: &str) -> Cow<'_, str> {
-    let host = match raw.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => match raw.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => raw,
-        },
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use sluice_protocol::RouteFile;
+    use std::borrow::Cow;
 
     fn routes(version: u64, yaml: &str) -> RouteTable {
         let file = RouteFile::from_yaml(yaml).expect("valid");

@@ -4,7 +4,7 @@
 //! with 503, `x-sluice-error: overflow` and `x-sluice-overflow` naming the
 //! limit, instead of queueing behind an endpoint that is already drowning.
 //!
-//! The counts live in the pool's [`PoolState`](crate::endpoint::PoolState),
+//! The counts live in the pool's [`KeptPool`](crate::endpoint::KeptPool),
 //! so they survive table updates; the limits are atomics set when a table
 //! is built, so a changed limit applies to requests already counted.
 

@@ -1,94 +1,16 @@
-//! Scale from zero: holding requests for a pool that has no endpoints yet.
-//!
-//! A pool whose route carries `activation` and lists no ready endpoint
-//! (`Pool::endpoints` is empty; endpoints that are merely unhealthy or
-//! ejected still take traffic in panic mode, so they never cause a hold)
-//! does not answer 503 at once: the request waits in the pool's [`Queue`]
-//! for a table that gives the pool endpoints, at most `maxPending` of them
-//! per pool, each for at most `timeout` from its arrival. The first request
-//! held in an empty queue wakes the reporter ([`Signals::demanded`]), so the
-//! controller hears of the demand without waiting for the next tick.
-//!
-//! Release happens where tables are installed ([`release`]): every queue
-//! whose pool no longer needs holding (it has endpoints, lost `activation`,
-//! or left the table) hands its requests back, and each goes through the
-//! proxy's normal path on the new table. They go one after another in
-//! arrival order: a released request holds the [`Turn`] until it has picked
-//! its endpoint and started its first attempt (dialed, or handed the request
-//! to a pooled connection), then passes it to the next, so picks, circuit
-//! breaker places and connection attempts follow arrival order while the
-//! exchanges themselves overlap. (An endpoint may still see two neighbours
-//! swapped when the second's connection is ready first.) A client that hangs
-//! up drops its [`Waiter`], which takes its place out of the queue, or skips
-//! its turn.
-//! On shutdown the listeners stop and no table can arrive anymore, so the
-//! held requests are answered at once ([`Signals::shut_down`]).
-//!
-//! Nothing here is on the path of a pool that has endpoints: the proxy only
-//! looks at `activation` after its pick found no endpoint.
+//! The requests one pool holds while it has no endpoint, and the turns
+//! they take when released: a leaf of queues and channels that the pool's
+//! state keeps, knowing nothing of tables or the proxy.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::state::State;
-use crate::table::{Pool, Table};
-
-/// `x-sluice-error` of a request refused because `maxPending` requests are
-/// already held for the pool.
-pub const OVERFLOW_REASON: &str = "activation-overflow";
-/// `x-sluice-error` of a held request whose pool got no endpoint within
-/// the activation `timeout`.
-pub const TIMEOUT_REASON: &str = "activation-timeout";
-/// `x-sluice-error` of a held request answered because the dataplane is
-/// shutting down.
-pub const SHUTDOWN_REASON: &str = "activation-shutdown";
-
-/// What the dataplane as a whole shares about held requests: the wake-up
-/// of the reporter and the shutdown.
-#[derive(Debug)]
-pub struct Signals {
-    demand: Notify,
-    shutdown: watch::Sender<bool>,
-}
-
-impl Default for Signals {
-    fn default() -> Self {
-        Self {
-            demand: Notify::new(),
-            shutdown: watch::channel(false).0,
-        }
-    }
-}
-
-impl Signals {
-    /// Resolves when a pool started holding requests since the last call
-    /// (several starts in between resolve it once).
-    pub async fn demanded(&self) {
-        self.demand.notified().await;
-    }
-
-    /// Answers every held request, and every request that would be held
-    /// from now on, with 503: no table will come to release them.
-    pub fn shut_down(&self) {
-        self.shutdown.send_replace(true);
-    }
-}
-
-/// Why a request was not held or not released.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    /// `x-sluice-error`.
-    pub reason: &'static str,
-    /// The short body saying why.
-    pub body: String,
-}
-
 /// The requests one pool holds, oldest first. Kept in the pool's
-/// [`PoolState`](crate::endpoint::PoolState), so it survives the table
+/// [`KeptPool`](crate::endpoint::KeptPool), so it survives the table
 /// updates that bring the endpoints.
 #[derive(Debug, Default)]
 pub struct Queue {
@@ -245,85 +167,6 @@ impl Waiter {
             },
             _ = shutdown.wait_for(|s| *s) => Woken::ShutDown,
             _ = tokio::time::sleep_until(deadline) => Woken::TimedOut,
-        }
-    }
-}
-
-/// Whether a request for pool `name` must be held on `table`: the pool is
-/// there, has `activation`, and no ready endpoint.
-pub fn must_hold(table: &Table, name: &str) -> bool {
-    table.pool(name).is_some_and(holds)
-}
-
-/// Whether `pool` holds its requests rather than answering 503 at once.
-pub fn holds(pool: &Arc<Pool>) -> bool {
-    pool.route.activation.is_some() && pool.endpoints.is_empty()
-}
-
-/// Holds a request for `pool` (which [`holds`]) until a table gives it
-/// endpoints or takes it away, at most the activation timeout from its
-/// arrival. `Ok`: the table to serve it on, with its turn when it was
-/// released with others; `Err`: the 503.
-pub async fn hold(
-    state: &State,
-    pool: &Pool,
-    arrived: Instant,
-) -> Result<(Arc<Table>, Option<Turn>), Refused> {
-    let name = &pool.route.name;
-    let Some(activation) = &pool.route.activation else {
-        return Ok((state.table.load_full(), None));
-    };
-    let max = activation.max_pending;
-    let timeout = activation.timeout;
-    let deadline = arrived + timeout.get();
-    let (mut waiter, first) = pool.state.held.hold(max).map_err(|Full| Refused {
-        reason: OVERFLOW_REASON,
-        body: format!(
-            "pool {name:?} has no ready endpoints and already holds {max} requests (activation maxPending)\n"
-        ),
-    })?;
-    if first {
-        state.activation.demand.notify_one();
-    }
-    // A table installed between routing and queueing released nobody:
-    // look again now that the place is taken.
-    let table = state.table.load_full();
-    if !must_hold(&table, name) {
-        return Ok((table, None));
-    }
-    let mut shutdown = state.activation.shutdown.subscribe();
-    match waiter.wait(deadline, &mut shutdown).await {
-        Woken::Released(turn) => Ok((state.table.load_full(), Some(turn))),
-        Woken::TimedOut => Err(Refused {
-            reason: TIMEOUT_REASON,
-            body: format!(
-                "pool {name:?} had no ready endpoints within the activation timeout {timeout}\n"
-            ),
-        }),
-        Woken::ShutDown => Err(Refused {
-            reason: SHUTDOWN_REASON,
-            body: format!(
-                "pool {name:?} has no ready endpoints and the dataplane is shutting down\n"
-            ),
-        }),
-    }
-}
-
-/// Releases, after `table` replaced `previous`, the queues of the pools
-/// that no longer hold requests on `table`. Only a pool that had
-/// `activation` on `previous` can have a queue: one held under an older
-/// table was released when that table was replaced.
-pub fn release(previous: &Table, table: &Table) {
-    let had_activation = previous
-        .pools()
-        .iter()
-        .filter(|p| p.route.activation.is_some());
-    for pool in had_activation {
-        if !must_hold(table, &pool.route.name) {
-            let n = pool.state.held.release();
-            if n > 0 {
-                tracing::debug!(pool = %pool.route.name, released = n, "held requests released");
-            }
         }
     }
 }

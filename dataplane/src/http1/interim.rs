@@ -2,10 +2,10 @@
 //! second 100) on their way to an HTTP/1.1 client that hyper serves.
 //!
 //! RFC 9110 §15.2 has a proxy forward the 1xx responses it did not ask
-//! for. Sluice's own front end writes them itself ([`crate::front`]);
+//! for. Sluice's own front end writes them itself ([`crate::http1::server`]);
 //! hyper's server has no way to send one (a service returns one
 //! response). So they go around it: the request's future is polled with
-//! [`crate::h1::interim_into`] collecting them ([`Interim::relay`]), and the
+//! [`crate::http1::interim::interim_into`] collecting them ([`Interim::relay`]), and the
 //! connection's socket, wrapped in [`Informing`], writes them before
 //! anything hyper writes next.
 //!
@@ -26,8 +26,67 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
+use std::cell::RefCell;
+
 use bytes::{Buf, BytesMut};
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+thread_local! {
+    /// Where interim responses read on this thread go, while the request
+    /// being polled has a client side that forwards them ([`interim_into`]).
+    pub(super) static INTERIM: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `poll` (one poll of a request's future) with the interim (`1xx`,
+/// but `101`) responses its endpoint sends encoded into `sink`, for the
+/// client side to forward before the final response (RFC 9110 §15.2: a
+/// proxy forwards 1xx responses it did not ask for, 103 Early Hints or a
+/// second 100). A thread-local rather than a channel through the
+/// request: the request's future is polled right here, on this thread,
+/// and the common request (no interim response) pays two moves of a
+/// `Vec` and no allocation.
+pub fn interim_into<R>(sink: &mut Vec<u8>, poll: impl FnOnce() -> R) -> R {
+    let taken = std::mem::take(sink);
+    let outer = INTERIM.with_borrow_mut(|slot| slot.replace(taken));
+    let result = poll();
+    *sink = INTERIM
+        .with_borrow_mut(|slot| std::mem::replace(slot, outer))
+        .unwrap_or_default();
+    result
+}
+
+/// Writes an interim response head for the client: its status and its
+/// fields, but for those of one hop.
+pub(super) fn encode_interim(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    fields: &[httparse::Header<'_>],
+) {
+    const HOP: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for f in fields {
+        if HOP.iter().any(|h| f.name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        out.extend_from_slice(f.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
 
 /// The interim responses of one connection, waiting to be written.
 #[derive(Debug)]
@@ -58,7 +117,7 @@ impl Interim {
         let mut request = std::pin::pin!(request);
         let mut sink = Vec::new();
         std::future::poll_fn(|cx| {
-            let polled = crate::h1::interim_into(&mut sink, || request.as_mut().poll(cx));
+            let polled = interim_into(&mut sink, || request.as_mut().poll(cx));
             if !sink.is_empty() {
                 self.push(&sink);
                 sink.clear();

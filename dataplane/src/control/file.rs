@@ -15,7 +15,7 @@ use sluice_protocol::route::RouteError;
 use sluice_protocol::{RouteFile, RouteTable};
 use tokio::sync::watch;
 
-use crate::listener::stopped;
+use crate::front::listener::stopped;
 use crate::state::State;
 
 /// How often the file is re-read.
@@ -72,7 +72,7 @@ pub enum FileError {
         /// The file.
         path: PathBuf,
         /// Which pool and what is wrong.
-        error: crate::tls::TlsError,
+        error: crate::front::tls::TlsError,
     },
 }
 
@@ -105,7 +105,7 @@ fn parse(path: &Path, text: &str, version: u64, serving: usize) -> Result<RouteT
             serving,
         });
     }
-    crate::tls::check(&file.pools).map_err(|error| FileError::Tls {
+    crate::front::tls::check(&file.pools).map_err(|error| FileError::Tls {
         path: path.to_path_buf(),
         error,
     })?;
