@@ -100,6 +100,7 @@ pub fn routes(world: &World, lookup: &impl Lookup, pools: &impl Pools, out: &mut
                 hosts,
                 order: rank as u64,
                 rules,
+                ..Default::default()
             });
             out.named_pools.extend(named_pools);
             for pool in service_pools {

@@ -142,6 +142,7 @@ pub fn translate(
         hosts: vec![],
         order: 0,
         rules: out.rules.clone(),
+        ..Default::default()
     };
     sluice_protocol::http_route::validate_routes(std::slice::from_ref(&probe))
         .map_err(|e| unsupported(e.to_string()))?;
