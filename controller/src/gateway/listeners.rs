@@ -90,6 +90,20 @@ pub fn gateway_state(
             format!("listeners not valid: {}", bad.join(", ")),
         ));
     }
+    if !conditions[0].ok {
+        // Routes attach to no listener of a Gateway that is not accepted.
+        for l in &mut listeners {
+            l.usable = false;
+            if let Some(p) = l.conditions.iter_mut().find(|c| c.type_ == "Programmed") {
+                *p = Verdict::new(
+                    "Programmed",
+                    false,
+                    "Invalid",
+                    "the Gateway is not accepted",
+                );
+            }
+        }
+    }
     GatewayState {
         conditions,
         listeners,
