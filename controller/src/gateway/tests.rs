@@ -682,7 +682,26 @@ fn gateway_fields_sluice_lacks_are_refused_not_ignored() {
             "listeners": [{"name": "https", "protocol": "HTTPS", "port": 443,
                 "tls": {"certificateRefs": [{"name": "cert"}], "options": {"example.com/cipher": "x"}}}]})),
     );
+    s.route(
+        "infra",
+        "r",
+        1,
+        json!({"parentRefs": [{"name": "gw"}],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    );
+    s.fx.services.insert(
+        ("infra".into(), "web".into()),
+        service("infra", "web", &[("http", 80)]),
+    );
     let out = s.run();
+    assert_eq!(
+        cond(&parent(&out, "infra", "r"), "Accepted"),
+        (false, "NotAllowedByListeners")
+    );
+    assert!(
+        out.http_routes.is_empty(),
+        "nothing is served through a Gateway that is not accepted"
+    );
     let gw = &out.gateways[&("infra".to_string(), "gw".to_string())];
     assert_eq!(
         cond(&gw.conditions, "Accepted"),
