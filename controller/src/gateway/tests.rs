@@ -713,3 +713,27 @@ fn gateway_fields_sluice_lacks_are_refused_not_ignored() {
         (false, "UnsupportedValue")
     );
 }
+
+#[test]
+fn a_route_counts_once_on_a_listener_however_many_parent_refs_lead_there() {
+    let mut s = Setup::new();
+    s.gateway("app", "gw", json!([http("web", None)]));
+    s.route(
+        "app",
+        "twice",
+        1,
+        json!({
+        "parentRefs": [{"name": "gw"}, {"name": "gw", "sectionName": "web"}],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    );
+    let out = s.run();
+    assert_eq!(
+        out.gateways[&("app".to_string(), "gw".to_string())].listeners[0].attached_routes,
+        1
+    );
+    assert_eq!(
+        out.routes[&("app".to_string(), "twice".to_string())].len(),
+        2,
+        "a status entry per parentRef"
+    );
+}
