@@ -495,7 +495,7 @@ mod tests {
         let route = route_with_status(json!([theirs, ours]));
         assert!(has_ours(&route));
         let parents = route_parents(&route, &[], Timestamp::now());
-        assert_eq!(parents, [theirs.clone()]);
+        assert_eq!(parents, std::slice::from_ref(&theirs));
         assert!(!has_ours(&route_with_status(json!([theirs]))));
     }
 
