@@ -1,6 +1,6 @@
-//! The Sluice controller: watches BackendPools (and Gateway API objects), Services and EndpointSlices,
-//! computes one route per pool, streams the table to dataplanes over SSE, and
-//! writes what it did into pool status.
+//! The Sluice controller: watches BackendPools, Gateway API objects,
+//! Services and EndpointSlices, computes the routes, streams the table to
+//! dataplanes over SSE, and writes what it did into status.
 //!
 //! Layout: [`route`] (pure route computation), [`index`] (watch events →
 //! routes, incremental), [`store`] (versioned table, deltas), [`stream`]
