@@ -793,3 +793,42 @@ fn a_listener_with_some_invalid_route_kinds_still_serves_http_routes() {
         (true, "Accepted")
     );
 }
+
+#[test]
+fn nothing_attaches_to_a_gateway_that_is_not_accepted() {
+    let mut s = Setup::new();
+    s.world.gateways.insert(
+        ("app".into(), "gw".into()),
+        obj(
+            "Gateway",
+            Some("app"),
+            "gw",
+            0,
+            json!({"gatewayClassName": "sluice",
+            "addresses": [{"type": "IPAddress", "value": "192.0.2.1"}],
+            "listeners": [http("web", None)]}),
+        ),
+    );
+    s.route(
+        "app",
+        "r",
+        1,
+        json!({"parentRefs": [{"name": "gw"}],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    );
+    let out = s.run();
+    let gw = &out.gateways[&("app".to_string(), "gw".to_string())];
+    assert_eq!(
+        cond(&gw.conditions, "Accepted"),
+        (false, "UnsupportedAddress")
+    );
+    assert_eq!(
+        cond(&gw.listeners[0].conditions, "Programmed"),
+        (false, "Invalid")
+    );
+    assert_eq!(
+        cond(&parent(&out, "app", "r"), "Accepted"),
+        (false, "NotAllowedByListeners")
+    );
+    assert!(out.http_routes.is_empty());
+}
