@@ -15,8 +15,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use sluice_crds::{BackendPool, EndpointCounts, ScalingTrigger};
 use sluice_protocol::route::PathPrefix;
-use sluice_protocol::{Activation, PoolRoute};
+use sluice_protocol::{Activation, HttpRoute, PoolRoute};
 
+use crate::gateway::watch::GatewayChange;
+use crate::gateway::{self, Config, Output, Pools, World};
 use crate::pool_versions::PoolVersions;
 use crate::route::{self, InvalidSpec, Lookup, SERVICE_NAME_LABEL, TLS_REASONS, Unresolved};
 
@@ -101,6 +103,8 @@ pub enum Change {
     TriggerDeleted(Key),
     /// A watcher relisted: these are now all the ScalingTriggers.
     AllTriggers(Vec<ScalingTrigger>),
+    /// A Gateway API object (or a Namespace) changed.
+    Gateway(Box<GatewayChange>),
 }
 
 /// The route changes of one batch.
@@ -112,6 +116,10 @@ pub struct Batch {
     pub removes: Vec<String>,
     /// Pools whose status may have changed (dirty pools still present).
     pub touched: Vec<Key>,
+    /// HTTPRoutes' routes to add or replace.
+    pub route_upserts: Vec<HttpRoute>,
+    /// Route names to remove.
+    pub route_removes: Vec<String>,
 }
 
 /// The index itself.
@@ -136,6 +144,14 @@ pub struct Index {
     claims_of: BTreeMap<Key, (Seniority, Vec<Claim>)>,
     /// ScalingTriggers, for the autoscaler and for `activation`.
     triggers: BTreeMap<Key, Arc<ScalingTrigger>>,
+    /// Gateway API objects.
+    gateway: World,
+    /// The flags that shape the Gateway translation.
+    gateway_config: Config,
+    /// The last Gateway translation.
+    gateway_out: Output,
+    /// Whether the Gateway translation must run again.
+    gateway_dirty: bool,
 }
 
 /// `(host, path prefix)`; a pool without hosts claims `*`.
@@ -165,10 +181,30 @@ impl Lookup for Index {
     }
 }
 
+impl Pools for Index {
+    fn pool_exists(&self, key: &Key) -> bool {
+        self.pools.contains_key(key)
+    }
+}
+
 impl Index {
     /// An empty index.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty index translating Gateways with `config`.
+    pub fn with_gateway_config(config: Config) -> Self {
+        Self {
+            gateway_config: config,
+            ..Self::default()
+        }
+    }
+
+    /// The Gateway API objects and their last translation, for the
+    /// status writer.
+    pub fn gateway(&self) -> (&World, &Output) {
+        (&self.gateway, &self.gateway_out)
     }
 
     /// State of every pool, for the status writer.
@@ -226,7 +262,9 @@ impl Index {
 
     /// Records a change and marks the pools it affects.
     pub fn apply(&mut self, change: Change) {
+        self.gateway_dirty |= self.feeds_gateway(&change);
         match change {
+            Change::Gateway(change) => self.gateway.apply(*change),
             Change::Pool(pool) => self.upsert_pool(*pool),
             Change::PoolDeleted(key) => self.delete_pool(key),
             Change::Service(svc) => {
@@ -310,6 +348,43 @@ impl Index {
                 self.secrets = new;
                 changed.iter().for_each(|k| self.mark_secret(k));
             }
+        }
+    }
+
+    /// Whether `change` can change the Gateway translation: any Gateway
+    /// API change; otherwise, while there are Gateway API objects, a change
+    /// to a Service or Secret it read, to a pool's existence, or a relist.
+    fn feeds_gateway(&self, change: &Change) -> bool {
+        if matches!(change, Change::Gateway(_)) {
+            return true;
+        }
+        if self.gateway.is_empty() {
+            return false;
+        }
+        let watched = &self.gateway_out.watched;
+        match change {
+            Change::Service(svc) => watched.services.contains(&key_of(&**svc)),
+            Change::ServiceDeleted(key) => watched.services.contains(key),
+            Change::Slice(slice) => slice.labels().get(SERVICE_NAME_LABEL).is_some_and(|svc| {
+                watched
+                    .services
+                    .contains(&(key_of(&**slice).0, svc.clone()))
+            }),
+            Change::SliceDeleted(key) => self
+                .slices
+                .get(key)
+                .and_then(|s| s.labels().get(SERVICE_NAME_LABEL))
+                .is_some_and(|svc| watched.services.contains(&(key.0.clone(), svc.clone()))),
+            Change::Secret(secret) => watched.secrets.contains(&key_of(&**secret)),
+            Change::SecretDeleted(key) => watched.secrets.contains(key),
+            Change::Pool(pool) => !self.pools.contains_key(&key_of(&**pool)),
+            Change::PoolDeleted(_)
+            | Change::AllPools(_)
+            | Change::AllServices(_)
+            | Change::AllSlices(_)
+            | Change::AllSecrets(_) => true,
+            Change::Trigger(_) | Change::TriggerDeleted(_) | Change::AllTriggers(_) => false,
+            Change::Gateway(_) => true,
         }
     }
 
@@ -461,7 +536,46 @@ impl Index {
 
     /// Whether changes are waiting for [`Index::recompute`].
     pub fn has_pending(&self) -> bool {
-        !self.dirty.is_empty() || !self.deleted.is_empty()
+        !self.dirty.is_empty() || !self.deleted.is_empty() || self.gateway_dirty
+    }
+
+    /// Runs the Gateway translation; returns its table changes and marks
+    /// the BackendPools whose backend-only state may have changed.
+    fn recompute_gateway(&mut self, batch: &mut Batch) {
+        if !std::mem::take(&mut self.gateway_dirty) {
+            return;
+        }
+        let out = gateway::translate(&self.gateway, &self.gateway_config, self, self);
+        let old = std::mem::replace(&mut self.gateway_out, out);
+        let new = &self.gateway_out;
+        batch.route_removes.extend(
+            old.http_routes
+                .iter()
+                .filter(|r| !new.http_routes.iter().any(|n| n.name == r.name))
+                .map(|r| r.name.clone()),
+        );
+        batch.route_upserts.extend(
+            new.http_routes
+                .iter()
+                .filter(|r| !old.http_routes.contains(r))
+                .cloned(),
+        );
+        batch.removes.extend(
+            old.pools
+                .iter()
+                .filter(|p| !new.pools.iter().any(|n| n.name == p.name))
+                .map(|p| p.name.clone()),
+        );
+        batch
+            .upserts
+            .extend(new.pools.iter().filter(|p| !old.pools.contains(p)).cloned());
+        let flipped: Vec<Key> = old
+            .named_pools
+            .symmetric_difference(&new.named_pools)
+            .filter(|k| self.pools.contains_key(*k))
+            .cloned()
+            .collect();
+        self.dirty.extend(flipped);
     }
 
     /// Rebuilds the routes of dirty pools; returns the batch for the store.
@@ -475,6 +589,7 @@ impl Index {
             ..Default::default()
         };
         self.deleted.clear();
+        self.recompute_gateway(&mut batch);
         let dirty = std::mem::take(&mut self.dirty);
         for key in dirty {
             let Some(state) = self.pools.get(&key) else {
@@ -500,7 +615,11 @@ impl Index {
                     .or_default()
                     .insert(key.clone());
             }
-            let conflict = self.conflict(&key);
+            // A pool without hosts that routes name is only their backend:
+            // it must not catch every host.
+            let backend_only =
+                pool.spec.hosts.is_empty() && self.gateway_out.named_pools.contains(&key);
+            let conflict = self.conflict(&key).filter(|_| !backend_only);
             let activation = self.activation(&key);
             let outcome = route::compute(&key.0, &key.1, &pool.spec, self);
             let Some(state) = self.pools.get_mut(&key) else {
@@ -531,6 +650,10 @@ impl Index {
                         resolved.route.tls = state.route.as_ref().and_then(|r| r.tls.clone());
                     }
                     resolved.route.activation = activation;
+                    if backend_only {
+                        resolved.route.backend_only = true;
+                        resolved.route.path_prefix = PathPrefix::default();
+                    }
                     state.invalid = None;
                     state.unresolved = resolved.unresolved;
                     state.endpoints = resolved.endpoints;
@@ -822,6 +945,160 @@ mod tests {
             "ns", "other", CRT, KEY,
         ))));
         assert!(!ix.has_pending());
+    }
+
+    #[test]
+    fn a_hostless_pool_named_by_an_http_route_is_published_backend_only() {
+        use crate::gateway::watch::GatewayChange;
+        let mut ix = Index::new();
+        let mut p = pool(
+            "ns",
+            "checkout",
+            serde_json::json!([{"address": "192.0.2.1:80"}]),
+        );
+        p.spec.hosts.clear();
+        p.spec.path_prefix = "/shop".into();
+        ix.apply(Change::Pool(Box::new(p)));
+        let batch = ix.recompute();
+        assert!(
+            !batch.upserts[0].backend_only,
+            "alone, a pool without hosts catches every host"
+        );
+
+        let class = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "sluice"}, "spec": {"controllerName": crate::gateway::CONTROLLER_NAME},
+        }))
+        .expect("class");
+        let gateway = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "ns"},
+            "spec": {"gatewayClassName": "sluice", "listeners": [{"name": "web", "protocol": "HTTP", "port": 80}]},
+        }))
+        .expect("gateway");
+        let route = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [
+                {"backendRefs": [{"group": "sluice.io", "kind": "BackendPool", "name": "checkout"}]}]},
+        }))
+        .expect("route");
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Class(Box::new(
+            class,
+        )))));
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Gateway(Box::new(
+            gateway,
+        )))));
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Route(Box::new(
+            route,
+        )))));
+        let batch = ix.recompute();
+        assert_eq!(batch.route_upserts.len(), 1);
+        assert_eq!(
+            batch.route_upserts[0].rules[0].backends[0].pool,
+            "ns/checkout"
+        );
+        let pool = batch
+            .upserts
+            .iter()
+            .find(|p| p.name == "ns/checkout")
+            .expect("pool republished");
+        assert!(pool.backend_only);
+        assert_eq!(
+            pool.path_prefix.as_str(),
+            "/",
+            "its own prefix is not a route any more"
+        );
+        assert!(sluice_protocol::route::validate_pools(std::slice::from_ref(pool)).is_ok());
+
+        ix.apply(Change::Gateway(Box::new(GatewayChange::RouteDeleted((
+            "ns".into(),
+            "r".into(),
+        )))));
+        let batch = ix.recompute();
+        assert_eq!(batch.route_removes, ["ns/r"]);
+        let pool = batch
+            .upserts
+            .iter()
+            .find(|p| p.name == "ns/checkout")
+            .expect("pool republished");
+        assert!(
+            !pool.backend_only,
+            "no route names it: it is its own route again"
+        );
+    }
+
+    #[test]
+    fn only_changes_the_gateway_translation_read_run_it_again() {
+        use crate::gateway::watch::GatewayChange;
+        let mut ix = Index::new();
+        for svc in ["web", "unrelated"] {
+            ix.apply(Change::Service(Box::new(service(
+                "ns",
+                svc,
+                &[("http", 80)],
+            ))));
+        }
+        let objects = serde_json::json!([
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+             "metadata": {"name": "sluice"}, "spec": {"controllerName": crate::gateway::CONTROLLER_NAME}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+             "metadata": {"name": "gw", "namespace": "ns"},
+             "spec": {"gatewayClassName": "sluice", "listeners": [{"name": "web", "protocol": "HTTP", "port": 80}]}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "r", "namespace": "ns"},
+             "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}},
+        ]);
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Class(Box::new(
+            serde_json::from_value(objects[0].clone()).expect("class"),
+        )))));
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Gateway(Box::new(
+            serde_json::from_value(objects[1].clone()).expect("gateway"),
+        )))));
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Route(Box::new(
+            serde_json::from_value(objects[2].clone()).expect("route"),
+        )))));
+        let batch = ix.recompute();
+        let pool = batch
+            .upserts
+            .iter()
+            .find(|p| p.name == "service:ns/web:80")
+            .expect("service pool");
+        assert!(pool.endpoints.is_empty());
+
+        // A slice of a Service no route names: nothing to redo.
+        ix.apply(Change::Slice(Box::new(slice(
+            "ns",
+            "u-1",
+            "unrelated",
+            "http",
+            8080,
+            &[("10.0.9.9", true, false)],
+        ))));
+        assert!(!ix.has_pending(), "an unrelated slice reruns nothing");
+
+        // A slice of the route's Service: its pool gets the endpoint.
+        ix.apply(Change::Slice(Box::new(slice(
+            "ns",
+            "web-1",
+            "web",
+            "http",
+            8080,
+            &[("10.0.0.1", true, false)],
+        ))));
+        assert!(ix.has_pending());
+        let batch = ix.recompute();
+        let addrs: Vec<String> = batch
+            .upserts
+            .iter()
+            .filter(|p| p.name == "service:ns/web:80")
+            .flat_map(|p| p.endpoints.iter().map(|e| e.address.to_string()))
+            .collect();
+        assert_eq!(addrs, ["10.0.0.1:8080"]);
+        assert!(
+            batch.route_upserts.is_empty(),
+            "the route itself did not change"
+        );
     }
 
     fn trigger(ns: &str, name: &str, pool: &str, min: i32) -> ScalingTrigger {
