@@ -246,20 +246,24 @@ pub async fn wait_for(
     limit: Duration,
     check: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    let mut last = Value::Null;
+    let last = std::sync::Mutex::new(Value::Null);
     let got = wait::until(limit, &format!("{kind} {ns}/{name}: {what}"), || {
         let found = get(client, kind, ns, name);
-        let last = &mut last;
-        let check = &check;
+        let (last, check) = (&last, &check);
         async move {
             let obj = found.await.ok()??;
             let ok = check(&obj);
-            *last = obj.clone();
+            if let Ok(mut l) = last.lock() {
+                *l = obj.clone();
+            }
             ok.then_some(obj)
         }
     })
     .await;
-    got.map_err(|e| e.context(format!("status last seen: {}", last["status"])))
+    got.map_err(|e| {
+        let seen = last.lock().map(|l| l["status"].to_string()).unwrap_or_default();
+        e.context(format!("status last seen: {seen}"))
+    })
 }
 
 /// The route's status entry for a parent `gateway` of our controller.
