@@ -73,6 +73,21 @@ pub async fn the_gateway_class_is_accepted_with_the_features_that_work(
             "core feature {core} claimed: {features:?}"
         );
     }
+    // A change to the class is observed: its conditions carry the new
+    // generation.
+    env.cp().kubectl(&[
+        "patch",
+        "gatewayclass",
+        gateway::CLASS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"description":"observed by the real_gateway test"}}"#,
+    ])?;
+    env.status("GatewayClass", "", gateway::CLASS, "the new generation observed", |c| {
+        c["metadata"]["generation"] != class["metadata"]["generation"]
+            && gateway::observed(&c["status"]["conditions"], &c["metadata"]["generation"])
+    })
+    .await?;
     let untested: Vec<&String> = features
         .iter()
         .filter(|f| !COVERED_FEATURES.contains(&f.as_str()))
@@ -197,6 +212,28 @@ spec:
         g["status"]["listeners"][0]["attachedRoutes"] == 2
     })
     .await?;
+
+    // A changed route (a rule to a headless Service added) is served and
+    // its status carries the new generation.
+    let headless = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: headless, namespace: {ns}}}\nspec:\n  clusterIP: None\n  selector: {{app: infra-backend-v1}}\n  ports: [{{name: http, port: 8080, targetPort: http}}]\n"
+    );
+    let changed = route.replace(
+        "  rules:\n",
+        "  rules:\n    - matches: [{path: {type: PathPrefix, value: /headless}}]\n      backendRefs: [{name: headless, port: 8080}]\n",
+    );
+    env.apply("gw-simple-changed.yaml", &(headless + "---" + &changed))?;
+    let seen = env
+        .answered_by("simple.example.com", "/headless/a", ns, "infra-backend-v1")
+        .await?;
+    assert_eq!(seen["path"], "/headless/a", "{seen}");
+    env.status("HTTPRoute", ns, "simple", "the new generation observed", |r| {
+        let parent = gateway::route_parent(r, "gw").cloned().unwrap_or_default();
+        r["metadata"]["generation"] == 2
+            && gateway::observed(&parent["conditions"], &r["metadata"]["generation"])
+            && gateway::route_condition(r, "gw", "ResolvedRefs", "True", "ResolvedRefs")
+    })
+    .await?;
     Ok(())
 }
 
@@ -278,6 +315,26 @@ spec:
         let a = env.send("GET", host, "/", &[]).await?;
         assert_eq!(a.status, 404, "{host} is served by no valid listener: {}", a.body);
     }
+
+    // Listeners changed: the port one gone, a new one added and serving,
+    // the status of the new generation.
+    let changed = yaml
+        .replace(
+            "    - {name: odd-port, port: 8081, protocol: HTTP, hostname: odd.listeners.example.com}\n",
+            "    - {name: added, port: 80, protocol: HTTP, hostname: added.listeners.example.com}\n",
+        );
+    assert_ne!(changed, yaml, "the listener to replace is in the Gateway");
+    env.apply("gw-listeners.yaml", &changed)?;
+    env.answered_by("added.listeners.example.com", "/", ns, "infra-backend-v1")
+        .await?;
+    env.status("Gateway", ns, "gw", "the changed listeners observed", |g| {
+        g["metadata"]["generation"] == 2
+            && gateway::observed(&g["status"]["conditions"], &g["metadata"]["generation"])
+            && listener(g, "odd-port").is_null()
+            && listener(g, "added")["attachedRoutes"] == 1
+            && gateway::observed(&listener(g, "added")["conditions"], &g["metadata"]["generation"])
+    })
+    .await?;
     Ok(())
 }
 

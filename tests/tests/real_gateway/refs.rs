@@ -228,6 +228,12 @@ spec:
     .await?;
     let a = env.send("GET", "section.invalid.example.com", "/", &[]).await?;
     assert_eq!(a.status, 404, "a route on no listener is not served: {}", a.body);
+    // Routes with unresolved backends still count as attached; the one
+    // on no listener does not.
+    env.status("Gateway", ns, "gw", "three attached routes", |g| {
+        g["status"]["listeners"][0]["attachedRoutes"] == 3
+    })
+    .await?;
 
     // Half the weight on a missing Service: about half the requests 500,
     // the rest answered by the pod (200 requests; each share within 60).
