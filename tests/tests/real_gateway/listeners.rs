@@ -31,6 +31,7 @@ const COVERED_FEATURES: &[&str] = &[
     "HTTPRouteRequestTimeout",
     "HTTPRouteBackendTimeout",
     "HTTPRouteResponseHeaderModification",
+    "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteSchemeRedirect",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -367,6 +368,7 @@ spec:
   listeners:
     - {{name: bar, port: 80, protocol: HTTP, hostname: bar.hosts.example.com}}
     - {{name: wild, port: 80, protocol: HTTP, hostname: "*.wild.hosts.example.com"}}
+    - {{name: deep, port: 80, protocol: HTTP, hostname: "*.deep.wild.hosts.example.com"}}
 "#,
         class = gateway::CLASS
     );
@@ -381,6 +383,16 @@ spec:
     );
     // No sectionName: attaches where the hostnames intersect (wild only).
     yaml += &route("any", "{name: gw}", "[x.wild.hosts.example.com]", backends[2]);
+    // Listener isolation: a request goes to the most specific listener
+    // for its host, and only that listener's routes may answer it.
+    yaml += &route("wild-all", "{name: gw, sectionName: wild}", "[]", backends[0]).replace(
+        "    - backendRefs",
+        "    - matches: [{path: {type: PathPrefix, value: /wild-all}}]\n      backendRefs",
+    );
+    yaml += &route("deep", "{name: gw, sectionName: deep}", "[]", backends[2]).replace(
+        "    - backendRefs",
+        "    - matches: [{path: {type: PathPrefix, value: /deep}}]\n      backendRefs",
+    );
     // Intersects with no listener.
     yaml += &route("nowhere", "{name: gw}", "[nomatch.example.org]", backends[0]);
     env.apply("gw-hosts.yaml", &yaml)?;
@@ -391,6 +403,18 @@ spec:
         .await?;
     env.answered_by("x.wild.hosts.example.com", "/", ns, backends[2])
         .await?;
+    env.answered_by("z.wild.hosts.example.com", "/wild-all", ns, backends[0])
+        .await?;
+    env.answered_by("a.deep.wild.hosts.example.com", "/deep", ns, backends[2])
+        .await?;
+    let isolated = env
+        .send("GET", "a.deep.wild.hosts.example.com", "/wild-all", &[])
+        .await?;
+    assert_eq!(
+        isolated.status, 404,
+        "the wild listener's route does not answer the deep listener's host: {}",
+        isolated.body
+    );
     for host in [
         "other.example.net",
         "nomatch.example.org",
@@ -406,7 +430,7 @@ spec:
         gateway::route_condition(r, "gw", "Accepted", "False", "NoMatchingListenerHostname")
     })
     .await?;
-    for name in ["to-bar", "to-wild", "any"] {
+    for name in ["to-bar", "to-wild", "any", "wild-all", "deep"] {
         env.status("HTTPRoute", ns, name, "Accepted", |r| {
             gateway::route_condition(r, "gw", "Accepted", "True", "Accepted")
         })
@@ -425,7 +449,12 @@ spec:
                     )
                 })
                 .collect();
-            counts == BTreeSet::from([("bar".to_string(), 1), ("wild".to_string(), 2)])
+            counts
+                == BTreeSet::from([
+                    ("bar".to_string(), 1),
+                    ("wild".to_string(), 3),
+                    ("deep".to_string(), 1),
+                ])
         })
         .await?;
     eprintln!("gw-hosts listeners: {}", gw["status"]["listeners"]);
