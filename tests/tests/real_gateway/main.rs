@@ -278,7 +278,8 @@ async fn run(chosen: Vec<(&'static str, Scenario)>) -> anyhow::Result<bool> {
         dataplanes,
         http: HttpClient::new(),
     });
-    println!("running {} tests", chosen.len());
+    let n = chosen.len();
+    println!("running {n} test{}", if n == 1 { "" } else { "s" });
     let mut tasks = tokio::task::JoinSet::new();
     for (name, scenario) in chosen {
         let env = Arc::clone(&env);
@@ -303,7 +304,7 @@ async fn run(chosen: Vec<(&'static str, Scenario)>) -> anyhow::Result<bool> {
             }
             Ok((name, took, Err(e))) => {
                 println!("test {name} ... FAILED ({took:.1?})");
-                failed.push(format!("---- {name} ----\n{e:?}"));
+                failed.push(format!("---- {name} ----\n{e:#}"));
             }
             Err(e) => {
                 println!("test <a scenario's task> ... FAILED");
