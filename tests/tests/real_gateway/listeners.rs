@@ -31,7 +31,6 @@ const COVERED_FEATURES: &[&str] = &[
     "HTTPRouteRequestTimeout",
     "HTTPRouteBackendTimeout",
     "HTTPRouteResponseHeaderModification",
-    "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteSchemeRedirect",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
