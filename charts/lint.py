@@ -105,6 +105,7 @@ DATAPLANE_BINARY = "/usr/local/bin/sluice-dataplane"
 # Values that differ from every default that changes what is rendered.
 NON_DEFAULT = {
     "fullnameOverride": "edge",
+    "gatewayClass": {"create": True, "name": "edge"},
     "imagePullSecrets": [{"name": "regcred"}],
     "auth": {"mode": "static", "existingSecret": "my-token"},
     "streamTLS": {"existingSecret": "edge-stream-tls"},
@@ -193,6 +194,7 @@ DISCOVERY = {
     "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
     "discovery.k8s.io/v1": [("endpointslices", "EndpointSlice", True)],
     "sluice.io/v1alpha1": [("backendpools", "BackendPool", True), ("scalingtriggers", "ScalingTrigger", True)],
+    "gateway.networking.k8s.io/v1": [("gatewayclasses", "GatewayClass", False)],
     "cert-manager.io/v1": [("certificates", "Certificate", True), ("issuers", "Issuer", True),
                            ("clusterissuers", "ClusterIssuer", False)],
 }
@@ -701,6 +703,10 @@ def check_non_default(docs: list[dict], notes: str):
     cf, df = flags(container(ctl)), flags(container(dp))
     expect(cf.get("--log-format") == "text" and cf.get("--name") == "edge-controller", f"controller args {cf}")
     expect(df.get("--workers") == "2" and df.get("--grace-period") == "20s", f"dataplane args {df}")
+    gc = objs.get(("GatewayClass", "edge"))
+    expect(gc is not None and gc["spec"]["controllerName"] == "sluice.io/gateway-controller",
+           "gatewayClass.create: a GatewayClass of the Sluice controller")
+    expect(cf.get("--dataplane-service") == "edge-ns/edge-dataplane", f"--dataplane-service {cf.get('--dataplane-service')}")
     expect({"name": "EXTRA", "value": "1"} in container(ctl)["env"], "controller extraEnv")
     cs = ctl["spec"]["template"]["spec"]
     expect(cs["nodeSelector"] == {"kubernetes.io/os": "linux"} and cs["tolerations"][0]["key"] == "dedicated"
@@ -1197,7 +1203,10 @@ def check_apiserver():
         "deploy/examples": [d for _, d in load_yaml_dir(ROOT / "deploy" / "examples", "*.yaml")],
     }
     with apiserver.ApiServer(bins) as api:
-        r = api.kubectl("create", "-f", str(CHART / "crds"), "-f", str(ROOT / "charts" / "testdata" / "external-crds.yaml"))
+        # The upstream GatewayClass CRD (vendored for the generated types),
+        # so the chart's GatewayClass gets the real schema's validation.
+        r = api.kubectl("create", "-f", str(CHART / "crds"), "-f", str(ROOT / "charts" / "testdata" / "external-crds.yaml"),
+                        "-f", str(ROOT / "crds" / "gateway-api" / "v1.5.1" / "gateway.networking.k8s.io_gatewayclasses.yaml"))
         expect(r.returncode == 0, f"CRDs refused by kube-apiserver {kube}: {r.stderr.strip()}")
         r = api.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         expect(r.returncode == 0, f"CRDs not established: {r.stderr.strip()}")

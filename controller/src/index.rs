@@ -912,6 +912,87 @@ mod tests {
         assert!(!ix.has_pending());
     }
 
+    #[test]
+    fn a_hostless_pool_named_by_an_http_route_is_published_backend_only() {
+        use crate::gateway::watch::GatewayChange;
+        let mut ix = Index::new();
+        let mut p = pool(
+            "ns",
+            "checkout",
+            serde_json::json!([{"address": "192.0.2.1:80"}]),
+        );
+        p.spec.hosts.clear();
+        p.spec.path_prefix = "/shop".into();
+        ix.apply(Change::Pool(Box::new(p)));
+        let batch = ix.recompute();
+        assert!(
+            !batch.upserts[0].backend_only,
+            "alone, a pool without hosts catches every host"
+        );
+
+        let class = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "sluice"}, "spec": {"controllerName": crate::gateway::CONTROLLER_NAME},
+        }))
+        .expect("class");
+        let gateway = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "ns"},
+            "spec": {"gatewayClassName": "sluice", "listeners": [{"name": "web", "protocol": "HTTP", "port": 80}]},
+        }))
+        .expect("gateway");
+        let route = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [
+                {"backendRefs": [{"group": "sluice.io", "kind": "BackendPool", "name": "checkout"}]}]},
+        }))
+        .expect("route");
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Class(Box::new(
+            class,
+        )))));
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Gateway(Box::new(
+            gateway,
+        )))));
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Route(Box::new(
+            route,
+        )))));
+        let batch = ix.recompute();
+        assert_eq!(batch.route_upserts.len(), 1);
+        assert_eq!(
+            batch.route_upserts[0].rules[0].backends[0].pool,
+            "ns/checkout"
+        );
+        let pool = batch
+            .upserts
+            .iter()
+            .find(|p| p.name == "ns/checkout")
+            .expect("pool republished");
+        assert!(pool.backend_only);
+        assert_eq!(
+            pool.path_prefix.as_str(),
+            "/",
+            "its own prefix is not a route any more"
+        );
+        assert!(sluice_protocol::route::validate_pools(std::slice::from_ref(pool)).is_ok());
+
+        ix.apply(Change::Gateway(Box::new(GatewayChange::RouteDeleted((
+            "ns".into(),
+            "r".into(),
+        )))));
+        let batch = ix.recompute();
+        assert_eq!(batch.route_removes, ["ns/r"]);
+        let pool = batch
+            .upserts
+            .iter()
+            .find(|p| p.name == "ns/checkout")
+            .expect("pool republished");
+        assert!(
+            !pool.backend_only,
+            "no route names it: it is its own route again"
+        );
+    }
+
     fn trigger(ns: &str, name: &str, pool: &str, min: i32) -> ScalingTrigger {
         let spec = serde_json::from_value(serde_json::json!({
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},

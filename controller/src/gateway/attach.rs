@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 use sluice_crds::gateway::gateways::GatewayListenersAllowedRoutes;
 use sluice_crds::gateway::httproutes::{HttpRoute as HTTPRoute, HttpRouteParentRefs};
-use sluice_protocol::HttpRoute;
+use sluice_protocol::policy::Tls;
 use sluice_protocol::route::Host;
+use sluice_protocol::{HttpRoute, Listener};
 
 use super::rules::{self, Translated};
 use super::{GROUP, Output, ParentState, Pools, Verdict, World};
@@ -31,7 +32,10 @@ pub fn routes(world: &World, lookup: &impl Lookup, pools: &impl Pools, out: &mut
     for (rank, (key, route)) in ranked.into_iter().enumerate() {
         let parents = route.spec.parent_refs.clone().unwrap_or_default();
         let mut states = Vec::new();
-        let mut hosts: BTreeSet<String> = BTreeSet::new();
+        // Hosts served on the HTTP listener, and on the HTTPS listener
+        // per certificate.
+        let mut http_hosts: Option<BTreeSet<String>> = None;
+        let mut https_hosts: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         let mut accepted_any = false;
         let translated = rules::translate(key, route, world, lookup, pools);
         for parent in &parents {
@@ -42,7 +46,7 @@ pub fn routes(world: &World, lookup: &impl Lookup, pools: &impl Pools, out: &mut
             match (&attached, &translated) {
                 (Err(v), _) => conditions.push(v.clone()),
                 (Ok(_), Err(unsupported)) => conditions.push(unsupported.clone()),
-                (Ok((listeners, h)), Ok(_)) => {
+                (Ok(listeners), Ok(_)) => {
                     conditions.push(Verdict::new(
                         "Accepted",
                         true,
@@ -50,11 +54,20 @@ pub fn routes(world: &World, lookup: &impl Lookup, pools: &impl Pools, out: &mut
                         "the route is attached",
                     ));
                     accepted_any = true;
-                    hosts.extend(h.iter().cloned());
                     let gw = gateway_key(key, parent);
                     if let Some(state) = out.gateways.get_mut(&gw) {
-                        for i in listeners {
-                            state.listeners[*i].attached_routes += 1;
+                        for (i, h) in listeners {
+                            let l = &mut state.listeners[*i];
+                            l.attached_routes += 1;
+                            match &l.certificate {
+                                Some(cert) => https_hosts
+                                    .entry(cert.clone())
+                                    .or_default()
+                                    .extend(h.iter().cloned()),
+                                None => {
+                                    http_hosts.get_or_insert_default().extend(h.iter().cloned())
+                                }
+                            }
                         }
                     }
                 }
@@ -87,21 +100,43 @@ pub fn routes(world: &World, lookup: &impl Lookup, pools: &impl Pools, out: &mut
             }),
         ) = (accepted_any, translated)
         {
-            let hosts = if hosts.contains("*") {
-                vec![]
-            } else {
-                hosts
-                    .into_iter()
-                    .filter_map(|h| Host::try_from(h).ok())
-                    .collect()
-            };
-            out.http_routes.push(HttpRoute {
-                name: format!("{}/{}", key.0, key.1),
-                hosts,
-                order: rank as u64,
-                rules,
-                ..Default::default()
-            });
+            let name = format!("{}/{}", key.0, key.1);
+            let mut pieces: Vec<(String, Listener, BTreeSet<String>, Option<Tls>)> = Vec::new();
+            if let Some(hosts) = http_hosts {
+                pieces.push((name.clone(), Listener::Http, hosts, None));
+            }
+            for (i, ((certificate, private_key), hosts)) in https_hosts.into_iter().enumerate() {
+                let tls = Tls {
+                    certificate: Some(certificate),
+                    private_key: Some(private_key),
+                    ..Tls::default()
+                };
+                let piece = if i == 0 {
+                    format!("{name}#https")
+                } else {
+                    format!("{name}#https-{i}")
+                };
+                pieces.push((piece, Listener::Https, hosts, Some(tls)));
+            }
+            for (name, listener, hosts, tls) in pieces {
+                let parsed: Vec<Host> = hosts
+                    .iter()
+                    .filter_map(|h| Host::try_from(h.clone()).ok())
+                    .collect();
+                if parsed.len() != hosts.len() {
+                    // Not expected (the CRD checks hostnames); never widen
+                    // a route to every host because one did not parse.
+                    continue;
+                }
+                out.http_routes.push(HttpRoute {
+                    name,
+                    hosts: if hosts.contains("*") { vec![] } else { parsed },
+                    order: rank as u64,
+                    rules: rules.clone(),
+                    listeners: vec![listener],
+                    tls,
+                });
+            }
             out.named_pools.extend(named_pools);
             for pool in service_pools {
                 if !out.pools.iter().any(|p| p.name == pool.name) {
@@ -120,8 +155,8 @@ fn gateway_key(route: &Key, parent: &HttpRouteParentRefs) -> Key {
 }
 
 /// `None`: not a parent of ours (no status entry). `Err`: ours, not
-/// attached, and why. `Ok`: the listener indexes attached to and the
-/// hostnames the route serves through them (`*` for any).
+/// attached, and why. `Ok`: the listeners attached to (by index) with the
+/// hostnames the route serves through each (`*` for any).
 #[allow(clippy::type_complexity)]
 fn attach(
     key: &Key,
@@ -129,7 +164,7 @@ fn attach(
     parent: &HttpRouteParentRefs,
     world: &World,
     out: &Output,
-) -> Option<Result<(Vec<usize>, BTreeSet<String>), Verdict>> {
+) -> Option<Result<Vec<(usize, BTreeSet<String>)>, Verdict>> {
     if parent.group.as_deref().unwrap_or(GROUP) != GROUP
         || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
     {
@@ -196,12 +231,10 @@ fn attach(
     }
     let route_hosts = route.spec.hostnames.clone().unwrap_or_default();
     let mut attached = Vec::new();
-    let mut hosts = BTreeSet::new();
     for i in allowed {
         let found = intersect(&route_hosts, state.listeners[i].hostname.as_deref());
         if !found.is_empty() {
-            attached.push(i);
-            hosts.extend(found);
+            attached.push((i, found));
         }
     }
     if attached.is_empty() {
@@ -213,7 +246,7 @@ fn attach(
             ),
         );
     }
-    Some(Ok((attached, hosts)))
+    Some(Ok(attached))
 }
 
 /// Whether `allowedRoutes.namespaces` lets a route of `route_ns` attach to

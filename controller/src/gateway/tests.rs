@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
+use sluice_protocol::Listener;
 use sluice_protocol::http_route::{Filter, PathMatch};
 
 use super::*;
@@ -603,5 +604,112 @@ fn a_backend_pool_ref_names_the_pool_and_unsupported_fields_are_refused() {
     assert!(
         out.http_routes.iter().all(|r| r.name != "app/cors"),
         "not published at all"
+    );
+}
+
+#[test]
+fn a_route_on_both_listeners_becomes_one_route_per_listener_with_the_certificate() {
+    let mut s = Setup::new();
+    s.fx.secrets.insert(
+        ("app".into(), "cert".into()),
+        tls_secret("app", "cert", CRT, KEY),
+    );
+    s.gateway(
+        "app",
+        "gw",
+        json!([
+            http("http", Some("shop.example.com")),
+            {"name": "https", "protocol": "HTTPS", "port": 443, "hostname": "shop.example.com",
+             "tls": {"certificateRefs": [{"name": "cert"}]}},
+        ]),
+    );
+    s.route("app", "redirect", 1, json!({"parentRefs": [{"name": "gw", "sectionName": "http"}],
+        "rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}]}));
+    s.route(
+        "app",
+        "shop",
+        2,
+        json!({"parentRefs": [{"name": "gw", "sectionName": "https"}],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    );
+    let out = s.run();
+    let summary: Vec<(String, Vec<Listener>, Vec<String>, bool)> = out
+        .http_routes
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.listeners.clone(),
+                r.hosts.iter().map(|h| h.as_str().to_string()).collect(),
+                r.tls.as_ref().and_then(|t| t.certificate.as_deref()) == Some(CRT),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "app/redirect".to_string(),
+                vec![Listener::Http],
+                vec!["shop.example.com".to_string()],
+                false
+            ),
+            (
+                "app/shop#https".to_string(),
+                vec![Listener::Https],
+                vec!["shop.example.com".to_string()],
+                true
+            ),
+        ]
+    );
+    let redirect = &out.http_routes[0].rules[0];
+    assert!(
+        matches!(&redirect.filters[0], Filter::RequestRedirect(r) if r.status_code.get() == 301)
+    );
+}
+
+#[test]
+fn gateway_fields_sluice_lacks_are_refused_not_ignored() {
+    let mut s = Setup::new();
+    s.fx.secrets.insert(
+        ("infra".into(), "cert".into()),
+        tls_secret("infra", "cert", CRT, KEY),
+    );
+    s.world.gateways.insert(
+        ("infra".into(), "gw".into()),
+        obj("Gateway", Some("infra"), "gw", 0, json!({"gatewayClassName": "sluice",
+            "infrastructure": {"labels": {"team": "a"}},
+            "listeners": [{"name": "https", "protocol": "HTTPS", "port": 443,
+                "tls": {"certificateRefs": [{"name": "cert"}], "options": {"example.com/cipher": "x"}}}]})),
+    );
+    s.route(
+        "infra",
+        "r",
+        1,
+        json!({"parentRefs": [{"name": "gw"}],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    );
+    s.fx.services.insert(
+        ("infra".into(), "web".into()),
+        service("infra", "web", &[("http", 80)]),
+    );
+    let out = s.run();
+    assert_eq!(
+        cond(&parent(&out, "infra", "r"), "Accepted"),
+        (false, "NotAllowedByListeners")
+    );
+    assert!(
+        out.http_routes.is_empty(),
+        "nothing is served through a Gateway that is not accepted"
+    );
+    let gw = &out.gateways[&("infra".to_string(), "gw".to_string())];
+    assert_eq!(
+        cond(&gw.conditions, "Accepted"),
+        (false, "UnsupportedValue")
+    );
+    assert!(gw.conditions[0].message.contains("infrastructure"));
+    assert_eq!(
+        cond(&gw.listeners[0].conditions, "Accepted"),
+        (false, "UnsupportedValue")
     );
 }
