@@ -261,21 +261,31 @@ pub async fn wait_for(
     })
     .await;
     got.map_err(|e| {
-        let seen = last.lock().map(|l| l["status"].to_string()).unwrap_or_default();
+        let seen = last
+            .lock()
+            .map(|l| l["status"].to_string())
+            .unwrap_or_default();
         e.context(format!("status last seen: {seen}"))
     })
 }
 
 /// The route's status entry for a parent `gateway` of our controller.
 pub fn route_parent<'a>(route: &'a Value, gateway: &str) -> Option<&'a Value> {
-    route["status"]["parents"].as_array()?.iter().find(|p| {
-        p["controllerName"] == CONTROLLER_NAME && p["parentRef"]["name"] == gateway
-    })
+    route["status"]["parents"]
+        .as_array()?
+        .iter()
+        .find(|p| p["controllerName"] == CONTROLLER_NAME && p["parentRef"]["name"] == gateway)
 }
 
 /// Whether the route's status for parent `gateway` has condition `type_`
 /// with `status` and `reason`.
-pub fn route_condition(route: &Value, gateway: &str, type_: &str, status: &str, reason: &str) -> bool {
+pub fn route_condition(
+    route: &Value,
+    gateway: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> bool {
     route_parent(route, gateway)
         .and_then(|p| condition(&p["conditions"], type_))
         .is_some_and(|(s, r)| s == status && r == reason)

@@ -87,7 +87,12 @@ pub async fn header_modifiers_change_request_and_response(env: Arc<Env>) -> anyh
         "gw-headers.yaml",
         &(crate::http_gateway(ns, "gw")
             + &route(ns, "headers", host, &rules)
-            + &route(ns, "per-backend", "per-backend.headers.example.com", &per_backend)),
+            + &route(
+                ns,
+                "per-backend",
+                "per-backend.headers.example.com",
+                &per_backend,
+            )),
     )?;
 
     let sent = [
@@ -96,9 +101,15 @@ pub async fn header_modifiers_change_request_and_response(env: Arc<Env>) -> anyh
         ("x-header-remove", "gone"),
         ("x-header-kept", "kept"),
     ];
-    let a = env.until(host, "/request", &sent, |a| by(a, ns, v1)).await?;
+    let a = env
+        .until(host, "/request", &sent, |a| by(a, ns, v1))
+        .await?;
     let seen = gateway::echoed(&a)?;
-    assert_eq!(seen_header(&seen, "x-header-set"), ["set-overwrites"], "{seen}");
+    assert_eq!(
+        seen_header(&seen, "x-header-set"),
+        ["set-overwrites"],
+        "{seen}"
+    );
     let mut added = seen_header(&seen, "x-header-add");
     added.sort();
     assert_eq!(added, ["add-appends", "original"], "{seen}");
@@ -107,8 +118,16 @@ pub async fn header_modifiers_change_request_and_response(env: Arc<Env>) -> anyh
     // Without the headers: set and add both add.
     let a = env.send("GET", host, "/request", &[]).await?;
     let seen = gateway::echoed(&a)?;
-    assert_eq!(seen_header(&seen, "x-header-set"), ["set-overwrites"], "{seen}");
-    assert_eq!(seen_header(&seen, "x-header-add"), ["add-appends"], "{seen}");
+    assert_eq!(
+        seen_header(&seen, "x-header-set"),
+        ["set-overwrites"],
+        "{seen}"
+    );
+    assert_eq!(
+        seen_header(&seen, "x-header-add"),
+        ["add-appends"],
+        "{seen}"
+    );
 
     // The echo sets response headers as asked; the route changes them.
     let asked = [
@@ -117,7 +136,9 @@ pub async fn header_modifiers_change_request_and_response(env: Arc<Env>) -> anyh
         ("x-echo-set-header", "X-Resp-Remove: gone"),
         ("x-echo-set-header", "X-Resp-Kept: kept"),
     ];
-    let a = env.until(host, "/response", &asked, |a| by(a, ns, v1)).await?;
+    let a = env
+        .until(host, "/response", &asked, |a| by(a, ns, v1))
+        .await?;
     let values = |name: &str| -> Vec<String> {
         let mut v: Vec<String> = a
             .headers
@@ -131,7 +152,12 @@ pub async fn header_modifiers_change_request_and_response(env: Arc<Env>) -> anyh
         v
     };
     assert_eq!(values("x-resp-set"), ["set-overwrites"], "{:?}", a.headers);
-    assert_eq!(values("x-resp-add"), ["add-appends", "original"], "{:?}", a.headers);
+    assert_eq!(
+        values("x-resp-add"),
+        ["add-appends", "original"],
+        "{:?}",
+        a.headers
+    );
     assert!(values("x-resp-remove").is_empty(), "{:?}", a.headers);
     assert_eq!(values("x-resp-kept"), ["kept"], "{:?}", a.headers);
     // The request path's rule does not touch responses, nor the other way.
@@ -233,7 +259,12 @@ pub async fn redirects_and_rewrites(env: Arc<Env>) -> anyhow::Result<()> {
 
     // Rewrites: what the backend saw.
     let rewritten = [
-        ("/rw-host/a?q=1", "rewritten.example.com", "/rw-host/a", "q=1"),
+        (
+            "/rw-host/a?q=1",
+            "rewritten.example.com",
+            "/rw-host/a",
+            "q=1",
+        ),
         ("/rw-full/a/b", host, "/full-path", ""),
         ("/rw-prefix/a/b?q=2", host, "/prefix/a/b", "q=2"),
         ("/rw-prefix", host, "/prefix", ""),

@@ -51,7 +51,10 @@ pub async fn the_gateway_class_is_accepted_with_the_features_that_work(
         .await?;
     assert_eq!(class["spec"]["controllerName"], gateway::CONTROLLER_NAME);
     assert!(
-        gateway::observed(&class["status"]["conditions"], &class["metadata"]["generation"]),
+        gateway::observed(
+            &class["status"]["conditions"],
+            &class["metadata"]["generation"]
+        ),
         "conditions carry the generation: {}",
         class["status"]
     );
@@ -65,7 +68,10 @@ pub async fn the_gateway_class_is_accepted_with_the_features_that_work(
         .unwrap_or_default();
     let mut sorted = features.clone();
     sorted.sort();
-    assert_eq!(features, sorted, "supportedFeatures sorted by name, as the spec says");
+    assert_eq!(
+        features, sorted,
+        "supportedFeatures sorted by name, as the spec says"
+    );
     for core in CORE_FEATURES {
         assert!(
             features.iter().any(|f| f == core),
@@ -82,10 +88,16 @@ pub async fn the_gateway_class_is_accepted_with_the_features_that_work(
         "-p",
         r#"{"spec":{"description":"observed by the real_gateway test"}}"#,
     ])?;
-    env.status("GatewayClass", "", gateway::CLASS, "the new generation observed", |c| {
-        c["metadata"]["generation"] != class["metadata"]["generation"]
-            && gateway::observed(&c["status"]["conditions"], &c["metadata"]["generation"])
-    })
+    env.status(
+        "GatewayClass",
+        "",
+        gateway::CLASS,
+        "the new generation observed",
+        |c| {
+            c["metadata"]["generation"] != class["metadata"]["generation"]
+                && gateway::observed(&c["status"]["conditions"], &c["metadata"]["generation"])
+        },
+    )
     .await?;
     let untested: Vec<&String> = features
         .iter()
@@ -137,10 +149,16 @@ spec:
 
     // The route's status for its parent.
     let r = env
-        .status("HTTPRoute", ns, "simple", "Accepted and ResolvedRefs", |r| {
-            gateway::route_condition(r, "gw", "Accepted", "True", "Accepted")
-                && gateway::route_condition(r, "gw", "ResolvedRefs", "True", "ResolvedRefs")
-        })
+        .status(
+            "HTTPRoute",
+            ns,
+            "simple",
+            "Accepted and ResolvedRefs",
+            |r| {
+                gateway::route_condition(r, "gw", "Accepted", "True", "Accepted")
+                    && gateway::route_condition(r, "gw", "ResolvedRefs", "True", "ResolvedRefs")
+            },
+        )
         .await?;
     let parent = gateway::route_parent(&r, "gw").cloned().unwrap_or_default();
     assert!(
@@ -151,11 +169,17 @@ spec:
     // The Gateway's: accepted, programmed, the dataplane Service's address,
     // one route on its listener.
     let gw = env
-        .status("Gateway", ns, "gw", "Programmed with one attached route", |g| {
-            gateway::condition(&g["status"]["conditions"], "Programmed")
-                == Some(("True".into(), "Programmed".into()))
-                && g["status"]["listeners"][0]["attachedRoutes"] == 1
-        })
+        .status(
+            "Gateway",
+            ns,
+            "gw",
+            "Programmed with one attached route",
+            |g| {
+                gateway::condition(&g["status"]["conditions"], "Programmed")
+                    == Some(("True".into(), "Programmed".into()))
+                    && g["status"]["listeners"][0]["attachedRoutes"] == 1
+            },
+        )
         .await?;
     let st = &gw["status"];
     assert_eq!(
@@ -226,12 +250,18 @@ spec:
         .answered_by("simple.example.com", "/headless/a", ns, "infra-backend-v1")
         .await?;
     assert_eq!(seen["path"], "/headless/a", "{seen}");
-    env.status("HTTPRoute", ns, "simple", "the new generation observed", |r| {
-        let parent = gateway::route_parent(r, "gw").cloned().unwrap_or_default();
-        r["metadata"]["generation"] == 2
-            && gateway::observed(&parent["conditions"], &r["metadata"]["generation"])
-            && gateway::route_condition(r, "gw", "ResolvedRefs", "True", "ResolvedRefs")
-    })
+    env.status(
+        "HTTPRoute",
+        ns,
+        "simple",
+        "the new generation observed",
+        |r| {
+            let parent = gateway::route_parent(r, "gw").cloned().unwrap_or_default();
+            r["metadata"]["generation"] == 2
+                && gateway::observed(&parent["conditions"], &r["metadata"]["generation"])
+                && gateway::route_condition(r, "gw", "ResolvedRefs", "True", "ResolvedRefs")
+        },
+    )
     .await?;
     Ok(())
 }
@@ -279,13 +309,31 @@ spec:
     let gw = env
         .status("Gateway", ns, "gw", "the listeners' verdicts", |g| {
             has(&listener(g, "ok"), "Programmed", "True", "Programmed")
-                && has(&listener(g, "odd-port"), "Accepted", "False", "PortUnavailable")
-                && has(&listener(g, "bad-kind"), "ResolvedRefs", "False", "InvalidRouteKinds")
-                && has(&listener(g, "tcp"), "Accepted", "False", "UnsupportedProtocol")
+                && has(
+                    &listener(g, "odd-port"),
+                    "Accepted",
+                    "False",
+                    "PortUnavailable",
+                )
+                && has(
+                    &listener(g, "bad-kind"),
+                    "ResolvedRefs",
+                    "False",
+                    "InvalidRouteKinds",
+                )
+                && has(
+                    &listener(g, "tcp"),
+                    "Accepted",
+                    "False",
+                    "UnsupportedProtocol",
+                )
         })
         .await?;
     let ok = listener(&gw, "ok");
-    assert_eq!(ok["attachedRoutes"], 1, "the route on the valid listener: {ok}");
+    assert_eq!(
+        ok["attachedRoutes"], 1,
+        "the route on the valid listener: {ok}"
+    );
     for name in ["odd-port", "tcp"] {
         let l = listener(&gw, name);
         assert_eq!(
@@ -296,7 +344,10 @@ spec:
     }
     let kinds = listener(&gw, "bad-kind");
     assert_eq!(
-        kinds["supportedKinds"].as_array().map(Vec::len).unwrap_or(0),
+        kinds["supportedKinds"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0),
         0,
         "no kind it can take: {kinds}"
     );
@@ -304,21 +355,21 @@ spec:
     // The valid listener serves; the others do not.
     env.answered_by("ok.listeners.example.com", "/", ns, "infra-backend-v1")
         .await?;
-    for host in [
-        "odd.listeners.example.com",
-        "kind.listeners.example.com",
-    ] {
+    for host in ["odd.listeners.example.com", "kind.listeners.example.com"] {
         let a = env.send("GET", host, "/", &[]).await?;
-        assert_eq!(a.status, 404, "{host} is served by no valid listener: {}", a.body);
+        assert_eq!(
+            a.status, 404,
+            "{host} is served by no valid listener: {}",
+            a.body
+        );
     }
 
     // Listeners changed: the port one gone, a new one added and serving,
     // the status of the new generation.
-    let changed = yaml
-        .replace(
-            "    - {name: odd-port, port: 8081, protocol: HTTP, hostname: odd.listeners.example.com}\n",
-            "    - {name: added, port: 80, protocol: HTTP, hostname: added.listeners.example.com}\n",
-        );
+    let changed = yaml.replace(
+        "    - {name: odd-port, port: 8081, protocol: HTTP, hostname: odd.listeners.example.com}\n",
+        "    - {name: added, port: 80, protocol: HTTP, hostname: added.listeners.example.com}\n",
+    );
     assert_ne!(changed, yaml, "the listener to replace is in the Gateway");
     env.apply("gw-listeners.yaml", &changed)?;
     env.answered_by("added.listeners.example.com", "/", ns, "infra-backend-v1")
@@ -328,7 +379,10 @@ spec:
             && gateway::observed(&g["status"]["conditions"], &g["metadata"]["generation"])
             && listener(g, "odd-port").is_null()
             && listener(g, "added")["attachedRoutes"] == 1
-            && gateway::observed(&listener(g, "added")["conditions"], &g["metadata"]["generation"])
+            && gateway::observed(
+                &listener(g, "added")["conditions"],
+                &g["metadata"]["generation"],
+            )
     })
     .await?;
     Ok(())
@@ -377,9 +431,20 @@ spec:
         backends[1],
     );
     // No sectionName: attaches where the hostnames intersect (wild only).
-    yaml += &route("any", "{name: gw}", "[x.wild.hosts.example.com]", backends[2]);
+    yaml += &route(
+        "any",
+        "{name: gw}",
+        "[x.wild.hosts.example.com]",
+        backends[2],
+    );
     // A route on each wildcard listener, one inside the other.
-    yaml += &route("wild-all", "{name: gw, sectionName: wild}", "[]", backends[0]).replace(
+    yaml += &route(
+        "wild-all",
+        "{name: gw, sectionName: wild}",
+        "[]",
+        backends[0],
+    )
+    .replace(
         "    - backendRefs",
         "    - matches: [{path: {type: PathPrefix, value: /wild-all}}]\n      backendRefs",
     );
@@ -388,7 +453,12 @@ spec:
         "    - matches: [{path: {type: PathPrefix, value: /deep}}]\n      backendRefs",
     );
     // Intersects with no listener.
-    yaml += &route("nowhere", "{name: gw}", "[nomatch.example.org]", backends[0]);
+    yaml += &route(
+        "nowhere",
+        "{name: gw}",
+        "[nomatch.example.org]",
+        backends[0],
+    );
     env.apply("gw-hosts.yaml", &yaml)?;
 
     env.answered_by("bar.hosts.example.com", "/", ns, backends[0])
@@ -412,9 +482,13 @@ spec:
         assert_eq!(a.status, 404, "{host} is not served: {}", a.body);
     }
 
-    env.status("HTTPRoute", ns, "nowhere", "NoMatchingListenerHostname", |r| {
-        gateway::route_condition(r, "gw", "Accepted", "False", "NoMatchingListenerHostname")
-    })
+    env.status(
+        "HTTPRoute",
+        ns,
+        "nowhere",
+        "NoMatchingListenerHostname",
+        |r| gateway::route_condition(r, "gw", "Accepted", "False", "NoMatchingListenerHostname"),
+    )
     .await?;
     for name in ["to-bar", "to-wild", "any", "wild-all", "deep"] {
         env.status("HTTPRoute", ns, name, "Accepted", |r| {

@@ -11,8 +11,9 @@
 //! Its own runner, not libtest's: starting a control plane and installing
 //! the chart costs tens of seconds, so one serves every scenario; each
 //! scenario works in namespaces and host names of its own, so they run at
-//! once. Arguments that do not start with `-` filter scenarios by name, as
-//! libtest's do; `--list` lists them. Exit status 1 when one failed.
+//! once. Arguments choose scenarios as libtest's do (name filters,
+//! `--skip`, `--exact`, `--ignored`); `--list` lists them. Exit status 1
+//! when one failed.
 
 mod filters;
 mod listeners;
@@ -106,13 +107,7 @@ impl Env {
         ok: impl Fn(&Answer) -> bool,
     ) -> anyhow::Result<Answer> {
         let what = format!("GET {host}{path} {headers:?}");
-        gateway::until_answer(
-            &what,
-            SETTLE,
-            || self.send("GET", host, path, headers),
-            ok,
-        )
-        .await
+        gateway::until_answer(&what, SETTLE, || self.send("GET", host, path, headers), ok).await
     }
 
     /// Waits until `GET host path` is answered by echo backend `backend`
@@ -124,9 +119,7 @@ impl Env {
         ns: &str,
         backend: &str,
     ) -> anyhow::Result<Value> {
-        let a = self
-            .until(host, path, &[], |a| by(a, ns, backend))
-            .await?;
+        let a = self.until(host, path, &[], |a| by(a, ns, backend)).await?;
         gateway::echoed(&a)
     }
 
@@ -213,14 +206,30 @@ fn all() -> Vec<(&'static str, Scenario)> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let filters: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .map(String::as_str)
-        .collect();
+    // libtest's arguments that choose tests: name filters, `--skip NAME`,
+    // `--exact`; `--ignored` asks for ignored tests only, and none is.
+    let mut filters: Vec<&str> = Vec::new();
+    let mut skips: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--skip" => skips.extend(it.next().map(String::as_str)),
+            a if a.starts_with('-') => {}
+            a => filters.push(a),
+        }
+    }
+    let exact = args.iter().any(|a| a == "--exact");
+    let ignored_only = args.iter().any(|a| a == "--ignored");
     let chosen: Vec<_> = all()
         .into_iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
+        .filter(|_| !ignored_only)
+        .filter(|(name, _)| {
+            filters.is_empty()
+                || filters
+                    .iter()
+                    .any(|f| if exact { name == f } else { name.contains(f) })
+        })
+        .filter(|(name, _)| !skips.iter().any(|s| name.contains(s)))
         .collect();
     if args.iter().any(|a| a == "--list") {
         for (name, _) in &chosen {
@@ -258,7 +267,10 @@ fn main() -> ExitCode {
 /// let go of it.
 async fn run(chosen: Vec<(&'static str, Scenario)>) -> anyhow::Result<bool> {
     let Some(cluster) = Cluster::start().await? else {
-        println!("running 0 tests (skipped: {})", sluice_tests::kube::host::SKIP_VAR);
+        println!(
+            "running 0 tests (skipped: {})",
+            sluice_tests::kube::host::SKIP_VAR
+        );
         return Ok(true);
     };
     let start = Instant::now();

@@ -19,10 +19,7 @@ type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
 
 /// Sends each `(method, host, path, headers)` until it is answered by the
 /// backend named, or with the status given as `status <n>`.
-async fn expect(
-    env: &Env,
-    cases: &[Case<'_>],
-) -> anyhow::Result<()> {
+async fn expect(env: &Env, cases: &[Case<'_>]) -> anyhow::Result<()> {
     // The first case waits for the routes to arrive; the rest are checked
     // once each, on the same table.
     let mut first = true;
@@ -45,9 +42,7 @@ async fn expect(
     Ok(())
 }
 
-pub async fn paths_headers_queries_and_methods_pick_the_rule(
-    env: Arc<Env>,
-) -> anyhow::Result<()> {
+pub async fn paths_headers_queries_and_methods_pick_the_rule(env: Arc<Env>) -> anyhow::Result<()> {
     let ns = "gw-match";
     gateway::namespace_with_echo(env.cp(), ns, &[], &BACKENDS).await?;
     let [v1, v2, v3] = BACKENDS;
@@ -140,15 +135,33 @@ spec:
             ("GET", host, "/", &[("version", "two")], v2),
             ("GET", host, "/", &[("Version", "two")], v2),
             ("GET", host, "/", &[("version", "Two")], v1),
-            ("GET", host, "/", &[("version", "two"), ("color", "blue")], v3),
+            (
+                "GET",
+                host,
+                "/",
+                &[("version", "two"), ("color", "blue")],
+                v3,
+            ),
             // A longer path beats any number of headers.
-            ("GET", host, "/v2", &[("version", "two"), ("color", "blue")], v2),
+            (
+                "GET",
+                host,
+                "/v2",
+                &[("version", "two"), ("color", "blue")],
+                v2,
+            ),
             // Query parameters.
             ("GET", host, "/?animal=whale", none, v3),
             ("GET", host, "/?animal=dolphin", none, v1),
             // Method; it ranks above headers and query parameters.
             ("POST", host, "/", none, v2),
-            ("POST", host, "/", &[("version", "two"), ("color", "blue")], v2),
+            (
+                "POST",
+                host,
+                "/",
+                &[("version", "two"), ("color", "blue")],
+                v2,
+            ),
             ("POST", host, "/?animal=whale", none, v2),
             // Matches of one rule are ORed, fields of one match ANDed.
             ("GET", host, "/either", &[("x-a", "1")], v3),

@@ -19,8 +19,13 @@ pub async fn routes_attach_from_the_namespaces_a_listener_allows(
 ) -> anyhow::Result<()> {
     let (gw_ns, a, b) = ("gw-shared", "gw-shared-a", "gw-shared-b");
     gateway::namespace_with_echo(env.cp(), gw_ns, &[], &[]).await?;
-    gateway::namespace_with_echo(env.cp(), a, &[("shared-gateway-access", "\"true\"")], &["web"])
-        .await?;
+    gateway::namespace_with_echo(
+        env.cp(),
+        a,
+        &[("shared-gateway-access", "\"true\"")],
+        &["web"],
+    )
+    .await?;
     gateway::namespace_with_echo(env.cp(), b, &[], &["web"]).await?;
     let route = |ns: &str| {
         format!(
@@ -81,12 +86,8 @@ spec:
     .await?;
 
     // Labelled too, it attaches.
-    env.cp().kubectl(&[
-        "label",
-        "namespace",
-        b,
-        "shared-gateway-access=true",
-    ])?;
+    env.cp()
+        .kubectl(&["label", "namespace", b, "shared-gateway-access=true"])?;
     env.answered_by(&host_b, "/", b, "web").await?;
     env.status("HTTPRoute", b, "web", "Accepted once labelled", |r| {
         gateway::route_condition(r, "gw", "Accepted", "True", "Accepted")
@@ -146,7 +147,9 @@ spec:
 "#
     );
     env.apply("gw-grant-grant.yaml", &grant)?;
-    let seen = env.answered_by(host, "/", other, "infra-backend-v1").await?;
+    let seen = env
+        .answered_by(host, "/", other, "infra-backend-v1")
+        .await?;
     assert_eq!(seen["namespace"], other, "{seen}");
     env.status("HTTPRoute", ns, "across", "ResolvedRefs", |r| {
         gateway::route_condition(r, "gw", "ResolvedRefs", "True", "ResolvedRefs")
@@ -164,7 +167,8 @@ spec:
 
     // Deleted: back to refused.
     env.apply("gw-grant-grant.yaml", &grant)?;
-    env.answered_by(host, "/", other, "infra-backend-v1").await?;
+    env.answered_by(host, "/", other, "infra-backend-v1")
+        .await?;
     env.cp()
         .kubectl(&["delete", "referencegrant", "from-gw-grant", "-n", other])?;
     env.until(host, "/", &[], |a| a.status == 500).await?;
@@ -192,7 +196,11 @@ spec:
         )
     };
     let mut yaml = crate::http_gateway(ns, "gw");
-    yaml += &route("missing", "{name: gw}", "{name: does-not-exist, port: 8080}");
+    yaml += &route(
+        "missing",
+        "{name: gw}",
+        "{name: does-not-exist, port: 8080}",
+    );
     yaml += &route(
         "kind",
         "{name: gw}",
@@ -226,8 +234,14 @@ spec:
         gateway::route_condition(r, "gw", "Accepted", "False", "NoMatchingParent")
     })
     .await?;
-    let a = env.send("GET", "section.invalid.example.com", "/", &[]).await?;
-    assert_eq!(a.status, 404, "a route on no listener is not served: {}", a.body);
+    let a = env
+        .send("GET", "section.invalid.example.com", "/", &[])
+        .await?;
+    assert_eq!(
+        a.status, 404,
+        "a route on no listener is not served: {}",
+        a.body
+    );
     // Routes with unresolved backends still count as attached; the one
     // on no listener does not.
     env.status("Gateway", ns, "gw", "three attached routes", |g| {
@@ -241,7 +255,9 @@ spec:
         .await?;
     let (mut ok, mut failed) = (0, 0);
     for _ in 0..200 {
-        let a = env.send("GET", "half.invalid.example.com", "/", &[]).await?;
+        let a = env
+            .send("GET", "half.invalid.example.com", "/", &[])
+            .await?;
         match a.status {
             200 if by(&a, ns, "infra-backend-v1") => ok += 1,
             500 => failed += 1,

@@ -105,15 +105,26 @@ spec:
         .header(http::header::HOST, host)
         .body(http_body_util::Empty::new())?;
     let answer = env.http.send_within(req, HELD_REQUEST_LIMIT).await?;
-    assert!(by(&answer, ns, "web"), "the held request: {} {}", answer.status, answer.body);
+    assert!(
+        by(&answer, ns, "web"),
+        "the held request: {} {}",
+        answer.status,
+        answer.body
+    );
     let seen = gateway::echoed(&answer)?;
     assert_eq!(seen["path"], "/held", "{seen}");
     assert_eq!(seen["host"], host, "{seen}");
-    assert_eq!(replicas(deployments.get("web").await?), 1, "one pod brought up");
+    assert_eq!(
+        replicas(deployments.get("web").await?),
+        1,
+        "one pod brought up"
+    );
 
     // Reached only through the route: the pool without hosts catches no
     // other host.
-    let a = env.send("GET", "not-the-pool.example.com", "/", &[]).await?;
+    let a = env
+        .send("GET", "not-the-pool.example.com", "/", &[])
+        .await?;
     assert_eq!(a.status, 404, "{}", a.body);
     Ok(())
 }

@@ -64,12 +64,11 @@ impl Ca {
 async fn get_tls(addr: SocketAddr, sni: &str, ca: &Ca) -> anyhow::Result<(u16, String)> {
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes())?)?;
-    let config = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     let name = ServerName::try_from(sni.to_string())?;
     let fut = async {
         let tcp = TcpStream::connect(addr).await?;
@@ -187,14 +186,22 @@ spec:
             .and_then(|l| l.iter().find(|l| l["name"] == name).cloned())
             .unwrap_or_default()
     };
-    let refs = |g: &Value, name: &str| gateway::condition(&listener(g, name)["conditions"], "ResolvedRefs");
+    let refs = |g: &Value, name: &str| {
+        gateway::condition(&listener(g, name)["conditions"], "ResolvedRefs")
+    };
     let pair = |s: &str, r: &str| Some((s.to_string(), r.to_string()));
     let gw = env
-        .status("Gateway", ns, "gw", "the certificate references resolved or refused", |g| {
-            refs(g, "https") == pair("True", "ResolvedRefs")
-                && refs(g, "other") == pair("False", "RefNotPermitted")
-                && refs(g, "missing") == pair("False", "InvalidCertificateRef")
-        })
+        .status(
+            "Gateway",
+            ns,
+            "gw",
+            "the certificate references resolved or refused",
+            |g| {
+                refs(g, "https") == pair("True", "ResolvedRefs")
+                    && refs(g, "other") == pair("False", "RefNotPermitted")
+                    && refs(g, "missing") == pair("False", "InvalidCertificateRef")
+            },
+        )
         .await?;
     let https = listener(&gw, "https");
     assert_eq!(https["attachedRoutes"], 1, "{https}");
@@ -215,7 +222,9 @@ spec:
     // not the HTTPS route.
     let a = env.until(secure, "/", &[], |a| a.status == 301).await?;
     assert_eq!(
-        a.headers.get(http::header::LOCATION).and_then(|v| v.to_str().ok()),
+        a.headers
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok()),
         Some(format!("https://{secure}/").as_str()),
         "{:?}",
         a.headers
@@ -238,9 +247,13 @@ spec:
 "#
     );
     env.apply("gw-tls-grant.yaml", &grant)?;
-    env.status("Gateway", ns, "gw", "the granted certificate resolved", |g| {
-        refs(g, "other") == pair("True", "ResolvedRefs")
-    })
+    env.status(
+        "Gateway",
+        ns,
+        "gw",
+        "the granted certificate resolved",
+        |g| refs(g, "other") == pair("True", "ResolvedRefs"),
+    )
     .await?;
     let seen = until_tls(listeners[0], other, &ca, ns, "infra-backend-v1").await?;
     assert_eq!(seen["host"], other, "{seen}");
