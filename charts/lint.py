@@ -466,7 +466,7 @@ def check_contract(docs: list[dict], release_prefix: str, namespace: str, elsewh
     dp_svc = objs[("Service", f"{release_prefix}-dataplane")]
 
     for d in docs:
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "Namespace", "CustomResourceDefinition") \
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "Namespace", "CustomResourceDefinition", "GatewayClass") \
                 and (d["kind"], d["metadata"]["name"]) not in elsewhere:
             expect(d["metadata"].get("namespace") == namespace,
                    f"{d['kind']} {d['metadata']['name']} is not in namespace {namespace}")
