@@ -309,6 +309,7 @@ spec:
     let gw = env
         .status("Gateway", ns, "gw", "the listeners' verdicts", |g| {
             has(&listener(g, "ok"), "Programmed", "True", "Programmed")
+                && listener(g, "ok")["attachedRoutes"] == 1
                 && has(
                     &listener(g, "odd-port"),
                     "Accepted",

@@ -198,6 +198,7 @@ spec:
             "the certificate references resolved or refused",
             |g| {
                 refs(g, "https") == pair("True", "ResolvedRefs")
+                    && listener(g, "https")["attachedRoutes"] == 1
                     && refs(g, "other") == pair("False", "RefNotPermitted")
                     && refs(g, "missing") == pair("False", "InvalidCertificateRef")
             },
