@@ -156,9 +156,47 @@ spec:
     })
     .await?;
 
-    // A grant naming another Service only does not do.
-    let narrow = grant.replace("kind: Service}", "kind: Service, name: someone-else}");
-    env.apply("gw-grant-grant.yaml", &narrow)?;
+    // Grants that do not match do not do: the right one replaced by one
+    // for another Service name, and others wrong in one field each (its
+    // own namespace instead of the backend's, the from group, kind or
+    // namespace, the to kind).
+    let wrong = |name: &str, in_ns: &str, from: &str, to: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: {name}, namespace: {in_ns}}}\nspec:\n  from: [{from}]\n  to: [{to}]\n"
+        )
+    };
+    let from = format!("{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {ns}}}");
+    let to = "{group: \"\", kind: Service}";
+    let wrongs = [
+        wrong(
+            "from-gw-grant",
+            other,
+            &from,
+            "{group: \"\", kind: Service, name: someone-else}",
+        ),
+        wrong("wrong-namespace", ns, &from, to),
+        wrong(
+            "wrong-from-group",
+            other,
+            &from.replace("gateway.networking.k8s.io", "example.com"),
+            to,
+        ),
+        wrong(
+            "wrong-from-kind",
+            other,
+            &from.replace("HTTPRoute", "Gateway"),
+            to,
+        ),
+        wrong(
+            "wrong-from-namespace",
+            other,
+            &from.replace(&format!("namespace: {ns}"), "namespace: default"),
+            to,
+        ),
+        wrong("wrong-to-kind", other, &from, "{group: \"\", kind: Secret}"),
+    ]
+    .concat();
+    env.apply("gw-grant-grant.yaml", &wrongs)?;
     env.until(host, "/", &[], |a| a.status == 500).await?;
     env.status("HTTPRoute", ns, "across", "RefNotPermitted again", |r| {
         gateway::route_condition(r, "gw", "ResolvedRefs", "False", "RefNotPermitted")
