@@ -284,6 +284,11 @@ spec:
       protocol: HTTP
       hostname: kind.listeners.example.com
       allowedRoutes: {{kinds: [{{kind: FooRoute}}]}}
+    - name: mixed-kinds
+      port: 80
+      protocol: HTTP
+      hostname: mixed.listeners.example.com
+      allowedRoutes: {{kinds: [{{kind: HTTPRoute}}, {{kind: FooRoute}}]}}
     - {{name: tcp, port: 80, protocol: TCP}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -328,6 +333,13 @@ spec:
                     "False",
                     "UnsupportedProtocol",
                 )
+                && has(
+                    &listener(g, "mixed-kinds"),
+                    "ResolvedRefs",
+                    "False",
+                    "InvalidRouteKinds",
+                )
+                && listener(g, "mixed-kinds")["attachedRoutes"] == 1
         })
         .await?;
     let ok = listener(&gw, "ok");
@@ -353,8 +365,22 @@ spec:
         "no kind it can take: {kinds}"
     );
 
-    // The valid listener serves; the others do not.
+    // Partly invalid kinds: the valid one is supported and served.
+    let mixed = listener(&gw, "mixed-kinds");
+    let kinds: Vec<&Value> = mixed["supportedKinds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        kinds.len() == 1 && kinds[0]["kind"] == "HTTPRoute",
+        "only HTTPRoute supported: {mixed}"
+    );
+
+    // The valid listeners serve; the others do not.
     env.answered_by("ok.listeners.example.com", "/", ns, "infra-backend-v1")
+        .await?;
+    env.answered_by("mixed.listeners.example.com", "/", ns, "infra-backend-v1")
         .await?;
     for host in ["odd.listeners.example.com", "kind.listeners.example.com"] {
         let a = env.send("GET", host, "/", &[]).await?;
