@@ -254,6 +254,17 @@ spec:
         "{name: gw, sectionName: no-such-listener}",
         "{name: infra-backend-v1, port: 8080}",
     );
+    // parentRefs by port: the listener's port attaches, another does not.
+    yaml += &route(
+        "port",
+        "{name: gw, port: 80}",
+        "{name: infra-backend-v1, port: 8080}",
+    );
+    yaml += &route(
+        "other-port",
+        "{name: gw, port: 8080}",
+        "{name: infra-backend-v1, port: 8080}",
+    );
     env.apply("gw-invalid.yaml", &yaml)?;
 
     env.status("HTTPRoute", ns, "missing", "BackendNotFound", |r| {
@@ -280,10 +291,20 @@ spec:
         "a route on no listener is not served: {}",
         a.body
     );
-    // Routes with unresolved backends still count as attached; the one
-    // on no listener does not.
-    env.status("Gateway", ns, "gw", "three attached routes", |g| {
-        g["status"]["listeners"][0]["attachedRoutes"] == 3
+    env.answered_by("port.invalid.example.com", "/", ns, "infra-backend-v1")
+        .await?;
+    env.status("HTTPRoute", ns, "other-port", "NoMatchingParent", |r| {
+        gateway::route_condition(r, "gw", "Accepted", "False", "NoMatchingParent")
+    })
+    .await?;
+    let a = env
+        .send("GET", "other-port.invalid.example.com", "/", &[])
+        .await?;
+    assert_eq!(a.status, 404, "a route on no listener's port: {}", a.body);
+    // Routes with unresolved backends still count as attached; those on
+    // no listener do not.
+    env.status("Gateway", ns, "gw", "four attached routes", |g| {
+        g["status"]["listeners"][0]["attachedRoutes"] == 4
     })
     .await?;
 
