@@ -263,6 +263,45 @@ spec:
         },
     )
     .await?;
+
+    // A Service without a selector, its EndpointSlice written by hand (as
+    // for endpoints outside the cluster): the slice's address answers.
+    let (_, ip) = sluice_tests::kube::app::pods(&env.client, ns, "app=infra-backend-v1")
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no infra-backend-v1 pod"))?;
+    let manual = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: manual, namespace: {ns}}}
+spec:
+  ports: [{{name: http, port: 8080, targetPort: 3000}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: manual-1
+  namespace: {ns}
+  labels: {{kubernetes.io/service-name: manual}}
+addressType: IPv4
+ports: [{{name: http, port: 3000, protocol: TCP}}]
+endpoints: [{{addresses: ["{ip}"], conditions: {{ready: true}}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: manual, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [manual.simple.example.com]
+  rules:
+    - backendRefs: [{{name: manual, port: 8080}}]
+"#
+    );
+    env.apply("gw-simple-manual.yaml", &manual)?;
+    env.answered_by("manual.simple.example.com", "/", ns, "infra-backend-v1")
+        .await?;
     Ok(())
 }
 
