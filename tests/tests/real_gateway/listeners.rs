@@ -537,6 +537,17 @@ spec:
         .await?;
     env.answered_by("a.deep.wild.hosts.example.com", "/deep", ns, backends[2])
         .await?;
+    // Every route processed (the one that attaches nowhere too) before
+    // what must not be served is checked.
+    env.status(
+        "HTTPRoute",
+        ns,
+        "nowhere",
+        "NoMatchingListenerHostname",
+        |r| gateway::route_condition(r, "gw", "Accepted", "False", "NoMatchingListenerHostname"),
+    )
+    .await?;
+
     for host in [
         "other.example.net",
         "nomatch.example.org",
@@ -547,15 +558,6 @@ spec:
         let a = env.send("GET", host, "/", &[]).await?;
         assert_eq!(a.status, 404, "{host} is not served: {}", a.body);
     }
-
-    env.status(
-        "HTTPRoute",
-        ns,
-        "nowhere",
-        "NoMatchingListenerHostname",
-        |r| gateway::route_condition(r, "gw", "Accepted", "False", "NoMatchingListenerHostname"),
-    )
-    .await?;
     for name in ["to-bar", "to-wild", "any", "wild-all", "deep"] {
         env.status("HTTPRoute", ns, name, "Accepted", |r| {
             gateway::route_condition(r, "gw", "Accepted", "True", "Accepted")

@@ -17,16 +17,17 @@ const BACKENDS: [&str; 3] = ["infra-backend-v1", "infra-backend-v2", "infra-back
 /// A request (method, host, path, headers) and who must answer it.
 type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
 
-/// Sends each `(method, host, path, headers)` until it is answered by the
-/// backend named, or with the status given as `status <n>`.
+/// Sends each `(method, host, path, headers)` and checks it is answered by
+/// the backend named, or with the status given as `status <n>`.
 async fn expect(env: &Env, cases: &[Case<'_>]) -> anyhow::Result<()> {
-    // The first case waits for the routes to arrive; the rest are checked
-    // once each, on the same table.
-    let mut first = true;
+    // Each host here is one route, published on its own: the first case
+    // of each host (one a backend answers) waits for its route to arrive;
+    // the rest are checked once each, on the same table.
+    let mut last_host = "";
     for (method, host, path, headers, want) in cases {
         let what = format!("{method} {host}{path} {headers:?} answered by {want}");
-        let a = if first {
-            first = false;
+        let a = if *host != last_host {
+            last_host = host;
             gateway::until_answer(
                 &what,
                 crate::SETTLE,
