@@ -564,27 +564,25 @@ spec:
         })
         .await?;
     }
-    let gw = env
-        .status("Gateway", ns, "gw", "routes counted per listener", |g| {
-            let counts: BTreeSet<(String, i64)> = g["status"]["listeners"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|l| {
-                    (
-                        l["name"].as_str().unwrap_or_default().to_string(),
-                        l["attachedRoutes"].as_i64().unwrap_or(-1),
-                    )
-                })
-                .collect();
-            counts
-                == BTreeSet::from([
-                    ("bar".to_string(), 1),
-                    ("wild".to_string(), 3),
-                    ("deep".to_string(), 1),
-                ])
-        })
-        .await?;
-    eprintln!("gw-hosts listeners: {}", gw["status"]["listeners"]);
+    env.status("Gateway", ns, "gw", "routes counted per listener", |g| {
+        let counts: BTreeSet<(String, i64)> = g["status"]["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                (
+                    l["name"].as_str().unwrap_or_default().to_string(),
+                    l["attachedRoutes"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect();
+        counts
+            == BTreeSet::from([
+                ("bar".to_string(), 1),
+                ("wild".to_string(), 3),
+                ("deep".to_string(), 1),
+            ])
+    })
+    .await?;
     Ok(())
 }
