@@ -18,6 +18,8 @@ pub struct Answer {
     pub backend: Option<String>,
     /// Body as text.
     pub body: String,
+    /// Every response header (a route's filters change them).
+    pub headers: http::HeaderMap,
 }
 
 /// A keep-alive HTTP client.
@@ -78,10 +80,12 @@ impl HttpClient {
                 .get("x-backend")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let headers = resp.headers().clone();
             let body = resp.into_body().collect().await?.to_bytes();
             anyhow::Ok(Answer {
                 status,
                 backend,
+                headers,
                 body: String::from_utf8_lossy(&body).into_owned(),
             })
         };

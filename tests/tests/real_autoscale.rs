@@ -210,7 +210,7 @@ async fn a_load_step_scales_up_idle_goes_to_zero_and_a_held_request_brings_a_pod
     // A request at zero is held until a pod started for it answers.
     let answer = get_held(dataplanes[0].1).await?;
     assert_eq!(answer.status, 200, "the held request: {}", answer.body);
-    let by = answer.body.trim().to_string();
+    let by = answer.backend.clone().unwrap_or_default();
     let now = app::echo_pods(&client).await?;
     assert!(
         now.contains(&by) && !grown.contains(&by),

@@ -93,8 +93,8 @@ async fn a_deleted_pod_drains_through_prestop_and_is_replaced_without_failed_req
             )
         })?;
     assert_eq!(
-        direct.body.trim(),
-        victim,
+        direct.backend.as_deref(),
+        Some(victim.as_str()),
         "the terminating pod answers directly"
     );
 

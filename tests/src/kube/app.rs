@@ -13,12 +13,13 @@ use kube::api::{Api, ListParams};
 
 use super::chart;
 use super::controlplane::ControlPlane;
+use crate::client::Answer;
 
 /// The pool's host name.
 pub const HOST: &str = "web.example.com";
 
 /// `replicas` echo pods (`sluice.test/echo`, answering with their pod
-/// name) as Deployment `web` in `default`, Service `web` and BackendPool
+/// name in `x-backend`) as Deployment `web` in `default`, Service `web` and BackendPool
 /// `web` for [`HOST`] over it. A deleted pod keeps serving for 10 s in its
 /// preStop hook (while the endpointslice controller marks it terminating),
 /// then stops on SIGTERM.
@@ -141,8 +142,12 @@ pub async fn answering(
             break;
         }
         match http.get(addr, HOST, "/").await {
-            Ok(a) if a.status == 200 => {
-                seen.insert(a.body.trim().to_string());
+            Ok(Answer {
+                status: 200,
+                backend: Some(pod),
+                ..
+            }) => {
+                seen.insert(pod);
             }
             Ok(a) if other.len() < 5 => other.push(a.status.to_string()),
             Err(e) if other.len() < 5 => other.push(e.to_string()),

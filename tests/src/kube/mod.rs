@@ -8,6 +8,7 @@
 pub mod app;
 pub mod chart;
 pub mod controlplane;
+pub mod gateway;
 pub mod host;
 pub mod node;
 pub mod pki;
