@@ -73,6 +73,12 @@ CONTROLLER_RULES = [
     # TLS certificates of pools; the controller lists type kubernetes.io/tls only.
     (("",), ("secrets",), ("get", "list", "watch")),
     (("discovery.k8s.io",), ("endpointslices",), ("get", "list", "watch")),
+    # Gateway API, and Namespaces for allowedRoutes label selectors.
+    (("gateway.networking.k8s.io",), ("gatewayclasses", "gateways", "httproutes", "referencegrants"),
+     ("get", "list", "watch")),
+    (("gateway.networking.k8s.io",), ("gatewayclasses/status", "gateways/status", "httproutes/status"),
+     ("get", "patch", "update")),
+    (("",), ("namespaces",), ("get", "list", "watch")),
     # ScalingTrigger targets, any kind with /scale (as HPA): never their spec.
     (("*",), ("*/scale",), ("get", "patch")),
     (("events.k8s.io",), ("events",), ("create", "patch")),
