@@ -1,4 +1,5 @@
-//! Sluice's custom resources: [`BackendPool`] and [`ScalingTrigger`].
+//! Sluice's custom resources: [`BackendPool`] and [`ScalingTrigger`]; and
+//! the Gateway API types the controller reads ([`gateway`]).
 //!
 //! The Rust types are the source of truth; `crds/*.yaml` (and the Helm chart's
 //! copy) are generated from them by [`crd_yaml`], and a test fails when the
@@ -7,6 +8,7 @@
 //! controller ever sees it.
 
 mod backend_pool;
+pub mod gateway;
 pub mod policy;
 mod scaling_trigger;
 
