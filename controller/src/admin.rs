@@ -24,6 +24,9 @@ pub struct Synced {
     pub secrets: AtomicBool,
     /// ScalingTriggers listed (they decide which routes hold requests).
     pub triggers: AtomicBool,
+    /// A Gateway API kind listed. Not a readiness condition: Gateway API
+    /// is optional and its CRDs may never be installed.
+    pub gateway: AtomicBool,
 }
 
 impl Synced {

@@ -81,6 +81,23 @@ pub struct Cli {
     /// Name of the Lease, the same for every replica.
     #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
     pub lease_name: String,
+    /// Gateway API: the port of the dataplane Service that serves plain
+    /// HTTP. A Gateway listener of protocol HTTP must use this port (one
+    /// dataplane fleet serves every Gateway of the `sluice` class); any
+    /// other port is refused with `PortUnavailable`.
+    #[arg(long, env = "SLUICE_GATEWAY_HTTP_PORT", default_value_t = 80)]
+    pub gateway_http_port: u16,
+    /// Gateway API: the port of the dataplane Service that serves HTTPS
+    /// (TLS terminated by the dataplanes, certificate chosen by SNI). A
+    /// listener of protocol HTTPS must use this port.
+    #[arg(long, env = "SLUICE_GATEWAY_HTTPS_PORT", default_value_t = 443)]
+    pub gateway_https_port: u16,
+    /// Gateway API: the dataplane Service, as `namespace/name`. Its
+    /// LoadBalancer ingress IPs and hostnames (else its clusterIP) are
+    /// each Gateway's `status.addresses`. Without it Gateways get no
+    /// addresses.
+    #[arg(long, env = "SLUICE_DATAPLANE_SERVICE", value_name = "NAMESPACE/NAME", value_parser = parse_namespaced)]
+    pub dataplane_service: Option<(String, String)>,
 }
 
 /// Subcommands.
@@ -109,4 +126,14 @@ fn parse_positive(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: must be longer than zero"));
     }
     Ok(d)
+}
+
+/// `namespace/name`, both non-empty.
+fn parse_namespaced(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected namespace/name")),
+    }
 }

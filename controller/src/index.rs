@@ -15,8 +15,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use sluice_crds::{BackendPool, EndpointCounts, ScalingTrigger};
 use sluice_protocol::route::PathPrefix;
-use sluice_protocol::{Activation, PoolRoute};
+use sluice_protocol::{Activation, HttpRoute, PoolRoute};
 
+use crate::gateway::watch::GatewayChange;
+use crate::gateway::{self, Config, Output, Pools, World};
 use crate::pool_versions::PoolVersions;
 use crate::route::{self, InvalidSpec, Lookup, SERVICE_NAME_LABEL, TLS_REASONS, Unresolved};
 
@@ -101,6 +103,8 @@ pub enum Change {
     TriggerDeleted(Key),
     /// A watcher relisted: these are now all the ScalingTriggers.
     AllTriggers(Vec<ScalingTrigger>),
+    /// A Gateway API object (or a Namespace) changed.
+    Gateway(Box<GatewayChange>),
 }
 
 /// The route changes of one batch.
@@ -112,6 +116,10 @@ pub struct Batch {
     pub removes: Vec<String>,
     /// Pools whose status may have changed (dirty pools still present).
     pub touched: Vec<Key>,
+    /// HTTPRoutes' routes to add or replace.
+    pub route_upserts: Vec<HttpRoute>,
+    /// Route names to remove.
+    pub route_removes: Vec<String>,
 }
 
 /// The index itself.
@@ -136,6 +144,14 @@ pub struct Index {
     claims_of: BTreeMap<Key, (Seniority, Vec<Claim>)>,
     /// ScalingTriggers, for the autoscaler and for `activation`.
     triggers: BTreeMap<Key, Arc<ScalingTrigger>>,
+    /// Gateway API objects.
+    gateway: World,
+    /// The flags that shape the Gateway translation.
+    gateway_config: Config,
+    /// The last Gateway translation.
+    gateway_out: Output,
+    /// Whether the Gateway translation must run again.
+    gateway_dirty: bool,
 }
 
 /// `(host, path prefix)`; a pool without hosts claims `*`.
@@ -165,10 +181,30 @@ impl Lookup for Index {
     }
 }
 
+impl Pools for Index {
+    fn pool_exists(&self, key: &Key) -> bool {
+        self.pools.contains_key(key)
+    }
+}
+
 impl Index {
     /// An empty index.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty index translating Gateways with `config`.
+    pub fn with_gateway_config(config: Config) -> Self {
+        Self {
+            gateway_config: config,
+            ..Self::default()
+        }
+    }
+
+    /// The Gateway API objects and their last translation, for the
+    /// status writer.
+    pub fn gateway(&self) -> (&World, &Output) {
+        (&self.gateway, &self.gateway_out)
     }
 
     /// State of every pool, for the status writer.
@@ -226,7 +262,11 @@ impl Index {
 
     /// Records a change and marks the pools it affects.
     pub fn apply(&mut self, change: Change) {
+        // Services, slices, Secrets and pools feed the Gateway translation
+        // too; it runs only while there are Gateway API objects.
+        self.gateway_dirty |= matches!(change, Change::Gateway(_)) || !self.gateway.is_empty();
         match change {
+            Change::Gateway(change) => self.gateway.apply(*change),
             Change::Pool(pool) => self.upsert_pool(*pool),
             Change::PoolDeleted(key) => self.delete_pool(key),
             Change::Service(svc) => {
@@ -461,7 +501,46 @@ impl Index {
 
     /// Whether changes are waiting for [`Index::recompute`].
     pub fn has_pending(&self) -> bool {
-        !self.dirty.is_empty() || !self.deleted.is_empty()
+        !self.dirty.is_empty() || !self.deleted.is_empty() || self.gateway_dirty
+    }
+
+    /// Runs the Gateway translation; returns its table changes and marks
+    /// the BackendPools whose backend-only state may have changed.
+    fn recompute_gateway(&mut self, batch: &mut Batch) {
+        if !std::mem::take(&mut self.gateway_dirty) {
+            return;
+        }
+        let out = gateway::translate(&self.gateway, &self.gateway_config, self, self);
+        let old = std::mem::replace(&mut self.gateway_out, out);
+        let new = &self.gateway_out;
+        batch.route_removes.extend(
+            old.http_routes
+                .iter()
+                .filter(|r| !new.http_routes.iter().any(|n| n.name == r.name))
+                .map(|r| r.name.clone()),
+        );
+        batch.route_upserts.extend(
+            new.http_routes
+                .iter()
+                .filter(|r| !old.http_routes.contains(r))
+                .cloned(),
+        );
+        batch.removes.extend(
+            old.pools
+                .iter()
+                .filter(|p| !new.pools.iter().any(|n| n.name == p.name))
+                .map(|p| p.name.clone()),
+        );
+        batch
+            .upserts
+            .extend(new.pools.iter().filter(|p| !old.pools.contains(p)).cloned());
+        let flipped: Vec<Key> = old
+            .named_pools
+            .symmetric_difference(&new.named_pools)
+            .filter(|k| self.pools.contains_key(*k))
+            .cloned()
+            .collect();
+        self.dirty.extend(flipped);
     }
 
     /// Rebuilds the routes of dirty pools; returns the batch for the store.
@@ -475,6 +554,7 @@ impl Index {
             ..Default::default()
         };
         self.deleted.clear();
+        self.recompute_gateway(&mut batch);
         let dirty = std::mem::take(&mut self.dirty);
         for key in dirty {
             let Some(state) = self.pools.get(&key) else {
@@ -500,7 +580,11 @@ impl Index {
                     .or_default()
                     .insert(key.clone());
             }
-            let conflict = self.conflict(&key);
+            // A pool without hosts that routes name is only their backend:
+            // it must not catch every host.
+            let backend_only =
+                pool.spec.hosts.is_empty() && self.gateway_out.named_pools.contains(&key);
+            let conflict = self.conflict(&key).filter(|_| !backend_only);
             let activation = self.activation(&key);
             let outcome = route::compute(&key.0, &key.1, &pool.spec, self);
             let Some(state) = self.pools.get_mut(&key) else {
@@ -531,6 +615,10 @@ impl Index {
                         resolved.route.tls = state.route.as_ref().and_then(|r| r.tls.clone());
                     }
                     resolved.route.activation = activation;
+                    if backend_only {
+                        resolved.route.backend_only = true;
+                        resolved.route.path_prefix = PathPrefix::default();
+                    }
                     state.invalid = None;
                     state.unresolved = resolved.unresolved;
                     state.endpoints = resolved.endpoints;
@@ -822,6 +910,87 @@ mod tests {
             "ns", "other", CRT, KEY,
         ))));
         assert!(!ix.has_pending());
+    }
+
+    #[test]
+    fn a_hostless_pool_named_by_an_http_route_is_published_backend_only() {
+        use crate::gateway::watch::GatewayChange;
+        let mut ix = Index::new();
+        let mut p = pool(
+            "ns",
+            "checkout",
+            serde_json::json!([{"address": "192.0.2.1:80"}]),
+        );
+        p.spec.hosts.clear();
+        p.spec.path_prefix = "/shop".into();
+        ix.apply(Change::Pool(Box::new(p)));
+        let batch = ix.recompute();
+        assert!(
+            !batch.upserts[0].backend_only,
+            "alone, a pool without hosts catches every host"
+        );
+
+        let class = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "sluice"}, "spec": {"controllerName": crate::gateway::CONTROLLER_NAME},
+        }))
+        .expect("class");
+        let gateway = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "ns"},
+            "spec": {"gatewayClassName": "sluice", "listeners": [{"name": "web", "protocol": "HTTP", "port": 80}]},
+        }))
+        .expect("gateway");
+        let route = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [
+                {"backendRefs": [{"group": "sluice.io", "kind": "BackendPool", "name": "checkout"}]}]},
+        }))
+        .expect("route");
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Class(Box::new(
+            class,
+        )))));
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Gateway(Box::new(
+            gateway,
+        )))));
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Route(Box::new(
+            route,
+        )))));
+        let batch = ix.recompute();
+        assert_eq!(batch.route_upserts.len(), 1);
+        assert_eq!(
+            batch.route_upserts[0].rules[0].backends[0].pool,
+            "ns/checkout"
+        );
+        let pool = batch
+            .upserts
+            .iter()
+            .find(|p| p.name == "ns/checkout")
+            .expect("pool republished");
+        assert!(pool.backend_only);
+        assert_eq!(
+            pool.path_prefix.as_str(),
+            "/",
+            "its own prefix is not a route any more"
+        );
+        assert!(sluice_protocol::route::validate_pools(std::slice::from_ref(pool)).is_ok());
+
+        ix.apply(Change::Gateway(Box::new(GatewayChange::RouteDeleted((
+            "ns".into(),
+            "r".into(),
+        )))));
+        let batch = ix.recompute();
+        assert_eq!(batch.route_removes, ["ns/r"]);
+        let pool = batch
+            .upserts
+            .iter()
+            .find(|p| p.name == "ns/checkout")
+            .expect("pool republished");
+        assert!(
+            !pool.backend_only,
+            "no route names it: it is its own route again"
+        );
     }
 
     fn trigger(ns: &str, name: &str, pool: &str, min: i32) -> ScalingTrigger {

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod autoscale;
 pub mod cli;
 pub mod dataplanes;
+pub mod gateway;
 pub mod index;
 pub mod leader;
 pub mod metrics;
@@ -104,6 +105,8 @@ pub struct Options {
     pub takeover_settle: Duration,
     /// Time between two autoscaler passes (held requests also wake it).
     pub scale_interval: Duration,
+    /// Gateway API: the fleet's ports and Service.
+    pub gateway: gateway::Config,
 }
 
 impl Default for Options {
@@ -122,6 +125,7 @@ impl Default for Options {
             lease: None,
             takeover_settle: Duration::from_secs(5),
             scale_interval: Duration::from_secs(1),
+            gateway: gateway::Config::default(),
         }
     }
 }
@@ -219,10 +223,11 @@ impl Controller {
         let first = clock_micros();
         let store = Arc::new(RouteStore::new(first));
         let dataplanes = Arc::new(Dataplanes::default());
-        let index = Arc::new(Mutex::new(Index::new()));
+        let index = Arc::new(Mutex::new(Index::with_gateway_config(opts.gateway.clone())));
         let metrics = Arc::new(Metrics::new());
         let synced = Arc::new(Synced::default());
         let wake = Arc::new(Notify::new());
+        let gateway_wake = Arc::new(Notify::new());
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -288,6 +293,11 @@ impl Controller {
             Arc::clone(&synced),
             |s| &s.triggers,
         ));
+        tasks.spawn(gateway::watch::run(
+            client.clone(),
+            tx.clone(),
+            Arc::clone(&synced),
+        ));
         tasks.spawn(watch_kind::<EndpointSlice>(
             Api::all(client.clone()),
             "EndpointSlice",
@@ -304,7 +314,7 @@ impl Controller {
             Arc::clone(&index),
             Arc::clone(&store),
             Arc::clone(&metrics),
-            Arc::clone(&wake),
+            [Arc::clone(&wake), Arc::clone(&gateway_wake)],
             opts.coalesce,
         ));
 
@@ -323,6 +333,18 @@ impl Controller {
         };
         tasks.spawn(scaler.run(stop_rx.clone()));
 
+        tasks.spawn(
+            gateway::status::GatewayStatusWriter {
+                client: client.clone(),
+                index: Arc::clone(&index),
+                dataplanes: Arc::clone(&dataplanes),
+                recorder: recorder.clone(),
+                wake: gateway_wake,
+                interval: opts.status_interval,
+                leader: leader.clone(),
+            }
+            .run(stop_rx.clone()),
+        );
         let writer = StatusWriter {
             client: client.clone(),
             index,
@@ -471,7 +493,7 @@ impl Controller {
 
 /// Forwards one kind's watch events to the index as [`Change`]s.
 #[allow(clippy::too_many_arguments)]
-async fn watch_kind<K>(
+pub(crate) async fn watch_kind<K>(
     api: Api<K>,
     kind: &'static str,
     config: watcher::Config,
@@ -543,7 +565,7 @@ async fn run_index(
     index: Arc<Mutex<Index>>,
     store: Arc<RouteStore>,
     metrics: Arc<Metrics>,
-    wake: Arc<Notify>,
+    wake: [Arc<Notify>; 2],
     coalesce: Duration,
 ) {
     while let Some((kind, change)) = rx.recv().await {
@@ -576,7 +598,12 @@ async fn run_index(
         {
             let mut ix = index.lock().unwrap_or_else(|p| p.into_inner());
             let batch = ix.recompute();
-            let version = store.publish(batch.upserts, batch.removes);
+            let version = store.publish_with_routes(
+                batch.upserts,
+                batch.removes,
+                batch.route_upserts,
+                batch.route_removes,
+            );
             ix.set_route_versions(
                 &batch.touched,
                 |name| store.pool_version(name),
@@ -593,6 +620,6 @@ async fn run_index(
                 })
                 .observe(elapsed);
         }
-        wake.notify_one();
+        wake.iter().for_each(|w| w.notify_one());
     }
 }

@@ -65,6 +65,11 @@ async fn main() -> anyhow::Result<()> {
             .tls_cert
             .zip(cli.tls_key)
             .map(|(cert, key)| TlsFiles { cert, key }),
+        gateway: sluice_controller::gateway::Config {
+            http_port: cli.gateway_http_port,
+            https_port: cli.gateway_https_port,
+            dataplane_service: cli.dataplane_service,
+        },
         ..Options::default()
     };
     let controller = Controller::start(client, opts).await?;

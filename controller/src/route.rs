@@ -159,15 +159,32 @@ pub fn compute(
 /// The certificate and key of a `kubernetes.io/tls` Secret, checked: both
 /// keys present, PEM that parses into at least one certificate and a key.
 fn resolve_tls(namespace: &str, name: &str, lookup: &impl Lookup) -> Result<Tls, Unresolved> {
+    let (certificate, private_key) = certificate_of(namespace, name, "spec.tls", lookup)?;
+    Ok(Tls {
+        certificate: Some(certificate),
+        private_key: Some(private_key),
+        ..Tls::default()
+    })
+}
+
+/// The PEM chain and key of the `kubernetes.io/tls` Secret
+/// `namespace/name`, checked as the dataplane's rustls will; `field` names
+/// the reference in messages. Shared by pools and Gateway listeners.
+pub fn certificate_of(
+    namespace: &str,
+    name: &str,
+    field: &str,
+    lookup: &impl Lookup,
+) -> Result<(String, String), Unresolved> {
     let secret = lookup.secret(namespace, name).ok_or_else(|| Unresolved {
         reason: "SecretNotFound",
         message: format!(
-            "spec.tls: Secret {namespace}/{name} not found (or not of type kubernetes.io/tls)"
+            "{field}: Secret {namespace}/{name} not found (or not of type kubernetes.io/tls)"
         ),
     })?;
     let invalid = |why: String| Unresolved {
         reason: "InvalidSecret",
-        message: format!("spec.tls: Secret {namespace}/{name}: {why}"),
+        message: format!("{field}: Secret {namespace}/{name}: {why}"),
     };
     let field = |key: &str| -> Result<String, Unresolved> {
         let bytes = secret
@@ -194,11 +211,7 @@ fn resolve_tls(namespace: &str, name: &str, lookup: &impl Lookup) -> Result<Tls,
     rustls::sign::CertifiedKey::new(certs, signer)
         .keys_match()
         .map_err(|e| invalid(format!("tls.key does not match tls.crt: {e}")))?;
-    Ok(Tls {
-        certificate: Some(certificate),
-        private_key: Some(private_key),
-        ..Tls::default()
-    })
+    Ok((certificate, private_key))
 }
 
 /// Carries one policy of the spec into the route. The CRD and the protocol

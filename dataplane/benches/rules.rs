@@ -179,7 +179,7 @@ fn select(table: &Table, c: &Case) -> bool {
         method: &c.method,
         headers: &c.headers,
     };
-    table.select(c.host, &view).is_some()
+    table.select(c.host, &view, false).is_some()
 }
 
 fn main() {

@@ -55,7 +55,15 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
                 "rejected": state.rejected(),
             });
             if !routes.routes.is_empty() {
-                let list: Vec<_> = routes.routes.values().collect();
+                let list: Vec<_> = routes
+                    .routes
+                    .values()
+                    .map(|r| {
+                        let mut r = r.clone();
+                        r.tls = r.tls.as_ref().map(|t| t.redacted());
+                        r
+                    })
+                    .collect();
                 body["routes"] = serde_json::json!(list);
             }
             reply(StatusCode::OK, "application/json", format!("{body:#}\n"))

@@ -274,7 +274,7 @@ impl Proxy {
         };
         let from = Origin { peer, site, trace };
         let mut original_host = original_host;
-        let (pool, rule) = match table.select(&host, &view) {
+        let (pool, rule) = match table.select(&host, &view, site.is_some()) {
             Some(Matched {
                 target: Target::Pool(i),
                 ..

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
-use sluice_protocol::RouteTable;
 use sluice_protocol::route::Host;
+use sluice_protocol::{HttpRoute, Listener, RouteTable};
 
 use self::rewrite::{HeaderOps, PathChange, RedirectTo};
 
@@ -242,9 +242,14 @@ pub struct Rules {
 
 impl Rules {
     /// Compiles the routes of `table`: each pool's own (unless it is
-    /// `backendOnly`) and every `HttpRoute`. `pool_index` resolves a pool
-    /// name to its index in the compiled table.
-    pub fn build(table: &RouteTable, pool_index: impl Fn(&str) -> Option<usize>) -> Self {
+    /// `backendOnly`) and every `HttpRoute` served on `listener` (every
+    /// one when `None`). `pool_index` resolves a pool name to its index in
+    /// the compiled table.
+    pub fn build(
+        table: &RouteTable,
+        listener: Option<Listener>,
+        pool_index: impl Fn(&str) -> Option<usize>,
+    ) -> Self {
         let mut staged: Vec<(Key, &[Host], Entry)> = Vec::new();
         for pool in table.pools.values().filter(|p| !p.backend_only) {
             let Some(i) = pool_index(&pool.name) else {
@@ -269,7 +274,8 @@ impl Rules {
             };
             staged.push((key, &pool.hosts, entry));
         }
-        for route in table.routes.values() {
+        let served = |r: &&HttpRoute| listener.is_none_or(|l| r.serves(l));
+        for route in table.routes.values().filter(served) {
             compile::stage_route(route, &pool_index, &mut staged);
         }
         staged.sort_by(|a, b| a.0.cmp(&b.0));

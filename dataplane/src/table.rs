@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sluice_protocol::{PoolRoute, RouteTable};
+use sluice_protocol::{Listener, PoolRoute, RouteTable};
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
@@ -248,7 +248,12 @@ pub struct Table {
     pub version: u64,
     pools: Vec<Arc<Pool>>,
     by_name: HashMap<String, usize>,
+    /// Rules of the plain HTTP listener (of both, when no route is
+    /// limited to one listener).
     rules: Rules,
+    /// Rules of the HTTPS listener, when they differ: a second set
+    /// compiled with the table, so choosing it costs a request nothing.
+    tls_rules: Option<Rules>,
 }
 
 impl Table {
@@ -275,14 +280,23 @@ impl Table {
             table.pools.push(pool);
             table.by_name.insert(route.name.clone(), i);
         }
-        table.rules = Rules::build(routes, |name| table.by_name.get(name).copied());
+        let index = |name: &str| table.by_name.get(name).copied();
+        if routes.routes.values().any(|r| !r.listeners.is_empty()) {
+            table.rules = Rules::build(routes, Some(Listener::Http), index);
+            table.tls_rules = Some(Rules::build(routes, Some(Listener::Https), index));
+        } else {
+            table.rules = Rules::build(routes, None, index);
+        }
         table
     }
 
     /// The first rule for `host` (as [`normalize_host`] returns it) that
-    /// holds for `req`.
-    pub fn select(&self, host: &str, req: &RequestView<'_>) -> Option<Matched<'_>> {
-        self.rules.find(host, req)
+    /// holds for `req` on the HTTPS listener (`tls`) or the plain one.
+    pub fn select(&self, host: &str, req: &RequestView<'_>, tls: bool) -> Option<Matched<'_>> {
+        match (&self.tls_rules, tls) {
+            (Some(rules), true) => rules.find(host, req),
+            _ => self.rules.find(host, req),
+        }
     }
 
     /// The pool at `index` (a [`Target::Pool`], a rule's backend).
@@ -301,7 +315,7 @@ impl Table {
             method: &http::Method::GET,
             headers: &headers,
         };
-        match self.select(host, &view)?.target {
+        match self.select(host, &view, false)?.target {
             Target::Pool(i) => self.pool_at(*i),
             Target::Rule(action) => action
                 .backends

@@ -42,6 +42,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use sluice_protocol::policy::Tls;
+use sluice_protocol::route::Host;
 use sluice_protocol::{PoolRoute, RouteTable};
 
 use crate::table::normalize_host;
@@ -141,11 +142,12 @@ impl Sites {
     pub fn update(&self, routes: &RouteTable) {
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-        failed.retain(|pool, _| routes.pools.values().any(|r| r.name == *pool));
+        let sites = with_route_certificates(routes);
+        failed.retain(|pool, _| sites.iter().any(|r| r.name == *pool));
         let mut next: HashMap<String, Built> = HashMap::new();
         let mut map = SniMap::default();
         let (mut catch_all, mut only) = (None, None);
-        for route in routes.pools.values() {
+        for route in sites.iter() {
             let Some(tls) = &route.tls else { continue };
             let previous = built.remove(&route.name);
             // `Ok(None)`: the previous site is still right.
@@ -222,6 +224,33 @@ impl Sites {
         let map = self.map.load();
         map.exact.is_empty() && map.wildcard.is_empty() && map.fallback.is_none()
     }
+}
+
+/// The pools with `tls`, then each `HttpRoute` with `tls` in the shape of
+/// a pool serving its hosts (`*` when it has none), named
+/// `route:<name>` so the two cannot collide. Routes carry a Gateway
+/// listener's certificate; they share the pools' SNI map and its rules.
+fn with_route_certificates(routes: &RouteTable) -> Vec<std::borrow::Cow<'_, PoolRoute>> {
+    use std::borrow::Cow;
+    let pools = routes
+        .pools
+        .values()
+        .filter(|p| p.tls.is_some())
+        .map(Cow::Borrowed);
+    let from_routes = routes.routes.values().filter(|r| r.tls.is_some()).map(|r| {
+        let hosts = if r.hosts.is_empty() {
+            Host::try_from("*".to_string()).into_iter().collect()
+        } else {
+            r.hosts.clone()
+        };
+        Cow::Owned(PoolRoute {
+            name: format!("route:{}", r.name),
+            hosts,
+            tls: r.tls.clone(),
+            ..PoolRoute::default()
+        })
+    });
+    pools.chain(from_routes).collect()
 }
 
 /// Checks that every pool's TLS settings can be used, naming the first

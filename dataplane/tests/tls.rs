@@ -516,3 +516,45 @@ async fn a_stalled_request_head_over_tls_gets_408() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+/// A Gateway's HTTPS route brings its listener's certificate, and a route
+/// limited to one listener is not served on the other: the HTTP side of
+/// the host redirects, the HTTPS side proxies.
+#[tokio::test]
+async fn a_route_s_certificate_is_served_and_each_route_keeps_to_its_listener() {
+    let web = Backend::start("web").await;
+    let ca = Ca::new();
+    let leaf = ca.issue(&["secure.example.com"]);
+    let yaml = format!(
+        "pools:\n  - {{name: web, backendOnly: true, endpoints: [{{address: {}}}]}}\nroutes:\n  - name: shop/secure\n    hosts: [secure.example.com]\n    listeners: [https]\n    tls: {{certificate: {}, privateKey: {}}}\n    rules: [{{backends: [{{pool: web}}]}}]\n  - name: shop/redirect\n    hosts: [secure.example.com]\n    listeners: [http]\n    rules: [{{filters: [{{type: RequestRedirect, requestRedirect: {{scheme: https, statusCode: 301}}}}]}}]\n",
+        web.addr,
+        q(&leaf.cert),
+        q(&leaf.key)
+    );
+    let file = sluice_protocol::RouteFile::from_yaml(&yaml).expect("valid yaml");
+    let routes = sluice_protocol::RouteTable::from_parts(1, file.pools, file.routes);
+    let dp = start_https(Source::Static(routes)).await;
+
+    let stream = connect(https_addr(&dp), "secure.example.com", &ca, &[], None)
+        .await
+        .expect("handshake with the route's certificate");
+    assert!(peer_cert(&stream) == leaf.der, "the route's certificate");
+    let mut h1 = H1::over(stream).await;
+    let (status, backend, _) = h1.get("secure.example.com", "/x").await.expect("answer");
+    assert_eq!(
+        (status, backend.as_str()),
+        (StatusCode::OK, "web"),
+        "HTTPS proxies"
+    );
+
+    let got = proxy_get(&client(), &dp, "secure.example.com", "/x").await;
+    assert_eq!(
+        got.status,
+        StatusCode::MOVED_PERMANENTLY,
+        "plain HTTP redirects"
+    );
+    assert_eq!(
+        got.headers.get("location").and_then(|v| v.to_str().ok()),
+        Some("https://secure.example.com/x")
+    );
+}

@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
+use crate::policy::Tls;
 use crate::route::{Host, RouteError};
 
 mod filter;
@@ -50,6 +51,35 @@ pub struct HttpRoute {
     pub order: u64,
     /// The rules; at least one.
     pub rules: Vec<Rule>,
+    /// The dataplane listeners that serve the route; empty means both
+    /// (so routes written before the field existed keep working). A
+    /// Gateway's HTTP-only route, such as a redirect to HTTPS, is not
+    /// served on the HTTPS listener, and the other way round.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Listener>,
+    /// The certificate (and key) the HTTPS listener serves for `hosts`
+    /// (any name when `hosts` is empty), chosen by SNI like a pool's.
+    /// Certificate and key only: a client CA belongs to a pool, whose
+    /// requests are then checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+/// A dataplane listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Listener {
+    /// Plain HTTP.
+    Http,
+    /// TLS-terminated HTTPS.
+    Https,
+}
+
+impl HttpRoute {
+    /// Whether the route is served on `listener`.
+    pub fn serves(&self, listener: Listener) -> bool {
+        self.listeners.is_empty() || self.listeners.contains(&listener)
+    }
 }
 
 /// Matches, what to do with a request that meets one, and where it goes.
@@ -363,6 +393,25 @@ pub fn validate_routes(routes: &[HttpRoute]) -> Result<(), RouteError> {
                 rule: 0,
                 message: "a route needs at least one rule".into(),
             });
+        }
+        if let Some(tls) = &route.tls {
+            let fail = |message: String| RouteError::Rule {
+                route: route.name.clone(),
+                rule: 0,
+                message,
+            };
+            if !route.serves(Listener::Https) {
+                return Err(fail(
+                    "tls: the route is not served on the https listener".into(),
+                ));
+            }
+            if tls.client_ca.is_some() || tls.client_ca_file.is_some() {
+                return Err(fail(
+                    "tls: a route takes a certificate and key only; client CAs belong to pools"
+                        .into(),
+                ));
+            }
+            tls.check().map_err(fail)?;
         }
         for (i, rule) in route.rules.iter().enumerate() {
             check_rule(rule).map_err(|message| RouteError::Rule {

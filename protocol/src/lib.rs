@@ -16,7 +16,7 @@ pub mod sse;
 pub mod table;
 
 pub use duration::Duration;
-pub use http_route::{Backend, Filter, HttpRoute, PathMatch, RouteMatch, Rule};
+pub use http_route::{Backend, Filter, HttpRoute, Listener, PathMatch, RouteMatch, Rule};
 pub use policy::{
     Activation, Algorithm, CircuitBreaker, HashKey, HealthCheck, OutlierDetection, Percent,
     RateLimit, RateLimitAlgorithm, RateLimitKey, Retries, RetryOn, SessionAffinity, Timeouts, Tls,

@@ -63,7 +63,10 @@ fn round_trip<T: Serialize + DeserializeOwned>(file: &str, version: &str, kind: 
     let typed: T = serde_json::from_value(obj.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"));
     let back = serde_json::to_value(&typed).expect("serializes");
     for part in ["spec", "status"] {
-        assert_eq!(back[part], obj[part], "{kind}.{part} lost or changed a field");
+        assert_eq!(
+            back[part], obj[part],
+            "{kind}.{part} lost or changed a field"
+        );
     }
     assert!(!obj["spec"].as_object().expect("spec").is_empty());
 }

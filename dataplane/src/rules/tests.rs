@@ -37,7 +37,7 @@ fn pick(t: &Table, method: Method, host: &str, target: &str, headers: &[(&str, &
         method: &method,
         headers: &map,
     };
-    match t.select(host, &view).map(|m| m.target) {
+    match t.select(host, &view, false).map(|m| m.target) {
         None => "-".into(),
         Some(Target::Pool(i)) => t.pool_at(*i).expect("pool").route.name.clone(),
         Some(Target::Rule(a)) => a.name.clone(),
@@ -205,7 +205,8 @@ fn a_rule_that_only_forwards_compiles_to_its_pool_and_weights_split() {
             headers,
         }
     };
-    let Some(Target::Rule(split)) = t.select("any", &view_of("/split")).map(|m| m.target) else {
+    let Some(Target::Rule(split)) = t.select("any", &view_of("/split"), false).map(|m| m.target)
+    else {
         panic!("a weighted rule");
     };
     let mut counts = [0u32; 3];
@@ -218,7 +219,9 @@ fn a_rule_that_only_forwards_compiles_to_its_pool_and_weights_split() {
     }
     assert_eq!(counts[2], 0, "weight 0 gets nothing");
     assert!((2700..3300).contains(&counts[0]), "{counts:?}");
-    let Some(Target::Rule(missing)) = t.select("any", &view_of("/missing")).map(|m| m.target)
+    let Some(Target::Rule(missing)) = t
+        .select("any", &view_of("/missing"), false)
+        .map(|m| m.target)
     else {
         panic!("a rule whose pool is missing is kept, to answer 500");
     };

@@ -1,0 +1,407 @@
+//! Writes GatewayClass, Gateway and HTTPRoute status, only when it
+//! differs from what the API server holds, and an Event for every
+//! condition that turns False.
+//!
+//! GatewayClass and Gateway status belong to this controller alone
+//! (server-side apply). An HTTPRoute's `status.parents` is shared with the
+//! controllers of its other parents: the writer keeps their entries as
+//! they are, replaces only those whose `controllerName` is ours, and
+//! writes with the object's `resourceVersion`, so a concurrent write by
+//! another controller makes ours fail and be redone on the next pass.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use sluice_crds::gateway::gatewayclasses::GatewayClass;
+use sluice_crds::gateway::gateways::Gateway;
+use sluice_crds::gateway::httproutes::HttpRoute as HTTPRoute;
+use tokio::sync::{Notify, watch};
+
+use super::{CONTROLLER_NAME, GatewayState, ParentState, SUPPORTED_FEATURES, Verdict};
+use crate::api_errors::Causes;
+use crate::dataplanes::Dataplanes;
+use crate::index::Index;
+use crate::recorder::{Event, EventType, Recorder};
+use crate::status::{FIELD_MANAGER, condition};
+
+/// Conditions with their times: kept from `previous` when the status did
+/// not change.
+pub fn conditions(
+    previous: &[Condition],
+    verdicts: &[Verdict],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    verdicts
+        .iter()
+        .map(|v| {
+            condition(
+                previous,
+                v.type_,
+                v.ok,
+                v.reason,
+                v.message.clone(),
+                generation,
+                now,
+            )
+        })
+        .collect()
+}
+
+/// The status a GatewayClass of ours should have.
+pub fn class_status(class: &GatewayClass, verdicts: &[Verdict], now: Timestamp) -> Value {
+    let previous = current_conditions(class.status.as_ref());
+    let generation = class.metadata.generation;
+    json!({
+        "conditions": conditions(&previous, verdicts, generation, now),
+        "supportedFeatures": SUPPORTED_FEATURES.iter().map(|f| json!({"name": f})).collect::<Vec<_>>(),
+    })
+}
+
+/// The status a Gateway of ours should have; `dataplanes` is how many are
+/// connected (none: not `Programmed`).
+pub fn gateway_status(
+    gw: &Gateway,
+    state: &GatewayState,
+    dataplanes: usize,
+    now: Timestamp,
+) -> Value {
+    let current = serde_json::to_value(&gw.status).unwrap_or(Value::Null);
+    let generation = gw.metadata.generation;
+    let previous = current_conditions(gw.status.as_ref());
+    let mut verdicts = state.conditions.clone();
+    let accepted = verdicts.first().is_some_and(|v| v.ok);
+    verdicts.push(match (accepted, dataplanes) {
+        (false, _) => Verdict::new(
+            "Programmed",
+            false,
+            "Invalid",
+            "the Gateway is not accepted",
+        ),
+        (true, 0) => Verdict::new("Programmed", false, "Pending", "no dataplane is connected"),
+        (true, n) => Verdict::new(
+            "Programmed",
+            true,
+            "Programmed",
+            format!("{n} dataplanes serve the Gateway"),
+        ),
+    });
+    let listeners: Vec<Value> = state
+        .listeners
+        .iter()
+        .map(|l| {
+            let before: Vec<Condition> = current
+                .get("listeners")
+                .and_then(Value::as_array)
+                .and_then(|ls| ls.iter().find(|x| x.get("name").and_then(Value::as_str) == Some(&l.name)))
+                .and_then(|x| x.get("conditions").cloned())
+                .and_then(|c| serde_json::from_value(c).ok())
+                .unwrap_or_default();
+            let mut verdicts = l.conditions.clone();
+            if dataplanes == 0 {
+                for v in verdicts.iter_mut().filter(|v| v.type_ == "Programmed" && v.ok) {
+                    *v = Verdict::new("Programmed", false, "Pending", "no dataplane is connected");
+                }
+            }
+            json!({
+                "name": l.name,
+                "attachedRoutes": l.attached_routes,
+                "supportedKinds": l.supported_kinds.iter().map(|(g, k)| json!({"group": g, "kind": k})).collect::<Vec<_>>(),
+                "conditions": conditions(&before, &verdicts, generation, now),
+            })
+        })
+        .collect();
+    let mut status = json!({
+        "conditions": conditions(&previous, &verdicts, generation, now),
+        "listeners": listeners,
+    });
+    if !state.addresses.is_empty() {
+        status["addresses"] = state
+            .addresses
+            .iter()
+            .map(|(t, v)| json!({"type": t, "value": v}))
+            .collect();
+    }
+    status
+}
+
+/// The route's whole `status.parents`: other controllers' entries as they
+/// are, then ours.
+pub fn route_parents(route: &HTTPRoute, ours: &[ParentState], now: Timestamp) -> Vec<Value> {
+    let current: Vec<Value> = serde_json::to_value(&route.status)
+        .ok()
+        .and_then(|s| s.get("parents").cloned())
+        .and_then(|p| p.as_array().cloned())
+        .unwrap_or_default();
+    let is_ours =
+        |p: &Value| p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME);
+    let mut parents: Vec<Value> = current.iter().filter(|p| !is_ours(p)).cloned().collect();
+    for p in ours {
+        let before: Vec<Condition> = current
+            .iter()
+            .filter(|c| is_ours(c))
+            .find(|c| c.get("parentRef") == Some(&p.parent_ref))
+            .and_then(|c| c.get("conditions").cloned())
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or_default();
+        parents.push(json!({
+            "parentRef": p.parent_ref,
+            "controllerName": CONTROLLER_NAME,
+            "conditions": conditions(&before, &p.conditions, route.metadata.generation, now),
+        }));
+    }
+    parents
+}
+
+fn current_conditions<S: serde::Serialize>(status: Option<&S>) -> Vec<Condition> {
+    status
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.get("conditions").cloned())
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or_default()
+}
+
+/// Whether `desired` differs from what `current` (a typed status) holds.
+fn differs<S: serde::Serialize>(current: Option<&S>, desired: &Value) -> bool {
+    let current = current
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or(Value::Null);
+    !subset(desired, &current)
+}
+
+/// Whether every field of `want` is in `have` with the same value
+/// (arrays compared element by element).
+fn subset(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|x| subset(v, x))),
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| subset(a, b))
+        }
+        _ => want == have,
+    }
+}
+
+/// Conditions that are False in `desired` and were not (or not for the
+/// same reason) in `current`: each becomes a Warning Event.
+fn new_failures(current: &Value, desired: &Value) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    collect_failures(desired, &mut |type_, reason, message| {
+        let mut seen = false;
+        collect_failures(current, &mut |t, r, _| seen |= t == type_ && r == reason);
+        if !seen {
+            out.push((type_.to_string(), reason.to_string(), message.to_string()));
+        }
+    });
+    out
+}
+
+fn collect_failures(v: &Value, f: &mut dyn FnMut(&str, &str, &str)) {
+    match v {
+        Value::Object(o) => {
+            if let Some(cs) = o.get("conditions").and_then(Value::as_array) {
+                for c in cs {
+                    let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or_default();
+                    // Conflicted=True is the failure of that condition.
+                    let failed = if s("type") == "Conflicted" {
+                        s("status") == "True"
+                    } else {
+                        s("status") == "False"
+                    };
+                    if failed {
+                        f(s("type"), s("reason"), s("message"));
+                    }
+                }
+            }
+            o.iter()
+                .filter(|(k, _)| *k != "conditions")
+                .for_each(|(_, v)| collect_failures(v, f));
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_failures(v, f)),
+        _ => {}
+    }
+}
+
+/// What the writer needs.
+pub struct GatewayStatusWriter {
+    /// API client.
+    pub client: Client,
+    /// The index holding the Gateway API objects and the last translation.
+    pub index: Arc<Mutex<Index>>,
+    /// Connected dataplanes (for `Programmed`).
+    pub dataplanes: Arc<Dataplanes>,
+    /// Events.
+    pub recorder: Recorder,
+    /// Woken after each published batch.
+    pub wake: Arc<Notify>,
+    /// How often status is re-examined without a wake-up.
+    pub interval: Duration,
+    /// Only the leader writes.
+    pub leader: watch::Receiver<bool>,
+}
+
+/// One write to make.
+enum Work {
+    Class(Arc<GatewayClass>, Value),
+    Gateway(Arc<Gateway>, Value),
+    Route(Arc<HTTPRoute>, Value),
+}
+
+/// How long a write is trusted to show up in the watch before it is redone.
+const WRITE_SETTLE: Duration = Duration::from_secs(5);
+
+impl GatewayStatusWriter {
+    /// Runs until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut written: BTreeMap<String, (Value, Instant)> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            if !*self.leader.borrow() {
+                written.clear();
+                continue;
+            }
+            let dataplanes = self.dataplanes.present().len();
+            let now = Timestamp::now();
+            let work: Vec<(String, Work)> = {
+                let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+                let (world, out) = index.gateway();
+                let mut work = Vec::new();
+                for (name, verdicts) in &out.classes {
+                    if let Some(c) = world.classes.get(name) {
+                        let desired = class_status(c, verdicts, now);
+                        if differs(c.status.as_ref(), &desired) {
+                            work.push((
+                                format!("class/{name}"),
+                                Work::Class(Arc::new(c.clone()), desired),
+                            ));
+                        }
+                    }
+                }
+                for (key, state) in &out.gateways {
+                    if let Some(g) = world.gateways.get(key) {
+                        let desired = gateway_status(g, state, dataplanes, now);
+                        if differs(g.status.as_ref(), &desired) {
+                            work.push((
+                                format!("gateway/{}/{}", key.0, key.1),
+                                Work::Gateway(Arc::new(g.clone()), desired),
+                            ));
+                        }
+                    }
+                }
+                for (key, parents) in &out.routes {
+                    if let Some(r) = world.routes.get(key) {
+                        let desired = json!({"parents": route_parents(r, parents, now)});
+                        if differs(r.status.as_ref(), &desired) {
+                            work.push((
+                                format!("route/{}/{}", key.0, key.1),
+                                Work::Route(Arc::new(r.clone()), desired),
+                            ));
+                        }
+                    }
+                }
+                work
+            };
+            for (id, w) in work {
+                if !*self.leader.borrow() {
+                    break;
+                }
+                let desired = match &w {
+                    Work::Class(_, d) | Work::Gateway(_, d) | Work::Route(_, d) => d.clone(),
+                };
+                if written
+                    .get(&id)
+                    .is_some_and(|(d, at)| *d == desired && at.elapsed() < WRITE_SETTLE)
+                {
+                    continue;
+                }
+                if self.write(&w).await {
+                    written.insert(id, (desired, Instant::now()));
+                }
+            }
+        }
+    }
+
+    async fn write(&self, work: &Work) -> bool {
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        let (result, reference, current, desired) = match work {
+            Work::Class(c, desired) => {
+                let api: Api<GatewayClass> = Api::all(self.client.clone());
+                let patch = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "status": desired});
+                let r = api
+                    .patch_status(&c.name_any(), &apply, &Patch::Apply(&patch))
+                    .await
+                    .map(|_| ());
+                (
+                    r,
+                    c.object_ref(&()),
+                    serde_json::to_value(&c.status).unwrap_or_default(),
+                    desired,
+                )
+            }
+            Work::Gateway(g, desired) => {
+                let api: Api<Gateway> =
+                    Api::namespaced(self.client.clone(), &g.namespace().unwrap_or_default());
+                let patch = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "status": desired});
+                let r = api
+                    .patch_status(&g.name_any(), &apply, &Patch::Apply(&patch))
+                    .await
+                    .map(|_| ());
+                (
+                    r,
+                    g.object_ref(&()),
+                    serde_json::to_value(&g.status).unwrap_or_default(),
+                    desired,
+                )
+            }
+            Work::Route(r, desired) => {
+                let api: Api<HTTPRoute> =
+                    Api::namespaced(self.client.clone(), &r.namespace().unwrap_or_default());
+                let patch = json!({
+                    "metadata": {"resourceVersion": r.resource_version()},
+                    "status": desired,
+                });
+                let res = api
+                    .patch_status(
+                        &r.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                    .map(|_| ());
+                (
+                    res,
+                    r.object_ref(&()),
+                    serde_json::to_value(&r.status).unwrap_or_default(),
+                    desired,
+                )
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(object = ?reference.name, kind = ?reference.kind, error = %Causes(&e), "Gateway API status write failed");
+            return false;
+        }
+        for (type_, reason, note) in new_failures(&current, desired) {
+            let event = Event {
+                type_: EventType::Warning,
+                reason,
+                action: format!("Set{type_}"),
+                note,
+            };
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(error = %Causes(&e), "event not recorded");
+            }
+        }
+        true
+    }
+}
