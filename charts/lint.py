@@ -112,6 +112,7 @@ DATAPLANE_BINARY = "/usr/local/bin/sluice-dataplane"
 # Values that differ from every default that changes what is rendered.
 NON_DEFAULT = {
     "fullnameOverride": "edge",
+    "gatewayClass": {"create": True, "name": "edge"},
     "imagePullSecrets": [{"name": "regcred"}],
     "auth": {"mode": "static", "existingSecret": "my-token"},
     "streamTLS": {"existingSecret": "edge-stream-tls"},
@@ -200,6 +201,7 @@ DISCOVERY = {
     "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
     "discovery.k8s.io/v1": [("endpointslices", "EndpointSlice", True)],
     "sluice.io/v1alpha1": [("backendpools", "BackendPool", True), ("scalingtriggers", "ScalingTrigger", True)],
+    "gateway.networking.k8s.io/v1": [("gatewayclasses", "GatewayClass", False)],
     "cert-manager.io/v1": [("certificates", "Certificate", True), ("issuers", "Issuer", True),
                            ("clusterissuers", "ClusterIssuer", False)],
 }
@@ -471,7 +473,7 @@ def check_contract(docs: list[dict], release_prefix: str, namespace: str, elsewh
     dp_svc = objs[("Service", f"{release_prefix}-dataplane")]
 
     for d in docs:
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "Namespace", "CustomResourceDefinition") \
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "Namespace", "CustomResourceDefinition", "GatewayClass") \
                 and (d["kind"], d["metadata"]["name"]) not in elsewhere:
             expect(d["metadata"].get("namespace") == namespace,
                    f"{d['kind']} {d['metadata']['name']} is not in namespace {namespace}")
@@ -708,6 +710,10 @@ def check_non_default(docs: list[dict], notes: str):
     cf, df = flags(container(ctl)), flags(container(dp))
     expect(cf.get("--log-format") == "text" and cf.get("--name") == "edge-controller", f"controller args {cf}")
     expect(df.get("--workers") == "2" and df.get("--grace-period") == "20s", f"dataplane args {df}")
+    gc = objs.get(("GatewayClass", "edge"))
+    expect(gc is not None and gc["spec"]["controllerName"] == "sluice.io/gateway-controller",
+           "gatewayClass.create: a GatewayClass of the Sluice controller")
+    expect(cf.get("--dataplane-service") == "edge-ns/edge-dataplane", f"--dataplane-service {cf.get('--dataplane-service')}")
     expect({"name": "EXTRA", "value": "1"} in container(ctl)["env"], "controller extraEnv")
     cs = ctl["spec"]["template"]["spec"]
     expect(cs["nodeSelector"] == {"kubernetes.io/os": "linux"} and cs["tolerations"][0]["key"] == "dedicated"

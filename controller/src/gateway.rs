@@ -12,10 +12,12 @@
 //!   HTTP port); `HTTPS` is their HTTPS listener on [`Config::https_port`].
 //!   Another port is `PortUnavailable`, another protocol (or TLS
 //!   `Passthrough`) `UnsupportedProtocol`.
-//! - Routes: each accepted HTTPRoute becomes one `HttpRoute` named
-//!   `namespace/name`, whose hosts are the route's hostnames intersected
-//!   with those of the listeners it attached to, and whose `order` is its
-//!   age rank (creation time, then namespace/name), the spec's tie-break.
+//! - Routes: each accepted HTTPRoute becomes one `HttpRoute` per listener
+//!   kind — `namespace/name` on the HTTP listener, `namespace/name#https`
+//!   (with the listener's certificate) on the HTTPS one — whose hosts are
+//!   the route's hostnames intersected with those of the listeners it
+//!   attached to, and whose `order` is its age rank (creation time, then
+//!   namespace/name), the spec's tie-break.
 //! - Backends: a Service port becomes a backend-only pool named
 //!   `service:<namespace>/<name>:<port>` (a name no BackendPool can have)
 //!   with endpoints from its EndpointSlices and every policy at its
@@ -25,7 +27,7 @@
 //!   that does not resolve keeps its weight and points at no pool, so its
 //!   share of requests is answered 500.
 //! - Anything the route asks for that Sluice does not do (a filter type,
-//!   per-backend filters, mirror fractions, session persistence...) makes
+//!   per-backend filters, mirror fractions...) makes
 //!   the route `Accepted=False, UnsupportedValue` naming the field: it is
 //!   never dropped silently.
 //!

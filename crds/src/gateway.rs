@@ -11,6 +11,9 @@
 //! refuses what it does not implement (`Accepted=False`, `UnsupportedValue`).
 //! The test below fails when the types lose a field of the vendored CRDs.
 //!
+//! ReferenceGrant is read as v1beta1: its storage version in v1.5.1, served
+//! by every release since v0.6 (v1 only since v1.5).
+//!
 //! The files are checked in as generated (the only change: the command line
 //! in their header) and are not edited by hand.
 

@@ -56,7 +56,14 @@ pub fn gateway_state(
         .map(addresses_of)
         .unwrap_or_default();
     let mut conditions = Vec::new();
-    if gw.spec.addresses.as_ref().is_some_and(|a| !a.is_empty()) {
+    if let Some(field) = unsupported(gw) {
+        conditions.push(Verdict::new(
+            "Accepted",
+            false,
+            "UnsupportedValue",
+            format!("spec.{field}: not supported by Sluice"),
+        ));
+    } else if gw.spec.addresses.as_ref().is_some_and(|a| !a.is_empty()) {
         conditions.push(Verdict::new(
             "Accepted",
             false,
@@ -83,10 +90,47 @@ pub fn gateway_state(
             format!("listeners not valid: {}", bad.join(", ")),
         ));
     }
+    if !conditions[0].ok {
+        // Routes attach to no listener of a Gateway that is not accepted.
+        for l in &mut listeners {
+            l.usable = false;
+            if let Some(p) = l.conditions.iter_mut().find(|c| c.type_ == "Programmed") {
+                *p = Verdict::new(
+                    "Programmed",
+                    false,
+                    "Invalid",
+                    "the Gateway is not accepted",
+                );
+            }
+        }
+    }
     GatewayState {
         conditions,
         listeners,
         addresses,
+    }
+}
+
+/// The first Gateway field set that Sluice does not implement: ListenerSets
+/// (`allowedListeners` other than `None`), `infrastructure` (Sluice
+/// creates no per-Gateway resources to label) and Gateway-level `tls`.
+fn unsupported(gw: &Gateway) -> Option<&'static str> {
+    use sluice_crds::gateway::gateways::GatewayAllowedListenersNamespacesFrom as From;
+    let listener_sets = gw
+        .spec
+        .allowed_listeners
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+        .and_then(|n| n.from.as_ref())
+        .is_some_and(|f| *f != From::None);
+    if listener_sets {
+        Some("allowedListeners")
+    } else if gw.spec.infrastructure.is_some() {
+        Some("infrastructure")
+    } else if gw.spec.tls.is_some() {
+        Some("tls")
+    } else {
+        None
     }
 }
 
@@ -189,6 +233,19 @@ fn listener(
                 false,
                 "UnsupportedProtocol",
                 "tls.mode: only Terminate is supported",
+            )
+        }
+        Some(Served::Https)
+            if l.tls
+                .as_ref()
+                .and_then(|t| t.options.as_ref())
+                .is_some_and(|o| !o.is_empty()) =>
+        {
+            Verdict::new(
+                "Accepted",
+                false,
+                "UnsupportedValue",
+                "tls.options: no implementation-specific TLS options are supported",
             )
         }
         Some(Served::Http) if l.tls.is_some() => Verdict::new(

@@ -405,3 +405,144 @@ impl GatewayStatusWriter {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::ListenerState;
+
+    fn route_with_status(parents: Value) -> HTTPRoute {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "ns", "generation": 3},
+            "spec": {},
+            "status": {"parents": parents},
+        }))
+        .expect("route")
+    }
+
+    #[test]
+    fn route_status_keeps_other_controllers_entries_and_is_stable() {
+        let theirs = json!({"parentRef": {"name": "other"}, "controllerName": "example.com/x",
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]});
+        let route = route_with_status(json!([theirs]));
+        let ours = [ParentState {
+            parent_ref: json!({"name": "gw"}),
+            conditions: vec![Verdict::new(
+                "Accepted",
+                false,
+                "NoMatchingParent",
+                "no listener named c",
+            )],
+        }];
+        let now = Timestamp::now();
+        let parents = route_parents(&route, &ours, now);
+        assert_eq!(parents.len(), 2);
+        assert_eq!(
+            parents[0], theirs,
+            "another controller's entry is left as it is"
+        );
+        assert_eq!(parents[1]["controllerName"], CONTROLLER_NAME);
+        assert_eq!(parents[1]["conditions"][0]["reason"], "NoMatchingParent");
+        assert_eq!(parents[1]["conditions"][0]["observedGeneration"], 3);
+        let desired = json!({"parents": parents});
+        assert!(differs(route.status.as_ref(), &desired));
+        assert_eq!(
+            new_failures(
+                &serde_json::to_value(&route.status).unwrap_or_default(),
+                &desired
+            )
+            .len(),
+            1
+        );
+
+        // Written and read back: the same state later changes nothing and
+        // raises no second Event.
+        let written = route_with_status(desired["parents"].clone());
+        let later = json!({"parents": route_parents(&written, &ours, Timestamp::now())});
+        assert!(!differs(written.status.as_ref(), &later), "{later:#}");
+        assert!(
+            new_failures(
+                &serde_json::to_value(&written.status).unwrap_or_default(),
+                &later
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn gateway_status_has_addresses_listeners_and_programmed_follows_dataplanes() {
+        let gw: Gateway = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "ns", "generation": 5},
+            "spec": {"gatewayClassName": "sluice", "listeners": [{"name": "web", "protocol": "HTTP", "port": 80}]},
+        }))
+        .expect("gateway");
+        let state = GatewayState {
+            conditions: vec![Verdict::new("Accepted", true, "Accepted", "ok")],
+            listeners: vec![ListenerState {
+                name: "web".into(),
+                protocol: "HTTP".into(),
+                hostname: None,
+                usable: true,
+                supported_kinds: vec![("gateway.networking.k8s.io".into(), "HTTPRoute".into())],
+                attached_routes: 2,
+                conditions: vec![Verdict::new("Programmed", true, "Programmed", "served")],
+                certificate: None,
+            }],
+            addresses: vec![("IPAddress".into(), "10.96.0.10".into())],
+        };
+        let now = Timestamp::now();
+        let none = gateway_status(&gw, &state, 0, now);
+        let programmed = |s: &Value| {
+            s["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Programmed"))
+                .map(|c| c["reason"].clone())
+        };
+        assert_eq!(programmed(&none), Some(json!("Pending")));
+        assert_eq!(none["listeners"][0]["conditions"][0]["status"], "False");
+        let two = gateway_status(&gw, &state, 2, now);
+        assert_eq!(programmed(&two), Some(json!("Programmed")));
+        assert_eq!(
+            two["addresses"],
+            json!([{"type": "IPAddress", "value": "10.96.0.10"}])
+        );
+        assert_eq!(two["listeners"][0]["attachedRoutes"], 2);
+        assert_eq!(
+            two["listeners"][0]["supportedKinds"][0]["kind"],
+            "HTTPRoute"
+        );
+        assert_eq!(two["conditions"][0]["observedGeneration"], 5);
+        // The typed status reads it back whole.
+        let typed: sluice_crds::gateway::gateways::GatewayStatus =
+            serde_json::from_value(two.clone()).expect("fits the CRD");
+        assert!(!differs(Some(&typed), &two));
+    }
+
+    #[test]
+    fn class_status_lists_the_supported_features() {
+        let class: GatewayClass = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "sluice", "generation": 1},
+            "spec": {"controllerName": CONTROLLER_NAME},
+        }))
+        .expect("class");
+        let s = class_status(
+            &class,
+            &[Verdict::new("Accepted", true, "Accepted", "ok")],
+            Timestamp::now(),
+        );
+        let names: Vec<&str> = s["supportedFeatures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["name"].as_str())
+            .collect();
+        assert_eq!(names, SUPPORTED_FEATURES);
+        let typed: sluice_crds::gateway::gatewayclasses::GatewayClassStatus =
+            serde_json::from_value(s.clone()).expect("fits the CRD");
+        assert!(!differs(Some(&typed), &s));
+    }
+}

@@ -667,3 +667,49 @@ fn a_route_on_both_listeners_becomes_one_route_per_listener_with_the_certificate
         matches!(&redirect.filters[0], Filter::RequestRedirect(r) if r.status_code.get() == 301)
     );
 }
+
+#[test]
+fn gateway_fields_sluice_lacks_are_refused_not_ignored() {
+    let mut s = Setup::new();
+    s.fx.secrets.insert(
+        ("infra".into(), "cert".into()),
+        tls_secret("infra", "cert", CRT, KEY),
+    );
+    s.world.gateways.insert(
+        ("infra".into(), "gw".into()),
+        obj("Gateway", Some("infra"), "gw", 0, json!({"gatewayClassName": "sluice",
+            "infrastructure": {"labels": {"team": "a"}},
+            "listeners": [{"name": "https", "protocol": "HTTPS", "port": 443,
+                "tls": {"certificateRefs": [{"name": "cert"}], "options": {"example.com/cipher": "x"}}}]})),
+    );
+    s.route(
+        "infra",
+        "r",
+        1,
+        json!({"parentRefs": [{"name": "gw"}],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    );
+    s.fx.services.insert(
+        ("infra".into(), "web".into()),
+        service("infra", "web", &[("http", 80)]),
+    );
+    let out = s.run();
+    assert_eq!(
+        cond(&parent(&out, "infra", "r"), "Accepted"),
+        (false, "NotAllowedByListeners")
+    );
+    assert!(
+        out.http_routes.is_empty(),
+        "nothing is served through a Gateway that is not accepted"
+    );
+    let gw = &out.gateways[&("infra".to_string(), "gw".to_string())];
+    assert_eq!(
+        cond(&gw.conditions, "Accepted"),
+        (false, "UnsupportedValue")
+    );
+    assert!(gw.conditions[0].message.contains("infrastructure"));
+    assert_eq!(
+        cond(&gw.listeners[0].conditions, "Accepted"),
+        (false, "UnsupportedValue")
+    );
+}
