@@ -342,4 +342,6 @@ pub fn translate(
 }
 
 #[cfg(test)]
+mod doc_examples;
+#[cfg(test)]
 mod tests;
