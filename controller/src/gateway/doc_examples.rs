@@ -297,3 +297,26 @@ fn a_route_to_a_backend_pool_names_the_pool_and_makes_it_backend_only() {
         "the translated Ingress is served on HTTPS only"
     );
 }
+
+#[test]
+fn the_example_backend_pools_resolve_with_their_policies() {
+    for (file, text) in [
+        ("pool-backend.yaml", POOL_BACKEND),
+        ("from-ingress-nginx.yaml", FROM_INGRESS_NGINX),
+    ] {
+        let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+            .unwrap_or_else(|e| panic!("{file} does not parse: {e}"));
+        let pools: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "BackendPool").collect();
+        assert_eq!(pools.len(), 1, "{file}");
+        let spec: sluice_crds::BackendPoolSpec = object(pools[0]["spec"].clone());
+        let name = pools[0]["metadata"]["name"].as_str().unwrap_or_default();
+        let resolved = crate::route::compute("shop", name, &spec, &Cluster::new().fx)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            resolved.unresolved.is_empty(),
+            "{file}: {:?}",
+            resolved.unresolved
+        );
+        assert_eq!(resolved.route.endpoints.len(), 1, "{file}");
+    }
+}
