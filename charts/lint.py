@@ -1011,13 +1011,17 @@ def guide_blocks() -> tuple[list[tuple[str, list[dict]]], list[tuple[str, dict]]
 
 def check_gateway_examples():
     """examples/gateway/ parses into whole objects, each file is shown in a
-    guide, and the guides' blocks are objects or chart values (the API server
-    judges them in check_apiserver)."""
+    guide, the guides' blocks are objects or chart values (the API server
+    judges them in check_apiserver), and the guides link nowhere outside the
+    repository (they are the contract of this checkout)."""
     examples = load_yaml_dir(GATEWAY_EXAMPLES, "*.yaml")
     expect(examples, f"{GATEWAY_EXAMPLES.relative_to(ROOT)}: no examples")
     _, _, shown = guide_blocks()
     unshown = sorted(str(p.relative_to(ROOT)) for p in GATEWAY_EXAMPLES.glob("*.yaml") if p not in shown)
     expect(not unshown, f"examples not shown in {[str(g.relative_to(ROOT)) for g in GATEWAY_GUIDES]}: {unshown}")
+    for guide in GATEWAY_GUIDES:
+        outside = re.findall(r"\]\((\w+:[^)]*)\)", guide.read_text())
+        expect(not outside, f"{guide.relative_to(ROOT)}: links outside the repository: {outside}")
     for path in GATEWAY_EXAMPLES.glob("*.yaml"):
         head = f"# examples/gateway/{path.name}"
         expect(path.read_text().startswith(head + "\n"), f"{path.relative_to(ROOT)}: the first line must be {head!r}")
