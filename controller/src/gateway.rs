@@ -290,6 +290,19 @@ pub struct Output {
     pub pools: Vec<PoolRoute>,
     /// BackendPools named by accepted routes.
     pub named_pools: BTreeSet<Key>,
+    /// Services and TLS Secrets the translation read (found or not): only
+    /// a change to one of them, or to a Gateway API object or a pool's
+    /// existence, can change the outcome.
+    pub watched: Watched,
+}
+
+/// What the last translation depends on besides Gateway API objects.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// Services (the dataplane Service, every Service a route names).
+    pub services: BTreeSet<Key>,
+    /// TLS Secrets of listeners' certificateRefs.
+    pub secrets: BTreeSet<Key>,
 }
 
 /// What a route can point at besides Services: the BackendPools that
@@ -336,7 +349,17 @@ pub fn translate(
             key.clone(),
             listeners::gateway_state(key, gw, world, config, lookup),
         );
+        for l in &gw.spec.listeners {
+            let refs = l.tls.as_ref().and_then(|t| t.certificate_refs.as_ref());
+            for r in refs.into_iter().flatten() {
+                let ns = r.namespace.clone().unwrap_or_else(|| key.0.clone());
+                out.watched.secrets.insert((ns, r.name.clone()));
+            }
+        }
     }
+    out.watched
+        .services
+        .extend(config.dataplane_service.clone());
     attach::routes(world, lookup, pools, &mut out);
     out
 }

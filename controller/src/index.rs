@@ -262,9 +262,7 @@ impl Index {
 
     /// Records a change and marks the pools it affects.
     pub fn apply(&mut self, change: Change) {
-        // Services, slices, Secrets and pools feed the Gateway translation
-        // too; it runs only while there are Gateway API objects.
-        self.gateway_dirty |= matches!(change, Change::Gateway(_)) || !self.gateway.is_empty();
+        self.gateway_dirty |= self.feeds_gateway(&change);
         match change {
             Change::Gateway(change) => self.gateway.apply(*change),
             Change::Pool(pool) => self.upsert_pool(*pool),
@@ -350,6 +348,43 @@ impl Index {
                 self.secrets = new;
                 changed.iter().for_each(|k| self.mark_secret(k));
             }
+        }
+    }
+
+    /// Whether `change` can change the Gateway translation: any Gateway
+    /// API change; otherwise, while there are Gateway API objects, a change
+    /// to a Service or Secret it read, to a pool's existence, or a relist.
+    fn feeds_gateway(&self, change: &Change) -> bool {
+        if matches!(change, Change::Gateway(_)) {
+            return true;
+        }
+        if self.gateway.is_empty() {
+            return false;
+        }
+        let watched = &self.gateway_out.watched;
+        match change {
+            Change::Service(svc) => watched.services.contains(&key_of(&**svc)),
+            Change::ServiceDeleted(key) => watched.services.contains(key),
+            Change::Slice(slice) => slice.labels().get(SERVICE_NAME_LABEL).is_some_and(|svc| {
+                watched
+                    .services
+                    .contains(&(key_of(&**slice).0, svc.clone()))
+            }),
+            Change::SliceDeleted(key) => self
+                .slices
+                .get(key)
+                .and_then(|s| s.labels().get(SERVICE_NAME_LABEL))
+                .is_some_and(|svc| watched.services.contains(&(key.0.clone(), svc.clone()))),
+            Change::Secret(secret) => watched.secrets.contains(&key_of(&**secret)),
+            Change::SecretDeleted(key) => watched.secrets.contains(key),
+            Change::Pool(pool) => !self.pools.contains_key(&key_of(&**pool)),
+            Change::PoolDeleted(_)
+            | Change::AllPools(_)
+            | Change::AllServices(_)
+            | Change::AllSlices(_)
+            | Change::AllSecrets(_) => true,
+            Change::Trigger(_) | Change::TriggerDeleted(_) | Change::AllTriggers(_) => false,
+            Change::Gateway(_) => true,
         }
     }
 
@@ -990,6 +1025,79 @@ mod tests {
         assert!(
             !pool.backend_only,
             "no route names it: it is its own route again"
+        );
+    }
+
+    #[test]
+    fn only_changes_the_gateway_translation_read_run_it_again() {
+        use crate::gateway::watch::GatewayChange;
+        let mut ix = Index::new();
+        for svc in ["web", "unrelated"] {
+            ix.apply(Change::Service(Box::new(service(
+                "ns",
+                svc,
+                &[("http", 80)],
+            ))));
+        }
+        let objects = serde_json::json!([
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+             "metadata": {"name": "sluice"}, "spec": {"controllerName": crate::gateway::CONTROLLER_NAME}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+             "metadata": {"name": "gw", "namespace": "ns"},
+             "spec": {"gatewayClassName": "sluice", "listeners": [{"name": "web", "protocol": "HTTP", "port": 80}]}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "r", "namespace": "ns"},
+             "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}},
+        ]);
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Class(Box::new(
+            serde_json::from_value(objects[0].clone()).expect("class"),
+        )))));
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Gateway(Box::new(
+            serde_json::from_value(objects[1].clone()).expect("gateway"),
+        )))));
+        ix.apply(Change::Gateway(Box::new(GatewayChange::Route(Box::new(
+            serde_json::from_value(objects[2].clone()).expect("route"),
+        )))));
+        let batch = ix.recompute();
+        let pool = batch
+            .upserts
+            .iter()
+            .find(|p| p.name == "service:ns/web:80")
+            .expect("service pool");
+        assert!(pool.endpoints.is_empty());
+
+        // A slice of a Service no route names: nothing to redo.
+        ix.apply(Change::Slice(Box::new(slice(
+            "ns",
+            "u-1",
+            "unrelated",
+            "http",
+            8080,
+            &[("10.0.9.9", true, false)],
+        ))));
+        assert!(!ix.has_pending(), "an unrelated slice reruns nothing");
+
+        // A slice of the route's Service: its pool gets the endpoint.
+        ix.apply(Change::Slice(Box::new(slice(
+            "ns",
+            "web-1",
+            "web",
+            "http",
+            8080,
+            &[("10.0.0.1", true, false)],
+        ))));
+        assert!(ix.has_pending());
+        let batch = ix.recompute();
+        let addrs: Vec<String> = batch
+            .upserts
+            .iter()
+            .filter(|p| p.name == "service:ns/web:80")
+            .flat_map(|p| p.endpoints.iter().map(|e| e.address.to_string()))
+            .collect();
+        assert_eq!(addrs, ["10.0.0.1:8080"]);
+        assert!(
+            batch.route_upserts.is_empty(),
+            "the route itself did not change"
         );
     }
 

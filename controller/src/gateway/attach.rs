@@ -38,6 +38,9 @@ pub fn routes(world: &World, lookup: &impl Lookup, pools: &impl Pools, out: &mut
         let mut https_hosts: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         let mut accepted_any = false;
         let translated = rules::translate(key, route, world, lookup, pools);
+        if let Ok(t) = &translated {
+            out.watched.services.extend(t.services.iter().cloned());
+        }
         for parent in &parents {
             let Some(attached) = attach(key, route, parent, world, out) else {
                 continue;

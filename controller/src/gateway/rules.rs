@@ -34,6 +34,9 @@ pub struct Translated {
     pub named_pools: BTreeSet<Key>,
     /// Pools of the Services named.
     pub service_pools: Vec<PoolRoute>,
+    /// Every Service named, resolved or not: a change to one of them
+    /// (or its slices) may change the route.
+    pub services: BTreeSet<Key>,
 }
 
 /// A reference that did not resolve: its reason and message.
@@ -69,6 +72,7 @@ pub fn translate(
         ),
         named_pools: BTreeSet::new(),
         service_pools: Vec::new(),
+        services: BTreeSet::new(),
     };
     let mut problems: Vec<Unresolved> = Vec::new();
     if raw_rules.is_empty() {
@@ -239,7 +243,10 @@ fn backend(
     let ns = s("namespace").unwrap_or_else(|| key.0.clone());
     let port = b.get("port").and_then(Value::as_i64);
     let target = match (group.as_str(), kind.as_str()) {
-        ("", "Service") => "Service",
+        ("", "Service") => {
+            out.services.insert((ns.clone(), name.clone()));
+            "Service"
+        }
         (SLUICE_GROUP, "BackendPool") => "BackendPool",
         _ => {
             return Err((
