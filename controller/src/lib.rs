@@ -1,11 +1,12 @@
-//! The Sluice controller: watches BackendPools, Services and EndpointSlices,
-//! computes one route per pool, streams the table to dataplanes over SSE, and
-//! writes what it did into pool status.
+//! The Sluice controller: watches BackendPools, Gateway API objects,
+//! Services and EndpointSlices, computes the routes, streams the table to
+//! dataplanes over SSE, and writes what it did into status.
 //!
 //! Layout: [`route`] (pure route computation), [`index`] (watch events →
 //! routes, incremental), [`store`] (versioned table, deltas), [`stream`]
 //! (SSE + reports), [`dataplanes`] (acks), [`status`] (status + Events),
-//! [`recorder`] (Events, one per distinct message),
+//! [`recorder`] (Events, one per distinct message), [`gateway`] (Gateway
+//! API objects → routes and their status, optional),
 //! [`autoscale`] (pure scaling decisions),
 //! [`leader`] (Lease election), [`admin`], [`metrics`]. [`Controller::start`]
 //! wires them.

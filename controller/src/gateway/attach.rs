@@ -37,6 +37,9 @@ pub fn routes(world: &World, lookup: &impl Lookup, pools: &impl Pools, out: &mut
         let mut http_hosts: Option<BTreeSet<String>> = None;
         let mut https_hosts: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         let mut accepted_any = false;
+        // Listeners this route attached to: counted once each, however
+        // many parentRefs lead there.
+        let mut counted: BTreeSet<(Key, usize)> = BTreeSet::new();
         let translated = rules::translate(key, route, world, lookup, pools);
         if let Ok(t) = &translated {
             out.watched.services.extend(t.services.iter().cloned());
@@ -61,7 +64,9 @@ pub fn routes(world: &World, lookup: &impl Lookup, pools: &impl Pools, out: &mut
                     if let Some(state) = out.gateways.get_mut(&gw) {
                         for (i, h) in listeners {
                             let l = &mut state.listeners[*i];
-                            l.attached_routes += 1;
+                            if counted.insert((gw.clone(), *i)) {
+                                l.attached_routes += 1;
+                            }
                             match &l.certificate {
                                 Some(cert) => https_hosts
                                     .entry(cert.clone())

@@ -33,10 +33,12 @@ pub fn gateway_state(
         .collect();
     conflicts(&mut listeners);
     for l in &mut listeners {
-        let ok = l
-            .conditions
-            .iter()
-            .all(|c| c.ok == (c.type_ != "Conflicted"));
+        // Route kinds partly invalid: the listener still serves the kinds
+        // it supports (ResolvedRefs stays False to say so).
+        let kinds_left = !l.supported_kinds.is_empty();
+        let ok = l.conditions.iter().all(|c| {
+            c.ok == (c.type_ != "Conflicted") || (c.reason == "InvalidRouteKinds" && kinds_left)
+        });
         l.usable = ok;
         l.conditions.push(if ok {
             Verdict::new(

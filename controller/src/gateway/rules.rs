@@ -291,6 +291,27 @@ fn backend(
         "backends": [{"service": name, "port": port}],
     }))
     .map_err(|e| ("BackendNotFound", format!("{at}: {e}")))?;
+    // The dataplane speaks plain HTTP/1.1 to endpoints (WebSocket upgrades
+    // included): a port declaring another protocol cannot be served.
+    let app_protocol = lookup
+        .service(&ns, &name)
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ps| ps.iter().find(|p| p.port == port))
+        .and_then(|p| p.app_protocol.clone());
+    if let Some(proto) = app_protocol
+        && !matches!(
+            proto.to_ascii_lowercase().as_str(),
+            "http" | "kubernetes.io/ws"
+        )
+    {
+        return Err((
+            "UnsupportedProtocol",
+            format!(
+                "{at}: Service {ns}/{name} port {port} has appProtocol {proto}; Sluice speaks HTTP/1.1 to endpoints"
+            ),
+        ));
+    }
     let pool_name = service_pool_name(&ns, &name, port);
     let resolved = route::compute(&ns, &name, &spec, lookup)
         .map_err(|e| ("BackendNotFound", format!("{at}: {e}")))?;

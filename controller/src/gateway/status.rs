@@ -159,6 +159,17 @@ pub fn route_parents(route: &HTTPRoute, ours: &[ParentState], now: Timestamp) ->
     parents
 }
 
+/// Whether the route's status holds an entry of ours.
+fn has_ours(route: &HTTPRoute) -> bool {
+    serde_json::to_value(&route.status)
+        .ok()
+        .and_then(|s| s.get("parents").cloned())
+        .and_then(|p| p.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .any(|p| p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME))
+}
+
 fn current_conditions<S: serde::Serialize>(status: Option<&S>) -> Vec<Condition> {
     status
         .and_then(|s| serde_json::to_value(s).ok())
@@ -299,8 +310,14 @@ impl GatewayStatusWriter {
                         }
                     }
                 }
-                for (key, parents) in &out.routes {
-                    if let Some(r) = world.routes.get(key) {
+                for (key, r) in &world.routes {
+                    // A route that no longer has a parent of ours loses
+                    // the entries we wrote; other routes are not touched.
+                    let parents = out.routes.get(key).map_or(&[][..], Vec::as_slice);
+                    if parents.is_empty() && !has_ours(r) {
+                        continue;
+                    }
+                    {
                         let desired = json!({"parents": route_parents(r, parents, now)});
                         if differs(r.status.as_ref(), &desired) {
                             work.push((
@@ -469,6 +486,17 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn a_route_that_left_our_gateways_loses_only_our_entries() {
+        let theirs = json!({"parentRef": {"name": "other"}, "controllerName": "example.com/x", "conditions": []});
+        let ours = json!({"parentRef": {"name": "gw"}, "controllerName": CONTROLLER_NAME, "conditions": []});
+        let route = route_with_status(json!([theirs, ours]));
+        assert!(has_ours(&route));
+        let parents = route_parents(&route, &[], Timestamp::now());
+        assert_eq!(parents, std::slice::from_ref(&theirs));
+        assert!(!has_ours(&route_with_status(json!([theirs]))));
     }
 
     #[test]

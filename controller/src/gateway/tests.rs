@@ -713,3 +713,122 @@ fn gateway_fields_sluice_lacks_are_refused_not_ignored() {
         (false, "UnsupportedValue")
     );
 }
+
+#[test]
+fn a_route_counts_once_on_a_listener_however_many_parent_refs_lead_there() {
+    let mut s = Setup::new();
+    s.gateway("app", "gw", json!([http("web", None)]));
+    s.route(
+        "app",
+        "twice",
+        1,
+        json!({
+        "parentRefs": [{"name": "gw"}, {"name": "gw", "sectionName": "web"}],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    );
+    let out = s.run();
+    assert_eq!(
+        out.gateways[&("app".to_string(), "gw".to_string())].listeners[0].attached_routes,
+        1
+    );
+    assert_eq!(
+        out.routes[&("app".to_string(), "twice".to_string())].len(),
+        2,
+        "a status entry per parentRef"
+    );
+}
+
+#[test]
+fn a_service_port_of_another_app_protocol_is_unsupported() {
+    let mut s = Setup::new();
+    let mut svc = service("app", "grpc", &[("h2c", 50051)]);
+    if let Some(ports) = svc.spec.as_mut().and_then(|sp| sp.ports.as_mut()) {
+        ports[0].app_protocol = Some("kubernetes.io/h2c".into());
+    }
+    s.fx.services.insert(("app".into(), "grpc".into()), svc);
+    s.gateway("app", "gw", json!([http("web", None)]));
+    s.route(
+        "app",
+        "r",
+        1,
+        json!({"parentRefs": [{"name": "gw"}],
+        "rules": [{"backendRefs": [{"name": "grpc", "port": 50051}]}]}),
+    );
+    let out = s.run();
+    let p = parent(&out, "app", "r");
+    assert_eq!(cond(&p, "ResolvedRefs"), (false, "UnsupportedProtocol"));
+    assert!(out.pools.is_empty());
+}
+
+#[test]
+fn a_listener_with_some_invalid_route_kinds_still_serves_http_routes() {
+    let mut s = Setup::new();
+    s.gateway(
+        "app",
+        "gw",
+        json!([{"name": "mixed", "protocol": "HTTP", "port": 80,
+        "allowedRoutes": {"kinds": [{"kind": "InvalidRoute"}, {"kind": "HTTPRoute"}]}}]),
+    );
+    s.route(
+        "app",
+        "r",
+        1,
+        json!({"parentRefs": [{"name": "gw"}],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    );
+    let out = s.run();
+    let l = &out.gateways[&("app".to_string(), "gw".to_string())].listeners[0];
+    assert_eq!(
+        cond(&l.conditions, "ResolvedRefs"),
+        (false, "InvalidRouteKinds")
+    );
+    assert_eq!(cond(&l.conditions, "Programmed"), (true, "Programmed"));
+    assert_eq!(
+        l.supported_kinds,
+        [(GROUP.to_string(), "HTTPRoute".to_string())]
+    );
+    assert_eq!(l.attached_routes, 1);
+    assert_eq!(
+        cond(&parent(&out, "app", "r"), "Accepted"),
+        (true, "Accepted")
+    );
+}
+
+#[test]
+fn nothing_attaches_to_a_gateway_that_is_not_accepted() {
+    let mut s = Setup::new();
+    s.world.gateways.insert(
+        ("app".into(), "gw".into()),
+        obj(
+            "Gateway",
+            Some("app"),
+            "gw",
+            0,
+            json!({"gatewayClassName": "sluice",
+            "addresses": [{"type": "IPAddress", "value": "192.0.2.1"}],
+            "listeners": [http("web", None)]}),
+        ),
+    );
+    s.route(
+        "app",
+        "r",
+        1,
+        json!({"parentRefs": [{"name": "gw"}],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+    );
+    let out = s.run();
+    let gw = &out.gateways[&("app".to_string(), "gw".to_string())];
+    assert_eq!(
+        cond(&gw.conditions, "Accepted"),
+        (false, "UnsupportedAddress")
+    );
+    assert_eq!(
+        cond(&gw.listeners[0].conditions, "Programmed"),
+        (false, "Invalid")
+    );
+    assert_eq!(
+        cond(&parent(&out, "app", "r"), "Accepted"),
+        (false, "NotAllowedByListeners")
+    );
+    assert!(out.http_routes.is_empty());
+}

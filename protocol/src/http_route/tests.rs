@@ -191,3 +191,28 @@ fn regexes_match_whole_values_and_huge_ones_are_refused() {
     assert!(e.contains("invalid regular expression"), "{e}");
     assert!(compile(&"a".repeat(MAX_PATTERN_LEN + 1)).is_err());
 }
+
+#[test]
+fn listeners_and_a_route_certificate_are_checked() {
+    let file = RouteFile::from_yaml(
+        "routes:\n  - name: r\n    listeners: [https]\n    tls: {certificate: CERT, privateKey: KEY}\n    rules: [{backends: [{pool: p}]}]\n",
+    )
+    .expect("valid");
+    let route = &file.routes[0];
+    assert!(route.serves(Listener::Https) && !route.serves(Listener::Http));
+    let both = RouteFile::from_yaml("routes:\n  - name: r\n    rules: [{backends: [{pool: p}]}]\n")
+        .expect("valid");
+    assert!(both.routes[0].serves(Listener::Http) && both.routes[0].serves(Listener::Https));
+
+    let e = err(
+        "routes:\n  - name: r\n    listeners: [http]\n    tls: {certificate: CERT, privateKey: KEY}\n    rules: [{backends: [{pool: p}]}]\n",
+    );
+    assert!(e.contains("not served on the https listener"), "{e}");
+    let e = err(
+        "routes:\n  - name: r\n    tls: {certificate: CERT, privateKey: KEY, clientCA: CA}\n    rules: [{backends: [{pool: p}]}]\n",
+    );
+    assert!(e.contains("client CAs belong to pools"), "{e}");
+    let e =
+        err("routes:\n  - name: r\n    listeners: [ftp]\n    rules: [{backends: [{pool: p}]}]\n");
+    assert!(e.contains("ftp"), "{e}");
+}
