@@ -8,6 +8,7 @@ it and one static admin token, and answers `kubectl apply --dry-run=server
 --validate=strict`: full server-side validation, defaulting and admission of
 every object, nothing stored. Everything it starts it stops.
 
+The Gateway API's CRDs come from ../shared/gateway-api (see gateway_api_crds).
 The Prometheus Operator's and cert-manager's CRDs are not in this repository
 or reachable from here: charts/testdata/external-crds.yaml defines stand-ins
 that accept any spec, so for ServiceMonitor, PodMonitor, PrometheusRule and
@@ -31,6 +32,24 @@ import time
 import urllib.request
 
 VERSION = "1.28.7"
+
+# The Gateway API release whose standard-channel CRDs (../shared/gateway-api)
+# Gateway examples are validated against. Two of its files cannot be installed
+# on Kubernetes 1.28, and Sluice needs neither: TLSRoute's schema calls the CEL
+# function isIP (Kubernetes 1.30), and the safe-upgrades admission policy is an
+# admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (GA in 1.30).
+GATEWAY_API = "v1.5.1"
+GATEWAY_API_NEEDS_1_30 = ("gateway.networking.k8s.io_tlsroutes.yaml",
+                          "gateway.networking.k8s.io_vap_safeupgrades.yaml")
+
+
+def gateway_api_crds(folder: pathlib.Path) -> list[pathlib.Path]:
+    """The Gateway API CRD files of `folder` that Kubernetes 1.28 accepts."""
+    files = sorted(p for p in folder.glob("*.yaml") if p.name not in GATEWAY_API_NEEDS_1_30)
+    if not any(p.name == "gateway.networking.k8s.io_httproutes.yaml" for p in files):
+        raise FileNotFoundError(f"{folder} holds no Gateway API CRDs: set SLUICE_GATEWAY_API_DIR to the folder "
+                                f"with the {GATEWAY_API} standard-channel CRDs")
+    return files
 
 
 def free_port() -> int:

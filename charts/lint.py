@@ -20,7 +20,10 @@ The operations kit (ServiceMonitor, PodMonitor, PrometheusRule, the Grafana
 dashboard, PodDisruptionBudgets, the dataplanes' HPA) is rendered and checked,
 and every metric its PromQL names must be one the code registers.
 The examples' BackendPools are validated against the CRD's OpenAPI schema (and
-the backend CEL rules, by hand), the chart's CRDs must equal crds/, and each
+the backend CEL rules, by hand); the Gateway API examples (examples/gateway/)
+and every YAML block of the Gateway API guides are validated by a real
+kube-apiserver with the upstream Gateway API CRDs installed, and a block that
+names an example file must be that file; the chart's CRDs must equal crds/, and each
 Dockerfile's stages are built without a container engine
 (charts/dockerfile_stages.py): the manifest-only stage must build the
 dependencies with --locked, the final stage must hold the binary its
@@ -42,6 +45,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,6 +61,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "sluice"
 NAMESPACE = "sluice-system"
 RELEASE = "sluice"
+# Gateway API examples, and the guides whose YAML blocks the API server checks.
+GATEWAY_EXAMPLES = ROOT / "examples" / "gateway"
+GATEWAY_GUIDES = [ROOT / "docs" / "gateway-api.md", ROOT / "docs" / "migrate-ingress-nginx.md"]
 
 # What the controller may do, and nothing more (see the ClusterRole).
 CONTROLLER_RULES = [
@@ -952,6 +959,74 @@ def check_examples():
             expect(all(p.get("name") for p in d["spec"]["ports"]), f"{path.name}: Service ports need names")
 
 
+def yaml_blocks(path: pathlib.Path) -> list[tuple[int, str]]:
+    """The ```yaml blocks of a Markdown file, dedented, with the line each starts on."""
+    out, block, start = [], None, 0
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if block is None:
+            if line.strip() == "```yaml":
+                block, start = [], n + 1
+        elif line.strip() == "```":
+            out.append((start, textwrap.dedent("\n".join(block)) + "\n"))
+            block = None
+        else:
+            block.append(line)
+    expect(block is None, f"{path.relative_to(ROOT)}: the yaml block of line {start} is not closed")
+    return out
+
+
+def guide_blocks() -> tuple[list[tuple[str, list[dict]]], list[tuple[str, dict]], set[pathlib.Path]]:
+    """What the Gateway API guides show: blocks of whole objects, blocks of
+    chart values (first line `# values.yaml`), and the example files shown.
+    A block whose first line names an example file must be that file, so
+    what users read is what they apply."""
+    objects, values, shown = [], [], set()
+    for guide in GATEWAY_GUIDES:
+        rel = guide.relative_to(ROOT)
+        expect(guide.exists(), f"{rel} missing")
+        for line, text in yaml_blocks(guide):
+            where = f"{rel}:{line}"
+            first = text.split("\n", 1)[0].strip()
+            m = re.fullmatch(r"# (examples/gateway/[\w.-]+\.yaml)", first)
+            if m:
+                path = ROOT / m.group(1)
+                expect(path.exists(), f"{where}: {m.group(1)} does not exist")
+                expect(path.read_text() == text, f"{where}: the block is not {m.group(1)} as it stands")
+                shown.add(path)
+            try:
+                docs = [d for d in yaml.safe_load_all(text) if d is not None]
+            except yaml.YAMLError as e:
+                raise Failed(f"{where}: not YAML: {e}") from e
+            if first == "# values.yaml":
+                expect(len(docs) == 1 and isinstance(docs[0], dict), f"{where}: chart values are one mapping")
+                values.append((where, docs[0]))
+                continue
+            whole = all(isinstance(d, dict) and d.get("apiVersion") and d.get("kind")
+                        and (d.get("metadata") or {}).get("name") for d in docs)
+            expect(docs and whole, f"{where}: a yaml block holds whole objects (apiVersion, kind, metadata.name) "
+                                   f"or starts with '# values.yaml' (chart values)")
+            objects.append((where, docs))
+    return objects, values, shown
+
+
+def check_gateway_examples():
+    """examples/gateway/ parses into whole objects, each file is shown in a
+    guide, the guides' blocks are objects or chart values (the API server
+    judges them in check_apiserver), and the guides link nowhere outside the
+    repository (they are the contract of this checkout)."""
+    examples = load_yaml_dir(GATEWAY_EXAMPLES, "*.yaml")
+    expect(examples, f"{GATEWAY_EXAMPLES.relative_to(ROOT)}: no examples")
+    _, _, shown = guide_blocks()
+    unshown = sorted(str(p.relative_to(ROOT)) for p in GATEWAY_EXAMPLES.glob("*.yaml") if p not in shown)
+    expect(not unshown, f"examples not shown in {[str(g.relative_to(ROOT)) for g in GATEWAY_GUIDES]}: {unshown}")
+    for guide in GATEWAY_GUIDES:
+        outside = re.findall(r"\]\((\w+:[^)]*)\)", guide.read_text())
+        expect(not outside, f"{guide.relative_to(ROOT)}: links outside the repository: {outside}")
+    for path in GATEWAY_EXAMPLES.glob("*.yaml"):
+        head = f"# examples/gateway/{path.name}"
+        expect(path.read_text().startswith(head + "\n"), f"{path.relative_to(ROOT)}: the first line must be {head!r}")
+
+
 def check_crd_copies():
     src = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
     copies = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
@@ -1187,7 +1262,8 @@ def dropped(sent, got, path="") -> list[str]:
 
 def check_apiserver():
     """Kubernetes 1.28.7 itself (charts/apiserver.py) validates every object of
-    every render, deploy/ and the examples: `kubectl create --dry-run=server
+    every render, deploy/, the examples and the Gateway API guides' blocks (with
+    the upstream Gateway API CRDs installed): `kubectl create --dry-run=server
     --validate=strict`, and no field we send may be dropped."""
     k8s_dir = pathlib.Path(os.environ.get("SLUICE_K8S_DIR") or ROOT.parent / "shared" / "k8s")
     bins = apiserver.unpack(k8s_dir, ROOT / "target" / f"kube-{apiserver.VERSION}")
@@ -1201,16 +1277,26 @@ def check_apiserver():
         "PodMonitor": render(POD_MONITOR, kube=kube)[0],
         "deploy/": [d for _, d in load_yaml_dir(ROOT / "deploy", "*.yaml")],
         "deploy/examples": [d for _, d in load_yaml_dir(ROOT / "deploy" / "examples", "*.yaml")],
+        "examples/gateway": [d for _, d in load_yaml_dir(GATEWAY_EXAMPLES, "*.yaml")],
     }
+    objects, values, _ = guide_blocks()
+    renders.update(objects)
+    for where, v in values:
+        renders[f"{where} (chart values)"] = render(v, kube=kube)[0]
+    gateway_dir = pathlib.Path(os.environ.get("SLUICE_GATEWAY_API_DIR")
+                               or ROOT.parent / "shared" / "gateway-api" / apiserver.GATEWAY_API)
+    crd_files = [CHART / "crds", ROOT / "charts" / "testdata" / "external-crds.yaml",
+                 *apiserver.gateway_api_crds(gateway_dir)]
+    # Namespaces the objects name (a dry run cannot create one and use it).
+    namespaces = {NAMESPACE, "edge-ns", "monitoring"} | {
+        d["metadata"]["namespace"] for docs in renders.values() for d in docs
+        if (d.get("metadata") or {}).get("namespace")} - {"default", "kube-system", "kube-public", "kube-node-lease"}
     with apiserver.ApiServer(bins) as api:
-        # The upstream GatewayClass CRD (vendored for the generated types),
-        # so the chart's GatewayClass gets the real schema's validation.
-        r = api.kubectl("create", "-f", str(CHART / "crds"), "-f", str(ROOT / "charts" / "testdata" / "external-crds.yaml"),
-                        "-f", str(ROOT / "crds" / "gateway-api" / "v1.5.1" / "gateway.networking.k8s.io_gatewayclasses.yaml"))
+        r = api.kubectl("create", *[a for f in crd_files for a in ("-f", str(f))])
         expect(r.returncode == 0, f"CRDs refused by kube-apiserver {kube}: {r.stderr.strip()}")
         r = api.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         expect(r.returncode == 0, f"CRDs not established: {r.stderr.strip()}")
-        for ns in (NAMESPACE, "edge-ns", "monitoring"):
+        for ns in sorted(namespaces):
             r = api.kubectl("create", "namespace", ns)
             expect(r.returncode == 0, f"namespace {ns}: {r.stderr.strip()}")
         problems = []
@@ -1380,7 +1466,9 @@ def main() -> int:
                                 "/metrics/podMonitor/interval")),
         ("deploy/ equals the default render for sluice-system", deploy_matches),
         ("deploy/examples parse and match the CRD schema", check_examples),
-        (f"kube-apiserver {apiserver.VERSION} accepts every rendered object, deploy/ and the examples", check_apiserver),
+        ("examples/gateway parse and each is shown in the Gateway API guides", check_gateway_examples),
+        (f"kube-apiserver {apiserver.VERSION} accepts every rendered object, deploy/, the examples and the guides' YAML",
+         check_apiserver),
         ("Dockerfile.controller", lambda: check_dockerfile("controller", rendered["defaults"][0])),
         ("Dockerfile.dataplane", lambda: check_dockerfile("dataplane", rendered["defaults"][0])),
         ("Dockerfile.dataplane: the chart's preStop command runs with the image's binary", check_image_runs_pre_stop),

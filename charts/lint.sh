@@ -3,7 +3,9 @@
 # with default and non-default values on Kubernetes 1.28 and the newest,
 # least-privilege RBAC, the wiring between controller and dataplane, the
 # operations kit and its metric names, deploy/ == the default render, the
-# examples against the CRD schema, the chart's CRD copies, and both
+# examples against the CRD schema, examples/gateway/ and the Gateway API
+# guides' YAML against the upstream Gateway API CRDs (SLUICE_GATEWAY_API_DIR,
+# by default ../shared/gateway-api/v1.5.1), the chart's CRD copies, and both
 # Dockerfiles' stages built without a container engine (cargo, in a cheap
 # profile, under target/image-check/). Called by .ci/run.
 #

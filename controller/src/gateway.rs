@@ -365,4 +365,6 @@ pub fn translate(
 }
 
 #[cfg(test)]
+mod doc_examples;
+#[cfg(test)]
 mod tests;
