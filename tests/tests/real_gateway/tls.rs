@@ -5,6 +5,7 @@
 //! gateway-secret-invalid-reference-grant,
 //! gateway-secret-missing-reference-grant,
 //! gateway-secret-reference-grant-specific,
+//! gateway-secret-reference-grant-all-in-namespace,
 //! gateway-invalid-tls-configuration, httproute-https-listener,
 //! httproute-redirect-scheme; listener isolation).
 
@@ -253,6 +254,48 @@ spec:
         ns,
         "gw",
         "the granted certificate resolved",
+        |g| refs(g, "other") == pair("True", "ResolvedRefs"),
+    )
+    .await?;
+    let seen = until_tls(listeners[0], other, &ca, ns, "infra-backend-v1").await?;
+    assert_eq!(seen["host"], other, "{seen}");
+
+    // The grant naming another Secret: refused again (the change is seen);
+    // then the grant without a name, for every Secret of the namespace
+    // (upstream: gateway-secret-reference-grant-all-in-namespace).
+    let regrant = |to: &str| {
+        format!(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {{name: gateways-of-gw-tls, namespace: {certs}}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: Gateway, namespace: {ns}}}]
+  to: [{to}]
+"#
+        )
+    };
+    env.apply(
+        "gw-tls-grant.yaml",
+        &regrant(r#"{group: "", kind: Secret, name: not-other-cert}"#),
+    )?;
+    env.status(
+        "Gateway",
+        ns,
+        "gw",
+        "a grant for another Secret refused",
+        |g| refs(g, "other") == pair("False", "RefNotPermitted"),
+    )
+    .await?;
+    env.apply(
+        "gw-tls-grant.yaml",
+        &regrant(r#"{group: "", kind: Secret}"#),
+    )?;
+    env.status(
+        "Gateway",
+        ns,
+        "gw",
+        "a grant for every Secret of the namespace resolved",
         |g| refs(g, "other") == pair("True", "ResolvedRefs"),
     )
     .await?;
