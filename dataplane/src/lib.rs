@@ -30,6 +30,7 @@ pub mod health;
 pub mod heap;
 pub mod http1;
 pub mod metrics;
+pub mod own_headers;
 pub mod policy;
 pub mod proxy;
 pub mod rules;
@@ -258,7 +259,7 @@ impl Dataplane {
             tasks.spawn(persist::run(dir, Arc::clone(&state), stop_rx.clone()));
         }
         tasks.spawn(health::run(Arc::clone(&state), stop_rx.clone()));
-        tasks.spawn(upstream::reap(Arc::clone(&state), stop_rx.clone()));
+        tasks.spawn(state::reap_idle(Arc::clone(&state), stop_rx.clone()));
         tasks.spawn(heap::run(stop_rx.clone()));
         let proxy = Arc::new(Proxy::new(Arc::clone(&state)));
         // The access log's table handle; nothing extra per request when off.

@@ -1,8 +1,10 @@
 //! What every part of the dataplane shares: the compiled table being served,
-//! the route table it came from, readiness, and the last refusal or error.
+//! the route table it came from, readiness, and the last refusal or error;
+//! and the sweeper of endpoints' idle connections, which walks that table.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use sluice_protocol::{ApplyError, Rejected, RouteEvent, RouteTable};
@@ -171,6 +173,41 @@ impl State {
             Some("listeners are not up yet")
         } else {
             None
+        }
+    }
+}
+
+/// Longest time between two sweeps of idle connections (shorter when a
+/// pool's `timeouts.idle` is: half of the shortest).
+pub const REAP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Closes the idle connections of every endpoint in the current table that
+/// have waited longer than their pool's `timeouts.idle` (and those the
+/// endpoint closed), every [`REAP_INTERVAL`] at most, until `stop`. Without it an
+/// endpoint that stops getting requests would keep its idle connections,
+/// and their places in `maxConnections`, until the endpoint closed them.
+pub async fn reap_idle(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let every = state
+            .table
+            .load()
+            .pools()
+            .iter()
+            .map(|p| p.policy.upstream.idle() / 2)
+            .min()
+            .unwrap_or(REAP_INTERVAL)
+            .clamp(Duration::from_millis(50), REAP_INTERVAL);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let table = state.table.load_full();
+        let now = Instant::now();
+        for pool in table.pools() {
+            let limit = pool.policy.upstream.idle();
+            for ep in &pool.endpoints {
+                ep.idle.sweep(now, limit);
+            }
         }
     }
 }

@@ -42,11 +42,7 @@ pub mod upgrade;
 
 use self::rule::RuleLimits;
 
-/// Header naming why Sluice answered a request itself.
-pub const ERROR_HEADER: &str = "x-sluice-error";
-
-/// Header with the number of tries a response took, when more than one.
-pub const ATTEMPTS_HEADER: &str = "x-sluice-attempts";
+pub use crate::own_headers::{ATTEMPTS_HEADER, ERROR_HEADER};
 
 /// Body of every proxy response: the endpoint's, streamed, or a short one
 /// of Sluice's own. An enum rather than a boxed body: no allocation, and the

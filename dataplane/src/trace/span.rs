@@ -91,7 +91,7 @@ impl Span {
 
     fn respond<B>(&mut self, resp: &Response<B>, endpoint: Option<SocketAddr>, table: &Table) {
         self.status = resp.status().as_u16();
-        self.error = (resp.headers().get(crate::proxy::ERROR_HEADER))
+        self.error = (resp.headers().get(crate::own_headers::ERROR_HEADER))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         self.endpoint = endpoint;

@@ -29,7 +29,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::http1::server::ClientBody;
 use bytes::Bytes;
@@ -94,41 +94,6 @@ pub(crate) fn describe(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
-}
-
-/// Longest time between two sweeps of idle connections (shorter when a
-/// pool's `timeouts.idle` is: half of the shortest).
-pub const REAP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Closes the idle connections of every endpoint in the current table that
-/// have waited longer than their pool's `timeouts.idle` (and those the
-/// endpoint closed), every [`REAP_INTERVAL`] at most, until `stop`. Without it an
-/// endpoint that stops getting requests would keep its idle connections,
-/// and their places in `maxConnections`, until the endpoint closed them.
-pub async fn reap(state: Arc<crate::state::State>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let every = state
-            .table
-            .load()
-            .pools()
-            .iter()
-            .map(|p| p.policy.upstream.idle() / 2)
-            .min()
-            .unwrap_or(REAP_INTERVAL)
-            .clamp(Duration::from_millis(50), REAP_INTERVAL);
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let table = state.table.load_full();
-        let now = Instant::now();
-        for pool in table.pools() {
-            let limit = pool.policy.upstream.idle();
-            for ep in &pool.endpoints {
-                ep.idle.sweep(now, limit);
-            }
-        }
-    }
 }
 
 impl Upstream {
