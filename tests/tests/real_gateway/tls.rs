@@ -238,17 +238,22 @@ spec:
         get_tls(listeners[0], other, &ca).await.is_err(),
         "no certificate for {other} without a grant"
     );
-    let grant = format!(
-        r#"
+    let regrant = |to: &str| {
+        format!(
+            r#"
 apiVersion: gateway.networking.k8s.io/v1beta1
 kind: ReferenceGrant
 metadata: {{name: gateways-of-gw-tls, namespace: {certs}}}
 spec:
   from: [{{group: gateway.networking.k8s.io, kind: Gateway, namespace: {ns}}}]
-  to: [{{group: "", kind: Secret, name: other-cert}}]
+  to: [{to}]
 "#
-    );
-    env.apply("gw-tls-grant.yaml", &grant)?;
+        )
+    };
+    env.apply(
+        "gw-tls-grant.yaml",
+        &regrant(r#"{group: "", kind: Secret, name: other-cert}"#),
+    )?;
     env.status(
         "Gateway",
         ns,
@@ -263,18 +268,6 @@ spec:
     // The grant naming another Secret: refused again (the change is seen);
     // then the grant without a name, for every Secret of the namespace
     // (upstream: gateway-secret-reference-grant-all-in-namespace).
-    let regrant = |to: &str| {
-        format!(
-            r#"
-apiVersion: gateway.networking.k8s.io/v1beta1
-kind: ReferenceGrant
-metadata: {{name: gateways-of-gw-tls, namespace: {certs}}}
-spec:
-  from: [{{group: gateway.networking.k8s.io, kind: Gateway, namespace: {ns}}}]
-  to: [{to}]
-"#
-        )
-    };
     env.apply(
         "gw-tls-grant.yaml",
         &regrant(r#"{group: "", kind: Secret, name: not-other-cert}"#),
