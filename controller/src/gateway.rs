@@ -50,7 +50,7 @@ use sluice_crds::gateway::referencegrants::ReferenceGrant;
 use sluice_protocol::{HttpRoute, PoolRoute};
 
 use self::watch::GatewayChange;
-use crate::index::Key;
+use crate::key::Key;
 use crate::route::Lookup;
 
 fn key_of<K: ResourceExt>(obj: &K) -> Key {

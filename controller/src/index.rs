@@ -22,8 +22,7 @@ use crate::gateway::{self, Config, Output, Pools, World};
 use crate::pool_versions::PoolVersions;
 use crate::route::{self, InvalidSpec, Lookup, SERVICE_NAME_LABEL, TLS_REASONS, Unresolved};
 
-/// `(namespace, name)`.
-pub type Key = (String, String);
+pub use crate::key::Key;
 
 fn key_of<K: ResourceExt>(obj: &K) -> Key {
     (obj.namespace().unwrap_or_default(), obj.name_any())

@@ -22,7 +22,9 @@ pub mod autoscale;
 pub mod cli;
 pub mod dataplanes;
 pub mod gateway;
+pub mod gateway_watch;
 pub mod index;
+pub mod key;
 pub mod leader;
 pub mod metrics;
 pub mod pool_versions;
@@ -294,7 +296,7 @@ impl Controller {
             Arc::clone(&synced),
             |s| &s.triggers,
         ));
-        tasks.spawn(gateway::watch::run(
+        tasks.spawn(gateway_watch::run(
             client.clone(),
             tx.clone(),
             Arc::clone(&synced),

@@ -12,7 +12,7 @@ use sluice_protocol::{HttpRoute, Listener};
 
 use super::rules::{self, Translated};
 use super::{GROUP, Output, ParentState, Pools, Verdict, World};
-use crate::index::Key;
+use crate::key::Key;
 use crate::route::Lookup;
 
 /// Attaches every route, fills in `attachedRoutes`, route status and the

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Service;
 use sluice_crds::gateway::gateways::{Gateway, GatewayListeners};
 
 use super::{Config, GROUP, GatewayState, ListenerState, Verdict, World};
-use crate::index::Key;
+use crate::key::Key;
 use crate::route::{Lookup, certificate_of};
 
 /// The listener's protocol as this controller serves it.

@@ -11,7 +11,7 @@ use sluice_protocol::PoolRoute;
 use sluice_protocol::http_route::{Backend, Filter, RouteMatch, Rule, RuleTimeouts};
 
 use super::{GROUP, Pools, Verdict, World};
-use crate::index::Key;
+use crate::key::Key;
 use crate::route::{self, Lookup};
 
 /// The API group of BackendPools.

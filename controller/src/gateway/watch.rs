@@ -1,33 +1,15 @@
-//! Starts the Gateway API watchers once the CRDs are installed.
-//!
-//! Gateway API is optional: the controller asks the API server for
-//! GatewayClasses every [`PROBE_INTERVAL`]; while the CRDs are missing it
-//! logs that once and serves BackendPools alone. When they appear the
-//! watchers start (GatewayClasses, Gateways, HTTPRoutes, ReferenceGrants
-//! and Namespaces, whose labels `allowedRoutes` selects on), without a
-//! restart.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! What the Gateway API watchers send to the index: one change of a
+//! GatewayClass, Gateway, HTTPRoute, ReferenceGrant or Namespace. The
+//! watchers themselves are started by the crate's wiring
+//! (`gateway_watch.rs`).
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::ListParams;
-use kube::runtime::watcher;
-use kube::{Api, Client};
 use sluice_crds::gateway::gatewayclasses::GatewayClass;
 use sluice_crds::gateway::gateways::Gateway;
 use sluice_crds::gateway::httproutes::HttpRoute as HTTPRoute;
 use sluice_crds::gateway::referencegrants::ReferenceGrant;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
-use crate::admin::Synced;
-use crate::api_errors::Causes;
-use crate::index::{self, Change};
-
-/// How often the controller looks for the Gateway API CRDs while they are
-/// missing.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+use crate::key::Key;
 
 /// One change of a Gateway API object (or a Namespace's labels).
 #[derive(Debug)]
@@ -35,97 +17,31 @@ pub enum GatewayChange {
     /// A GatewayClass was added or modified.
     Class(Box<GatewayClass>),
     /// A GatewayClass was deleted.
-    ClassDeleted(index::Key),
+    ClassDeleted(Key),
     /// Relisted: all GatewayClasses.
     AllClasses(Vec<GatewayClass>),
     /// A Gateway was added or modified.
     Gateway(Box<Gateway>),
     /// A Gateway was deleted.
-    GatewayDeleted(index::Key),
+    GatewayDeleted(Key),
     /// Relisted: all Gateways.
     AllGateways(Vec<Gateway>),
     /// An HTTPRoute was added or modified.
     Route(Box<HTTPRoute>),
     /// An HTTPRoute was deleted.
-    RouteDeleted(index::Key),
+    RouteDeleted(Key),
     /// Relisted: all HTTPRoutes.
     AllRoutes(Vec<HTTPRoute>),
     /// A ReferenceGrant was added or modified.
     Grant(Box<ReferenceGrant>),
     /// A ReferenceGrant was deleted.
-    GrantDeleted(index::Key),
+    GrantDeleted(Key),
     /// Relisted: all ReferenceGrants.
     AllGrants(Vec<ReferenceGrant>),
     /// A Namespace was added or modified.
     Namespace(Box<Namespace>),
     /// A Namespace was deleted.
-    NamespaceDeleted(index::Key),
+    NamespaceDeleted(Key),
     /// Relisted: all Namespaces.
     AllNamespaces(Vec<Namespace>),
-}
-
-/// Waits for the CRDs, then runs the watchers until the channel closes.
-pub async fn run(client: Client, tx: mpsc::Sender<(&'static str, Change)>, synced: Arc<Synced>) {
-    let classes: Api<GatewayClass> = Api::all(client.clone());
-    let mut logged = false;
-    loop {
-        match classes.list_metadata(&ListParams::default().limit(1)).await {
-            Ok(_) => break,
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                if !logged {
-                    tracing::info!(
-                        "Gateway API CRDs not installed: serving BackendPools only (checking again every {}s)",
-                        PROBE_INTERVAL.as_secs()
-                    );
-                    logged = true;
-                }
-            }
-            Err(e) => tracing::debug!(error = %Causes(&e), "Gateway API probe failed"),
-        }
-        tokio::time::sleep(PROBE_INTERVAL).await;
-    }
-    tracing::info!(
-        "Gateway API CRDs found: watching GatewayClasses, Gateways, HTTPRoutes, ReferenceGrants"
-    );
-    let mut tasks = JoinSet::new();
-    macro_rules! spawn_watch {
-        ($k:ty, $name:literal, $one:ident, $gone:ident, $all:ident) => {
-            tasks.spawn(crate::watch_kind::<$k>(
-                Api::all(client.clone()),
-                $name,
-                watcher::Config::default(),
-                tx.clone(),
-                |o| Change::Gateway(Box::new(GatewayChange::$one(Box::new(o)))),
-                |k| Change::Gateway(Box::new(GatewayChange::$gone(k))),
-                |all| Change::Gateway(Box::new(GatewayChange::$all(all))),
-                Arc::clone(&synced),
-                |s| &s.gateway,
-            ));
-        };
-    }
-    spawn_watch!(
-        GatewayClass,
-        "GatewayClass",
-        Class,
-        ClassDeleted,
-        AllClasses
-    );
-    spawn_watch!(Gateway, "Gateway", Gateway, GatewayDeleted, AllGateways);
-    spawn_watch!(HTTPRoute, "HTTPRoute", Route, RouteDeleted, AllRoutes);
-    spawn_watch!(
-        ReferenceGrant,
-        "ReferenceGrant",
-        Grant,
-        GrantDeleted,
-        AllGrants
-    );
-    spawn_watch!(
-        Namespace,
-        "Namespace",
-        Namespace,
-        NamespaceDeleted,
-        AllNamespaces
-    );
-    drop(tx);
-    while tasks.join_next().await.is_some() {}
 }
