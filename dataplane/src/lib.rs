@@ -277,6 +277,7 @@ impl Dataplane {
                 }
                 (begun, Arc::clone(state))
             });
+            let req = Box::new(req);
             async move {
                 let outgoing = trace.as_ref().map(|(begun, _)| begun.outgoing);
                 // Not boxed here: the front end keeps it in a room its
@@ -284,8 +285,9 @@ impl Dataplane {
                 // request allocates none (hyper's path boxes it, see
                 // `listener`; measured: the box cost 700 instructions a
                 // request).
-                let handled = proxy.handle(req, conn.peer, conn.site.as_deref(), outgoing);
-                let resp = handled.await;
+                let resp = proxy
+                    .handle(req, conn.peer, conn.site.as_deref(), outgoing)
+                    .await;
                 let entry = log.map(|(state, mut entry)| {
                     let (status, endpoint) = (resp.status().as_u16(), resp.body().endpoint());
                     entry.respond(status, endpoint, &state.table.load());

@@ -115,15 +115,34 @@ fn pass(mut rest: Waiting) {
 /// Runs `fut`, passing `turn` on once `fut` was first polled: a released
 /// request's first attempt has then started. `None` (every request that was
 /// never held) costs a branch per poll.
-pub async fn relay<F: Future>(fut: F, turn: Option<Turn>) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let mut turn = turn;
-    std::future::poll_fn(move |cx| {
-        let polled = fut.as_mut().poll(cx);
-        turn.take();
+pub fn relay<F: Future>(fut: F, turn: Option<Turn>) -> Relay<F> {
+    Relay { fut, turn }
+}
+
+pin_project_lite::pin_project! {
+    /// [`relay`]'s future. A type rather than an `async fn`: an `async fn`
+    /// keeps room for the future it is given twice (the argument and the
+    /// pinned local), and this one wraps every forwarded request's
+    /// attempts.
+    pub struct Relay<F> {
+        #[pin]
+        fut: F,
+        turn: Option<Turn>,
+    }
+}
+
+impl<F: Future> Future for Relay<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let polled = this.fut.poll(cx);
+        this.turn.take();
         polled
-    })
-    .await
+    }
 }
 
 /// One held request's place in its pool's queue; dropping it (the client

@@ -302,15 +302,13 @@ where
                     // Boxed (a small allocation, from the allocator's
                     // per-thread cache): inline, its room would be part of
                     // every connection's task, idle ones included.
-                    let served = Box::pin(serve_request(
-                        &mut client,
-                        handler,
-                        spares,
-                        request,
-                        head,
-                        close,
-                    ))
-                    .await;
+                    // The request's future is built in its room, and the
+                    // request goes into it there: `serve_request` keeps
+                    // neither (every byte of its future is copied into
+                    // its box).
+                    let conn = client.conn;
+                    let handled = spares.slot(|| handler(request, conn));
+                    let served = Box::pin(serve_request(&mut client, handled, head, close)).await;
                     if served == Served::Close {
                         return Next::Closed;
                     }
@@ -365,18 +363,15 @@ struct Client<'a, I, C> {
 }
 
 /// One request and its response.
-async fn serve_request<I, C, H, F, B>(
+async fn serve_request<I, C, F, B>(
     client: &mut Client<'_, I, C>,
-    handler: &H,
-    spares: &Spares<F>,
-    request: Request<ClientBody>,
+    mut handled: Slot<'_, F>,
     head_request: bool,
     mut close: bool,
 ) -> Served
 where
     I: AsyncRead + AsyncWrite + Unpin,
     C: Peer,
-    H: Fn(Request<ClientBody>, &C) -> F,
     F: Future<Output = Response<B>>,
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -395,7 +390,6 @@ where
     // reset) drops the request, as hyper does.
     // Interim responses (103 Early Hints, ...) the endpoint sends are
     // forwarded as they come ([`crate::http1::client::interim_into`]).
-    let mut handled = spares.slot(handler(request, conn));
     let interim = &mut scratch.interim;
     let resp = loop {
         let waited = std::future::poll_fn(|cx| {
@@ -763,10 +757,12 @@ impl<F: Future> Spares<F> {
     }
 
     /// `future`, in a room of its own for as long as it runs.
-    fn slot(&self, future: F) -> Slot<'_, F> {
+    /// `make`'s future, built in its room (passed in by value, it would
+    /// be copied whole once more).
+    fn slot(&self, make: impl FnOnce() -> F) -> Slot<'_, F> {
         let room = self.futures.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut room = room.unwrap_or_else(|| Box::pin(None));
-        room.set(Some(future));
+        room.set(Some(make()));
         Slot {
             room: Some(room),
             spares: self,

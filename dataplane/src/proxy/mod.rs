@@ -251,9 +251,14 @@ impl Proxy {
     /// Handles one request from `peer`, on a connection that negotiated
     /// TLS `site` (`None`: plain HTTP); `trace`: the `traceparent` the
     /// endpoint gets (`None`: tracing off).
+    ///
+    /// The request comes boxed, and goes on boxed: an async fn keeps room
+    /// for each argument it owns for as long as it runs, and a request
+    /// passed by value through the layers here was kept five times over in
+    /// the request's future (measured: 264 bytes each of its 2.8 KB).
     pub async fn handle(
         &self,
-        mut req: Request<ClientBody>,
+        mut req: Box<Request<ClientBody>>,
         peer: SocketAddr,
         site: Option<&Site>,
         trace: Option<Propagated>,
@@ -334,7 +339,7 @@ impl Proxy {
         &self,
         pool: &Arc<Pool>,
         exchange: Exchange,
-        req: Request<ClientBody>,
+        req: Box<Request<ClientBody>>,
         original_host: Option<RoutedHost>,
         from: Origin<'_>,
         turn: Option<activation::Turn>,
@@ -365,7 +370,7 @@ impl Proxy {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no-endpoints", body);
         };
 
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, body) = (*req).into_parts();
         let upgrade = upgrade::take(&mut parts);
         let version = parts.version;
         let https = site.is_some();
@@ -449,7 +454,7 @@ impl Proxy {
         &'a self,
         pool: Arc<Pool>,
         exchange: Exchange,
-        req: Request<ClientBody>,
+        req: Box<Request<ClientBody>>,
         original_host: Option<RoutedHost>,
         from: Origin<'a>,
         rule: Option<&'a RuleAction>,
@@ -620,35 +625,53 @@ async fn attempts(
     let mut tries = 1;
     loop {
         let in_flight = target.begin();
-        let parts = match (head.take(), &template) {
-            (Some(parts), _) => parts,
-            (None, Some(template)) => template.clone(),
-            // Unreachable: a retry after sending needs the template.
-            (None, None) => return failed_answer(pool, target, tries),
+        if head.is_none() {
+            match &template {
+                Some(template) => head = Some(template.clone()),
+                // Unreachable: a retry after sending needs the template.
+                None => return failed_answer(pool, target, tries),
+            }
+        }
+        let Some(parts) = head.as_mut() else {
+            return failed_answer(pool, target, tries);
         };
         let started = Instant::now();
-        let sent = policy.upstream.send(
-            target,
-            Request::from_parts(parts, body.attempt()),
-            forwarded,
-        );
+        let sending = body.attempt();
+        // Each send is built where it is awaited, and the one under a try
+        // limit boxed: a future kept in a local and then moved into the
+        // await takes room twice in this one (measured: 4.5 KB with both
+        // in place, every request moving it twice).
         let result = match per_try {
-            Some(limit) => within_silence(sent, body.progress(), limit, None)
-                .await
-                .map_err(|_| limit),
-            None => Ok(sent.await),
+            Some(limit) => Box::pin(within_silence(
+                policy.upstream.send(target, parts, sending, forwarded),
+                body.progress(),
+                limit,
+                None,
+            ))
+            .await
+            .map_err(|_| limit),
+            None => Ok(policy
+                .upstream
+                .send(target, parts, sending, forwarded)
+                .await),
         };
+        // The head is spent unless the attempt says it is whole (an answer
+        // took its header room; a cut try may have sent it).
         let result = result.map(|r| {
-            r.map_err(|(e, back)| {
-                // Not sent: the request stays in hand for the next try.
-                if let Some(back) = back {
-                    let (parts, sent_body) = back.into_parts();
-                    head = Some(parts);
-                    body.restore(sent_body);
+            r.map_err(|unsent| {
+                if !unsent.head_intact {
+                    head = None;
                 }
-                e
+                // Not sent: the body stays in hand for the next try.
+                if let Some(back) = unsent.body {
+                    body.restore(back);
+                }
+                unsent.error
             })
         });
+        if !matches!(result, Ok(Err(_))) {
+            head = None;
+        }
         let attempt = outcome(target, result, started.elapsed());
         let (failure, resp, status, reason, why, over) = match attempt {
             Attempt::Answered(resp) => {

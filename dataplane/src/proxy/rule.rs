@@ -161,9 +161,10 @@ fn mirror(pool: Arc<Pool>, req: &Request<ClientBody>, from: Origin<'_>, host: Op
             return;
         };
         let forwarded = forward::request(&mut head, peer, host, https, trace);
-        let req = Request::from_parts(head, RequestBody::Empty);
         let exchange = async {
-            let resp = pool.policy.upstream.send(&target, req, &forwarded).await?;
+            let resp = (pool.policy.upstream)
+                .send(&target, &mut head, RequestBody::Empty, &forwarded)
+                .await?;
             target.upstream.inc(resp.status().as_u16());
             // Read to the end, so the connection goes back to the pool.
             let mut body = resp.into_body();
@@ -171,7 +172,7 @@ fn mirror(pool: Arc<Pool>, req: &Request<ClientBody>, from: Origin<'_>, host: Op
                 std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
             {
             }
-            Ok::<_, (crate::upstream::UpstreamError, Option<Request<RequestBody>>)>(())
+            Ok::<_, crate::upstream::Unsent>(())
         };
         if let Ok(Err(_)) | Err(_) =
             tokio::time::timeout(pool.policy.request_timeout, exchange).await
