@@ -108,35 +108,39 @@ impl Upstream {
     /// it can go again as it is) and gives back a body that was not sent
     /// (a connect failure); the response's body puts the connection back
     /// on the endpoint's idle list when it has been read to its end.
-    pub async fn send(
-        &self,
-        endpoint: &Arc<Endpoint>,
-        parts: &mut Parts,
+    pub fn send<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
+        parts: &'a mut Parts,
         body: RequestBody,
-        forwarded: &(dyn ExtraFields + Sync),
-    ) -> Result<Response<ResponseBody>, Unsent> {
-        let conn = match self.checkout(endpoint) {
-            Some(conn) => conn,
-            // Boxed: only requests that find no idle connection dial.
-            None => match Box::pin(self.connect(endpoint)).await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    return Err(Unsent {
-                        error,
-                        head_intact: true,
-                        body: Some(body),
-                    });
-                }
-            },
-        };
-        match send_parts_on(conn, parts, body, forwarded, endpoint).await {
-            Ok(resp) => Ok(resp),
-            // Nothing came back: the head is still whole.
-            Err(e) => Err(Unsent {
-                head_intact: matches!(e, h1::Error::Unanswered(_)),
-                error: UpstreamError::Send(e),
-                body: None,
-            }),
+        forwarded: &'a (dyn ExtraFields + Sync),
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Unsent>> + Send + 'a {
+        // An async block: an async fn would keep each argument twice (see
+        // `proxy::attempts`).
+        async move {
+            let conn = match self.checkout(endpoint) {
+                Some(conn) => conn,
+                // Boxed: only requests that find no idle connection dial.
+                None => match Box::pin(self.connect(endpoint)).await {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        return Err(Unsent {
+                            error,
+                            head_intact: true,
+                            body: Some(body),
+                        });
+                    }
+                },
+            };
+            match send_parts_on(conn, parts, body, forwarded, endpoint).await {
+                Ok(resp) => Ok(resp),
+                // Nothing came back: the head is still whole.
+                Err(e) => Err(Unsent {
+                    head_intact: matches!(e, h1::Error::Unanswered(_)),
+                    error: UpstreamError::Send(e),
+                    body: None,
+                }),
+            }
         }
     }
 
@@ -182,79 +186,83 @@ pub struct Unsent {
 /// response head is awaited, and goes on while the response streams back:
 /// an endpoint that answers before taking the whole body (a 413, an echo)
 /// is heard.
-async fn send_parts_on(
+fn send_parts_on<'a>(
     mut conn: Box<EndpointConn>,
-    parts: &mut Parts,
+    parts: &'a mut Parts,
     body: RequestBody,
-    forwarded: &(dyn ExtraFields + Sync),
-    endpoint: &Arc<Endpoint>,
-) -> Result<Response<ResponseBody>, h1::Error> {
-    let framing = RequestFraming::for_body(body.is_end_stream(), body.size_hint().exact());
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    conn.head.clear();
-    h1::encode_head(
-        &mut conn.head,
-        &parts.method,
-        target,
-        &parts.headers,
-        Some(forwarded),
-        framing,
-    );
-    let head_request = parts.method == Method::HEAD;
-    // The request's header map takes the response's headers.
-    let room = &mut parts.headers;
-    let Io::Whole(io) = &mut conn.io else {
-        return Err(h1::Error::Closed);
-    };
-    conn::give_spare(&mut conn.buf);
-    // Nothing came back yet: a failed write is the endpoint gone.
-    io.write_all(&conn.head)
-        .await
-        .map_err(h1::Error::Unanswered)?;
-    if framing != RequestFraming::Empty
-        && let Io::Whole(io) = std::mem::replace(&mut conn.io, Io::Gone)
-    {
-        let (read, mut write) = io.into_split();
-        let writer = tokio::spawn(async move {
-            h1::write_body(&mut write, body, framing).await?;
-            Ok(write)
-        });
-        conn.io = Io::Split {
-            read,
-            write: Writer::Running(writer),
+    forwarded: &'a (dyn ExtraFields + Sync),
+    endpoint: &'a Arc<Endpoint>,
+) -> impl Future<Output = Result<Response<ResponseBody>, h1::Error>> + Send + 'a {
+    // An async block: an async fn would keep each argument twice (see
+    // `proxy::attempts`).
+    async move {
+        let framing = RequestFraming::for_body(body.is_end_stream(), body.size_hint().exact());
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        conn.head.clear();
+        h1::encode_head(
+            &mut conn.head,
+            &parts.method,
+            target,
+            &parts.headers,
+            Some(forwarded),
+            framing,
+        );
+        let head_request = parts.method == Method::HEAD;
+        // The request's header map takes the response's headers.
+        let room = &mut parts.headers;
+        let Io::Whole(io) = &mut conn.io else {
+            return Err(h1::Error::Closed);
         };
-    }
-    let EndpointConn {
-        io, buf, fields, ..
-    } = &mut *conn;
-    let head = match io {
-        Io::Split { read, write } => {
-            let mut head = pin!(h1::read_head(read, buf, head_request, fields, room));
-            tokio::select! {
-                biased;
-                head = &mut head => head?,
-                sent = std::future::poll_fn(|cx| write.poll_sent(cx)) => match sent {
-                    Ok(()) => head.await?,
-                    // The client's body failed: the endpoint waits for the
-                    // rest, which will never come.
-                    Err(e @ h1::Error::Body(_)) => return Err(e),
-                    // The endpoint may have answered, then closed (a 413);
-                    // if nothing came back, it went away with the request.
-                    Err(e) => head.await.map_err(|h| match h {
-                        h1::Error::Unanswered(_) => h,
-                        _ => e,
-                    })?,
-                },
-            }
+        conn::give_spare(&mut conn.buf);
+        // Nothing came back yet: a failed write is the endpoint gone.
+        io.write_all(&conn.head)
+            .await
+            .map_err(h1::Error::Unanswered)?;
+        if framing != RequestFraming::Empty
+            && let Io::Whole(io) = std::mem::replace(&mut conn.io, Io::Gone)
+        {
+            let (read, mut write) = io.into_split();
+            let writer = tokio::spawn(async move {
+                h1::write_body(&mut write, body, framing).await?;
+                Ok(write)
+            });
+            conn.io = Io::Split {
+                read,
+                write: Writer::Running(writer),
+            };
         }
-        io => (h1::read_head(io, buf, head_request, fields, room)).await?,
-    };
-    let mut resp = Response::new(());
-    *resp.status_mut() = head.status;
-    *resp.version_mut() = head.version;
-    *resp.headers_mut() = head.headers;
-    let body = ResponseBody::new(conn, head.framing, head.keep_alive, endpoint);
-    Ok(resp.map(|()| body))
+        let EndpointConn {
+            io, buf, fields, ..
+        } = &mut *conn;
+        let head = match io {
+            Io::Split { read, write } => {
+                let mut head = pin!(h1::read_head(read, buf, head_request, fields, room));
+                tokio::select! {
+                    biased;
+                    head = &mut head => head?,
+                    sent = std::future::poll_fn(|cx| write.poll_sent(cx)) => match sent {
+                        Ok(()) => head.await?,
+                        // The client's body failed: the endpoint waits for the
+                        // rest, which will never come.
+                        Err(e @ h1::Error::Body(_)) => return Err(e),
+                        // The endpoint may have answered, then closed (a 413);
+                        // if nothing came back, it went away with the request.
+                        Err(e) => head.await.map_err(|h| match h {
+                            h1::Error::Unanswered(_) => h,
+                            _ => e,
+                        })?,
+                    },
+                }
+            }
+            io => (h1::read_head(io, buf, head_request, fields, room)).await?,
+        };
+        let mut resp = Response::new(());
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        let body = ResponseBody::new(conn, head.framing, head.keep_alive, endpoint);
+        Ok(resp.map(|()| body))
+    }
 }
 
 /// An endpoint's response body, read off its connection as the client
