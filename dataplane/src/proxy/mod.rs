@@ -996,15 +996,38 @@ fn valid_authority(value: &[u8]) -> bool {
             }
             None => return false,
         },
-        _ => match value.iter().rposition(|b| *b == b':') {
-            Some(colon) => (&value[..colon], &value[colon + 1..]),
-            None => (value, &[][..]),
-        },
+        // A registered name or IPv4 address, then `:port`: one pass from
+        // the end over the port's digits, then one over the name's bytes
+        // by table (it runs on every request: the name by `matches!` and
+        // `rposition` cost about twice as many instructions).
+        _ => {
+            let digits = value
+                .iter()
+                .rev()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            let rest = &value[..value.len() - digits];
+            let host = match rest.last() {
+                Some(b':') => &rest[..rest.len() - 1],
+                // Digits are name bytes too: no colon, no port.
+                _ => value,
+            };
+            (host, &[][..])
+        }
     };
-    host.iter().all(|b| {
-        b.is_ascii_alphanumeric()
+    host.iter().all(|b| REG_NAME[usize::from(*b)]) && port.iter().all(u8::is_ascii_digit)
+}
+
+/// The bytes of a registered name or IPv4 address in an authority (RFC
+/// 3986 §3.2.2: unreserved, `%` of a percent-encoding, sub-delimiters).
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
             || matches!(
-                b,
+                c,
                 b'-' | b'.'
                     | b'_'
                     | b'~'
@@ -1020,9 +1043,11 @@ fn valid_authority(value: &[u8]) -> bool {
                     | b','
                     | b';'
                     | b'='
-            )
-    }) && port.iter().all(u8::is_ascii_digit)
-}
+            );
+        b += 1;
+    }
+    table
+};
 
 /// 400 for a request Sluice cannot take as it is. Over HTTP/1 the
 /// connection closes after it (`Connection: close`): what follows a
@@ -1076,13 +1101,16 @@ mod tests {
             Ok("[::1]:80".into())
         );
         assert_eq!(host_of(get().header("host", "")), Ok(String::new()));
+        for good in ["80", "a:", "10.0.0.1:8080", "x-y_z.~%21:1"] {
+            assert_eq!(host_of(get().header("host", good)), Ok(good.into()));
+        }
         assert_eq!(host_of(get()), Err("no-host"));
         assert_eq!(
             host_of(get().header("host", "a").header("host", "a")),
             Err("duplicate-host")
         );
         for bad in [
-            "a b", "user@a", "a/b", "a:8x", "[::1", "[::1]x", "[]", "a\"b",
+            "a b", "user@a", "a/b", "a:8x", "[::1", "[::1]x", "[]", "a\"b", "a:b", "a:1:2",
         ] {
             assert_eq!(
                 host_of(get().header("host", bad)),

@@ -6,12 +6,23 @@ use std::borrow::Cow;
 /// A Host header or `:authority` as the table matches it: port stripped,
 /// lower-cased, trailing dot dropped. Borrows when nothing changes.
 pub fn normalize_host(raw: &str) -> Cow<'_, str> {
+    let bytes = raw.as_bytes();
     let host = match raw.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => match raw.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => raw,
-        },
+        // A `:port` of digits at the end goes: one pass from the end (it
+        // runs on every request; `rsplit_once` and a second pass over the
+        // port cost about twice the instructions).
+        None => {
+            let digits = bytes
+                .iter()
+                .rev()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            match bytes.len().checked_sub(digits + 1) {
+                Some(colon) if bytes[colon] == b':' => &raw[..colon],
+                _ => raw,
+            }
+        }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {

@@ -371,6 +371,15 @@ pools:
             assert_eq!(name(&t, host, "/").as_deref(), Some("a"), "{host}");
         }
         assert_eq!(normalize_host("[::1]:80"), "::1");
+        for (raw, host) in [
+            ("a.example:", "a.example"),
+            ("a:b:80", "a:b"),
+            ("8080", "8080"),
+            ("a.example:8x", "a.example:8x"),
+            (":80", ""),
+        ] {
+            assert_eq!(normalize_host(raw), host, "{raw}");
+        }
         assert!(matches!(normalize_host("plain.org"), Cow::Borrowed(_)));
     }
 
