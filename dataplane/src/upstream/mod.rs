@@ -108,6 +108,7 @@ impl Upstream {
     /// it can go again as it is) and gives back a body that was not sent
     /// (a connect failure); the response's body puts the connection back
     /// on the endpoint's idle list when it has been read to its end.
+    #[allow(clippy::manual_async_fn)] // an async fn keeps each argument twice
     pub fn send<'a>(
         &'a self,
         endpoint: &'a Arc<Endpoint>,
@@ -186,6 +187,7 @@ pub struct Unsent {
 /// response head is awaited, and goes on while the response streams back:
 /// an endpoint that answers before taking the whole body (a 413, an echo)
 /// is heard.
+#[allow(clippy::manual_async_fn)] // an async fn keeps each argument twice
 fn send_parts_on<'a>(
     mut conn: Box<EndpointConn>,
     parts: &'a mut Parts,
@@ -254,7 +256,7 @@ fn send_parts_on<'a>(
                     },
                 }
             }
-            io => (h1::read_head(io, buf, head_request, fields, room)).await?,
+            io => h1::read_head(io, buf, head_request, fields, room).await?,
         };
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
