@@ -29,7 +29,7 @@ use crate::policy::breaker::{Held, OVERFLOW_HEADER, Overflow};
 use crate::policy::retry::{self, Failure, RequestTraits, idempotent};
 use crate::rules::{Matched, RequestView, RuleAction, Target};
 use crate::state::State;
-use crate::table::{PickRequest, Pool, normalize_host};
+use crate::table::{PickRequest, Pool, normalize_host, port_colon};
 use crate::trace::Propagated;
 use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError, describe};
 use forward::{Forwarded, RoutedHost};
@@ -1000,20 +1000,11 @@ fn valid_authority(value: &[u8]) -> bool {
         // the end over the port's digits, then one over the name's bytes
         // by table (it runs on every request: the name by `matches!` and
         // `rposition` cost about twice as many instructions).
-        _ => {
-            let digits = value
-                .iter()
-                .rev()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
-            let rest = &value[..value.len() - digits];
-            let host = match rest.last() {
-                Some(b':') => &rest[..rest.len() - 1],
-                // Digits are name bytes too: no colon, no port.
-                _ => value,
-            };
-            (host, &[][..])
-        }
+        // Digits are name bytes too: without a colon, there is no port.
+        _ => match port_colon(value) {
+            Some(colon) => (&value[..colon], &[][..]),
+            None => (value, &[][..]),
+        },
     };
     host.iter().all(|b| REG_NAME[usize::from(*b)]) && port.iter().all(u8::is_ascii_digit)
 }

@@ -16,7 +16,7 @@
 pub mod host;
 pub mod selector;
 
-pub use host::normalize_host;
+pub use host::{normalize_host, port_colon};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
