@@ -99,6 +99,13 @@ impl Setup {
         }
     }
 
+    /// A valid TLS Secret `ns/name` in the cluster.
+    fn tls_secret(&mut self, ns: &str, name: &str) {
+        self.fx
+            .secrets
+            .insert((ns.into(), name.into()), tls_secret(ns, name, CRT, KEY));
+    }
+
     fn gateway(&mut self, ns: &str, name: &str, listeners: Value) {
         self.world.gateways.insert(
             (ns.into(), name.into()),
@@ -225,10 +232,7 @@ fn listeners_off_the_fleets_ports_or_protocols_are_refused() {
 #[test]
 fn a_certificate_in_another_namespace_needs_a_reference_grant() {
     let mut s = Setup::new();
-    s.fx.secrets.insert(
-        ("certs".into(), "shop".into()),
-        tls_secret("certs", "shop", CRT, KEY),
-    );
+    s.tls_secret("certs", "shop");
     s.gateway(
         "infra",
         "gw",
@@ -610,10 +614,7 @@ fn a_backend_pool_ref_names_the_pool_and_unsupported_fields_are_refused() {
 #[test]
 fn a_route_on_both_listeners_becomes_one_route_per_listener_with_the_certificate() {
     let mut s = Setup::new();
-    s.fx.secrets.insert(
-        ("app".into(), "cert".into()),
-        tls_secret("app", "cert", CRT, KEY),
-    );
+    s.tls_secret("app", "cert");
     s.gateway(
         "app",
         "gw",
@@ -671,10 +672,7 @@ fn a_route_on_both_listeners_becomes_one_route_per_listener_with_the_certificate
 #[test]
 fn gateway_fields_sluice_lacks_are_refused_not_ignored() {
     let mut s = Setup::new();
-    s.fx.secrets.insert(
-        ("infra".into(), "cert".into()),
-        tls_secret("infra", "cert", CRT, KEY),
-    );
+    s.tls_secret("infra", "cert");
     s.world.gateways.insert(
         ("infra".into(), "gw".into()),
         obj("Gateway", Some("infra"), "gw", 0, json!({"gatewayClassName": "sluice",

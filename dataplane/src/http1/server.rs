@@ -299,13 +299,11 @@ where
                     close,
                 } => {
                     activity.started();
-                    // Boxed (a small allocation, from the allocator's
-                    // per-thread cache): inline, its room would be part of
-                    // every connection's task, idle ones included.
-                    // The request's future is built in its room, and the
-                    // request goes into it there: `serve_request` keeps
-                    // neither (every byte of its future is copied into
-                    // its box).
+                    // Boxed: inline, its room would be part of every
+                    // connection's task, idle ones included. The request's
+                    // future is built in its room, and the request goes
+                    // into it there: `serve_request` keeps neither (every
+                    // byte of its future is copied into its box).
                     let conn = client.conn;
                     let handled = spares.slot(|| handler(request, conn));
                     let served = Box::pin(serve_request(&mut client, handled, head, close)).await;
@@ -519,7 +517,7 @@ where
 /// on the wire; `close` is set when the connection must close after it.
 /// A function of its own so that the response and its head are gone
 /// before the body's first await: kept in [`serve_request`], they took a
-/// third of its future (its box then came from the allocator's slow path).
+/// third of its future.
 fn start_response<B: Body>(
     resp: Response<B>,
     scratch: &mut Scratch,
@@ -775,9 +773,8 @@ impl<F: Future> Spares<F> {
         conns.pop().unwrap_or_default()
     }
 
-    /// `future`, in a room of its own for as long as it runs.
-    /// `make`'s future, built in its room (passed in by value, it would
-    /// be copied whole once more).
+    /// `make`'s future, in a room of its own for as long as it runs; built
+    /// in the room (passed in by value, it would be copied whole once more).
     fn slot(&self, make: impl FnOnce() -> F) -> Slot<'_, F> {
         let room = self.futures.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut room = room.unwrap_or_else(|| Box::pin(None));

@@ -290,9 +290,18 @@ impl Proxy {
                 target: Target::Rule(action),
                 prefix_len,
             }) => {
-                let raw_host = raw_host.to_string();
-                let host = (&raw_host[..], &mut original_host);
-                match rule::apply(&table, action, prefix_len, host, &mut req, from) {
+                let https = site.is_some();
+                if let Some(resp) = rule::redirect(action, prefix_len, raw_host, &req, https) {
+                    return resp;
+                }
+                match rule::apply(
+                    &table,
+                    action,
+                    prefix_len,
+                    &mut original_host,
+                    &mut req,
+                    from,
+                ) {
                     Ok(pool) => (pool, Some(&**action)),
                     Err(resp) => return resp,
                 }
@@ -623,8 +632,8 @@ fn attempts<'a>(
     let resends = may_retry && retry.resends();
     let mut body = Outgoing::new(body, resends, progress);
     // Boxed, and the head an argument used in place: the attempts' future
-    // keeps room for each (a `Parts` is 224 bytes), and a box of it past
-    // 1 KiB comes from the allocator's slow path.
+    // keeps room for each (a `Parts` is 224 bytes), and every byte of it is
+    // copied into its box.
     let template = if resends {
         head.as_ref().map(|p| Box::new(p.clone()))
     } else {
@@ -636,8 +645,7 @@ fn attempts<'a>(
     // What comes before the first send is done here, and the rest in an
     // async block, not an async fn: an async fn copies each argument into
     // a local of its own and its future keeps room for both (the head
-    // alone is 224 bytes); a block uses what it captured in place. Under
-    // 1 KiB, its box comes from the allocator's per-thread cache.
+    // alone is 224 bytes); a block uses what it captured in place.
     async move {
         // The policy read through `pool`, not copied in: room again.
         let (policy, retry) = (&pool.policy, &pool.policy.retry);
@@ -647,13 +655,10 @@ fn attempts<'a>(
         loop {
             let in_flight = target.begin();
             if head.is_none() {
-                match &template {
-                    Some(template) => head = Some(Parts::clone(template)),
-                    // Unreachable: a retry after sending needs the template.
-                    None => return failed_answer(pool, target, tries),
-                }
+                head = template.as_deref().cloned();
             }
             let Some(parts) = head.as_mut() else {
+                // Unreachable: a retry after sending needs the template.
                 return failed_answer(pool, target, tries);
             };
             let started = Instant::now();
@@ -678,11 +683,11 @@ fn attempts<'a>(
             };
             // The head is spent unless the attempt says it is whole (an answer
             // took its header room; a cut try may have sent it).
+            if !matches!(&result, Ok(Err(unsent)) if unsent.head_intact) {
+                head = None;
+            }
             let result = result.map(|r| {
                 r.map_err(|unsent| {
-                    if !unsent.head_intact {
-                        head = None;
-                    }
                     // Not sent: the body stays in hand for the next try.
                     if let Some(back) = unsent.body {
                         body.restore(back);
@@ -690,9 +695,6 @@ fn attempts<'a>(
                     unsent.error
                 })
             });
-            if !matches!(result, Ok(Err(_))) {
-                head = None;
-            }
             let attempt = outcome(target, result, started.elapsed());
             let (failure, resp, status, reason, why, over) = match attempt {
                 Attempt::Answered(resp) => {
@@ -977,36 +979,29 @@ fn request_host(req: &Request<ClientBody>) -> Result<(&str, Option<RoutedHost>),
 /// path, no spaces. Empty is valid (a `Host` for a target with no
 /// authority). A byte scan: it runs on every request.
 fn valid_authority(value: &[u8]) -> bool {
-    let (host, port) = match value.first() {
-        Some(b'[') => match value.iter().position(|b| *b == b']') {
-            Some(end) => {
-                let literal = &value[1..end];
-                let ok = !literal.is_empty()
-                    && literal
-                        .iter()
-                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
-                if !ok {
-                    return false;
-                }
-                match &value[end + 1..] {
-                    [] => return true,
-                    [b':', port @ ..] => (&[][..], port),
-                    _ => return false,
-                }
-            }
-            None => return false,
-        },
-        // A registered name or IPv4 address, then `:port`: one pass from
-        // the end over the port's digits, then one over the name's bytes
-        // by table (it runs on every request: the name by `matches!` and
-        // `rposition` cost about twice as many instructions).
-        // Digits are name bytes too: without a colon, there is no port.
-        _ => match port_colon(value) {
-            Some(colon) => (&value[..colon], &[][..]),
-            None => (value, &[][..]),
-        },
-    };
-    host.iter().all(|b| REG_NAME[usize::from(*b)]) && port.iter().all(u8::is_ascii_digit)
+    if let Some(rest) = value.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        let ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
+        return ok
+            && match &rest[end + 1..] {
+                [] => true,
+                [b':', port @ ..] => port.iter().all(u8::is_ascii_digit),
+                _ => false,
+            };
+    }
+    // A registered name or IPv4 address, then `:port`: one pass from the
+    // end over the port's digits ([`port_colon`]), then one over the
+    // name's bytes by table (it runs on every request: the name by
+    // `matches!` and `rposition` cost about twice as many instructions).
+    // Digits are name bytes too: without a colon, there is no port.
+    let name = port_colon(value).map_or(value, |colon| &value[..colon]);
+    name.iter().all(|b| REG_NAME[usize::from(*b)])
 }
 
 /// The bytes of a registered name or IPv4 address in an authority (RFC

@@ -57,10 +57,42 @@ impl RuleLimits {
     }
 }
 
-/// Applies a matched rule to the request, in place: a redirect, a 500 when
-/// its weights land on no pool, or the pool to forward to, with the
-/// request as the rule changed it (headers, host and path rewritten,
-/// mirrors sent). `host`: the `Host` as the client sent it, and the value
+/// The answer of a matched rule that redirects (`action.redirect`), to a
+/// request for `host` (the `Host` as the client sent it) on the HTTPS
+/// listener (`https`) or the plain one. Apart from [`apply`] so that the
+/// request is only read here: the caller keeps borrowing its `Host`
+/// instead of copying it for every rule-routed request.
+pub(super) fn redirect(
+    action: &RuleAction,
+    prefix_len: usize,
+    host: &str,
+    req: &Request<ClientBody>,
+    https: bool,
+) -> Option<Response<ProxyBody>> {
+    let redirect = action.redirect.as_ref()?;
+    let (path, query) = (req.uri().path(), req.uri().query());
+    let location = redirect.location(https, host, path, query, prefix_len);
+    let Ok(value) = HeaderValue::try_from(location) else {
+        let body = format!("{}: the redirect target is not a valid URL\n", action.name);
+        return Some(local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "bad-redirect",
+            body,
+        ));
+    };
+    let mut resp = Response::new(ProxyBody::Local(Default::default()));
+    *resp.status_mut() = redirect.status;
+    resp.headers_mut().insert(header::LOCATION, value);
+    if let Some(ops) = &action.response_headers {
+        ops.apply(resp.headers_mut());
+    }
+    Some(resp)
+}
+
+/// Applies a matched rule that does not redirect ([`redirect`] first) to
+/// the request, in place: a 500 when its weights land on no pool, or the
+/// pool to forward to, with the request as the rule changed it (headers,
+/// host and path rewritten, mirrors sent). `original_host`: the value
 /// `X-Forwarded-Host` will carry. The response side
 /// (`ResponseHeaderModifier`) is the caller's. Not inlined, and the
 /// request changed in place rather than moved through: plain pool routes
@@ -71,30 +103,10 @@ pub(super) fn apply<'t>(
     table: &'t Table,
     action: &RuleAction,
     prefix_len: usize,
-    (host, original_host): (&str, &mut Option<RoutedHost>),
+    original_host: &mut Option<RoutedHost>,
     req: &mut Request<ClientBody>,
     from: Origin<'_>,
 ) -> Result<&'t Arc<Pool>, Response<ProxyBody>> {
-    if let Some(redirect) = &action.redirect {
-        let https = from.site.is_some();
-        let (path, query) = (req.uri().path(), req.uri().query());
-        let location = redirect.location(https, host, path, query, prefix_len);
-        let Ok(value) = HeaderValue::try_from(location) else {
-            let body = format!("{}: the redirect target is not a valid URL\n", action.name);
-            return Err(local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "bad-redirect",
-                body,
-            ));
-        };
-        let mut resp = Response::new(ProxyBody::Local(Default::default()));
-        *resp.status_mut() = redirect.status;
-        resp.headers_mut().insert(header::LOCATION, value);
-        if let Some(ops) = &action.response_headers {
-            ops.apply(resp.headers_mut());
-        }
-        return Err(resp);
-    }
     if let Some(ops) = &action.request_headers {
         ops.apply(req.headers_mut());
     }
@@ -162,7 +174,9 @@ fn mirror(pool: Arc<Pool>, req: &Request<ClientBody>, from: Origin<'_>, host: Op
         };
         let forwarded = forward::request(&mut head, peer, host, https, trace);
         let exchange = async {
-            let resp = (pool.policy.upstream)
+            let resp = pool
+                .policy
+                .upstream
                 .send(&target, &mut head, RequestBody::Empty, &forwarded)
                 .await?;
             target.upstream.inc(resp.status().as_u16());
