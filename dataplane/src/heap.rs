@@ -12,9 +12,15 @@
 //! back. Under steady load little is free (the buffers are reused), so the
 //! trim runs after bursts, not per request.
 //!
-//! Only with glibc; elsewhere this does nothing.
+//! Only with glibc; elsewhere this does nothing. Blocks the binary's
+//! allocator keeps for reuse ([`Recycling`], at most [`KEPT_BYTES`] a
+//! thread) are in use as glibc sees them, and not trimmed.
+
+mod recycle;
 
 use std::time::Duration;
+
+pub use recycle::{KEPT_BYTES, Recycling};
 
 use tokio::sync::watch;
 
