@@ -150,7 +150,7 @@ pub async fn serve<H, F, B>(
     grace: Duration,
 ) where
     H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
+    F: Future<Output = Box<Response<B>>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -251,7 +251,7 @@ async fn serve_conn<I, H, F, B>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
+    F: Future<Output = Box<Response<B>>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -296,7 +296,7 @@ async fn serve_conn<I, H, F, B>(
         let resp = Box::pin(handler(req.map(ClientBody::Hyper), &conn));
         let activity = Arc::clone(&activity);
         async move {
-            let resp = match informs {
+            let resp = *match informs {
                 Some(interim) => interim.relay(resp).await,
                 None => resp.await,
             };

@@ -52,7 +52,7 @@ pub fn spawn<H, F, B>(
 ) -> std::io::Result<JoinHandle<()>>
 where
     H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
+    F: Future<Output = Box<Response<B>>> + Send + 'static,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

