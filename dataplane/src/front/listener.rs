@@ -246,7 +246,7 @@ async fn serve_conn<I, H, F, B>(
     limits: Limits,
     head_timeout: Option<Duration>,
     handler: H,
-    spares: Arc<Spares<F>>,
+    spares: Arc<Spares>,
     signal: Arc<Signal>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -265,7 +265,7 @@ pub(crate) async fn serve<I, C, H, F, B>(
     buf: &mut BytesMut,
     conn: &C,
     handler: &H,
-    spares: &Spares<F>,
+    spares: &Spares,
     activity: &Activity,
     signal: &Signal,
     max_head: usize,
@@ -299,14 +299,22 @@ where
                     close,
                 } => {
                     activity.started();
-                    // Boxed: inline, its room would be part of every
-                    // connection's task, idle ones included. The request's
-                    // future is built in its room, and the request goes
-                    // into it there: `serve_request` keeps neither (every
-                    // byte of its future is copied into its box).
+                    // Boxed, both: inline, their room would be part of
+                    // every connection's task, idle ones included. Each is
+                    // built in its box (`Box::write` into a fresh one:
+                    // `Box::pin(f())` builds it aside and copies it over,
+                    // kilobytes), and the request goes into its future
+                    // there: `serve_request` keeps neither.
                     let conn = client.conn;
-                    let handled = spares.slot(|| handler(request, conn));
-                    let served = Box::pin(serve_request(&mut client, handled, head, close)).await;
+                    let handled = Box::into_pin(Box::write(
+                        Box::new_uninit(),
+                        handler(request, conn),
+                    ));
+                    let served = Box::into_pin(Box::write(
+                        Box::new_uninit(),
+                        serve_request(&mut client, handled, head, close),
+                    ))
+                    .await;
                     if served == Served::Close {
                         return Next::Closed;
                     }
@@ -363,7 +371,7 @@ struct Client<'a, I, C> {
 /// One request and its response.
 async fn serve_request<I, C, F, B>(
     client: &mut Client<'_, I, C>,
-    mut handled: Slot<'_, F>,
+    mut handled: Pin<Box<F>>,
     head_request: bool,
     mut close: bool,
 ) -> Served
@@ -391,7 +399,7 @@ where
     let interim = &mut scratch.interim;
     let (mut body, framing) = loop {
         let waited = std::future::poll_fn(|cx| {
-            let polled = crate::http1::interim::interim_into(interim, || handled.poll(cx));
+            let polled = crate::http1::interim::interim_into(interim, || handled.as_mut().poll(cx));
             if let Poll::Ready(resp) = polled {
                 return Poll::Ready(Waited::Answer(resp));
             }
@@ -726,30 +734,21 @@ const IDLE_READ: usize = 4 * 1024;
 const SPARES_KEPT: usize = 64;
 
 /// What connections lend each other, per listener and worker: the read
-/// buffer and parsing state of a connection between requests, and the
-/// room for a request's future (kilobytes: kept inline in the connection's
-/// task, every idle connection would hold it).
+/// buffer and parsing state of a connection between requests.
 ///
 /// Why: an idle keep-alive connection held an 8 KiB read buffer, its
 /// response buffer, a header map and the room of a request's future, about
 /// 11 KiB (nginx ~0.7 KiB, HAProxy ~1.5 KiB). Returned here between
 /// requests, they cost an idle connection nothing, and a busy one no
-/// allocation either: the next request takes them back.
-pub(crate) struct Spares<F> {
+/// allocation either: the next request takes them back. (A request's future
+/// is a block of its own while it runs, which the binary's allocator keeps
+/// for the next one: `crate::heap::Recycling`.)
+#[derive(Default)]
+pub(crate) struct Spares {
     conns: Mutex<Vec<(BytesMut, Scratch)>>,
-    futures: Mutex<Vec<Pin<Box<Option<F>>>>>,
 }
 
-impl<F> Default for Spares<F> {
-    fn default() -> Self {
-        Self {
-            conns: Mutex::new(Vec::new()),
-            futures: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-impl<F: Future> Spares<F> {
+impl Spares {
     /// Takes a connection's buffers (leaving it none), to be lent again.
     fn put_conn(&self, buf: &mut BytesMut, scratch: &mut Scratch) {
         let buf = std::mem::take(buf);
@@ -775,59 +774,15 @@ impl<F: Future> Spares<F> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.pop().unwrap_or_default()
     }
-
-    /// `make`'s future, in a room of its own for as long as it runs; built
-    /// in the room (passed in by value, it would be copied whole once more).
-    fn slot(&self, make: impl FnOnce() -> F) -> Slot<'_, F> {
-        let room = self.futures.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut room = room.unwrap_or_else(|| Box::pin(None));
-        room.set(Some(make()));
-        Slot {
-            room: Some(room),
-            spares: self,
-        }
-    }
-}
-
-/// A request's future, in a room lent by [`Spares`]; the future is dropped
-/// and the room given back when the slot is dropped.
-struct Slot<'a, F: Future> {
-    room: Option<Pin<Box<Option<F>>>>,
-    spares: &'a Spares<F>,
-}
-
-impl<F: Future> Slot<'_, F> {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
-        match self.room.as_mut().and_then(|r| r.as_mut().as_pin_mut()) {
-            Some(future) => future.poll(cx),
-            None => Poll::Pending,
-        }
-    }
-}
-
-impl<F: Future> Drop for Slot<'_, F> {
-    fn drop(&mut self) {
-        if let Some(mut room) = self.room.take() {
-            room.set(None);
-            let mut futures = self
-                .spares
-                .futures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if futures.len() < SPARES_KEPT {
-                futures.push(room);
-            }
-        }
-    }
 }
 
 /// Reads the first bytes of what an idle connection sends into a buffer on
 /// the stack, and takes buffers for them only when some arrive.
-fn poll_idle<R: AsyncRead + Unpin, F: Future>(
+fn poll_idle<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     scratch: &mut Scratch,
-    spares: &Spares<F>,
+    spares: &Spares,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];

@@ -587,14 +587,10 @@ fn boxed_attempts<'a>(
     parts: Parts,
     body: ClientBody,
 ) -> Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
-    Box::pin(attempts(
-        pool,
-        first,
-        pick,
-        forwarded,
-        watch,
-        Some(parts),
-        body,
+    let room = Box::new_uninit();
+    Box::into_pin(Box::write(
+        room,
+        attempts(pool, first, pick, forwarded, watch, Some(parts), body),
     ))
 }
 
