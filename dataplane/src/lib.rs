@@ -280,11 +280,10 @@ impl Dataplane {
             let req = Box::new(req);
             async move {
                 let outgoing = trace.as_ref().map(|(begun, _)| begun.outgoing);
-                // Not boxed here: the front end keeps it in a room its
-                // connections lend each other (`front::Spares`), so that a
-                // request allocates none (hyper's path boxes it, see
-                // `listener`; measured: the box cost 700 instructions a
-                // request).
+                // Not boxed here: the front end builds it in its box
+                // (`http1::server::serve`), hyper's path boxes it (see
+                // `listener`); the allocator keeps the block for the next
+                // request (`heap::Recycling`).
                 let resp = proxy
                     .handle(req, conn.peer, conn.site.as_deref(), outgoing)
                     .await;

@@ -306,10 +306,8 @@ where
                     // kilobytes), and the request goes into its future
                     // there: `serve_request` keeps neither.
                     let conn = client.conn;
-                    let handled = Box::into_pin(Box::write(
-                        Box::new_uninit(),
-                        handler(request, conn),
-                    ));
+                    let handled =
+                        Box::into_pin(Box::write(Box::new_uninit(), handler(request, conn)));
                     let served = Box::into_pin(Box::write(
                         Box::new_uninit(),
                         serve_request(&mut client, handled, head, close),
