@@ -110,6 +110,10 @@ thread_local! {
     static DEADLINES: Arc<Deadlines> = Arc::default();
 }
 
+/// Slots a table keeps when nothing is in flight (more, after a burst, are
+/// freed with the burst's last request).
+const ROOM_KEPT: usize = 1024;
+
 impl Deadlines {
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
@@ -190,6 +194,11 @@ impl Entry {
             let mut table = self.deadlines.lock();
             let waker = table.slots[self.index].waker.take();
             table.free.push(self.index);
+            // The last request of a burst out: the table's room goes too.
+            if table.free.len() == table.slots.len() && table.slots.capacity() > ROOM_KEPT {
+                table.slots = Vec::new();
+                table.free = Vec::new();
+            }
             waker
         };
         drop(waker);
@@ -247,11 +256,6 @@ async fn sweep(deadlines: Arc<Deadlines>) {
                 }
             }
             table.next_wake = next;
-            // Nothing in flight after a burst: the table's room goes too.
-            if table.free.len() == table.slots.len() && table.slots.capacity() > 1024 {
-                table.slots = Vec::new();
-                table.free = Vec::new();
-            }
         }
         for waker in due.drain(..) {
             waker.wake();
@@ -352,6 +356,25 @@ mod tests {
         let out = within(Duration::from_secs(2), std::future::pending::<()>()).await;
         assert_eq!(out, Err(Elapsed));
         DEADLINES.with(|d| assert_eq!(d.lock().slots.len(), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_room_of_a_burst_goes_with_its_last_request() {
+        let mut burst: Vec<_> = (0..3000)
+            .map(|_| Box::pin(within(Duration::from_secs(5), std::future::pending::<()>())))
+            .collect();
+        for held in &mut burst {
+            assert!(futures::poll!(held.as_mut()).is_pending());
+        }
+        let capacity = || DEADLINES.with(|d| d.lock().slots.capacity());
+        assert!(capacity() >= 3000);
+        burst.truncate(1);
+        assert!(capacity() >= 3000, "one still in flight");
+        drop(burst);
+        assert_eq!(capacity(), 0);
+        // And the table works on.
+        let out = within(Duration::from_secs(1), std::future::pending::<()>()).await;
+        assert_eq!(out, Err(Elapsed));
     }
 
     #[test]
