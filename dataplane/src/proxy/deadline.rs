@@ -352,7 +352,8 @@ mod tests {
         assert_eq!(in_use(), 1);
         drop(held);
         assert_eq!(in_use(), 0);
-        // The slot is used again, and the sweeper wakes no one for it.
+        DEADLINES.with(|d| assert!(d.lock().slots.iter().all(|s| s.waker.is_none())));
+        // The slot is used again.
         let out = within(Duration::from_secs(2), std::future::pending::<()>()).await;
         assert_eq!(out, Err(Elapsed));
         DEADLINES.with(|d| assert_eq!(d.lock().slots.len(), 1));

@@ -577,7 +577,9 @@ async fn within_silence<F: Future>(
 
 /// [`attempts`], boxed. A plain function: in `dispatch` itself, the
 /// unboxed future would be a temporary whose room that future keeps
-/// (measured: 2.5 KB of its 4 KB).
+/// (measured: 2.5 KB of its 4 KB). Built in its box (`Box::write` into a
+/// fresh one): `Box::pin(attempts(..))` builds the future aside and copies
+/// its kilobyte over (measured: 124 instructions a request).
 fn boxed_attempts<'a>(
     pool: &'a Pool,
     first: &'a Arc<Endpoint>,
@@ -630,8 +632,8 @@ fn attempts<'a>(
     let resends = may_retry && retry.resends();
     let mut body = Outgoing::new(body, resends, progress);
     // Boxed, and the head an argument used in place: the attempts' future
-    // keeps room for each (a `Parts` is 224 bytes), and every byte of it is
-    // copied into its box.
+    // keeps room for each (a `Parts` is 224 bytes), and its box, allocated
+    // for every request, would hold them all.
     let template = if resends {
         head.as_ref().map(|p| Box::new(p.clone()))
     } else {
