@@ -22,6 +22,7 @@ pub mod activation;
 pub mod admin;
 pub mod balance;
 pub mod cli;
+pub mod client_body;
 pub mod control;
 pub mod demo;
 pub mod endpoint;
@@ -29,6 +30,7 @@ pub mod front;
 pub mod health;
 pub mod heap;
 pub mod http1;
+pub mod http2;
 pub mod metrics;
 pub mod own_headers;
 pub mod policy;
@@ -266,7 +268,7 @@ impl Dataplane {
         let log_state = opts.access_log.then(|| Arc::clone(&state));
         // Likewise the tracer's: when off, `None`s all the way down.
         let trace_state = tracer.map(|tracer| (tracer, Arc::clone(&state)));
-        let handler = move |req: hyper::Request<http1::server::ClientBody>, conn: &ClientConn| {
+        let handler = move |req: hyper::Request<client_body::ClientBody>, conn: &ClientConn| {
             let (proxy, conn) = (Arc::clone(&proxy), conn.clone());
             let mut log = (log_state.as_ref())
                 .map(|state| (Arc::clone(state), access::Entry::start(&req, conn.peer)));

@@ -328,6 +328,80 @@ async fn interim_responses_are_forwarded_before_the_final_one() {
 }
 
 #[tokio::test]
+async fn interim_responses_reach_http2_clients_as_headers_before_the_final_one() {
+    const HINTS: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: keep-alive\r\n\r\n";
+    const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let endpoint = Scripted::start(|req| match req.path.as_str() {
+        "/together" => Reply::Bytes([HINTS, CONTINUE, &ok("after")].concat()),
+        _ => Reply::Paced(vec![HINTS.to_vec(), CONTINUE.to_vec(), ok("after")]),
+    })
+    .await;
+    let dp = dataplane_for(endpoint.addr).await;
+    // h2c with prior knowledge, on the `h2` crate's client (hyper's drops
+    // interim responses).
+    let tcp = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let (mut h2, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    for (method, path, body) in [
+        (Method::GET, "/together", ""),
+        (Method::GET, "/apart", ""),
+        (Method::POST, "/together", "hi"),
+        (Method::POST, "/apart", "hi"),
+    ] {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://x{path}"))
+            .header("content-length", body.len())
+            .body(())
+            .expect("request");
+        h2 = h2.ready().await.expect("ready");
+        let (mut response, mut send) = h2.send_request(req, body.is_empty()).expect("send");
+        if !body.is_empty() {
+            send.send_data(Bytes::from(body), true).expect("body");
+        }
+        let mut interim = Vec::new();
+        while let Some(head) = std::future::poll_fn(|cx| response.poll_informational(cx)).await {
+            let head = head.expect("interim");
+            let link = head
+                .headers()
+                .get("link")
+                .map(|v| v.to_str().unwrap_or("").to_string());
+            interim.push((head.status().as_u16(), link, head.headers().len()));
+        }
+        let response = tokio::time::timeout(WAIT, response)
+            .await
+            .expect("in time")
+            .expect("response");
+        assert_eq!(
+            interim,
+            [
+                (103, Some("</a.css>; rel=preload".to_string()), 1),
+                (100, None, 0)
+            ],
+            "{method} {path}: both interim responses, in order, without the hop-by-hop field"
+        );
+        assert_eq!(response.status(), StatusCode::OK, "{method} {path}");
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, b"after", "{method} {path}");
+    }
+    let seen: Vec<_> = endpoint
+        .seen()
+        .iter()
+        .map(|s| (s.method.clone(), s.body_len))
+        .collect();
+    assert_eq!(
+        seen,
+        [("GET", 0), ("GET", 0), ("POST", 2), ("POST", 2)].map(|(m, n)| (m.to_string(), n))
+    );
+}
+
+#[tokio::test]
 async fn head_responses_have_no_body_and_close_delimited_ones_are_read_to_the_end() {
     let endpoint = Scripted::start(|req| match (req.method.as_str(), req.path.as_str()) {
         ("HEAD", _) => Reply::Bytes(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec()),

@@ -7,13 +7,12 @@
 //!
 //! A connection's plain HTTP/1.1 requests (no body, no upgrade) are served
 //! by [`crate::http1::server`]; from the first other one on, the connection is
-//! hyper's. Hyper serves it with hyper-util's `auto` builder rather than
-//! hyper's HTTP/1 one: it serves HTTP/1.1 with keep-alive and also HTTP/2
-//! with prior knowledge (h2c) on the same port, telling them apart by the
-//! connection preface, at no cost to HTTP/1.1 clients; over TLS, ALPN
-//! offers `h2` and `http/1.1` and the same detection follows. (Endpoints
-//! are always spoken to in HTTP/1.1.) Connections are served "with
-//! upgrades", so that the proxy can tunnel `Upgrade` requests (WebSocket).
+//! hyper's HTTP/1.1 server's, "with upgrades", so that the proxy can tunnel
+//! `Upgrade` requests (WebSocket). HTTP/2 is served by
+//! [`crate::http2::server`]: over TLS when ALPN chose `h2` (it offers `h2`
+//! and `http/1.1`), and on plain ports with prior knowledge (h2c), told
+//! from HTTP/1.1 by the connection preface at no cost to HTTP/1.1 clients.
+//! (Endpoints are always spoken to in HTTP/1.1.)
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,19 +26,20 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::StatusCode;
 use hyper::body::{Body, Frame, SizeHint};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::client_body::ClientBody;
 use crate::front::tls::{Site, Sites};
 use crate::http1::head_timeout::{Activity, HeadTimeout};
 use crate::http1::interim::{Informing, Interim};
-use crate::http1::server::{self as front, ClientBody, Rewind, Signal, Spares};
+use crate::http1::server::{self as front, Rewind, Signal, Spares};
 
 /// How long a client may take to send a request head (and, on the HTTPS
 /// listener, to finish the TLS handshake).
@@ -116,24 +116,19 @@ impl front::Peer for ClientConn {
     }
 }
 
-fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No timer for HTTP/1: the head deadlines are [`HeadTimeout`]'s (hyper
-    // would arm one per request). hyper's read buffer limit is what bounds
-    // the head: past it, 431. Responses are written with one `write` of
-    // head and body copied together rather than a `writev` of both
-    // (measured: fewer instructions for the small bodies that dominate).
-    let mut http1 = builder.http1();
-    http1
+fn builder(limits: Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    // No timer: the head deadlines are [`HeadTimeout`]'s (hyper would arm
+    // one per request). hyper's read buffer limit is what bounds the head:
+    // past it, 431. Responses are written with one `write` of head and body
+    // copied together rather than a `writev` of both (measured: fewer
+    // instructions for the small bodies that dominate).
+    builder
         .max_buf_size(limits.max_header_bytes.max(8 * 1024))
         .writev(false);
     if limits.max_headers != MAX_HEADERS {
-        http1.max_headers(limits.max_headers);
+        builder.max_headers(limits.max_headers);
     }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 
@@ -240,7 +235,7 @@ async fn handshake(
 /// hyper.
 #[allow(clippy::too_many_arguments)]
 async fn serve_conn<I, H, F, B>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http1::Builder>,
     io: I,
     conn: ClientConn,
     limits: Limits,
@@ -257,6 +252,20 @@ async fn serve_conn<I, H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let peer = conn.peer;
+    let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+    if head_timeout.is_none() {
+        // HTTP/2 by ALPN. (Boxed here and below: its state is kilobytes,
+        // and kept inline it would make every connection's task that big.)
+        Box::pin(crate::http2::server::serve(
+            io,
+            &conn,
+            &handler,
+            &signal,
+            max_header_list,
+        ))
+        .await;
+        return;
+    }
     let activity = Arc::new(Activity::default());
     let mut io = HeadTimeout::new(
         io,
@@ -282,6 +291,20 @@ async fn serve_conn<I, H, F, B>(
         if served == front::Next::Closed {
             return;
         }
+        // h2c with prior knowledge: the connection starts with HTTP/2's
+        // preface (which [`front`] hands off at once: it is no HTTP/1 head).
+        if starts_with_h2_preface(&mut io, &mut buf).await {
+            let io = Rewind::new(buf.freeze(), io);
+            Box::pin(crate::http2::server::serve(
+                io,
+                &conn,
+                &handler,
+                &signal,
+                max_header_list,
+            ))
+            .await;
+            return;
+        }
     }
     // The endpoints' interim responses reach HTTP/1 clients around hyper
     // ([`crate::http1::interim`]).
@@ -289,17 +312,13 @@ async fn serve_conn<I, H, F, B>(
     let io = Informing::new(Rewind::new(buf.freeze(), io), Arc::clone(&interim));
     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
         activity.started();
-        let informs = (req.version() < http::Version::HTTP_2).then(|| Arc::clone(&interim));
         // Boxed: the request's future is kilobytes, and hyper moves this
         // one into place; a pointer is cheaper to move than a copy
         // (measured: memmove was 7 % of the proxy's CPU).
         let resp = Box::pin(handler(req.map(ClientBody::Hyper), &conn));
-        let activity = Arc::clone(&activity);
+        let (activity, interim) = (Arc::clone(&activity), Arc::clone(&interim));
         async move {
-            let resp = *match informs {
-                Some(interim) => interim.relay(resp).await,
-                None => resp.await,
-            };
+            let resp = *interim.relay(resp).await;
             // A switched protocol never finishes: the tunnel is not idle.
             let counted = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
             let resp = resp.map(|body| Counted {
@@ -312,7 +331,11 @@ async fn serve_conn<I, H, F, B>(
     // Boxed: hyper's connection state is kilobytes, and kept inline it
     // would make every connection's task that big, idle ones included,
     // when most connections never get here.
-    let mut served = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
+    let mut served = Box::pin(
+        builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades(),
+    );
     let mut told = false;
     let served = std::future::poll_fn(|cx| {
         if !told {
@@ -326,6 +349,28 @@ async fn serve_conn<I, H, F, B>(
     });
     if let Err(e) = served.await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// HTTP/2's connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the connection's first bytes, in `buf` and read into it as
+/// needed, are HTTP/2's preface. Reads only while they could still be.
+async fn starts_with_h2_preface<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> bool {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http1::server::ClientBody;
+use crate::client_body::ClientBody;
 use hyper::body::Body;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;

@@ -17,8 +17,9 @@
 //! final response of this request, which hyper can only have buffered
 //! after them, is written after them. When hyper is still writing an
 //! earlier response (a slow client reading pipelined answers), they are
-//! dropped, as they were before: they are hints. HTTP/2 requests never
-//! collect them (their frames are hyper's alone).
+//! dropped, as they were before: they are hints. HTTP/2 clients get them
+//! as HEADERS frames from [`crate::http2::server`], which collects them the
+//! same way and decodes them ([`decode_interim`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -86,6 +87,37 @@ pub(super) fn encode_interim(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The interim responses [`encode_interim`] wrote into `bytes`, as
+/// responses for a client that is not spoken to in HTTP/1 (HTTP/2's
+/// HEADERS frames); what does not decode ends the list (it cannot happen
+/// to bytes written here).
+pub fn decode_interim(mut bytes: &[u8]) -> Vec<http::Response<()>> {
+    let mut heads = Vec::new();
+    while !bytes.is_empty() {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let Ok(httparse::Status::Complete(n)) = parsed.parse(bytes) else {
+            break;
+        };
+        let Some(status) = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()) else {
+            break;
+        };
+        let mut head = http::Response::new(());
+        *head.status_mut() = status;
+        for f in parsed.headers.iter() {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(f.name.as_bytes()),
+                http::HeaderValue::from_bytes(f.value),
+            ) {
+                head.headers_mut().append(name, value);
+            }
+        }
+        heads.push(head);
+        bytes = &bytes[n..];
+    }
+    heads
 }
 
 /// The interim responses of one connection, waiting to be written.
@@ -227,5 +259,40 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Informing<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interim_heads_decode_as_they_were_encoded() {
+        let mut out = Vec::new();
+        let fields = [
+            httparse::Header {
+                name: "Link",
+                value: b"</a.css>; rel=preload",
+            },
+            httparse::Header {
+                name: "Connection",
+                value: b"keep-alive",
+            },
+            httparse::Header {
+                name: "Link",
+                value: b"</b.js>; rel=preload",
+            },
+        ];
+        encode_interim(&mut out, StatusCode::from_u16(103).expect("103"), &fields);
+        encode_interim(&mut out, StatusCode::CONTINUE, &[]);
+        let heads = decode_interim(&out);
+        assert_eq!(heads.len(), 2);
+        assert_eq!(heads[0].status().as_u16(), 103);
+        let links: Vec<_> = heads[0].headers().get_all("link").iter().collect();
+        assert_eq!(links, ["</a.css>; rel=preload", "</b.js>; rel=preload"]);
+        assert!(heads[0].headers().get("connection").is_none());
+        assert_eq!(heads[1].status(), StatusCode::CONTINUE);
+        assert!(heads[1].headers().is_empty());
+        assert!(decode_interim(b"HTTP/1.1 103 Early").is_empty());
     }
 }

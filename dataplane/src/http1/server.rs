@@ -35,10 +35,10 @@ use std::time::SystemTime;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::client_body::ClientBody;
 use crate::http1::common::{header_name, offset_in, write_parts};
 use crate::http1::head_timeout::Activity;
 use futures::task::AtomicWaker;
@@ -82,44 +82,6 @@ pub(crate) struct Signal {
     pub(crate) draining: AtomicBool,
     /// Woken when the drain starts.
     pub(crate) waker: AtomicWaker,
-}
-
-/// A client's request body: none (this path), or hyper's.
-#[derive(Debug)]
-pub enum ClientBody {
-    /// The request has no body.
-    Empty,
-    /// The body as hyper reads it (HTTP/1.1 requests with one, HTTP/2).
-    Hyper(Incoming),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Self::Empty => Poll::Ready(None),
-            Self::Hyper(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Empty => true,
-            Self::Hyper(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Empty => SizeHint::with_exact(0),
-            Self::Hyper(b) => b.size_hint(),
-        }
-    }
 }
 
 /// How [`serve`] left the connection.
@@ -696,6 +658,13 @@ impl DateCache {
         }
         &self.text
     }
+}
+
+/// The `Date` header's value now, for a response written by another
+/// front end ([`crate::http2::server`]).
+pub(crate) fn date_value() -> http::HeaderValue {
+    DATE.with_borrow_mut(|d| http::HeaderValue::from_bytes(d.now()))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
 thread_local! {

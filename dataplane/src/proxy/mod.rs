@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::http1::server::ClientBody;
+use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;

@@ -21,7 +21,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 
 use super::{Origin, ProxyBody, local};
-use crate::http1::server::ClientBody;
+use crate::client_body::ClientBody;
 use crate::proxy::forward::{self, RoutedHost};
 use crate::rules::RuleAction;
 use crate::table::{Pool, Table};

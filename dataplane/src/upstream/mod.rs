@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::http1::server::ClientBody;
+use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Response};

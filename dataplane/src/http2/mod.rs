@@ -1,0 +1,5 @@
+//! HTTP/2 from clients: [`server`] serves a connection's streams on the
+//! `h2` crate, forwarding endpoints' interim responses. (Endpoints are
+//! always spoken to in HTTP/1.1: there is no client side here.)
+
+pub mod server;

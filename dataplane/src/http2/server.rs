@@ -1,0 +1,321 @@
+//! HTTP/2 from clients (TLS with ALPN `h2`, or h2c with prior knowledge),
+//! served on the `h2` crate, which hyper's own HTTP/2 is built on.
+//!
+//! What was missing: hyper's server hands a service one request and takes
+//! one response back; it has no way to send an interim (`1xx`) response
+//! before it, and RFC 9110 §15.2 has a proxy forward the ones it did not
+//! ask for (103 Early Hints, a second 100). `h2`'s `SendResponse` has
+//! `send_informational`. So this module does what hyper's HTTP/2 server
+//! did, with the same settings, and forwards the endpoint's interim
+//! responses as HEADERS frames before the final one:
+//!
+//! - each stream is a task: the proxy's future is polled with the interim
+//!   responses its endpoint sends collected
+//!   ([`crate::http1::interim::interim_into`]); a client's RST_STREAM while
+//!   it waits drops it (the request is cancelled, as hyper does);
+//! - the response head loses the fields HTTP/2 forbids (`Connection` and
+//!   the ones it names, `Keep-Alive`, `Proxy-Connection`,
+//!   `Transfer-Encoding`, `Upgrade`, `TE`), gains `Date` when missing and
+//!   `Content-Length` when the body's length is known;
+//! - the body is sent as the client's flow control allows: a frame is
+//!   taken from the body only when the one before it was handed to `h2`,
+//!   so at most one frame and `h2`'s send buffer (400 KiB, hyper's) wait
+//!   per stream; a body error resets the stream (`INTERNAL_ERROR`);
+//! - the request's body is [`H2Body`]: its bytes go back to the client's
+//!   window as the proxy takes them;
+//! - the drain sends GOAWAY and lets the open streams finish.
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use h2::server::SendResponse;
+use h2::{Reason, SendStream};
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::client_body::{ClientBody, H2Body};
+use crate::http1::interim::{decode_interim, interim_into};
+use crate::http1::server::{Peer, Signal, date_value};
+
+/// Each stream's and the connection's receive window: hyper's default
+/// (the protocol's 64 KiB limits uploads over long round trips).
+const WINDOW: u32 = 1024 * 1024;
+/// Largest DATA frame sent: the protocol's default.
+const MAX_FRAME: u32 = 16 * 1024;
+/// Response bytes `h2` may hold per stream beyond what the client's window
+/// lets out: hyper's default.
+const SEND_BUFFER: usize = 400 * 1024;
+/// Streams a client may have open at once: hyper's default.
+const MAX_STREAMS: u32 = 200;
+/// Streams the server may reset for the client's errors before it closes
+/// the connection (`ENHANCE_YOUR_CALM`): hyper's default.
+const MAX_ERROR_RESETS: usize = 1024;
+
+/// Serves HTTP/2 on `io` (its preface not yet read) until the client
+/// closes it, the connection fails, or the drain has ended its streams.
+/// `max_header_list`: the largest request head taken (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+pub(crate) async fn serve<I, C, H, F, B>(
+    io: I,
+    conn: &C,
+    handler: &H,
+    signal: &Signal,
+    max_header_list: u32,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+    C: Peer,
+    H: Fn(Request<ClientBody>, &C) -> F,
+    F: Future<Output = Box<Response<B>>> + Send + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let peer = conn.peer();
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_header_list_size(max_header_list)
+        .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_concurrent_streams(MAX_STREAMS);
+    let mut connection = match builder.handshake::<_, Bytes>(io).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+    };
+    let mut told = false;
+    loop {
+        let next = poll_fn(|cx| {
+            if !told {
+                signal.waker.register(cx.waker());
+                if signal.draining.load(Ordering::Acquire) {
+                    told = true;
+                    connection.graceful_shutdown();
+                }
+            }
+            connection.poll_accept(cx)
+        })
+        .await;
+        match next {
+            Some(Ok((req, respond))) => {
+                let (parts, recv) = req.into_parts();
+                let body = H2Body::new(recv, &parts.headers);
+                let req = Request::from_parts(parts, ClientBody::H2(body));
+                // Boxed: the request's future is kilobytes, and the task
+                // would otherwise move it into place.
+                let response = Box::pin(handler(req, conn));
+                tokio::spawn(serve_stream(response, respond));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// One stream: the proxy's response, after the interim ones, then its body.
+async fn serve_stream<F, B>(response: F, mut respond: SendResponse<Bytes>)
+where
+    F: Future<Output = Box<Response<B>>>,
+    B: Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut response = pin!(response);
+    let mut interim = Vec::new();
+    let answered = poll_fn(|cx| {
+        let polled = interim_into(&mut interim, || response.as_mut().poll(cx));
+        if !interim.is_empty() {
+            for head in decode_interim(&interim) {
+                if let Err(e) = respond.send_informational(head) {
+                    tracing::debug!(error = %e, "interim response not sent");
+                }
+            }
+            interim.clear();
+        }
+        match polled {
+            Poll::Ready(resp) => Poll::Ready(Some(resp)),
+            // The client may cancel the request while it waits.
+            Poll::Pending => match respond.poll_reset(cx) {
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    })
+    .await;
+    let Some(resp) = answered else {
+        return;
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_connection_fields(&mut parts.headers);
+    parts.headers.entry(header::DATE).or_insert_with(date_value);
+    let end = body.is_end_stream();
+    if !end
+        && let Some(n) = body.size_hint().exact()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts.headers.insert(header::CONTENT_LENGTH, n.into());
+    }
+    let head = Response::from_parts(parts, ());
+    let send = match respond.send_response(head, end) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!(error = %e, "response head not sent");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
+    };
+    if !end {
+        send_body(body, send).await;
+    }
+}
+
+/// The fields of one connection, which HTTP/2 forbids (RFC 9113 §8.2.2).
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    if let Some(named) = headers.remove(header::CONNECTION)
+        && let Ok(named) = named.to_str()
+    {
+        for name in named.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in [
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Sends `body` on `send` as the client's window allows; resets the
+/// stream when the body fails or the client reset it.
+async fn send_body<B>(body: B, mut send: SendStream<Bytes>)
+where
+    B: Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut body = body;
+    // A frame taken from the body that waits for window.
+    let mut waiting: Option<(Bytes, bool)> = None;
+    let sent = poll_fn(|cx| poll_send(&mut body, &mut send, &mut waiting, cx)).await;
+    if let Err(why) = sent {
+        tracing::debug!(error = %why, "response body ended early");
+    }
+}
+
+/// The body's frames, one at a time, onto `send`.
+fn poll_send<B>(
+    body: &mut B,
+    send: &mut SendStream<Bytes>,
+    waiting: &mut Option<(Bytes, bool)>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Box<dyn std::error::Error + Send + Sync>>>
+where
+    B: Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        // Woken by the client's RST_STREAM while waiting for the body or
+        // for window.
+        if let Poll::Ready(reason) = send.poll_reset(cx) {
+            let reason = reason.map_or_else(|e| e.to_string(), |r| format!("{r:?}"));
+            return Poll::Ready(Err(format!("the client reset the stream: {reason}").into()));
+        }
+        if let Some((_, eos)) = waiting.as_ref() {
+            let eos = *eos;
+            while send.capacity() == 0 {
+                match ready!(send.poll_capacity(cx)) {
+                    Some(Ok(0)) => {}
+                    Some(Ok(_)) => break,
+                    Some(Err(e)) => return Poll::Ready(Err(e.into())),
+                    None => return Poll::Ready(Err("the stream closed".into())),
+                }
+            }
+            if let Some((data, _)) = waiting.take() {
+                send.send_data(data, eos)?;
+            }
+            if eos {
+                return Poll::Ready(Ok(()));
+            }
+            continue;
+        }
+        // The next frame is taken only now: a claim on the connection's
+        // window made before a frame is in hand could hold it from other
+        // streams while the body has nothing (hyper's #4003).
+        match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    let eos = body.is_end_stream();
+                    let data = data.copy_to_bytes(data.remaining());
+                    if data.is_empty() {
+                        send.send_data(data, eos)?;
+                        if eos {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    }
+                    // A claim of one byte: `h2` raises it to what is
+                    // buffered when the frame is handed over.
+                    send.reserve_capacity(1);
+                    *waiting = Some((data, eos));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        send.reserve_capacity(0);
+                        send.send_trailers(trailers)?;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return Poll::Ready(Err(e.into()));
+            }
+            None => {
+                send.send_data(Bytes::new(), true)?;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_fields_go_and_the_rest_stay() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+            ("content-type", "text/plain"),
+        ] {
+            headers.append(HeaderName::from_static(name), value.parse().expect("value"));
+        }
+        strip_connection_fields(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-kept"]);
+    }
+}
