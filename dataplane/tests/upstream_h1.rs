@@ -299,15 +299,21 @@ async fn chunked_responses_keep_their_trailers_and_interim_responses_keep_the_fr
     assert_eq!(endpoint.conns(), 1);
 }
 
-#[tokio::test]
-async fn interim_responses_are_forwarded_before_the_final_one() {
+/// An endpoint that sends a 103 (with a hop-by-hop field) and a 100
+/// before its 200 "after": in one write for `/together`, paced otherwise.
+async fn hinting() -> Scripted {
     const HINTS: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: keep-alive\r\n\r\n";
     const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-    let endpoint = Scripted::start(|req| match req.path.as_str() {
+    Scripted::start(|req| match req.path.as_str() {
         "/together" => Reply::Bytes([HINTS, CONTINUE, &ok("after")].concat()),
         _ => Reply::Paced(vec![HINTS.to_vec(), CONTINUE.to_vec(), ok("after")]),
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn interim_responses_are_forwarded_before_the_final_one() {
+    let endpoint = hinting().await;
     let dp = dataplane_for(endpoint.addr).await;
     // Without a body on Sluice's own front end, with one on hyper's path.
     let requests = [
@@ -329,13 +335,7 @@ async fn interim_responses_are_forwarded_before_the_final_one() {
 
 #[tokio::test]
 async fn interim_responses_reach_http2_clients_as_headers_before_the_final_one() {
-    const HINTS: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: keep-alive\r\n\r\n";
-    const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-    let endpoint = Scripted::start(|req| match req.path.as_str() {
-        "/together" => Reply::Bytes([HINTS, CONTINUE, &ok("after")].concat()),
-        _ => Reply::Paced(vec![HINTS.to_vec(), CONTINUE.to_vec(), ok("after")]),
-    })
-    .await;
+    let endpoint = hinting().await;
     let dp = dataplane_for(endpoint.addr).await;
     // h2c with prior knowledge, on the `h2` crate's client (hyper's drops
     // interim responses).

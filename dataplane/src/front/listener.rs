@@ -252,20 +252,6 @@ async fn serve_conn<I, H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let peer = conn.peer;
-    let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
-    if head_timeout.is_none() {
-        // HTTP/2 by ALPN. (Boxed here and below: its state is kilobytes,
-        // and kept inline it would make every connection's task that big.)
-        Box::pin(crate::http2::server::serve(
-            io,
-            &conn,
-            &handler,
-            &signal,
-            max_header_list,
-        ))
-        .await;
-        return;
-    }
     let activity = Arc::new(Activity::default());
     let mut io = HeadTimeout::new(
         io,
@@ -274,37 +260,39 @@ async fn serve_conn<I, H, F, B>(
         head_timeout.is_some(),
     );
     let mut buf = BytesMut::new();
-    if head_timeout.is_some() {
-        let (max_head, max_headers) = (limits.max_header_bytes, limits.max_headers);
-        let served = front::serve(
-            &mut io,
-            &mut buf,
-            &conn,
-            &handler,
-            &spares,
-            &activity,
-            &signal,
-            max_head,
-            max_headers,
-        )
-        .await;
-        if served == front::Next::Closed {
-            return;
-        }
-        // h2c with prior knowledge: the connection starts with HTTP/2's
-        // preface (which [`front`] hands off at once: it is no HTTP/1 head).
-        if starts_with_h2_preface(&mut io, &mut buf).await {
-            let io = Rewind::new(buf.freeze(), io);
-            Box::pin(crate::http2::server::serve(
-                io,
+    // HTTP/2 by ALPN (no head deadline), or h2c with prior knowledge: the
+    // connection starts with HTTP/2's preface (which [`front`] hands off at
+    // once: it is no HTTP/1 head).
+    let h2 = match head_timeout {
+        None => true,
+        Some(_) => {
+            let (max_head, max_headers) = (limits.max_header_bytes, limits.max_headers);
+            let served = front::serve(
+                &mut io,
+                &mut buf,
                 &conn,
                 &handler,
+                &spares,
+                &activity,
                 &signal,
-                max_header_list,
-            ))
+                max_head,
+                max_headers,
+            )
             .await;
-            return;
+            if served == front::Next::Closed {
+                return;
+            }
+            starts_with_h2_preface(&mut io, &mut buf).await
         }
+    };
+    if h2 {
+        let io = Rewind::new(buf.freeze(), io);
+        let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+        // Boxed: its state is kilobytes, and kept inline it would make
+        // every connection's task that big.
+        let served = crate::http2::server::serve(io, &conn, &handler, &signal, max_header_list);
+        Box::pin(served).await;
+        return;
     }
     // The endpoints' interim responses reach HTTP/1 clients around hyper
     // ([`crate::http1::interim`]).

@@ -45,9 +45,17 @@ impl RequestFraming {
     }
 }
 
-/// Sends a request body with `framing` on `io`, frame by frame (the body's
-/// back-pressure is the socket's). Trailers go out with a chunked body and
-/// are dropped otherwise (a `Content-Length` body cannot carry them).
+/// Most body frames gathered into one write, and the bytes after which no
+/// more are gathered.
+const GATHER_FRAMES: usize = 16;
+const GATHER_BYTES: usize = 256 * 1024;
+
+/// Sends a request body with `framing` on `io` (the body's back-pressure
+/// is the socket's). The frames the body has ready at once go out
+/// together, in one chunk when chunked and one `writev`: an HTTP/2
+/// client's upload comes in DATA frames of 16 KiB, and a write each cost
+/// a system call per 16 KiB. Trailers go out with a chunked body and are
+/// dropped otherwise (a `Content-Length` body cannot carry them).
 pub async fn write_body<W, B>(io: &mut W, body: B, framing: RequestFraming) -> Result<(), Error>
 where
     W: AsyncWrite + Unpin,
@@ -57,21 +65,18 @@ where
     let mut body = pin!(body);
     let mut sent: u64 = 0;
     let mut trailers = None;
-    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        let frame = frame.map_err(|e| Error::Body(e.to_string()))?;
-        let frame = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    trailers = Some(t);
-                }
-                continue;
-            }
-        };
-        if frame.is_empty() {
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut ended = false;
+    while !ended {
+        ended =
+            std::future::poll_fn(|cx| gather(body.as_mut(), cx, &mut batch, &mut trailers)).await?;
+        if batch.is_empty() {
             continue;
         }
-        sent += frame.len() as u64;
+        let len: usize = batch.iter().map(Bytes::len).sum();
+        sent += len as u64;
+        let mut parts: [&[u8]; GATHER_FRAMES + 2] = [&[]; GATHER_FRAMES + 2];
+        let frames = batch.iter().map(|b| &b[..]);
         match framing {
             RequestFraming::Empty => {
                 return Err(Error::Body("a body where none was framed".into()));
@@ -79,18 +84,31 @@ where
             RequestFraming::Length(n) if sent > n => {
                 return Err(Error::Body(format!("body longer than its length {n}")));
             }
-            RequestFraming::Length(_) => io.write_all(&frame).await?,
+            RequestFraming::Length(_) => {
+                for (part, frame) in parts.iter_mut().zip(frames) {
+                    *part = frame;
+                }
+                write_parts(io, &mut parts[..batch.len()]).await?;
+            }
             RequestFraming::Chunked => {
-                let mut head = format!("{:x}\r\n", frame.len()).into_bytes();
-                if frame.len() <= 4096 {
-                    head.extend_from_slice(&frame);
+                let mut head = format!("{len:x}\r\n").into_bytes();
+                if len <= 4096 {
+                    for frame in frames {
+                        head.extend_from_slice(frame);
+                    }
                     head.extend_from_slice(b"\r\n");
                     io.write_all(&head).await?;
                 } else {
-                    write_parts(io, &mut [&head, &frame, b"\r\n"]).await?;
+                    parts[0] = &head;
+                    for (part, frame) in parts[1..].iter_mut().zip(frames) {
+                        *part = frame;
+                    }
+                    parts[batch.len() + 1] = b"\r\n";
+                    write_parts(io, &mut parts[..batch.len() + 2]).await?;
                 }
             }
         }
+        batch.clear();
     }
     match framing {
         RequestFraming::Length(n) if sent != n => {
@@ -111,6 +129,43 @@ where
     }
     io.flush().await?;
     Ok(())
+}
+
+/// Takes the frames `body` has ready into `batch` (data) and `trailers`,
+/// up to [`GATHER_FRAMES`] and [`GATHER_BYTES`]; ready when it took some or
+/// the body ended (`true`: it did).
+fn gather<B>(
+    mut body: std::pin::Pin<&mut B>,
+    cx: &mut Context<'_>,
+    batch: &mut Vec<Bytes>,
+    trailers: &mut Option<HeaderMap>,
+) -> Poll<Result<bool, Error>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut size = 0;
+    while batch.len() < GATHER_FRAMES && size < GATHER_BYTES {
+        match body.as_mut().poll_frame(cx) {
+            Poll::Pending if batch.is_empty() => return Poll::Pending,
+            Poll::Pending => break,
+            Poll::Ready(None) => return Poll::Ready(Ok(true)),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::Body(e.to_string()))),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) => {
+                    size += data.len();
+                    batch.push(data);
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        *trailers = Some(t);
+                    }
+                }
+            },
+        }
+    }
+    Poll::Ready(Ok(false))
 }
 
 /// How a response body is delimited, and how far it has been read.

@@ -66,7 +66,7 @@ pub(crate) async fn write_parts<W: AsyncWrite + Unpin>(
             return Ok(());
         }
         let mut n = if io.is_write_vectored() {
-            let mut slices = [IoSlice::new(&[]); 4];
+            let mut slices = [IoSlice::new(&[]); 18];
             let k = (parts.len() - first).min(slices.len());
             for (slice, part) in slices.iter_mut().zip(&parts[first..first + k]) {
                 *slice = IoSlice::new(part);

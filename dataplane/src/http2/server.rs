@@ -12,7 +12,9 @@
 //! - each stream is a task: the proxy's future is polled with the interim
 //!   responses its endpoint sends collected
 //!   ([`crate::http1::interim::interim_into`]); a client's RST_STREAM while
-//!   it waits drops it (the request is cancelled, as hyper does);
+//!   it waits drops it (the request is cancelled, as hyper does), and one
+//!   that came before the task first ran means the request is never
+//!   started;
 //! - the response head loses the fields HTTP/2 forbids (`Connection` and
 //!   the ones it names, `Keep-Alive`, `Proxy-Connection`,
 //!   `Transfer-Encoding`, `Upgrade`, `TE`), gains `Date` when missing and
@@ -41,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::client_body::{ClientBody, H2Body};
 use crate::http1::interim::{decode_interim, interim_into};
 use crate::http1::server::{Peer, Signal, date_value};
+use crate::http2::read_ahead::ReadAhead;
 
 /// Each stream's and the connection's receive window: hyper's default
 /// (the protocol's 64 KiB limits uploads over long round trips).
@@ -84,7 +87,7 @@ pub(crate) async fn serve<I, C, H, F, B>(
         .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
         .max_send_buffer_size(SEND_BUFFER)
         .max_concurrent_streams(MAX_STREAMS);
-    let mut connection = match builder.handshake::<_, Bytes>(io).await {
+    let mut connection = match builder.handshake::<_, Bytes>(ReadAhead::new(io)).await {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "HTTP/2 handshake failed");
@@ -133,6 +136,12 @@ where
     let mut response = pin!(response);
     let mut interim = Vec::new();
     let answered = poll_fn(|cx| {
+        // A client's RST_STREAM cancels the request. Looked at before the
+        // request is polled, so that a stream reset before its task first
+        // runs (a "rapid reset" flood) never reaches an endpoint.
+        if respond.poll_reset(cx).is_ready() {
+            return Poll::Ready(None);
+        }
         let polled = interim_into(&mut interim, || response.as_mut().poll(cx));
         if !interim.is_empty() {
             for head in decode_interim(&interim) {
@@ -142,14 +151,7 @@ where
             }
             interim.clear();
         }
-        match polled {
-            Poll::Ready(resp) => Poll::Ready(Some(resp)),
-            // The client may cancel the request while it waits.
-            Poll::Pending => match respond.poll_reset(cx) {
-                Poll::Ready(_) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        polled.map(Some)
     })
     .await;
     let Some(resp) = answered else {
