@@ -549,3 +549,88 @@ async fn a_target_the_front_end_cannot_take_is_refused_as_before_and_the_next_is
     let got = proxy_get(&client(), &dp, "x", "/").await;
     assert_eq!(got.status, StatusCode::OK);
 }
+
+/// An h2c connection (prior knowledge) to the dataplane, on the `h2`
+/// crate's client: dropping a response future resets its stream.
+async fn h2c(dp: &Dataplane) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    h2
+}
+
+fn h2_get(path: &str) -> Request<()> {
+    Request::get(format!("http://x{path}"))
+        .body(())
+        .expect("request")
+}
+
+#[tokio::test]
+async fn an_http2_client_that_resets_its_stream_takes_its_request_with_it() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |_| {}).await;
+    let h2 = h2c(&dp).await;
+    let mut h2 = h2.ready().await.expect("ready");
+    let (response, _) = h2.send_request(h2_get("/gate"), true).expect("sent");
+    b.gate.arrival().await;
+    assert_eq!(in_flight(&dp).await, 1);
+    // RST_STREAM(CANCEL): the request ends with the stream, not when the
+    // endpoint answers.
+    drop(response);
+    eventually("no request in flight", async || in_flight(&dp).await == 0).await;
+    // The connection serves the next stream.
+    b.gate.open();
+    let mut h2 = h2.ready().await.expect("ready");
+    let (response, _) = h2.send_request(h2_get("/"), true).expect("sent");
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("in time")
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_flood_of_http2_streams_reset_at_once_leaves_nothing_behind_and_others_served() {
+    const STREAMS: usize = 5_000;
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |_| {}).await;
+    // Each stream opened and reset at once ("rapid reset"), on requests
+    // that would wait at the endpoint's gate for ever. The dataplane may
+    // also close the connection for it (GOAWAY): the flood then stops.
+    let flooder = h2c(&dp).await;
+    let flood = tokio::spawn(async move {
+        let mut h2 = flooder;
+        let mut sent = 0;
+        for _ in 0..STREAMS {
+            h2 = match h2.ready().await {
+                Ok(h2) => h2,
+                Err(_) => break,
+            };
+            match h2.send_request(h2_get("/gate"), true) {
+                Ok((response, _)) => drop(response),
+                Err(_) => break,
+            }
+            sent += 1;
+        }
+        sent
+    });
+    // Meanwhile, another client is served.
+    let other = h2c(&dp).await;
+    let mut other = other.ready().await.expect("ready");
+    let (response, _) = other.send_request(h2_get("/"), true).expect("sent");
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("in time")
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let sent = tokio::time::timeout(WAIT, flood)
+        .await
+        .expect("the flood ends in time")
+        .expect("flood task");
+    assert!(sent > 0, "streams were opened");
+    eprintln!("{sent} of {STREAMS} streams opened and reset before the connection closed");
+    // Every request the flood started has ended with its stream.
+    eventually("no request in flight", async || in_flight(&dp).await == 0).await;
+    let got = proxy_get(&client(), &dp, "x", "/").await;
+    assert_eq!(got.status, StatusCode::OK);
+}
