@@ -232,7 +232,7 @@ async fn handshake(
 /// Serves one connection (HTTP/1.1 with upgrades, or HTTP/2) to its end;
 /// `head_timeout`: the request heads' deadline (408), `None` for HTTP/2 by
 /// ALPN. HTTP/1.1's plain requests are served by [`front`], the rest by
-/// hyper.
+/// hyper; HTTP/2 by [`crate::http2::server`].
 #[allow(clippy::too_many_arguments)]
 async fn serve_conn<I, H, F, B>(
     builder: Arc<http1::Builder>,
