@@ -1,0 +1,92 @@
+//! What an idle HTTP/2 connection (h2c, prior knowledge) costs the
+//! dataplane once its settings are exchanged: `h2`'s own buffers (a 16 KiB
+//! write buffer, an 8 KiB read buffer) and its state, about 33 KB, as with
+//! hyper's HTTP/2 server, and no read-ahead buffer
+//! (`dataplane/src/http2/read_ahead.rs` holds one only while a client
+//! streams).
+//!
+//! The only test of its binary: its allocator counts every allocation of
+//! the process, which another test running at the same time would disturb.
+
+mod support;
+
+use std::alloc::System;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use support::*;
+
+/// Counts every allocation (stats_alloc wraps the system allocator).
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Idle connections opened while the allocator counts.
+const IDLE: usize = 200;
+/// The most an idle HTTP/2 connection may hold, in bytes: `h2`'s buffers
+/// and state, with room to spare, and far below a 64 KiB read-ahead.
+const PER_IDLE: isize = 40 * 1024;
+
+/// The client's preface and an empty SETTINGS frame.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Opens an h2c connection and reads the server's first frames (its
+/// SETTINGS and the ACK of ours); the connection stays open.
+fn idle_h2(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.write_all(PREFACE).expect("preface sent");
+    let mut got = [0u8; 1024];
+    let mut len = 0;
+    // Frames until the ACK of our SETTINGS (type 4, flags 1).
+    loop {
+        let n = s.read(&mut got[len..]).expect("settings read");
+        assert!(n > 0, "connection closed");
+        len += n;
+        let mut at = 0;
+        while at + 9 <= len {
+            let size = usize::from(got[at]) << 16
+                | usize::from(got[at + 1]) << 8
+                | usize::from(got[at + 2]);
+            if got[at + 3] == 4 && got[at + 4] & 1 == 1 {
+                return s;
+            }
+            at += 9 + size;
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_http2_connections_cost() {
+    let b = Backend::start("b").await;
+    let dp = start(one_pool(b.addr)).await;
+    let addr = dp.http_addr();
+    let warm =
+        tokio::task::spawn_blocking(move || (0..8).map(|_| idle_h2(addr)).collect::<Vec<_>>())
+            .await
+            .expect("warm-up");
+    let mut open = Vec::with_capacity(IDLE);
+    let region = Region::new(GLOBAL);
+    let open = tokio::task::spawn_blocking(move || {
+        for _ in 0..IDLE {
+            open.push(idle_h2(addr));
+        }
+        open
+    })
+    .await
+    .expect("idle connections");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let change = region.change();
+    let held = change.bytes_allocated as isize - change.bytes_deallocated as isize;
+    let per_idle = held / IDLE as isize;
+    eprintln!(
+        "{IDLE} idle h2c connections: {held} bytes held ({per_idle} per connection; {} allocations, {} frees)",
+        change.allocations, change.deallocations
+    );
+    assert!(
+        per_idle <= PER_IDLE,
+        "an idle HTTP/2 connection holds {per_idle} bytes (at most {PER_IDLE})"
+    );
+    drop((open, warm));
+    dp.shutdown().await;
+}
