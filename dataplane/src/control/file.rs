@@ -105,11 +105,12 @@ fn parse(path: &Path, text: &str, version: u64, serving: usize) -> Result<RouteT
             serving,
         });
     }
-    crate::front::tls::check(&file.pools).map_err(|error| FileError::Tls {
+    let table = RouteTable::from_parts(version, file.pools, file.routes);
+    crate::front::tls::check(&table).map_err(|error| FileError::Tls {
         path: path.to_path_buf(),
         error,
     })?;
-    Ok(RouteTable::from_parts(version, file.pools, file.routes))
+    Ok(table)
 }
 
 /// Whether the file holds no YAML at all: blank lines, comments, document
@@ -253,6 +254,18 @@ mod tests {
             Ok(t) => panic!("accepted {} pools from {text:?}", t.pools.len()),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_route_whose_certificate_cannot_be_used_rejects_the_file() {
+        let text = format!(
+            "{WEB}    backendOnly: true\nroutes:\n  - name: shop/secure\n    hosts: [secure.example.com]\n    tls: {{certificate: broken, privateKey: broken}}\n    rules: [{{backends: [{{pool: web}}]}}]\n"
+        );
+        let e = error(&text, 0);
+        assert!(
+            e.starts_with("/etc/sluice/sluice.yaml: pool \"route:shop/secure\": tls:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -253,12 +253,13 @@ fn with_route_certificates(routes: &RouteTable) -> Vec<std::borrow::Cow<'_, Pool
     pools.chain(from_routes).collect()
 }
 
-/// Checks that every pool's TLS settings can be used, naming the first
-/// that cannot (the standalone file is rejected with this).
-pub fn check(pools: &[PoolRoute]) -> Result<(), TlsError> {
-    for route in pools {
+/// Checks that the TLS settings of every pool and every route can be used,
+/// naming the first that cannot (a route as `route:<name>`); the
+/// standalone file is rejected with this.
+pub fn check(routes: &RouteTable) -> Result<(), TlsError> {
+    for route in with_route_certificates(routes) {
         if let Some(tls) = &route.tls {
-            build(route, tls, &load(route, tls)?)?;
+            build(&route, tls, &load(&route, tls)?)?;
         }
     }
     Ok(())
@@ -363,8 +364,7 @@ mod tests {
         let t = routes(
             "pools:\n  - {name: bad, hosts: [a.example.com], tls: {certificate: nope, privateKey: nope}}\n",
         );
-        let pools: Vec<_> = t.pools.values().cloned().collect();
-        let err = check(&pools).expect_err("broken PEM");
+        let err = check(&t).expect_err("broken PEM");
         assert!(err.to_string().contains("pool \"bad\""), "{err}");
         let sites = Sites::default();
         sites.update(&t);
