@@ -11,6 +11,8 @@ use http::header::CONTENT_LENGTH;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::http1::common::parse_length;
+
 /// A body's read error, whichever front end read it.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -124,11 +126,11 @@ impl H2Body {
 }
 
 /// The request's `Content-Length`, when every value it gives is the same
-/// number.
+/// number (each parsed as HTTP/1's are, [`parse_length`]).
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        let n: u64 = value.to_str().ok()?.trim().parse().ok()?;
+        let n = parse_length(value.as_bytes()).ok()?;
         if length.is_some_and(|l| l != n) {
             return None;
         }

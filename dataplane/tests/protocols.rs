@@ -565,6 +565,15 @@ fn h2_get(path: &str) -> Request<()> {
         .expect("request")
 }
 
+/// The status of an HTTP/2 response, which must come within [`WAIT`].
+async fn status_of(response: h2::client::ResponseFuture) -> StatusCode {
+    tokio::time::timeout(WAIT, response)
+        .await
+        .expect("in time")
+        .expect("answered")
+        .status()
+}
+
 #[tokio::test]
 async fn an_http2_client_that_resets_its_stream_takes_its_request_with_it() {
     let b = Backend::start("b").await;
@@ -582,11 +591,7 @@ async fn an_http2_client_that_resets_its_stream_takes_its_request_with_it() {
     b.gate.open();
     let mut h2 = h2.ready().await.expect("ready");
     let (response, _) = h2.send_request(h2_get("/"), true).expect("sent");
-    let response = tokio::time::timeout(WAIT, response)
-        .await
-        .expect("in time")
-        .expect("answered");
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(status_of(response).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -618,11 +623,7 @@ async fn a_flood_of_http2_streams_reset_at_once_leaves_nothing_behind_and_others
     let other = h2c(&dp).await;
     let mut other = other.ready().await.expect("ready");
     let (response, _) = other.send_request(h2_get("/"), true).expect("sent");
-    let response = tokio::time::timeout(WAIT, response)
-        .await
-        .expect("in time")
-        .expect("answered");
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(status_of(response).await, StatusCode::OK);
     let sent = tokio::time::timeout(WAIT, flood)
         .await
         .expect("the flood ends in time")

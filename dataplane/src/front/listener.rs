@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 
 use crate::client_body::ClientBody;
 use crate::front::tls::{Site, Sites};
-use crate::http1::head_timeout::{Activity, HeadTimeout};
+use crate::http1::head_timeout::{Activity, H2_PREFACE, HeadTimeout};
 use crate::http1::interim::{Informing, Interim};
 use crate::http1::server::{self as front, Rewind, Signal, Spares};
 
@@ -339,9 +339,6 @@ async fn serve_conn<I, H, F, B>(
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
-
-/// HTTP/2's connection preface (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether the connection's first bytes, in `buf` and read into it as
 /// needed, are HTTP/2's preface. Reads only while they could still be.

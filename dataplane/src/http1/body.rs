@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::common::{Error, MAX_HEAD, MAX_HEADERS, READ_SIZE, write_parts};
+use super::common::{Error, MAX_HEAD, MAX_HEADERS, READ_SIZE, WRITE_PARTS, write_parts};
 
 /// Largest chunk-size line (with extensions) of a chunked body.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
@@ -45,9 +45,9 @@ impl RequestFraming {
     }
 }
 
-/// Most body frames gathered into one write, and the bytes after which no
-/// more are gathered.
-const GATHER_FRAMES: usize = 16;
+/// Most body frames gathered into one write (room is left for a chunk's
+/// framing around them), and the bytes after which no more are gathered.
+const GATHER_FRAMES: usize = WRITE_PARTS - 2;
 const GATHER_BYTES: usize = 256 * 1024;
 
 /// Sends a request body with `framing` on `io` (the body's back-pressure

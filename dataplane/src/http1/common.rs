@@ -50,6 +50,11 @@ pub enum Error {
     Unanswered(io::Error),
 }
 
+/// Most parts [`write_parts`] hands the socket in one `writev`: a request
+/// body's gathered frames with their chunk framing around them
+/// ([`super::body::write_body`]).
+pub(crate) const WRITE_PARTS: usize = 18;
+
 /// Writes `parts` in order, several at a time (one `writev`) when the
 /// socket takes vectored writes: a big body frame goes out from its own
 /// bytes, with its framing around it, in one system call.
@@ -66,7 +71,7 @@ pub(crate) async fn write_parts<W: AsyncWrite + Unpin>(
             return Ok(());
         }
         let mut n = if io.is_write_vectored() {
-            let mut slices = [IoSlice::new(&[]); 18];
+            let mut slices = [IoSlice::new(&[]); WRITE_PARTS];
             let k = (parts.len() - first).min(slices.len());
             for (slice, part) in slices.iter_mut().zip(&parts[first..first + k]) {
                 *slice = IoSlice::new(part);

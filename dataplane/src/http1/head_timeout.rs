@@ -31,7 +31,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// HTTP/2's connection preface (RFC 9113 §3.4): a connection that starts
+/// with it is HTTP/2's, and has no request head to wait for.
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nx-sluice-error: request-head-timeout\r\n\r\n";
 
@@ -124,8 +126,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<I> {
                     return Poll::Ready(Ok(()));
                 };
                 let new = &buf.filled()[before..];
-                // hyper-util reads the start of the connection to tell
-                // HTTP/2's preface from HTTP/1; so does this.
+                // The listener tells HTTP/2 from HTTP/1 by the whole
+                // preface at the connection's start; so does this.
                 if first.maybe_h2 {
                     let start = first.received.min(H2_PREFACE.len());
                     let end = (first.received + new.len()).min(H2_PREFACE.len());

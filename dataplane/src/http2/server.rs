@@ -205,12 +205,11 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
 
 /// Sends `body` on `send` as the client's window allows; resets the
 /// stream when the body fails or the client reset it.
-async fn send_body<B>(body: B, mut send: SendStream<Bytes>)
+async fn send_body<B>(mut body: B, mut send: SendStream<Bytes>)
 where
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut body = body;
     // A frame taken from the body that waits for window.
     let mut waiting: Option<(Bytes, bool)> = None;
     let sent = poll_fn(|cx| poll_send(&mut body, &mut send, &mut waiting, cx)).await;
@@ -237,8 +236,7 @@ where
             let reason = reason.map_or_else(|e| e.to_string(), |r| format!("{r:?}"));
             return Poll::Ready(Err(format!("the client reset the stream: {reason}").into()));
         }
-        if let Some((_, eos)) = waiting.as_ref() {
-            let eos = *eos;
+        if waiting.is_some() {
             while send.capacity() == 0 {
                 match ready!(send.poll_capacity(cx)) {
                     Some(Ok(0)) => {}
@@ -247,11 +245,11 @@ where
                     None => return Poll::Ready(Err("the stream closed".into())),
                 }
             }
-            if let Some((data, _)) = waiting.take() {
+            if let Some((data, eos)) = waiting.take() {
                 send.send_data(data, eos)?;
-            }
-            if eos {
-                return Poll::Ready(Ok(()));
+                if eos {
+                    return Poll::Ready(Ok(()));
+                }
             }
             continue;
         }
