@@ -17,9 +17,10 @@ use crate::http1::common::parse_length;
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A client's request body.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub enum ClientBody {
     /// The request has no body.
+    #[default]
     Empty,
     /// The body as hyper reads it (HTTP/1.1 requests with one).
     Hyper(Incoming),

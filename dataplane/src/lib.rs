@@ -7,11 +7,12 @@
 //! upgrades, the access log), [`table`] (pools, their selectors and routing,
 //! swapped whole), [`rules`] (matches, filters and weighted backends between
 //! host and pool), [`balance`] (endpoint selection), [`endpoint`] (state
-//! kept across tables, outlier decisions), [`health`] (verdicts and the
-//! active checker), [`activation`] (holding requests for a pool scaled to
-//! zero), [`policy`] (per-pool timeouts, retries, circuit breaker, rate
-//! limits), [`upstream`] (connections to endpoints), [`http1`] (the HTTP/1.1
-//! codec by direction), [`front`] (listeners with limits and graceful
+//! kept across tables, outlier decisions), [`health`] (verdicts),
+//! [`checker`] (the active health checks), [`activation`] (holding requests
+//! for a pool scaled to zero), [`policy`] (circuit breaker, rate limits,
+//! retries), [`upstream`] (connections to endpoints), [`http1`] (the
+//! HTTP/1.1 codec by direction), [`http2`] (HTTP/2 from clients),
+//! [`client_body`] (a request's body from either), [`front`] (listeners with limits and graceful
 //! drain, TLS by SNI, workers), [`control`] (the controller's stream,
 //! reports, the standalone file, `--state-dir`), [`heap`] (memory a burst
 //! freed given back), [`worker`], [`admin`], [`metrics`], [`state`],
@@ -21,6 +22,7 @@
 pub mod activation;
 pub mod admin;
 pub mod balance;
+pub mod checker;
 pub mod cli;
 pub mod client_body;
 pub mod control;
@@ -260,7 +262,7 @@ impl Dataplane {
         if let Some(dir) = opts.state_dir {
             tasks.spawn(persist::run(dir, Arc::clone(&state), stop_rx.clone()));
         }
-        tasks.spawn(health::run(Arc::clone(&state), stop_rx.clone()));
+        tasks.spawn(checker::run(Arc::clone(&state), stop_rx.clone()));
         tasks.spawn(state::reap_idle(Arc::clone(&state), stop_rx.clone()));
         tasks.spawn(heap::run(stop_rx.clone()));
         let proxy = Arc::new(Proxy::new(Arc::clone(&state)));

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use sluice_protocol::{ApplyError, Rejected, RouteEvent, RouteTable};
 use tokio::sync::watch;
 
-use crate::activation::{self, Signals};
+use crate::activation::Signals;
 use crate::endpoint::Registry;
 use crate::metrics::Metrics;
 use crate::table::Table;
@@ -38,6 +38,25 @@ pub struct State {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Releases, after `table` replaced `previous`, the held requests of the
+/// pools that no longer hold requests on `table` ([`crate::activation`]).
+/// Only a pool that had `activation` on `previous` can have held ones: those
+/// held under an older table were released when that table was replaced.
+fn release_held(previous: &Table, table: &Table) {
+    let had_activation = previous
+        .pools()
+        .iter()
+        .filter(|p| p.route.activation.is_some());
+    for pool in had_activation {
+        if !table.holds_requests(&pool.route.name) {
+            let n = pool.state.held.release();
+            if n > 0 {
+                tracing::debug!(pool = %pool.route.name, released = n, "held requests released");
+            }
+        }
+    }
 }
 
 impl State {
@@ -115,7 +134,7 @@ impl State {
         self.registry.prune();
         self.table.store(Arc::clone(&table));
         // After the store: a released request routes on the new table.
-        activation::release(&previous, &table);
+        release_held(&previous, &table);
         drop(previous);
         self.metrics.windows.prune();
         self.metrics

@@ -8,6 +8,7 @@
 //! become one validated shape. This crate knows nothing of Kubernetes.
 
 pub mod duration;
+pub mod file;
 pub mod http_route;
 pub mod policy;
 pub mod report;
@@ -16,13 +17,14 @@ pub mod sse;
 pub mod table;
 
 pub use duration::Duration;
+pub use file::RouteFile;
 pub use http_route::{Backend, Filter, HttpRoute, Listener, PathMatch, RouteMatch, Rule};
 pub use policy::{
     Activation, Algorithm, CircuitBreaker, HashKey, HealthCheck, OutlierDetection, Percent,
     RateLimit, RateLimitAlgorithm, RateLimitKey, Retries, RetryOn, SessionAffinity, Timeouts, Tls,
 };
 pub use report::{Histogram, PoolReport, Rejected, Report};
-pub use route::{Endpoint, PathPrefix, PoolRoute, RouteFile};
+pub use route::{Endpoint, PathPrefix, PoolRoute};
 pub use table::{ApplyError, Delta, RouteEvent, RouteTable, Snapshot};
 
 /// Path of the route stream served by the controller.

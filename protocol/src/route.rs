@@ -12,7 +12,6 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
-use crate::http_route::{HttpRoute, validate_routes};
 use crate::policy::{
     Activation, Algorithm, CircuitBreaker, HashKey, HealthCheck, OutlierDetection, RateLimit,
     RateLimitKey, Retries, SessionAffinity, Timeouts, Tls,
@@ -161,7 +160,7 @@ fn yes() -> bool {
 fn is_true(b: &bool) -> bool {
     *b
 }
-fn is_false(b: &bool) -> bool {
+pub(crate) fn is_false(b: &bool) -> bool {
     !*b
 }
 
@@ -287,24 +286,6 @@ impl fmt::Display for Host {
     }
 }
 
-/// The standalone dataplane's file: `{pools: [PoolRoute], routes:
-/// [HttpRoute], allowEmpty: bool}`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteFile {
-    /// Every pool the dataplane serves.
-    #[serde(default)]
-    pub pools: Vec<PoolRoute>,
-    /// Rules sending requests to the pools by name.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<HttpRoute>,
-    /// The author means an empty `pools` list even when it replaces a table
-    /// in service. Without it a reload that lists no pools is refused: a
-    /// truncated or half-written file must not take every route away.
-    #[serde(default, rename = "allowEmpty", skip_serializing_if = "is_false")]
-    pub allow_empty: bool,
-}
-
 /// Why a route file or a set of routes was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -336,17 +317,6 @@ pub enum RouteError {
         rule: usize,
         message: String,
     },
-}
-
-impl RouteFile {
-    /// Parses and validates a standalone file.
-    pub fn from_yaml(text: &str) -> Result<Self, RouteError> {
-        let file: RouteFile =
-            serde_saphyr::from_str(text).map_err(|e| RouteError::Yaml(e.to_string()))?;
-        validate_pools(&file.pools)?;
-        validate_routes(&file.routes)?;
-        Ok(file)
-    }
 }
 
 /// Checks what the types alone cannot: unique names, unique endpoints.
@@ -420,6 +390,7 @@ fn check_policies(pool: &PoolRoute) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::file::RouteFile;
 
     const EXAMPLE: &str = r#"
 pools:

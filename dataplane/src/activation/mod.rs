@@ -9,7 +9,7 @@
 //! held in an empty queue wakes the reporter ([`Signals::demanded`]), so the
 //! controller hears of the demand without waiting for the next tick.
 //!
-//! Release happens where tables are installed ([`release`]): every queue
+//! Release happens where tables are installed (`State::install`): every queue
 //! whose pool no longer needs holding (it has endpoints, lost `activation`,
 //! or left the table) hands its requests back, and each goes through the
 //! proxy's normal path on the new table. They go one after another in
@@ -29,13 +29,9 @@
 
 pub mod queue;
 
-use std::sync::Arc;
-
 use tokio::sync::{Notify, watch};
 
 pub use queue::{Full, Queue, Turn, Waiter, Woken, relay};
-
-use crate::table::{Pool, Table};
 
 /// `x-sluice-error` of a request refused because `maxPending` requests are
 /// already held for the pool.
@@ -95,34 +91,4 @@ pub struct Refused {
     pub reason: &'static str,
     /// The short body saying why.
     pub body: String,
-}
-
-/// Whether a request for pool `name` must be held on `table`: the pool is
-/// there, has `activation`, and no ready endpoint.
-pub fn must_hold(table: &Table, name: &str) -> bool {
-    table.pool(name).is_some_and(holds)
-}
-
-/// Whether `pool` holds its requests rather than answering 503 at once.
-pub fn holds(pool: &Arc<Pool>) -> bool {
-    pool.route.activation.is_some() && pool.endpoints.is_empty()
-}
-
-/// Releases, after `table` replaced `previous`, the queues of the pools
-/// that no longer hold requests on `table`. Only a pool that had
-/// `activation` on `previous` can have a queue: one held under an older
-/// table was released when that table was replaced.
-pub fn release(previous: &Table, table: &Table) {
-    let had_activation = previous
-        .pools()
-        .iter()
-        .filter(|p| p.route.activation.is_some());
-    for pool in had_activation {
-        if !must_hold(table, &pool.route.name) {
-            let n = pool.state.held.release();
-            if n > 0 {
-                tracing::debug!(pool = %pool.route.name, released = n, "held requests released");
-            }
-        }
-    }
 }

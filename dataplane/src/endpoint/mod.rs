@@ -25,7 +25,7 @@ use crate::policy::breaker::Breaker;
 use crate::policy::ratelimit::RateLimiter;
 use crate::policy::retry::RetryBudget;
 use crate::upstream::client::Upstream;
-use crate::upstream::idle::Idle;
+use crate::upstream::{Dialable, Idle};
 use outlier::PoolOutlier;
 
 /// One endpoint of one pool.
@@ -46,6 +46,16 @@ pub struct Endpoint {
     latency: PeakEwma,
     /// Idle keep-alive connections to this endpoint (the upstream side's).
     pub idle: Idle,
+}
+
+impl Dialable for Endpoint {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn idle(&self) -> &Idle {
+        &self.idle
+    }
 }
 
 impl Endpoint {

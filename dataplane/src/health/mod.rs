@@ -1,7 +1,7 @@
 //! Endpoint health verdicts: the active checks' verdict and the passive
 //! outlier (ejection) state of each endpoint, their streak counting, and
 //! panic mode logging. A leaf: it knows nothing of endpoints, pools or
-//! requests; the checker ([`check`]) and the outlier decisions
+//! requests; the checker ([`crate::checker`]) and the outlier decisions
 //! ([`crate::endpoint::outlier`]) write verdicts here and rebuild the pool's
 //! balancer when one changes.
 //!
@@ -18,7 +18,6 @@
 //! available the pool spreads traffic over all of them (panic mode, as
 //! Envoy's panic threshold does) rather than failing every request.
 
-pub mod check;
 pub mod ejection;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,8 +26,6 @@ use sluice_protocol::HealthCheck;
 
 use crate::metrics::HealthGauge;
 use ejection::Outlier;
-
-pub use check::{USER_AGENT_VALUE, run};
 
 /// Whether an endpoint may take traffic, and why not.
 #[derive(Debug)]

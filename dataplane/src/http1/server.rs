@@ -38,7 +38,6 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::client_body::ClientBody;
 use crate::http1::common::{header_name, offset_in, write_parts};
 use crate::http1::head_timeout::Activity;
 use futures::task::AtomicWaker;
@@ -98,11 +97,11 @@ pub(crate) enum Next {
 // Returned once per request and taken apart at once: boxing the request
 // would cost an allocation per request to save a move.
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+enum Parsed<Q> {
     /// A plain request, taken off the buffer; `head`: it is `HEAD`;
     /// `close`: the client asked to close after it.
     Plain {
-        request: Request<ClientBody>,
+        request: Request<Q>,
         head: bool,
         close: bool,
     },
@@ -130,7 +129,7 @@ struct Scratch {
 impl Scratch {
     /// Parses the request head at the start of `buf`; a plain request is
     /// taken off it, its URI and header values sharing the bytes read.
-    fn parse(&mut self, buf: &mut BytesMut, max_headers: usize) -> Parsed {
+    fn parse<Q: Default>(&mut self, buf: &mut BytesMut, max_headers: usize) -> Parsed<Q> {
         let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let slots = &mut slots[..max_headers.min(MAX_HEADERS)];
         let mut req = httparse::Request::new(&mut []);
@@ -197,7 +196,7 @@ impl Scratch {
             );
         }
         let head = method == Method::HEAD;
-        let mut request = Request::new(ClientBody::Empty);
+        let mut request = Request::new(Q::default());
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
@@ -219,10 +218,12 @@ fn restore(buf: &mut BytesMut, head: &[u8]) {
 
 /// Serves the connection's plain requests, until it closes or a request
 /// comes that is hyper's ([`Next::HandOff`]: it is at the start of `buf`).
+/// The handler takes the request with body `Q::default()` (these requests
+/// have none; the proxy's empty body, which this codec does not know).
 /// `max_head`: the largest request head taken, in bytes. Between requests
 /// the connection holds no buffer: they go back to `spares`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve<I, C, H, F, B>(
+pub(crate) async fn serve<I, C, H, F, B, Q>(
     io: &mut I,
     buf: &mut BytesMut,
     conn: &C,
@@ -236,7 +237,8 @@ pub(crate) async fn serve<I, C, H, F, B>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
     C: Peer,
-    H: Fn(Request<ClientBody>, &C) -> F,
+    H: Fn(Request<Q>, &C) -> F,
+    Q: Default,
     F: Future<Output = Box<Response<B>>>,
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -821,15 +823,16 @@ crate::http1::head_timeout::write_through!(Rewind);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Empty;
 
-    fn parse(raw: &[u8], max_headers: usize) -> (Parsed, BytesMut) {
+    fn parse(raw: &[u8], max_headers: usize) -> (Parsed<Empty<Bytes>>, BytesMut) {
         let mut buf = BytesMut::from(raw);
         let parsed = Scratch::default().parse(&mut buf, max_headers);
         (parsed, buf)
     }
 
     /// The request, its head's length and whether it asked to close.
-    fn plain(raw: &str) -> (Request<ClientBody>, usize, bool) {
+    fn plain(raw: &str) -> (Request<Empty<Bytes>>, usize, bool) {
         match parse(raw.as_bytes(), MAX_HEADERS) {
             (Parsed::Plain { request, close, .. }, rest) => {
                 (request, raw.len() - rest.len(), close)

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::activation::queue::{Full, Turn, Woken};
-use crate::activation::{OVERFLOW_REASON, Refused, SHUTDOWN_REASON, TIMEOUT_REASON, must_hold};
+use crate::activation::{OVERFLOW_REASON, Refused, SHUTDOWN_REASON, TIMEOUT_REASON};
 use crate::state::State;
 use crate::table::{Pool, Table};
 
-/// Holds a request for `pool` (which [`crate::activation::holds`]) until a table gives it
+/// Holds a request for `pool` (which [`Pool::holds_requests`]) until a table gives it
 /// endpoints or takes it away, at most the activation timeout from its
 /// arrival. `Ok`: the table to serve it on, with its turn when it was
 /// released with others; `Err`: the 503.
@@ -39,7 +39,7 @@ pub async fn hold(
     // A table installed between routing and queueing released nobody:
     // look again now that the place is taken.
     let table = state.table.load_full();
-    if !must_hold(&table, name) {
+    if !table.holds_requests(name) {
         return Ok((table, None));
     }
     let mut shutdown = state.activation.on_shutdown();

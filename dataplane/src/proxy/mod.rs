@@ -367,7 +367,7 @@ impl Proxy {
         };
         let pick = pool.pick_request(req.headers(), peer.ip());
         let Some(target) = pool.pick(&pick) else {
-            if activation::holds(pool) {
+            if pool.holds_requests() {
                 // A held request takes no place in `maxRequests`, and
                 // holds up no one released after it.
                 drop((admitted, turn));

@@ -13,10 +13,13 @@
 //! `None`s, and `traceparent`/`tracestate` pass through as any header.
 //!
 //! Layout: [`context`] (the header, as plain data), [`span`] (what a
-//! recorded request becomes), [`export`] (the OTLP exporter's thread).
+//! recorded request becomes), [`recording`] (a span on its way, from the
+//! request to the queue), [`export`] (the queue and the OTLP exporter's
+//! thread).
 
 pub mod context;
 pub mod export;
+pub mod recording;
 pub mod span;
 
 use std::net::SocketAddr;
@@ -25,7 +28,8 @@ use std::time::SystemTime;
 use http::Request;
 
 pub use context::{Parent, Propagated, SpanId, TraceId};
-pub use span::{Recording, Span, Traced};
+pub use recording::{Recording, Traced};
+pub use span::Span;
 
 /// How tracing runs (present: on).
 #[derive(Clone, Debug, PartialEq)]

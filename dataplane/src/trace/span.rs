@@ -10,13 +10,10 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::LazyLock;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use http::{Method, Request, Response, Version, header};
-use http_body::{Body, Frame, SizeHint};
 use opentelemetry::trace::{
     SpanContext, SpanId as OtelSpanId, SpanKind, Status, TraceFlags, TraceId as OtelTraceId,
     TraceState,
@@ -25,7 +22,6 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::context::{Propagated, SpanId};
-use super::export::Queue;
 use crate::table::{Table, normalize_host};
 
 /// What a recorded request's span holds.
@@ -34,10 +30,10 @@ pub struct Span {
     outgoing: Propagated,
     parent: Option<SpanId>,
     start: SystemTime,
-    end: SystemTime,
+    pub(super) end: SystemTime,
     method: Method,
     version: Version,
-    https: bool,
+    pub(super) https: bool,
     host: String,
     path: String,
     user_agent: Option<String>,
@@ -89,7 +85,12 @@ impl Span {
         self.data_at(end)
     }
 
-    fn respond<B>(&mut self, resp: &Response<B>, endpoint: Option<SocketAddr>, table: &Table) {
+    pub(super) fn respond<B>(
+        &mut self,
+        resp: &Response<B>,
+        endpoint: Option<SocketAddr>,
+        table: &Table,
+    ) {
         self.status = resp.status().as_u16();
         self.error = (resp.headers().get(crate::own_headers::ERROR_HEADER))
             .and_then(|v| v.to_str().ok())
@@ -178,49 +179,6 @@ impl Span {
     }
 }
 
-/// A recorded request's span while the request is under way; it ends,
-/// and goes to the export queue, when this is dropped.
-#[derive(Debug)]
-pub struct Recording {
-    span: Option<Box<Span>>,
-    queue: Queue,
-}
-
-impl Recording {
-    /// Records `span`, for `queue`.
-    pub fn new(span: Span, queue: Queue) -> Self {
-        Self {
-            span: Some(Box::new(span)),
-            queue,
-        }
-    }
-
-    /// Records that the request came over TLS.
-    pub fn set_https(&mut self, https: bool) {
-        if let Some(span) = &mut self.span {
-            span.https = https;
-        }
-    }
-
-    /// Records the response head: its status, Sluice's reason when it
-    /// answered itself, the endpoint that answered (if one did) and the
-    /// pool `table` routes the request to.
-    pub fn respond<B>(&mut self, resp: &Response<B>, endpoint: Option<SocketAddr>, table: &Table) {
-        if let Some(span) = &mut self.span {
-            span.respond(resp, endpoint, table);
-        }
-    }
-}
-
-impl Drop for Recording {
-    fn drop(&mut self) {
-        if let Some(mut span) = self.span.take() {
-            span.end = SystemTime::now();
-            self.queue.push(span);
-        }
-    }
-}
-
 /// The instrumentation scope of every span: this crate.
 fn scope() -> InstrumentationScope {
     static SCOPE: LazyLock<InstrumentationScope> = LazyLock::new(|| {
@@ -273,45 +231,6 @@ fn split_host(authority: &str) -> (&str, Option<u16>) {
         authority.trim_start_matches('[').trim_end_matches(']'),
         None,
     )
-}
-
-/// A response body that ends its request's span when it ends.
-#[derive(Debug)]
-pub struct Traced<B> {
-    body: B,
-    span: Option<Recording>,
-}
-
-impl<B> Traced<B> {
-    /// Wraps `resp`'s body; with `span`, the span ends with it.
-    pub fn wrap(resp: Response<B>, span: Option<Recording>) -> Response<Self> {
-        resp.map(|body| Traced { body, span })
-    }
-}
-
-impl<B: Body + Unpin> Body for Traced<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if this.span.is_some() && matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.span = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }
 
 #[cfg(test)]

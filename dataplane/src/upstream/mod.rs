@@ -25,6 +25,7 @@
 //! request whose body was never sent can be retried.
 
 use std::error::Error as StdError;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,6 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::endpoint::Endpoint;
 use crate::http1::client::{self as h1, ExtraFields, Framing, RequestFraming};
 use crate::policy::breaker::Overflow;
 
@@ -50,6 +50,17 @@ pub mod idle;
 pub use client::Upstream;
 pub use conn::EndpointConn;
 use conn::{Io, Writer};
+pub use idle::Idle;
+
+/// What the upstream side needs of an endpoint: where to dial it, and the
+/// list its idle connections wait on. The endpoint ([`crate::endpoint`])
+/// holds the list; only this side puts connections in and takes them out.
+pub trait Dialable: Send + Sync + std::fmt::Debug {
+    /// The address dialed.
+    fn addr(&self) -> SocketAddr;
+    /// The endpoint's idle connections.
+    fn idle(&self) -> &Idle;
+}
 
 /// Errors crossing hyper's boxed error types.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -113,9 +124,9 @@ impl Upstream {
     /// apart, a pointer rather than its 152 bytes each time (measured: 230
     /// instructions a request).
     #[allow(clippy::manual_async_fn)] // an async fn keeps each argument twice
-    pub fn send<'a>(
+    pub fn send<'a, E: Dialable + 'static>(
         &'a self,
-        endpoint: &'a Arc<Endpoint>,
+        endpoint: &'a Arc<E>,
         parts: &'a mut Parts,
         body: RequestBody,
         forwarded: &'a (dyn ExtraFields + Sync),
@@ -123,10 +134,10 @@ impl Upstream {
         // An async block: an async fn would keep each argument twice (see
         // `proxy::attempts`).
         async move {
-            let conn = match self.checkout(endpoint) {
+            let conn = match self.checkout(&**endpoint) {
                 Some(conn) => conn,
                 // Boxed: only requests that find no idle connection dial.
-                None => match Box::pin(self.connect(endpoint)).await {
+                None => match Box::pin(self.connect(&**endpoint)).await {
                     Ok(conn) => conn,
                     Err(error) => {
                         return Err(Unsent {
@@ -151,15 +162,15 @@ impl Upstream {
 
     /// The most recently used idle connection of `endpoint` that can take a
     /// request now; expired and closed ones are dropped on the way.
-    fn checkout(&self, endpoint: &Endpoint) -> Option<Box<EndpointConn>> {
-        endpoint.idle.checkout(self.idle)
+    fn checkout(&self, endpoint: &impl Dialable) -> Option<Box<EndpointConn>> {
+        endpoint.idle().checkout(self.idle)
     }
 
     /// Dials `endpoint` within the connect timeout and the breaker's limits.
-    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<EndpointConn>, UpstreamError> {
+    async fn connect(&self, endpoint: &impl Dialable) -> Result<Box<EndpointConn>, UpstreamError> {
         let slot = self.breaker.connection().map_err(UpstreamError::Overflow)?;
         let pending = self.breaker.pending().map_err(UpstreamError::Overflow)?;
-        let dial = tokio::time::timeout(self.connect, TcpStream::connect(endpoint.addr));
+        let dial = tokio::time::timeout(self.connect, TcpStream::connect(endpoint.addr()));
         let io = match dial.await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
@@ -192,12 +203,12 @@ pub struct Unsent {
 /// an endpoint that answers before taking the whole body (a 413, an echo)
 /// is heard.
 #[allow(clippy::manual_async_fn)] // an async fn keeps each argument twice
-fn send_parts_on<'a>(
+fn send_parts_on<'a, E: Dialable + 'static>(
     mut conn: Box<EndpointConn>,
     parts: &'a mut Parts,
     body: RequestBody,
     forwarded: &'a (dyn ExtraFields + Sync),
-    endpoint: &'a Arc<Endpoint>,
+    endpoint: &'a Arc<E>,
 ) -> impl Future<Output = Result<Box<Response<ResponseBody>>, h1::Error>> + Send + 'a {
     // An async block: an async fn would keep each argument twice (see
     // `proxy::attempts`).
@@ -266,7 +277,12 @@ fn send_parts_on<'a>(
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
-        let body = ResponseBody::new(conn, head.framing, head.keep_alive, endpoint);
+        let body = ResponseBody::new(
+            conn,
+            head.framing,
+            head.keep_alive,
+            Arc::clone(endpoint) as _,
+        );
         Ok(Box::new(resp.map(|()| body)))
     }
 }
@@ -280,7 +296,7 @@ pub struct ResponseBody {
     conn: Option<Box<EndpointConn>>,
     framing: Framing,
     reusable: bool,
-    endpoint: Arc<Endpoint>,
+    endpoint: Arc<dyn Dialable>,
 }
 
 impl ResponseBody {
@@ -288,13 +304,13 @@ impl ResponseBody {
         conn: Box<EndpointConn>,
         framing: Framing,
         reusable: bool,
-        endpoint: &Arc<Endpoint>,
+        endpoint: Arc<dyn Dialable>,
     ) -> Self {
         let mut body = Self {
             conn: Some(conn),
             framing,
             reusable,
-            endpoint: Arc::clone(endpoint),
+            endpoint,
         };
         if framing.is_done() && reusable {
             body.finish();
@@ -312,7 +328,7 @@ impl ResponseBody {
         if let Some(conn) = self.conn.take()
             && self.reusable
         {
-            self.endpoint.idle.release(conn);
+            self.endpoint.idle().release(conn);
         }
     }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::route::RouteFile;
+use crate::file::RouteFile;
 use crate::table::{Delta, RouteEvent, RouteTable};
 
 const EXAMPLE: &str = r#"

@@ -1,4 +1,5 @@
-//! The active HTTP health checker.
+//! The active HTTP health checker: a task above the table that writes
+//! its verdicts into each endpoint's [`crate::health`].
 //!
 //! One checker task per dataplane follows the installed tables and keeps
 //! one check loop per (pool, endpoint) of every pool with a `healthCheck`:
@@ -26,9 +27,9 @@ use sluice_protocol::{HealthCheck, PoolRoute};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::Streak;
 use crate::endpoint::Endpoint;
 use crate::front::listener::stopped;
+use crate::health::Streak;
 use crate::state::State;
 use crate::table::Table;
 

@@ -1,0 +1,100 @@
+//! A recorded request's span on its way: held by the request while it is
+//! under way, it takes the response head and goes to the export queue when
+//! the response body ends (or the client goes away). Apart from [`span`]
+//! (what a span holds) so that the span knows nothing of the queue.
+//!
+//! [`span`]: super::span
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+
+use super::export::Queue;
+use super::span::Span;
+use crate::table::Table;
+
+/// A recorded request's span while the request is under way; it ends,
+/// and goes to the export queue, when this is dropped.
+#[derive(Debug)]
+pub struct Recording {
+    span: Option<Box<Span>>,
+    queue: Queue,
+}
+
+impl Recording {
+    /// Records `span`, for `queue`.
+    pub fn new(span: Span, queue: Queue) -> Self {
+        Self {
+            span: Some(Box::new(span)),
+            queue,
+        }
+    }
+
+    /// Records that the request came over TLS.
+    pub fn set_https(&mut self, https: bool) {
+        if let Some(span) = &mut self.span {
+            span.https = https;
+        }
+    }
+
+    /// Records the response head: its status, Sluice's reason when it
+    /// answered itself, the endpoint that answered (if one did) and the
+    /// pool `table` routes the request to.
+    pub fn respond<B>(&mut self, resp: &Response<B>, endpoint: Option<SocketAddr>, table: &Table) {
+        if let Some(span) = &mut self.span {
+            span.respond(resp, endpoint, table);
+        }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if let Some(mut span) = self.span.take() {
+            span.end = SystemTime::now();
+            self.queue.push(span);
+        }
+    }
+}
+
+/// A response body that ends its request's span when it ends.
+#[derive(Debug)]
+pub struct Traced<B> {
+    body: B,
+    span: Option<Recording>,
+}
+
+impl<B> Traced<B> {
+    /// Wraps `resp`'s body; with `span`, the span ends with it.
+    pub fn wrap(resp: Response<B>, span: Option<Recording>) -> Response<Self> {
+        resp.map(|body| Traced { body, span })
+    }
+}
+
+impl<B: Body + Unpin> Body for Traced<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if this.span.is_some() && matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.span = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
