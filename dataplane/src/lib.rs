@@ -31,6 +31,7 @@ pub mod endpoint;
 pub mod front;
 pub mod health;
 pub mod heap;
+pub mod hop_by_hop;
 pub mod http1;
 pub mod http2;
 pub mod metrics;

@@ -15,9 +15,12 @@
 //!   it waits drops it (the request is cancelled, as hyper does), and one
 //!   that came before the task first ran means the request is never
 //!   started;
-//! - the response head loses the fields HTTP/2 forbids (`Connection` and
-//!   the ones it names, `Keep-Alive`, `Proxy-Connection`,
-//!   `Transfer-Encoding`, `Upgrade`, `TE`), gains `Date` when missing and
+//! - the response head loses the fields HTTP/2 forbids, the hop-by-hop
+//!   ones ([`crate::hop_by_hop`]: `Connection` and the ones it names,
+//!   `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`,
+//!   `TE`, ...), in one pass over its names (a proxied response has lost
+//!   them already; Sluice's own answers may carry `Connection: close`),
+//!   gains `Date` when missing and
 //!   `Content-Length` when the body's length is known;
 //! - the body is sent as the client's flow control allows: a frame is
 //!   taken from the body only when the one before it was handed to `h2`,
@@ -35,12 +38,13 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use h2::server::SendResponse;
 use h2::{Reason, SendStream};
-use http::header::{self, HeaderMap, HeaderName};
+use http::header;
 use http::{Request, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::client_body::{ClientBody, H2Body};
+use crate::hop_by_hop;
 use crate::http1::interim::{decode_interim, interim_into};
 use crate::http1::server::{Peer, Signal, date_value};
 use crate::http2::read_ahead::ReadAhead;
@@ -158,7 +162,7 @@ where
         return;
     };
     let (mut parts, body) = resp.into_parts();
-    strip_connection_fields(&mut parts.headers);
+    hop_by_hop::strip(&mut parts.headers);
     parts.headers.entry(header::DATE).or_insert_with(date_value);
     let end = body.is_end_stream();
     if !end
@@ -178,28 +182,6 @@ where
     };
     if !end {
         send_body(body, send).await;
-    }
-}
-
-/// The fields of one connection, which HTTP/2 forbids (RFC 9113 §8.2.2).
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    if let Some(named) = headers.remove(header::CONNECTION)
-        && let Ok(named) = named.to_str()
-    {
-        for name in named.split(',') {
-            if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
-                headers.remove(name);
-            }
-        }
-    }
-    for name in [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::TE,
-    ] {
-        headers.remove(name);
     }
 }
 
@@ -290,32 +272,5 @@ where
                 return Poll::Ready(Ok(()));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_fields_go_and_the_rest_stay() {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
-            ("connection", "close, x-hop"),
-            ("x-hop", "1"),
-            ("keep-alive", "timeout=5"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("te", "trailers"),
-            ("proxy-connection", "keep-alive"),
-            ("x-kept", "yes"),
-            ("content-type", "text/plain"),
-        ] {
-            headers.append(HeaderName::from_static(name), value.parse().expect("value"));
-        }
-        strip_connection_fields(&mut headers);
-        let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["content-type", "x-kept"]);
     }
 }

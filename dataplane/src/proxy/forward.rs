@@ -1,84 +1,21 @@
 //! What a request and a response look like on the far side of the proxy:
-//! hop-by-hop headers removed, `X-Forwarded-*` set, the URI pointed at the
+//! hop-by-hop headers removed ([`crate::hop_by_hop`]), `X-Forwarded-*` set, the URI pointed at the
 //! chosen endpoint. Plain functions over `http` types, tested here.
 
 use std::io::Write as _;
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Uri, Version};
 
+use crate::hop_by_hop;
 use crate::trace::context::{Propagated, TRACEPARENT, TRACESTATE};
-
-const HOPS: usize = 8;
-
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1,
-/// plus the legacy `Keep-Alive` and `Proxy-Connection`). `Trailer` is not
-/// one of them (it was in RFC 2616): it announces the trailer fields that
-/// pass through, and hyper sends the client only the announced ones.
-const HOP_BY_HOP: [HeaderName; HOPS] = [
-    header::CONNECTION, // first: see strip_hop_by_hop
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Removes hop-by-hop headers, including every header the `Connection`
-/// header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip::<false>(headers);
-}
-
-/// [`strip_hop_by_hop`]; with `FORWARDED`, also says whether an
-/// `X-Forwarded-*` header is there, seen on the way (a request's).
-fn strip<const FORWARDED: bool>(headers: &mut HeaderMap) -> bool {
-    // One pass over the names (standard ones compare as numbers) finds
-    // which are present; most messages carry none, or only `Connection:
-    // keep-alive`, and then nothing is hashed or allocated.
-    let mut present = [false; HOPS];
-    let mut forwarded = false;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-        } else if FORWARDED && name.as_str().starts_with("x-forwarded-") {
-            forwarded = true;
-        }
-    }
-    if present[0] {
-        // Other headers the `Connection` header names (`close`,
-        // `keep-alive` and `upgrade` name none or a listed one).
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                !["close", "keep-alive", "upgrade"]
-                    .iter()
-                    .any(|k| t.eq_ignore_ascii_case(k))
-            })
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-        headers.remove(name);
-    }
-    forwarded
-}
 
 /// The host a request was routed by, for `Host` and `X-Forwarded-Host`.
 #[derive(Debug, Clone)]
@@ -169,7 +106,7 @@ pub fn request(
     let upgrade = crate::proxy::upgrade::requested(parts.version, &parts.headers);
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
-    let forwarded_by_client = strip::<true>(headers);
+    let forwarded_by_client = hop_by_hop::strip_noting_forwarded(headers);
     if let Some(protocol) = upgrade {
         crate::proxy::upgrade::keep(headers, protocol);
     }
@@ -275,22 +212,6 @@ mod tests {
             let expected = ip.to_string();
             proptest::prop_assert_eq!(ip_text(ip, &mut out), expected.as_bytes());
         });
-    }
-
-    #[test]
-    fn connection_named_headers_are_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Custom"),
-        );
-        h.insert("x-custom", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
     }
 
     #[test]

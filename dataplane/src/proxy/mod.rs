@@ -23,6 +23,7 @@ use http_body_util::Full;
 use crate::activation;
 use crate::endpoint::{Endpoint, InFlight};
 use crate::front::tls::{self, Site};
+use crate::hop_by_hop;
 use crate::http1::client as h1;
 use crate::metrics::Exchange;
 use crate::policy::breaker::{Held, OVERFLOW_HEADER, Overflow};
@@ -409,7 +410,7 @@ impl Proxy {
             }) => {
                 exchange.respond(resp.status().as_u16());
                 let (mut parts, mut body) = (*resp).into_parts();
-                forward::strip_hop_by_hop(&mut parts.headers);
+                hop_by_hop::strip(&mut parts.headers);
                 if let Some(cookie) = pool.affinity_cookie(&pick, in_flight.endpoint()) {
                     parts.headers.append(header::SET_COOKIE, cookie.clone());
                 }
