@@ -56,7 +56,7 @@ pub async fn run(client: Client, tx: mpsc::Sender<(&'static str, Change)>, synce
     let mut tasks = JoinSet::new();
     macro_rules! spawn_watch {
         ($k:ty, $name:literal, $one:ident, $gone:ident, $all:ident) => {
-            tasks.spawn(crate::watch_kind::<$k>(
+            tasks.spawn(crate::kind_watch::watch_kind::<$k>(
                 Api::all(client.clone()),
                 $name,
                 watcher::Config::default(),

@@ -20,11 +20,14 @@ pub mod api_errors;
 pub mod auth;
 pub mod autoscale;
 pub mod cli;
+pub mod conditions;
 pub mod dataplanes;
 pub mod gateway;
+pub mod gateway_status;
 pub mod gateway_watch;
 pub mod index;
 pub mod key;
+pub mod kind_watch;
 pub mod leader;
 pub mod metrics;
 pub mod pool_versions;
@@ -40,16 +43,13 @@ pub mod traffic;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::runtime::watcher;
+use kube::{Api, Client};
 use sluice_crds::{BackendPool, ScalingTrigger};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
@@ -60,9 +60,9 @@ pub use leader::LeaseConfig;
 pub use tls::TlsFiles;
 
 use crate::admin::Synced;
-use crate::api_errors::{Causes, Outage, Report};
 use crate::dataplanes::Dataplanes;
 use crate::index::{Change, Index};
+use crate::kind_watch::watch_kind;
 use crate::metrics::{KindLabel, Metrics};
 use crate::recorder::Recorder;
 use crate::scaler::Scaler;
@@ -337,7 +337,7 @@ impl Controller {
         tasks.spawn(scaler.run(stop_rx.clone()));
 
         tasks.spawn(
-            gateway::status::GatewayStatusWriter {
+            gateway_status::GatewayStatusWriter {
                 client: client.clone(),
                 index: Arc::clone(&index),
                 dataplanes: Arc::clone(&dataplanes),
@@ -491,74 +491,6 @@ impl Controller {
             let _ = elector.await;
         }
         self.tasks.shutdown().await;
-    }
-}
-
-/// Forwards one kind's watch events to the index as [`Change`]s.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn watch_kind<K>(
-    api: Api<K>,
-    kind: &'static str,
-    config: watcher::Config,
-    tx: mpsc::Sender<(&'static str, Change)>,
-    applied: fn(K) -> Change,
-    deleted: fn(index::Key) -> Change,
-    relisted: fn(Vec<K>) -> Change,
-    synced: Arc<Synced>,
-    flag: fn(&Synced) -> &AtomicBool,
-) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    K::DynamicType: Default,
-{
-    let mut events = watcher(api, config).default_backoff().boxed();
-    let mut buffer: Vec<K> = Vec::new();
-    let mut outage = Outage::default();
-    while let Some(event) = events.next().await {
-        // `Init` comes before the relist is tried; only what came back
-        // from the API server shows that it answers again.
-        let answered = matches!(&event, Ok(e) if !matches!(e, watcher::Event::Init));
-        if answered && let Some(after) = outage.succeeded(Instant::now()) {
-            tracing::info!(kind, ?after, "watch works again");
-        }
-        let change = match event {
-            Ok(watcher::Event::Init) => {
-                buffer.clear();
-                continue;
-            }
-            Ok(watcher::Event::InitApply(obj)) => {
-                buffer.push(obj);
-                continue;
-            }
-            Ok(watcher::Event::InitDone) => {
-                flag(&synced).store(true, Ordering::Release);
-                relisted(std::mem::take(&mut buffer))
-            }
-            Ok(watcher::Event::Apply(obj)) => applied(obj),
-            Ok(watcher::Event::Delete(obj)) => {
-                deleted((obj.namespace().unwrap_or_default(), obj.name_any()))
-            }
-            Err(e) => {
-                let error = Causes(&e);
-                match outage.failed(Instant::now()) {
-                    Report::Started => {
-                        tracing::warn!(kind, %error, "watch failed; retrying with backoff");
-                    }
-                    Report::Continuing {
-                        failing_for,
-                        unlogged,
-                    } => {
-                        tracing::warn!(kind, %error, ?failing_for, unlogged, "watch still failing; retrying with backoff");
-                    }
-                    Report::Quiet => {
-                        tracing::debug!(kind, %error, "watch failed; retrying with backoff");
-                    }
-                }
-                continue;
-            }
-        };
-        if tx.send((kind, change)).await.is_err() {
-            return;
-        }
     }
 }
 

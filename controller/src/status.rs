@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
@@ -34,6 +34,7 @@ use sluice_crds::{BackendPool, BackendPoolStatus, DataplaneCounts};
 use tokio::sync::{Notify, watch};
 
 use crate::api_errors::Causes;
+use crate::conditions::{FIELD_MANAGER, condition};
 use crate::dataplanes::{Dataplane, Dataplanes};
 use crate::index::{Index, Key, PoolState};
 use crate::recorder::{Event, EventType, Recorder};
@@ -41,9 +42,6 @@ use crate::recorder::{Event, EventType, Recorder};
 /// How long a dataplane may take to acknowledge a route change before the
 /// pool stops counting as `Programmed`: five report intervals.
 pub const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Field manager of the controller's status writes.
-pub const FIELD_MANAGER: &str = "sluice-controller";
 
 /// The status the pool should have now. `required` is the oldest version
 /// of the pool's route a dataplane may have applied and still serve it
@@ -136,32 +134,6 @@ pub fn desired_status(
         endpoints: Some(state.endpoints),
         dataplanes: Some(DataplaneCounts { synced, total }),
         route_version: state.route_version,
-    }
-}
-
-/// A condition of `type_`, keeping the transition time of the same
-/// condition in `previous` when its status did not change.
-pub fn condition(
-    previous: &[Condition],
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    observed_generation: Option<i64>,
-    now: Timestamp,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let last_transition_time = match previous.iter().find(|c| c.type_ == type_) {
-        Some(p) if p.status == status => p.last_transition_time.clone(),
-        _ => Time(now),
-    };
-    Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        observed_generation,
-        last_transition_time,
     }
 }
 

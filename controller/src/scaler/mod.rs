@@ -25,10 +25,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::api_errors::Causes;
 use crate::autoscale::{self, History, Spec, decide};
+use crate::conditions::FIELD_MANAGER;
 use crate::index::{Index, Key};
 use crate::metrics::{LimitLabels, Metrics, ScaleLabels, TriggerLabel};
 use crate::recorder::{Event, EventType, Recorder};
-use crate::status::{FIELD_MANAGER, changed};
+use crate::status::changed;
 use crate::traffic::Traffic;
 use status::{Outcome, desired_status, differs_beyond_metrics};
 use target::Targets;

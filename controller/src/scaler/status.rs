@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use sluice_crds::{MetricStatus, ScalingTrigger, ScalingTriggerStatus};
 
 use crate::autoscale::{Decision, Observed, Reason};
-use crate::status::condition;
+use crate::conditions::condition;
 
 /// What one pass found for a trigger.
 #[derive(Debug)]
