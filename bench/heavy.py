@@ -297,14 +297,57 @@ def nstat(*names):
 
 STORM_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPSynRetrans")
 REQUEST = b"GET / HTTP/1.1\r\nHost: storm.bench\r\n\r\n"
+# HTTP/2 with prior knowledge (h2c): the client's preface, an empty
+# SETTINGS frame, and a HEADERS frame that ends stream 1: `GET /` with
+# `:method GET`, `:scheme http`, `:path /` from HPACK's static table and
+# `:authority storm.bench` a literal.
+H2_REQUEST = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+              + b"\x00\x00\x10\x01\x05\x00\x00\x00\x01\x82\x86\x84\x41\x0bstorm.bench")
+H2_SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
 
 
-def burst(port, n, limit_s=60):
+def h1_answered(buf):
+    """Whether buf holds a whole HTTP/1.1 answer: None (not yet), True (a
+    200 with its Content-Length body) or False (anything else)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    m = re.search(rb"(?i)content-length:\s*(\d+)", buf[:end])
+    if not buf.startswith(b"HTTP/1.1 200") or not m:
+        return False
+    return True if len(buf) >= end + 4 + int(m.group(1)) else None
+
+
+def h2_answered(buf):
+    """Whether buf (the server's frames) holds the end of stream 1: None
+    (not yet), True (its HEADERS began with `:status 200`, HPACK's static
+    entry 8) or False (another status, or GOAWAY)."""
+    at, ok = 0, None
+    while at + 9 <= len(buf):
+        size = int.from_bytes(buf[at:at + 3], "big")
+        kind, flags, stream = buf[at + 3], buf[at + 4], int.from_bytes(buf[at + 5:at + 9], "big") & 0x7FFFFFFF
+        if at + 9 + size > len(buf):
+            break
+        if kind == 7:
+            return False
+        if stream == 1 and kind == 1:
+            ok = buf[at + 9:at + 10] == b"\x88"
+        if stream == 1 and kind in (0, 1) and flags & 1:
+            return bool(ok)
+        at += 9 + size
+    return None
+
+
+def burst(port, n, limit_s=60, h2=False):
     """Opens n non-blocking connections at once, sends one GET on each as it
-    connects, reads each answer (Content-Length framed). Returns the open
-    sockets, how many were served, how many failed, and the time from the
-    first connect to the last answer. One epoll loop: fast enough that the
-    client, not its own scheduling, is what the proxy sees."""
+    connects, reads each answer (Content-Length framed; with h2, over
+    HTTP/2 with prior knowledge, the server's SETTINGS acknowledged).
+    Returns the open sockets, how many were served, how many failed, and
+    the time from the first connect to the last answer. One epoll loop:
+    fast enough that the client, not its own scheduling, is what the proxy
+    sees."""
+    answered = h2_answered if h2 else h1_answered
+    acked = set()
     ep = select.epoll()
     socks, state = {}, {}
     start = time.monotonic()
@@ -330,7 +373,7 @@ def burst(port, n, limit_s=60):
                 continue
             if ev & select.EPOLLOUT:
                 try:
-                    s.send(REQUEST)
+                    s.send(H2_REQUEST if h2 else REQUEST)
                 except OSError:
                     failed += 1
                     pending -= 1
@@ -355,16 +398,20 @@ def burst(port, n, limit_s=60):
                 continue
             buf = state[fd] + got
             state[fd] = buf
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            if h2 and fd not in acked and len(buf) >= 9 and buf[3] == 4 and buf[4] & 1 == 0:
+                # The server's SETTINGS come first (RFC 9113 §3.4); acknowledged.
+                acked.add(fd)
+                try:
+                    s.send(H2_SETTINGS_ACK)
+                except OSError:
+                    pass
+            verdict = answered(buf)
+            if verdict is None:
                 continue
-            m = re.search(rb"(?i)content-length:\s*(\d+)", buf[:end])
-            if not buf.startswith(b"HTTP/1.1 200") or not m:
-                failed += 1
-            elif len(buf) >= end + 4 + int(m.group(1)):
+            if verdict:
                 served.append(s)
             else:
-                continue
+                failed += 1
             pending -= 1
             last = time.monotonic()
             ep.unregister(fd)
@@ -373,10 +420,28 @@ def burst(port, n, limit_s=60):
     return served, failed, last - start
 
 
-def storm_round(port, n, pid):
+def idle_rss(port, n, pid, h2=False):
+    """Opens n connections 100 at a time, one request answered on each, and
+    keeps them open: (VmRSS with them open, 2 s after they closed, in KiB,
+    how many failed, how many were open)."""
+    idle, failed = [], 0
+    while len(idle) + failed < n:
+        got, bad, _ = burst(port, min(100, n - len(idle) - failed), h2=h2)
+        idle += got
+        failed += bad
+    time.sleep(1.0)
+    rss_idle = measure.status_kib(pid, "VmRSS")
+    for s in idle:
+        s.close()
+    time.sleep(2.0)
+    return rss_idle, measure.status_kib(pid, "VmRSS"), failed, len(idle)
+
+
+def storm_round(port, n, pid, h2_port):
     """A burst of n connections at once (closed again), then n idle ones
     opened 100 at a time, so that what they hold is an idle connection's
-    cost rather than that of n requests in flight."""
+    cost rather than that of n requests in flight; then as many idle
+    HTTP/2 (h2c) connections on h2_port."""
     rss_before = measure.status_kib(pid, "VmRSS")
     c0 = nstat(*STORM_COUNTERS)
     served, failed, took = burst(port, n)
@@ -388,24 +453,16 @@ def storm_round(port, n, pid):
         s.close()
     time.sleep(2.0)
     rss_closed = measure.status_kib(pid, "VmRSS")
-    idle, idle_failed = [], 0
-    while len(idle) + idle_failed < n:
-        got, bad, _ = burst(port, min(100, n - len(idle) - idle_failed))
-        idle += got
-        idle_failed += bad
-    time.sleep(1.0)
-    rss_idle = measure.status_kib(pid, "VmRSS")
-    for s in idle:
-        s.close()
-    time.sleep(2.0)
-    rss_after = measure.status_kib(pid, "VmRSS")
+    rss_idle, rss_after, idle_failed, idle = idle_rss(port, n, pid)
+    h2_idle, h2_after, h2_failed, h2_open = idle_rss(h2_port, n, pid, h2=True)
     d = {k: c1.get(k, 0) - c0.get(k, 0) for k in STORM_COUNTERS}
     return {
-        "served": burst_served, "errors": failed + idle_failed, "retried": d["TcpExtTCPSynRetrans"],
+        "served": burst_served, "errors": failed + idle_failed + h2_failed, "retried": d["TcpExtTCPSynRetrans"],
         "seconds": took, "overflows": d["TcpExtListenOverflows"], "drops": d["TcpExtListenDrops"],
         "rss_before_kib": rss_before, "rss_burst_kib": rss_burst, "rss_closed_kib": rss_closed,
-        "rss_idle_kib": rss_idle, "rss_after_kib": rss_after,
-        "idle_bytes_per_conn": (rss_idle - rss_closed) * 1024 / max(len(idle), 1),
+        "rss_idle_kib": rss_idle, "rss_after_kib": h2_after,
+        "idle_bytes_per_conn": (rss_idle - rss_closed) * 1024 / max(idle, 1),
+        "h2_idle_bytes_per_conn": (h2_idle - rss_after) * 1024 / max(h2_open, 1),
     }
 
 
@@ -424,12 +481,14 @@ def storm(args):
         for rnd in range(1, rounds + 1):
             for name in names:
                 target = spec["targets"][name]
-                row = storm_round(target["port"], n, target["pid"])
+                h2_port = int(target["h2"].rsplit(":", 1)[1])
+                row = storm_round(target["port"], n, target["pid"], h2_port)
                 row.update({"round": rnd, "target": name})
                 out.write(json.dumps(row) + "\n")
                 out.flush()
                 print(f"bench: storm round {rnd} {name:8} served {row['served']} in {row['seconds']:.2f} s, "
                       f"SYNs retried {row['retried']}, errors {row['errors']}, idle {row['idle_bytes_per_conn']:.0f} B/conn, "
+                      f"idle h2 {row['h2_idle_bytes_per_conn']:.0f} B/conn, "
                       f"RSS {row['rss_before_kib']} -> burst {row['rss_burst_kib']} -> closed {row['rss_closed_kib']} "
                       f"-> idle {row['rss_idle_kib']} -> closed {row['rss_after_kib']} KiB",
                       file=sys.stderr)
@@ -524,27 +583,31 @@ def report(args):
               "(a SYN the listener's full queue dropped is sent again after 1 s), overflows its "
               "TcpExtListenOverflows (both machine-wide). Then as many idle keep-alive connections, "
               "opened 100 at a time after one request each: idle B/conn is the VmRSS they added ÷ "
-              "connections. VmRSS before the round, 1 s after the burst, 2 s after its connections "
-              "closed, with the idle ones open, and 2 s after those closed.\n")
+              "connections; then as many HTTP/2 connections (h2c, prior knowledge), one request "
+              "answered on each: idle h2 B/conn. VmRSS before the round, 1 s after the burst, 2 s "
+              "after its connections closed, with the idle ones open, and 2 s after the idle HTTP/2 "
+              "ones closed.\n")
         print("| round | target | served | errors | burst time | SYNs retried | overflows | idle B/conn "
-              "| RSS before | burst | closed | idle | closed |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| idle h2 B/conn | RSS before | burst | closed | idle | closed |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         mib = lambda k: f"{k / 1024:.1f} MiB"
         for r in srows:
             print(f"| {r['round']} | {LABELS[r['target']]} | {r['served']:,} | {r['errors']} | "
                   f"{r['seconds']:.2f} s | {r['retried']} | {r['overflows']} | "
-                  f"{r['idle_bytes_per_conn']:,.0f} | {mib(r['rss_before_kib'])} | {mib(r['rss_burst_kib'])} | "
+                  f"{r['idle_bytes_per_conn']:,.0f} | {f(r.get('h2_idle_bytes_per_conn'), ',.0f')} | "
+                  f"{mib(r['rss_before_kib'])} | {mib(r['rss_burst_kib'])} | "
                   f"{mib(r['rss_closed_kib'])} | {mib(r['rss_idle_kib'])} | {mib(r['rss_after_kib'])} |")
-        print(f"\n| median over rounds | burst time | SYNs retried | idle B/conn | RSS before the first round "
-              f"| after the last | {SETTLE_S} s later |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print(f"\n| median over rounds | burst time | SYNs retried | idle B/conn | idle h2 B/conn "
+              f"| RSS before the first round | after the last | {SETTLE_S} s later |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for t in ("nginx", "haproxy", "sluice"):
             sel = [r for r in srows if r["target"] == t]
             if sel:
                 later = mib(settled[t]) if t in settled else "—"
                 print(f"| {LABELS[t]} | {med(r['seconds'] for r in sel):.2f} s | "
                       f"{med(r['retried'] for r in sel):.0f} | "
-                      f"{med(r['idle_bytes_per_conn'] for r in sel):,.0f} | {mib(sel[0]['rss_before_kib'])} | "
+                      f"{med(r['idle_bytes_per_conn'] for r in sel):,.0f} | "
+                      f"{f(med(r.get('h2_idle_bytes_per_conn') for r in sel), ',.0f')} | {mib(sel[0]['rss_before_kib'])} | "
                       f"{mib(sel[-1]['rss_after_kib'])} | {later} |")
 
 
