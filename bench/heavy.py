@@ -14,9 +14,11 @@
       interleaved within a case, one JSON line per run into OUT_JSONL.
 
   storm SPEC_FILE CONNECTIONS ROUNDS OUT_JSONL
-      opens CONNECTIONS keep-alive connections at once to each target,
-      one request on each, keeps them open, reads the proxy's memory,
-      closes them all, reads it again; ROUNDS times per target.
+      first, per target, CONNECTIONS / 2 idle HTTP/1.1 keep-alive
+      connections and then (those still open) as many idle h2c ones, one
+      answered request each, reading the proxy's memory; then, ROUNDS
+      times per target, CONNECTIONS connections at once, one request on
+      each, closed again, and as many idle HTTP/1.1 ones.
 
   report HEADER BODIES_JSONL STORM_JSONL
       prints the Markdown report: medians over rounds, ratios of sluice to
@@ -420,28 +422,46 @@ def burst(port, n, limit_s=60, h2=False):
     return served, failed, last - start
 
 
-def idle_rss(port, n, pid, h2=False):
+def open_idle(port, n, h2=False):
     """Opens n connections 100 at a time, one request answered on each, and
-    keeps them open: (VmRSS with them open, 2 s after they closed, in KiB,
-    how many failed, how many were open)."""
+    leaves them open: (the open sockets, how many failed)."""
     idle, failed = [], 0
     while len(idle) + failed < n:
         got, bad, _ = burst(port, min(100, n - len(idle) - failed), h2=h2)
         idle += got
         failed += bad
+    return idle, failed
+
+
+def idle_costs(port, h2_port, n, pid):
+    """What idle connections cost a proxy that has not yet met a storm: n
+    HTTP/1.1 keep-alive connections opened and left open, then, with them
+    still open, n HTTP/2 (h2c) ones, each answered once. Nothing is freed
+    in between, so neither count is hidden by memory the other gave back."""
+    rss_before = measure.status_kib(pid, "VmRSS")
+    h1, h1_failed = open_idle(port, n)
     time.sleep(1.0)
-    rss_idle = measure.status_kib(pid, "VmRSS")
-    for s in idle:
+    rss_h1 = measure.status_kib(pid, "VmRSS")
+    h2, h2_failed = open_idle(h2_port, n, h2=True)
+    time.sleep(1.0)
+    rss_h2 = measure.status_kib(pid, "VmRSS")
+    for s in h1 + h2:
         s.close()
     time.sleep(2.0)
-    return rss_idle, measure.status_kib(pid, "VmRSS"), failed, len(idle)
+    return {
+        "idle": True, "connections": n, "errors": h1_failed + h2_failed,
+        "rss_before_kib": rss_before, "rss_h1_kib": rss_h1, "rss_h2_kib": rss_h2,
+        "rss_after_kib": measure.status_kib(pid, "VmRSS"),
+        "h1_bytes_per_conn": (rss_h1 - rss_before) * 1024 / max(len(h1), 1),
+        "h2_bytes_per_conn": (rss_h2 - rss_h1) * 1024 / max(len(h2), 1),
+    }
 
 
-def storm_round(port, n, pid, h2_port):
+def storm_round(port, n, pid):
     """A burst of n connections at once (closed again), then n idle ones
     opened 100 at a time, so that what they hold is an idle connection's
-    cost rather than that of n requests in flight; then as many idle
-    HTTP/2 (h2c) connections on h2_port."""
+    cost rather than that of n requests in flight (after the burst, memory
+    it freed may hide it: see idle_costs)."""
     rss_before = measure.status_kib(pid, "VmRSS")
     c0 = nstat(*STORM_COUNTERS)
     served, failed, took = burst(port, n)
@@ -453,16 +473,20 @@ def storm_round(port, n, pid, h2_port):
         s.close()
     time.sleep(2.0)
     rss_closed = measure.status_kib(pid, "VmRSS")
-    rss_idle, rss_after, idle_failed, idle = idle_rss(port, n, pid)
-    h2_idle, h2_after, h2_failed, h2_open = idle_rss(h2_port, n, pid, h2=True)
+    idle, idle_failed = open_idle(port, n)
+    time.sleep(1.0)
+    rss_idle = measure.status_kib(pid, "VmRSS")
+    for s in idle:
+        s.close()
+    time.sleep(2.0)
+    rss_after = measure.status_kib(pid, "VmRSS")
     d = {k: c1.get(k, 0) - c0.get(k, 0) for k in STORM_COUNTERS}
     return {
-        "served": burst_served, "errors": failed + idle_failed + h2_failed, "retried": d["TcpExtTCPSynRetrans"],
+        "served": burst_served, "errors": failed + idle_failed, "retried": d["TcpExtTCPSynRetrans"],
         "seconds": took, "overflows": d["TcpExtListenOverflows"], "drops": d["TcpExtListenDrops"],
         "rss_before_kib": rss_before, "rss_burst_kib": rss_burst, "rss_closed_kib": rss_closed,
-        "rss_idle_kib": rss_idle, "rss_after_kib": h2_after,
-        "idle_bytes_per_conn": (rss_idle - rss_closed) * 1024 / max(idle, 1),
-        "h2_idle_bytes_per_conn": (h2_idle - rss_after) * 1024 / max(h2_open, 1),
+        "rss_idle_kib": rss_idle, "rss_after_kib": rss_after,
+        "idle_bytes_per_conn": (rss_idle - rss_closed) * 1024 / max(len(idle), 1),
     }
 
 
@@ -478,17 +502,28 @@ def storm(args):
         spec = json.load(f)
     names = [t for t in ("nginx", "haproxy", "sluice") if t in spec["targets"]]
     with open(out_file, "a") as out:
+        # Half the storm's count of each kind: both kinds open at once are
+        # as many connections as a burst.
+        for name in names:
+            target = spec["targets"][name]
+            h2_port = int(target["h2"].rsplit(":", 1)[1])
+            row = idle_costs(target["port"], h2_port, max(n // 2, 1), target["pid"])
+            row["target"] = name
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(f"bench: idle {name:8} HTTP/1.1 {row['h1_bytes_per_conn']:.0f} B/conn, "
+                  f"h2c {row['h2_bytes_per_conn']:.0f} B/conn, errors {row['errors']}, RSS {row['rss_before_kib']} "
+                  f"-> {row['rss_h1_kib']} -> {row['rss_h2_kib']} -> closed {row['rss_after_kib']} KiB",
+                  file=sys.stderr)
         for rnd in range(1, rounds + 1):
             for name in names:
                 target = spec["targets"][name]
-                h2_port = int(target["h2"].rsplit(":", 1)[1])
-                row = storm_round(target["port"], n, target["pid"], h2_port)
+                row = storm_round(target["port"], n, target["pid"])
                 row.update({"round": rnd, "target": name})
                 out.write(json.dumps(row) + "\n")
                 out.flush()
                 print(f"bench: storm round {rnd} {name:8} served {row['served']} in {row['seconds']:.2f} s, "
                       f"SYNs retried {row['retried']}, errors {row['errors']}, idle {row['idle_bytes_per_conn']:.0f} B/conn, "
-                      f"idle h2 {row['h2_idle_bytes_per_conn']:.0f} B/conn, "
                       f"RSS {row['rss_before_kib']} -> burst {row['rss_burst_kib']} -> closed {row['rss_closed_kib']} "
                       f"-> idle {row['rss_idle_kib']} -> closed {row['rss_after_kib']} KiB",
                       file=sys.stderr)
@@ -574,7 +609,22 @@ def report(args):
             print(f"| {case} | {proto} | " + " | ".join(cells[0:2] + cells[2:4] + cells[4:6] + cells[6:8]) + " |")
     srows = [json.loads(l) for l in open(storm_file)] if os.path.exists(storm_file) else []
     settled = {r["target"]: r["rss_kib"] for r in srows if r.get("settled")}
-    srows = [r for r in srows if not r.get("settled")]
+    idle_rows = [r for r in srows if r.get("idle")]
+    srows = [r for r in srows if not r.get("settled") and not r.get("idle")]
+    mib = lambda k: f"{k / 1024:.1f} MiB"
+    if idle_rows:
+        n = idle_rows[0]["connections"]
+        print(f"\n## Idle connections ({n:,} HTTP/1.1 and {n:,} HTTP/2, before the storms)\n")
+        print(f"{n:,} keep-alive HTTP/1.1 connections opened 100 at a time, one `GET /` answered on "
+              f"each, and left open; then, with them still open, {n:,} HTTP/2 connections (h2c, "
+              "prior knowledge) the same way. B/conn: the VmRSS each kind added ÷ its connections. "
+              "Nothing is closed in between, so memory one kind freed cannot hide the other's.\n")
+        print("| target | HTTP/1.1 B/conn | h2c B/conn | errors | RSS before | HTTP/1.1 open | both open | closed |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in idle_rows:
+            print(f"| {LABELS[r['target']]} | {r['h1_bytes_per_conn']:,.0f} | {r['h2_bytes_per_conn']:,.0f} | "
+                  f"{r['errors']} | {mib(r['rss_before_kib'])} | {mib(r['rss_h1_kib'])} | "
+                  f"{mib(r['rss_h2_kib'])} | {mib(r['rss_after_kib'])} |")
     if srows:
         n = max(r["served"] + r["errors"] for r in srows)
         print(f"\n## Connection storm ({n:,} connections at once, one request each)\n")
@@ -583,31 +633,27 @@ def report(args):
               "(a SYN the listener's full queue dropped is sent again after 1 s), overflows its "
               "TcpExtListenOverflows (both machine-wide). Then as many idle keep-alive connections, "
               "opened 100 at a time after one request each: idle B/conn is the VmRSS they added ÷ "
-              "connections; then as many HTTP/2 connections (h2c, prior knowledge), one request "
-              "answered on each: idle h2 B/conn. VmRSS before the round, 1 s after the burst, 2 s "
-              "after its connections closed, with the idle ones open, and 2 s after the idle HTTP/2 "
-              "ones closed.\n")
+              "connections (memory the burst freed can hide it: see the idle connections above). "
+              "VmRSS before the round, 1 s after the burst, 2 s after its connections closed, with "
+              "the idle ones open, and 2 s after those closed.\n")
         print("| round | target | served | errors | burst time | SYNs retried | overflows | idle B/conn "
-              "| idle h2 B/conn | RSS before | burst | closed | idle | closed |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        mib = lambda k: f"{k / 1024:.1f} MiB"
+              "| RSS before | burst | closed | idle | closed |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in srows:
             print(f"| {r['round']} | {LABELS[r['target']]} | {r['served']:,} | {r['errors']} | "
                   f"{r['seconds']:.2f} s | {r['retried']} | {r['overflows']} | "
-                  f"{r['idle_bytes_per_conn']:,.0f} | {f(r.get('h2_idle_bytes_per_conn'), ',.0f')} | "
-                  f"{mib(r['rss_before_kib'])} | {mib(r['rss_burst_kib'])} | "
+                  f"{r['idle_bytes_per_conn']:,.0f} | {mib(r['rss_before_kib'])} | {mib(r['rss_burst_kib'])} | "
                   f"{mib(r['rss_closed_kib'])} | {mib(r['rss_idle_kib'])} | {mib(r['rss_after_kib'])} |")
-        print(f"\n| median over rounds | burst time | SYNs retried | idle B/conn | idle h2 B/conn "
-              f"| RSS before the first round | after the last | {SETTLE_S} s later |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print(f"\n| median over rounds | burst time | SYNs retried | idle B/conn | RSS before the first round "
+              f"| after the last | {SETTLE_S} s later |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for t in ("nginx", "haproxy", "sluice"):
             sel = [r for r in srows if r["target"] == t]
             if sel:
                 later = mib(settled[t]) if t in settled else "—"
                 print(f"| {LABELS[t]} | {med(r['seconds'] for r in sel):.2f} s | "
                       f"{med(r['retried'] for r in sel):.0f} | "
-                      f"{med(r['idle_bytes_per_conn'] for r in sel):,.0f} | "
-                      f"{f(med(r.get('h2_idle_bytes_per_conn') for r in sel), ',.0f')} | {mib(sel[0]['rss_before_kib'])} | "
+                      f"{med(r['idle_bytes_per_conn'] for r in sel):,.0f} | {mib(sel[0]['rss_before_kib'])} | "
                       f"{mib(sel[-1]['rss_after_kib'])} | {later} |")
 
 
