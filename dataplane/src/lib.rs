@@ -35,6 +35,7 @@ pub mod hop_by_hop;
 pub mod http1;
 pub mod http2;
 pub mod metrics;
+pub mod observed;
 pub mod own_headers;
 pub mod policy;
 pub mod proxy;

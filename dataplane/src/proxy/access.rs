@@ -15,14 +15,11 @@
 //! tracing is off).
 
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Buf;
-use http::{Method, Request, Response, Version, header};
-use http_body::{Body, Frame, SizeHint};
+use http::{Method, Request, Version, header};
 
+use crate::observed::{Observe, Observed};
 use crate::table::{Table, normalize_host};
 use crate::trace::TraceId;
 
@@ -115,49 +112,12 @@ impl Drop for Entry {
     }
 }
 
-/// A response body that writes the request's access-log entry when it ends.
-#[derive(Debug)]
-pub struct Logged<B> {
-    body: B,
-    entry: Option<Box<Entry>>,
-}
+/// A response body that writes the request's access-log entry when it ends,
+/// with the bytes it counted.
+pub type Logged<B> = Observed<B, Box<Entry>>;
 
-impl<B> Logged<B> {
-    /// Wraps `resp`'s body; with `entry`, the entry is written at its end.
-    pub fn wrap(resp: Response<B>, entry: Option<Box<Entry>>) -> Response<Self> {
-        resp.map(|body| Logged { body, entry })
-    }
-}
-
-impl<B: Body + Unpin> Body for Logged<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Some(entry) = &mut this.entry {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        entry.bytes += data.remaining() as u64;
-                    }
-                }
-                Poll::Ready(_) => this.entry = None,
-                Poll::Pending => {}
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+impl Observe for Entry {
+    fn data(&mut self, len: u64) {
+        self.bytes += len;
     }
 }

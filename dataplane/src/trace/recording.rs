@@ -6,15 +6,13 @@
 //! [`span`]: super::span
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use http::Response;
-use http_body::{Body, Frame, SizeHint};
 
 use super::export::Queue;
 use super::span::Span;
+use crate::observed::{Observe, Observed};
 use crate::table::Table;
 
 /// A recorded request's span while the request is under way; it ends,
@@ -61,40 +59,7 @@ impl Drop for Recording {
 }
 
 /// A response body that ends its request's span when it ends.
-#[derive(Debug)]
-pub struct Traced<B> {
-    body: B,
-    span: Option<Recording>,
-}
+pub type Traced<B> = Observed<B, Recording>;
 
-impl<B> Traced<B> {
-    /// Wraps `resp`'s body; with `span`, the span ends with it.
-    pub fn wrap(resp: Response<B>, span: Option<Recording>) -> Response<Self> {
-        resp.map(|body| Traced { body, span })
-    }
-}
-
-impl<B: Body + Unpin> Body for Traced<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if this.span.is_some() && matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.span = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
+/// Ends the span when dropped: the body's end.
+impl Observe for Recording {}
