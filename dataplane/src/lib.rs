@@ -12,12 +12,13 @@
 //! for a pool scaled to zero), [`policy`] (circuit breaker, rate limits,
 //! retries), [`upstream`] (connections to endpoints), [`http1`] (the
 //! HTTP/1.1 codec by direction), [`http2`] (HTTP/2 from clients),
-//! [`client_body`] (a request's body from either), [`front`] (listeners with limits and graceful
-//! drain, TLS by SNI, workers), [`control`] (the controller's stream,
-//! reports, the standalone file, `--state-dir`), [`heap`] (memory a burst
-//! freed given back), [`worker`], [`admin`], [`metrics`], [`state`],
-//! [`demo`], [`cli`], [`trace`](mod@trace) (W3C trace context and OTLP
-//! spans).
+//! [`client_body`] (a request's body from either), [`front`] (listeners
+//! with limits and graceful drain, TLS by SNI, workers), [`control`] (the
+//! controller's stream, reports, the standalone file, `--state-dir`),
+//! [`heap`] (memory a burst freed given back), [`hop_by_hop`] (fields of
+//! one connection), [`observed`] (a response body watched to its end),
+//! [`worker`], [`admin`], [`metrics`], [`state`], [`demo`], [`cli`],
+//! [`trace`](mod@trace) (W3C trace context and OTLP spans).
 
 pub mod activation;
 pub mod admin;

@@ -60,7 +60,16 @@ fn idle_h2(addr: SocketAddr, request: bool) -> TcpStream {
             let size = usize::from(got[at]) << 16
                 | usize::from(got[at + 1]) << 8
                 | usize::from(got[at + 2]);
+            if at + 9 + size > len {
+                break;
+            }
             let (kind, flags) = (got[at + 3], got[at + 4]);
+            if request && kind == 1 && got[at + 8] == 1 {
+                // `:status 200` is HPACK's static entry 8: the endpoint
+                // answered (Sluice's own refusals are 4xx and 5xx), so its
+                // connection's read buffer was in play.
+                assert_eq!(got[at + 9], 0x88, "stream 1 answered 200");
+            }
             // The ACK of our SETTINGS; or, with a request, the end of
             // stream 1 (END_STREAM on its HEADERS or DATA), which comes
             // after that ACK.

@@ -1,6 +1,7 @@
 //! What a request and a response look like on the far side of the proxy:
-//! hop-by-hop headers removed ([`crate::hop_by_hop`]), `X-Forwarded-*` set, the URI pointed at the
-//! chosen endpoint. Plain functions over `http` types, tested here.
+//! hop-by-hop headers removed ([`crate::hop_by_hop`]), `X-Forwarded-*` set,
+//! the URI pointed at the chosen endpoint. Plain functions over `http`
+//! types, tested here.
 
 use std::io::Write as _;
 use std::net::IpAddr;
