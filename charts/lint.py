@@ -25,8 +25,8 @@ and every YAML block of the Gateway API guides are validated by a real
 kube-apiserver with the upstream Gateway API CRDs installed, and a block that
 names an example file must be that file; the chart's CRDs must equal crds/, and each
 Dockerfile's stages are built without a container engine
-(charts/dockerfile_stages.py): the manifest-only stage must build the
-dependencies with --locked, the final stage must hold the binary its
+(charts/dockerfile_stages.py): the manifest-only stage (with the vendored
+crates of third_party/ whole) must build the dependencies with --locked, the final stage must hold the binary its
 ENTRYPOINT names, running as a non-root numeric user, with the chart's ports.
 """
 
@@ -1348,7 +1348,16 @@ def check_dockerfile(component: str, chart_docs: list[dict]):
     # cache key changes with the manifests and the list of files, not the code.
     skeleton = next((s for s in stages if s.name == "skeleton"), None)
     expect(skeleton is not None, f"{name}: no stage 'skeleton' (manifests and stub sources)")
-    files = [p for p in skeleton.path(skeleton.workdir).rglob("*") if p.is_file()]
+    # Vendored crates (third_party/) are dependencies: the skeleton keeps
+    # them whole, as the repository holds them.
+    vendored = skeleton.path(skeleton.workdir) / "third_party"
+    for p in (ROOT / "third_party").rglob("*"):
+        if p.is_file():
+            kept = vendored / p.relative_to(ROOT / "third_party")
+            expect(kept.is_file() and kept.read_bytes() == p.read_bytes(),
+                   f"{name}: the skeleton stage does not keep {p.relative_to(ROOT)} whole")
+    files = [p for p in skeleton.path(skeleton.workdir).rglob("*")
+             if p.is_file() and vendored not in p.parents]
     kinds = {p.name if p.suffix != ".rs" else ".rs" for p in files}
     expect(kinds <= {"Cargo.toml", "Cargo.lock", ".rs"} and "Cargo.lock" in kinds,
            f"{name}: the skeleton stage keeps more than manifests and stubs: {sorted(kinds)}")

@@ -332,6 +332,15 @@ where
                                 continue;
                             }
 
+                            // Sluice patch: everything is flushed and the
+                            // peer has nothing more to read; with no stream
+                            // open the connection is idle, and holds no
+                            // buffer until bytes flow again.
+                            if !self.inner.streams.has_streams() {
+                                self.codec.release_idle_buffers();
+                                self.inner.streams.release_idle_memory();
+                            }
+
                             return Poll::Pending;
                         }
                     };

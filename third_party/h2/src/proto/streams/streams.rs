@@ -1144,6 +1144,19 @@ where
         me.counts.has_streams()
     }
 
+    /// Sluice patch: gives back the memory the streams' slabs keep from
+    /// their busiest moment, when they hold nothing (`Connection::poll`
+    /// calls this when the connection is idle).
+    pub fn release_idle_memory(&self) {
+        {
+            let mut me = self.inner.lock().unwrap();
+            let me = &mut *me;
+            me.store.release_if_empty();
+            me.actions.recv.release_idle_memory();
+        }
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
