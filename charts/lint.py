@@ -26,8 +26,9 @@ kube-apiserver with the upstream Gateway API CRDs installed, and a block that
 names an example file must be that file; the chart's CRDs must equal crds/, and each
 Dockerfile's stages are built without a container engine
 (charts/dockerfile_stages.py): the manifest-only stage (with the vendored
-crates of third_party/ whole) must build the dependencies with --locked, the final stage must hold the binary its
-ENTRYPOINT names, running as a non-root numeric user, with the chart's ports.
+crates of third_party/ whole) must build the dependencies with --locked, the
+final stage must hold the binary its ENTRYPOINT names, running as a non-root
+numeric user, with the chart's ports.
 """
 
 from __future__ import annotations

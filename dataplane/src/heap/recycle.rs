@@ -85,9 +85,9 @@ impl Kept {
         let block = head.get();
         if !block.is_null() {
             // SAFETY: a block on the list is a live system allocation of
-            // its class's layout (≥ 136 bytes, 16-aligned) that no one else
-            // holds; its first word was written by `keep` and names the next
-            // block (or null).
+            // its class's layout (≥ 136 bytes, aligned to 16 or 128) that
+            // no one else holds; its first word was written by `keep` and
+            // names the next block (or null).
             head.set(unsafe { block.cast::<*mut u8>().read() });
             self.bytes.set(self.bytes.get() - class_size(class));
         }
