@@ -97,6 +97,9 @@ pub struct RunArgs {
     /// How long a client may take to send a request head (408) or a TLS handshake before the connection closes.
     #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// How long an HTTP/2 connection may have no stream open before it is closed with GOAWAY (one to two such periods after its last stream).
+    #[arg(long, env = "SLUICE_HTTP2_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http2_idle_timeout: Duration,
     /// Propagate W3C trace context: each request's endpoint gets a `traceparent` naming the proxy's span (on with --tracing-otlp-endpoint too).
     #[arg(long, env = "SLUICE_TRACING")]
     pub tracing: bool,
@@ -205,6 +208,7 @@ impl RunArgs {
             drain_delay: self.drain_delay,
             limits: Limits {
                 header_read_timeout: self.header_read_timeout,
+                http2_idle_timeout: self.http2_idle_timeout,
                 max_header_bytes: self.max_header_bytes.max(8 * 1024),
                 max_headers: self.max_headers,
             },

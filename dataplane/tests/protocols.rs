@@ -261,6 +261,60 @@ async fn a_client_that_never_finishes_its_head_gets_408_and_an_idle_one_is_close
     assert_eq!(proxy_get(&client(), &dp, "x", "/").await.backend, "b");
 }
 
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_and_one_with_a_stream_open_is_not() {
+    // Periods of 200 ms; each wait below spans several of them.
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |o| {
+        o.limits.http2_idle_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        Request::get(format!("http://x{path}"))
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+    // A stream whose answer takes several periods is open, not idle: it is
+    // answered, and the connection serves the next request.
+    let slow = tokio::spawn(sender.send_request(get("/gate")));
+    b.gate.arrival().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    b.gate.open();
+    let resp = tokio::time::timeout(WAIT, slow)
+        .await
+        .expect("answered in time")
+        .expect("task")
+        .expect("the connection stayed open");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = tokio::time::timeout(WAIT, sender.send_request(get("/")))
+        .await
+        .expect("answered in time")
+        .expect("the connection serves the next request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(resp);
+    // With no stream open, it is closed with GOAWAY (NO_ERROR: the client's
+    // connection ends cleanly), and no request goes on it after.
+    let ended = tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("closed in time")
+        .expect("task");
+    assert!(ended.is_ok(), "a clean close: {ended:?}");
+    assert!(
+        sender.send_request(get("/")).await.is_err(),
+        "the connection is closed"
+    );
+    // A fresh connection is served as before.
+    assert_eq!(proxy_get(&client(), &dp, "x", "/").await.backend, "b");
+}
+
 /// A raw connection to `dp` on which `head` was sent.
 async fn sent(dp: &Dataplane, head: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(dp.http_addr()).await.expect("connect");

@@ -44,6 +44,9 @@ use crate::http1::server::{self as front, Rewind, Signal, Spares};
 /// How long a client may take to send a request head (and, on the HTTPS
 /// listener, to finish the TLS handshake).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an HTTP/2 connection may go without a stream open before it is
+/// closed (see [`crate::http2::server::serve`]).
+pub const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request head (request line and headers) taken, in bytes.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most headers a request may carry. hyper's own default: keeping it lets
@@ -81,10 +84,14 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// connection's first request and some of it arrived; otherwise (an idle
 /// connection, a later keep-alive request) the connection closes silently,
 /// one to two periods after its last response (see [`crate::http1::head_timeout`]).
+/// An HTTP/2 connection with no stream open for `http2_idle_timeout` is
+/// closed with GOAWAY, one to two periods after its last stream ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// See [`HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Duration,
+    /// See [`HTTP2_IDLE_TIMEOUT`].
+    pub http2_idle_timeout: Duration,
     /// See [`MAX_HEADER_BYTES`]; at least 8 KiB (hyper's minimum buffer).
     pub max_header_bytes: usize,
     /// See [`MAX_HEADERS`].
@@ -95,6 +102,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             header_read_timeout: HEADER_READ_TIMEOUT,
+            http2_idle_timeout: HTTP2_IDLE_TIMEOUT,
             max_header_bytes: MAX_HEADER_BYTES,
             max_headers: MAX_HEADERS,
         }
@@ -290,7 +298,14 @@ async fn serve_conn<I, H, F, B>(
         let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
         // Boxed: its state is kilobytes, and kept inline it would make
         // every connection's task that big.
-        let served = crate::http2::server::serve(io, &conn, &handler, &signal, max_header_list);
+        let served = crate::http2::server::serve(
+            io,
+            &conn,
+            &handler,
+            &signal,
+            max_header_list,
+            limits.http2_idle_timeout,
+        );
         Box::pin(served).await;
         return;
     }

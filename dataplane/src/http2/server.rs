@@ -34,6 +34,7 @@ use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use h2::server::SendResponse;
@@ -42,6 +43,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use crate::client_body::{ClientBody, H2Body};
 use crate::hop_by_hop;
@@ -64,14 +66,25 @@ const MAX_STREAMS: u32 = 200;
 const MAX_ERROR_RESETS: usize = 1024;
 
 /// Serves HTTP/2 on `io` (its preface not yet read) until the client
-/// closes it, the connection fails, or the drain has ended its streams.
-/// `max_header_list`: the largest request head taken (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+/// closes it, the connection fails, the drain has ended its streams, or it
+/// was idle. `max_header_list`: the largest request head taken
+/// (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+///
+/// Idle: a connection that accepted no stream during a whole `idle` period
+/// and has none open when the period ends is closed with GOAWAY (NO_ERROR;
+/// a request crossing it is refused unprocessed, which a client may send
+/// again on a new connection), so between one and two periods after its
+/// last stream ended; PINGs do not count. One timer per connection, moved
+/// once a period: a stream costs a counter's increment. Without it an idle
+/// HTTP/2 connection stayed open for as long as its client wanted, where an
+/// idle HTTP/1.1 one closes (`crate::http1::head_timeout`).
 pub(crate) async fn serve<I, C, H, F, B>(
     io: I,
     conn: &C,
     handler: &H,
     signal: &Signal,
     max_header_list: u32,
+    idle: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
     C: Peer,
@@ -99,6 +112,12 @@ pub(crate) async fn serve<I, C, H, F, B>(
         }
     };
     let mut told = false;
+    // Streams accepted, and how many there were when the period began.
+    let (mut accepted, mut accepted_before) = (0u64, 0u64);
+    // The idle period's timer, polled (to be woken when it ends) once per
+    // period; in between, a look at whether it ended is an atomic load.
+    let mut period = pin!(tokio::time::sleep(idle));
+    let mut armed = false;
     loop {
         let next = poll_fn(|cx| {
             if !told {
@@ -108,11 +127,35 @@ pub(crate) async fn serve<I, C, H, F, B>(
                     connection.graceful_shutdown();
                 }
             }
+            if !told && (!armed || period.is_elapsed()) {
+                let mut ended = armed;
+                // Twice at most: a period that ends at once (a zero
+                // timeout) is looked at once more, then at the next wake.
+                for _ in 0..2 {
+                    if ended {
+                        if accepted == accepted_before && !connection.has_streams() {
+                            tracing::debug!(%peer, "idle HTTP/2 connection closed");
+                            told = true;
+                            connection.abrupt_shutdown(Reason::NO_ERROR);
+                            break;
+                        }
+                        accepted_before = accepted;
+                        period.as_mut().reset(Instant::now() + idle);
+                    }
+                    // Pending: registered; this task is woken when it ends.
+                    armed = period.as_mut().poll(cx).is_pending();
+                    if armed {
+                        break;
+                    }
+                    ended = true;
+                }
+            }
             connection.poll_accept(cx)
         })
         .await;
         match next {
             Some(Ok((req, respond))) => {
+                accepted += 1;
                 let (parts, recv) = req.into_parts();
                 let body = H2Body::new(recv, &parts.headers);
                 let req = Request::from_parts(parts, ClientBody::H2(body));
