@@ -246,8 +246,12 @@ start nginx "${ON_PROXY_CORE[@]}" nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" -e 
 NGINX_PID=$LAST_PID
 start haproxy "${ON_PROXY_CORE[@]}" haproxy -db -f "$TMP/haproxy.cfg"
 HAPROXY_PID=$LAST_PID
+# Idle client connections kept as long as the anchors keep theirs (nginx's
+# keepalive_timeout and HAProxy's http-keep-alive, 300 s above), so that no
+# proxy's idle figures count connections it already closed.
 start sluice env RUST_LOG=warn "${ON_PROXY_CORE[@]}" "$SLUICE" --config "$TMP/sluice.yaml" \
-  --http "127.0.0.1:$SLUICE_PORT" --https off --admin "127.0.0.1:$SLUICE_ADMIN" --workers 1 --grace-period 1s
+  --http "127.0.0.1:$SLUICE_PORT" --https off --admin "127.0.0.1:$SLUICE_ADMIN" --workers 1 --grace-period 1s \
+  --header-read-timeout 300s --http2-idle-timeout 300s
 SLUICE_PID=$LAST_PID
 
 ready backend "$BACKEND_PID" "http://127.0.0.1:$FILES_PORT/" "$BODY"
