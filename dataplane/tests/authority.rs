@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_dataplane::Source;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,12 +104,7 @@ async fn an_absolute_form_target_names_the_host_routed_and_forwarded() {
 /// Sends `req` over HTTP/2 (prior knowledge) to the proxy at `proxy`:
 /// the status and the body. `:authority` is the URI's.
 async fn h2(proxy: SocketAddr, req: Request<Full<Bytes>>) -> (StatusCode, String) {
-    let stream = TcpStream::connect(proxy).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = hyper_h2c(proxy).await;
     let answer = async {
         let resp = sender.send_request(req).await.expect("response");
         let status = resp.status();

@@ -146,12 +146,7 @@ async fn an_http2_stream_reset_mid_upload_is_the_clients_fault_not_the_endpoints
         a.addr, b.addr
     ))))
     .await;
-    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = hyper_h2c(dp.http_addr()).await;
     for _ in 0..12 {
         // Some bytes, then the client's body fails: hyper resets the
         // stream.

@@ -180,14 +180,7 @@ async fn too_many_or_too_large_headers_get_431_and_garbage_gets_400() {
 async fn an_http2_header_list_over_the_limit_gets_431() {
     let b = Backend::start("b").await;
     let dp = proxy_to(b.addr, |o| o.limits.max_header_bytes = 16 * 1024).await;
-    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .expect("h2c handshake");
-    tokio::spawn(conn);
+    let (mut sender, _conn) = hyper_h2c(dp.http_addr()).await;
     let send = async |sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>, size| {
         let req = Request::get("http://x/")
             .header("x-big", "a".repeat(size))
@@ -241,14 +234,7 @@ async fn a_client_that_never_finishes_its_head_gets_408_and_an_idle_one_is_close
     assert_eq!(rest, "b", "the body, then nothing");
 
     // An h2c connection is not held to the HTTP/1 deadline.
-    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .expect("h2c handshake");
-    tokio::spawn(conn);
+    let (mut sender, _conn) = hyper_h2c(dp.http_addr()).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let req = Request::get("http://x/")
         .body(Empty::<Bytes>::new())
@@ -269,14 +255,7 @@ async fn an_idle_http2_connection_is_closed_and_one_with_a_stream_open_is_not() 
         o.limits.http2_idle_timeout = Duration::from_millis(200);
     })
     .await;
-    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .expect("h2c handshake");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = hyper_h2c(dp.http_addr()).await;
     let get = |path: &str| {
         Request::get(format!("http://x{path}"))
             .body(Empty::<Bytes>::new())

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use sluice_dataplane::Source;
 use support::*;
 use tokio::net::TcpStream;
@@ -257,12 +257,7 @@ async fn http2_prior_knowledge_clients_are_served_with_their_authority_as_host()
     let b = Backend::start("b").await;
     let dp = start(one_pool_for("h2.example.com", b.addr)).await;
     // Over a connection to the proxy, with the virtual host in :authority.
-    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let (mut sender, _conn) = hyper_h2c(dp.http_addr()).await;
     let req = Request::get("http://h2.example.com/headers")
         .body(Full::new(Bytes::new()))
         .expect("request");

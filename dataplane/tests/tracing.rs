@@ -23,7 +23,7 @@ use prost::Message;
 use sluice_dataplane::trace::{Parent, Settings};
 use sluice_dataplane::{Dataplane, Options, Source};
 use support::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// The W3C specification's example.
@@ -57,14 +57,7 @@ async fn headers_h1(dp: &Dataplane, headers: &[(&str, &str)]) -> Vec<(String, St
 
 /// The same over h2c.
 async fn headers_h2(dp: &Dataplane, headers: &[(&str, &str)]) -> Vec<(String, String)> {
-    let stream = TcpStream::connect(dp.http_addr()).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .expect("h2c handshake");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = hyper_h2c(dp.http_addr()).await;
     let mut req = Request::get("http://x/headers");
     for (name, value) in headers {
         req = req.header(*name, *value);

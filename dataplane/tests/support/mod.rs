@@ -307,6 +307,27 @@ impl Got {
 /// A pooled HTTP/1.1 client.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// An h2c (prior knowledge) connection to `addr`: its sender, and the task
+/// that drives it (its result says how the connection ended).
+pub async fn hyper_h2c<B>(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    JoinHandle<hyper::Result<()>>,
+)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    (sender, tokio::spawn(conn))
+}
+
 /// A new client.
 pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()

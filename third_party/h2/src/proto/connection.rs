@@ -336,9 +336,8 @@ where
                             // peer has nothing more to read; with no stream
                             // open the connection is idle, and holds no
                             // buffer until bytes flow again.
-                            if !self.inner.streams.has_streams() {
+                            if self.inner.streams.release_idle_memory() {
                                 self.codec.release_idle_buffers();
-                                self.inner.streams.release_idle_memory();
                             }
 
                             return Poll::Pending;

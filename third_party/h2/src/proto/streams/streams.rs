@@ -1144,17 +1144,22 @@ where
         me.counts.has_streams()
     }
 
-    /// Sluice patch: gives back the memory the streams' slabs keep from
-    /// their busiest moment, when they hold nothing (`Connection::poll`
-    /// calls this when the connection is idle).
-    pub fn release_idle_memory(&self) {
+    /// Sluice patch: when no stream is open, gives back the memory the
+    /// streams' slabs keep from their busiest moment (those that hold
+    /// nothing), and says so; `Connection::poll` then gives back the
+    /// codec's buffers too.
+    pub fn release_idle_memory(&self) -> bool {
         {
             let mut me = self.inner.lock().unwrap();
+            if me.counts.has_streams() {
+                return false;
+            }
             let me = &mut *me;
             me.store.release_if_empty();
             me.actions.recv.release_idle_memory();
         }
         self.send_buffer.inner.lock().unwrap().release_if_empty();
+        true
     }
 
     pub fn has_streams_or_other_references(&self) -> bool {
