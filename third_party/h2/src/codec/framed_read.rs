@@ -23,6 +23,10 @@ const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
 const MAX_FIELDS_HINT: usize = 64;
 
+/// Sluice patch: what a read takes when the read buffer was released
+/// (tokio-util's initial capacity).
+const READ_BUFFER_CAPACITY: usize = 4 * 1024;
+
 #[derive(Debug)]
 pub struct FramedRead<T> {
     inner: InnerFramedRead<T, LengthDelimitedCodec>,
@@ -72,6 +76,17 @@ impl<T> FramedRead<T> {
 
     pub fn get_ref(&self) -> &T {
         self.inner.get_ref()
+    }
+
+    /// Sluice patch: gives the read buffer's memory back when it holds no
+    /// bytes, and the HPACK decoder's scratch buffer; the next read takes a
+    /// new one (`poll_next`).
+    pub fn release_idle_buffers(&mut self) {
+        let buffer = self.inner.read_buffer_mut();
+        if buffer.is_empty() && buffer.capacity() != 0 {
+            *buffer = BytesMut::new();
+        }
+        self.decoder.hpack.release_buffer();
     }
 
     pub fn get_mut(&mut self) -> &mut T {
@@ -439,6 +454,12 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
+            // Sluice patch: a released read buffer (see
+            // `release_idle_buffers`) is taken again before reading; tokio-util
+            // would reserve a single byte and read that little at a time.
+            if self.inner.read_buffer().capacity() == 0 {
+                self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+            }
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),

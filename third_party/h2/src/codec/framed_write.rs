@@ -64,7 +64,11 @@ enum Next<B> {
 ///
 /// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
 /// frame that big.
-const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
+///
+/// Sluice patch: the buffer is taken when the first frame is buffered and
+/// given back by `release_idle_buffer` (see `Connection::poll`), not held for
+/// the connection's whole life.
+const DEFAULT_BUFFER_CAPACITY: usize = 4 * 1_024;
 
 /// Chain payloads bigger than this when vectored I/O is enabled. The remote
 /// will never advertise a max frame size less than this (well, the spec says
@@ -93,7 +97,7 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -223,6 +227,11 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // Sluice patch: a released buffer (see `release_idle_buffer`) is
+        // taken again here.
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +316,12 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // Sluice patch: no buffer (released, or none taken yet) has room,
+        // as `buffer` takes one.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {
@@ -346,6 +358,18 @@ impl<T, B> FramedWrite<T, B> {
     /// Retrieve the last data frame that has been sent
     pub fn take_last_data_frame(&mut self) -> Option<frame::Data<B>> {
         self.encoder.last_data_frame.take()
+    }
+
+    /// Sluice patch: gives the write buffer's memory back when nothing is
+    /// buffered; the next frame buffered takes a new one.
+    pub fn release_idle_buffer(&mut self) {
+        let encoder = &mut self.encoder;
+        if encoder.next.is_none()
+            && encoder.buf.get_ref().is_empty()
+            && encoder.buf.get_ref().capacity() != 0
+        {
+            encoder.buf = Cursor::new(BytesMut::new());
+        }
     }
 
     pub fn get_mut(&mut self) -> &mut T {

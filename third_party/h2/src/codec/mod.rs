@@ -42,12 +42,15 @@ where
         let framed_write = FramedWrite::new(io);
 
         // Delimit the frames
-        let delimited = length_delimited::Builder::new()
+        let codec = length_delimited::Builder::new()
             .big_endian()
             .length_field_length(3)
             .length_adjustment(9)
             .num_skip(0) // Don't skip the header
-            .new_read(framed_write);
+            .new_codec();
+        // Sluice patch: no read buffer until the first read (see
+        // `FramedRead::poll_next`).
+        let delimited = tokio_util::codec::FramedRead::with_capacity(framed_write, codec, 0);
 
         let mut inner = FramedRead::new(delimited);
 
@@ -123,6 +126,15 @@ impl<T, B> Codec<T, B> {
 
     fn framed_write(&mut self) -> &mut FramedWrite<T, B> {
         self.inner.get_mut()
+    }
+
+    /// Sluice patch: gives back the read and write buffers' memory when they
+    /// hold no bytes (called by `Connection::poll` when the connection has
+    /// no stream and waits for the peer); they are taken again when bytes
+    /// next flow.
+    pub(crate) fn release_idle_buffers(&mut self) {
+        self.inner.release_idle_buffers();
+        self.framed_write().release_idle_buffer();
     }
 }
 

@@ -12,6 +12,10 @@ use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::str::Utf8Error;
 
+/// Sluice patch: the Huffman scratch buffer's size when it is taken
+/// (the size it had for the connection's life before the patch).
+const HUFFMAN_SCRATCH: usize = 4096;
+
 /// Decodes headers using HPACK
 #[derive(Debug)]
 pub struct Decoder {
@@ -158,8 +162,16 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // Sluice patch: taken by the first Huffman-coded string
+            // (`try_decode_string`), given back by `release_buffer`.
+            buffer: BytesMut::new(),
         }
+    }
+
+    /// Sluice patch: gives back the scratch buffer Huffman-coded strings are
+    /// decoded into (the strings decoded so far keep their bytes).
+    pub fn release_buffer(&mut self) {
+        self.buffer = BytesMut::new();
     }
 
     /// Queues a potential size update
@@ -214,8 +226,12 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table. Sluice patch: with
+                    // bytes of its own; a decoded string is a slice of the
+                    // frame's read buffer or of the Huffman scratch buffer,
+                    // and an entry kept by the table would keep that whole
+                    // buffer alive for the connection's life.
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {
@@ -333,6 +349,11 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            // Sluice patch: a released (or never taken) scratch buffer is
+            // taken here, as big as it was before the patch.
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve(HUFFMAN_SCRATCH);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {

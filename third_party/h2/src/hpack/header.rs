@@ -61,6 +61,28 @@ impl Header<Option<HeaderName>> {
 }
 
 impl Header {
+    /// Sluice patch: the same header with bytes of its own, not a slice of
+    /// a bigger buffer (see the decoder's dynamic table). A value `http`
+    /// would not take again keeps its shared bytes.
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Field { name, value } => {
+                let name = HeaderName::from_bytes(name.as_str().as_bytes())
+                    .unwrap_or_else(|_| name.clone());
+                let mut owned = HeaderValue::from_bytes(value.as_bytes())
+                    .unwrap_or_else(|_| value.clone());
+                owned.set_sensitive(value.is_sensitive());
+                Header::Field { name, value: owned }
+            }
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            Header::Method(v) => Header::Method(v.clone()),
+            Header::Status(v) => Header::Status(*v),
+        }
+    }
+
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
             return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));

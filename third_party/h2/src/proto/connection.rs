@@ -356,6 +356,14 @@ where
                                 continue;
                             }
 
+                            // Sluice patch: everything is flushed and the
+                            // peer has nothing more to read; with no stream
+                            // open the connection is idle, and holds no
+                            // buffer until bytes flow again.
+                            if self.inner.streams.release_idle_memory() {
+                                self.codec.release_idle_buffers();
+                            }
+
                             return Poll::Pending;
                         }
                     };

@@ -86,6 +86,15 @@ impl Store {
         }
     }
 
+    /// Sluice patch: gives back the memory of the streams' slots when no
+    /// stream is stored (a slab keeps the room of its busiest moment).
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.ids.is_empty() && self.slab.capacity() != 0 {
+            self.slab = slab::Slab::new();
+            self.ids = IndexMap::new();
+        }
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;

@@ -1152,6 +1152,24 @@ where
         me.counts.has_streams()
     }
 
+    /// Sluice patch: when no stream is open, gives back the memory the
+    /// streams' slabs keep from their busiest moment (those that hold
+    /// nothing), and says so; `Connection::poll` then gives back the
+    /// codec's buffers too.
+    pub fn release_idle_memory(&self) -> bool {
+        {
+            let mut me = self.inner.lock().unwrap();
+            if me.counts.has_streams() {
+                return false;
+            }
+            let me = &mut *me;
+            me.store.release_if_empty();
+            me.actions.recv.release_idle_memory();
+        }
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+        true
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
