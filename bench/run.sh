@@ -32,6 +32,8 @@ WARMUP=${BENCH_WARMUP:-2}            # unmeasured seconds per scenario first
 SCENARIO_LIST=${BENCH_SCENARIOS:-direct nginx haproxy sluice} # a subset, to iterate
 INSTRUCTIONS=${BENCH_INSTRUCTIONS:-1} # 0: skip the callgrind part
 CG_SECONDS=5                          # measured seconds per proxy under callgrind
+CG_H2_CONNECTIONS=8                   # h2c under callgrind: connections ...
+CG_H2_STREAMS=8                       # ... and streams in flight on each
 PROXY_CPU=${BENCH_PROXY_CPU:-0}      # core of the proxy under test
 LOAD_CPU=${BENCH_LOAD_CPU:-1}        # core of wrk and the backends
 IDLE_POOLS=100
@@ -67,7 +69,10 @@ install_tools() {
   command -v wrk >/dev/null || missing+=(wrk)
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v python3 >/dev/null || missing+=(python3)
-  if [[ $INSTRUCTIONS != 0 ]]; then command -v valgrind >/dev/null || missing+=(valgrind); fi
+  if [[ $INSTRUCTIONS != 0 ]]; then
+    command -v valgrind >/dev/null || missing+=(valgrind)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
+  fi
   ((${#missing[@]} == 0)) && return
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
   log "installing ${missing[*]}"
@@ -158,7 +163,7 @@ ready() {
   fi
 }
 
-read -r -a PORTS <<<"$(measure ports $((BACKENDS + 8)))"
+read -r -a PORTS <<<"$(measure ports $((BACKENDS + 10)))"
 BACKEND_PORTS=("${PORTS[@]:0:BACKENDS}")
 NGINX_PORT=${PORTS[BACKENDS]}
 HAPROXY_PORT=${PORTS[BACKENDS + 1]}
@@ -169,6 +174,9 @@ IDLE_ADMIN=${PORTS[BACKENDS + 4]}
 CG_NGINX_PORT=${PORTS[BACKENDS + 5]}
 CG_HAPROXY_PORT=${PORTS[BACKENDS + 6]}
 CG_SLUICE_PORT=${PORTS[BACKENDS + 7]}
+# Their h2c listeners (sluice serves h2c on its one port).
+CG_NGINX_H2=${PORTS[BACKENDS + 8]}
+CG_HAPROXY_H2=${PORTS[BACKENDS + 9]}
 
 # nginx's temp paths default to /var/lib/nginx; keep everything in $TMP.
 nginx_common() {
@@ -379,12 +387,21 @@ done
 
 # --- instructions per request (callgrind) -------------------------------------
 
-# instructions NAME PORT CMD...: runs CMD under callgrind, warms it up, then
-# counts its user-space instructions over CG_SECONDS of load; appends
-# "NAME INSTRUCTIONS REQUESTS" to $TMP/instructions.txt.
+# h2load_run PORT SECONDS OUTPUT: h2c with prior knowledge, CG_H2_CONNECTIONS
+# connections with CG_H2_STREAMS streams in flight on each.
+h2load_run() {
+  "${ON_LOAD_CORE[@]}" h2load "-c$CG_H2_CONNECTIONS" "-m$CG_H2_STREAMS" "-D$2" "http://127.0.0.1:$1/" >"$3" 2>&1 ||
+    { cat "$3" >&2; die "h2load failed"; }
+}
+
+# instructions NAME PORT H2C_PORT CMD...: runs CMD under callgrind, warms it
+# up, then counts its user-space instructions over CG_SECONDS of HTTP/1.1 load
+# (wrk), and again over CG_SECONDS of h2c load (h2load) on H2C_PORT; appends
+# "NAME INSTRUCTIONS REQUESTS" and "NAME-h2c INSTRUCTIONS REQUESTS" to
+# $TMP/instructions.txt.
 instructions() {
-  local name=$1 port=$2
-  shift 2
+  local name=$1 port=$2 h2port=$3
+  shift 3
   start "cg-$name" env RUST_LOG=warn "${ON_PROXY_CORE[@]}" valgrind --tool=callgrind \
     --callgrind-out-file="$TMP/cg-$name.out" "$@"
   local pid=$LAST_PID
@@ -393,25 +410,39 @@ instructions() {
   callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control could not reach $name"
   wrk_run "$port" "$CG_SECONDS" "$TMP/cg-wrk-$name.txt"
   callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control could not reach $name"
+  h2load_run "$h2port" 2 "$TMP/cg-warm-h2-$name.txt"
+  callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control could not reach $name"
+  h2load_run "$h2port" "$CG_SECONDS" "$TMP/cg-h2load-$name.txt"
+  callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control could not reach $name"
   stop "$pid"
-  local requests ir
+  local requests ir h2_requests h2_failed h2_ir
   requests=$(awk '/requests in/ { print $1; exit }' "$TMP/cg-wrk-$name.txt")
   ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$TMP/cg-$name.out.1")
   [[ -n $requests && -n $ir ]] || die "no callgrind figures for $name"
   echo "$name $ir $requests" >>"$TMP/instructions.txt"
   log "$name under callgrind: $((ir / requests)) instructions per request ($requests requests)"
+  # "requests: T total, S started, D done, OK succeeded, F failed, E errored, ..."
+  read -r h2_requests h2_failed < <(awk '/^requests:/ { print $8, $10 + $12; exit }' "$TMP/cg-h2load-$name.txt")
+  h2_ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$TMP/cg-$name.out.2")
+  [[ -n $h2_requests && -n $h2_ir ]] && ((h2_requests > 0)) || die "no h2c callgrind figures for $name"
+  ((h2_failed == 0)) || die "h2load: $h2_failed h2c requests through $name failed"
+  echo "$name-h2c $h2_ir $h2_requests" >>"$TMP/instructions.txt"
+  log "$name under callgrind, h2c: $((h2_ir / h2_requests)) instructions per request ($h2_requests requests)"
 }
 
 if [[ $INSTRUCTIONS != 0 ]]; then
   : >"$TMP/instructions.txt"
   # nginx without its master process, so that valgrind follows the worker.
-  sed -e "s/listen 127.0.0.1:$NGINX_PORT;/listen 127.0.0.1:$CG_NGINX_PORT;/" \
+  # The same configurations with an h2c listener each (nginx and HAProxy
+  # on a second port; sluice serves h2c on its HTTP port).
+  sed -e "s/listen 127.0.0.1:$NGINX_PORT;/listen 127.0.0.1:$CG_NGINX_PORT;\\n    listen 127.0.0.1:$CG_NGINX_H2 http2;/" \
     -e 's/^master_process on;/master_process off;/' "$TMP/nginx.conf" >"$TMP/cg-nginx.conf"
   mkdir -p "$TMP/cg-nginx"
-  sed "s/bind 127.0.0.1:$HAPROXY_PORT/bind 127.0.0.1:$CG_HAPROXY_PORT/" "$TMP/haproxy.cfg" >"$TMP/cg-haproxy.cfg"
-  instructions nginx "$CG_NGINX_PORT" nginx -p "$TMP/cg-nginx" -c "$TMP/cg-nginx.conf" -e "$TMP/cg-nginx/error.log"
-  instructions haproxy "$CG_HAPROXY_PORT" haproxy -db -f "$TMP/cg-haproxy.cfg"
-  instructions sluice "$CG_SLUICE_PORT" "$SLUICE" --config "$TMP/sluice.yaml" \
+  sed "s/bind 127.0.0.1:$HAPROXY_PORT/bind 127.0.0.1:$CG_HAPROXY_PORT\\n  bind 127.0.0.1:$CG_HAPROXY_H2 proto h2/" \
+    "$TMP/haproxy.cfg" >"$TMP/cg-haproxy.cfg"
+  instructions nginx "$CG_NGINX_PORT" "$CG_NGINX_H2" nginx -p "$TMP/cg-nginx" -c "$TMP/cg-nginx.conf" -e "$TMP/cg-nginx/error.log"
+  instructions haproxy "$CG_HAPROXY_PORT" "$CG_HAPROXY_H2" haproxy -db -f "$TMP/cg-haproxy.cfg"
+  instructions sluice "$CG_SLUICE_PORT" "$CG_SLUICE_PORT" "$SLUICE" --config "$TMP/sluice.yaml" \
     --http "127.0.0.1:$CG_SLUICE_PORT" --https off --admin 127.0.0.1:0 --workers 1 --grace-period 1s
 fi
 
