@@ -668,3 +668,148 @@ async fn a_flood_of_http2_streams_reset_at_once_leaves_nothing_behind_and_others
     let got = proxy_get(&client(), &dp, "x", "/").await;
     assert_eq!(got.status, StatusCode::OK);
 }
+
+/// One HPACK representation (RFC 7541 §6), its strings left undecoded.
+#[derive(Debug, PartialEq)]
+enum Hpack {
+    /// An index into the static (≤ 61) or the dynamic table.
+    Indexed(u64),
+    /// A literal; `indexing`: the decoder is told to add it to its table.
+    Literal { indexing: bool, name_index: u64 },
+    /// A dynamic table size update.
+    SizeUpdate(u64),
+}
+
+/// Reads an HPACK integer with a `prefix`-bit prefix at `at`.
+fn hpack_int(block: &[u8], at: &mut usize, prefix: u32) -> u64 {
+    let max = (1u64 << prefix) - 1;
+    let mut value = u64::from(block[*at]) & max;
+    *at += 1;
+    if value == max {
+        let mut shift = 0;
+        loop {
+            let byte = block[*at];
+            *at += 1;
+            value += u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    value
+}
+
+/// The representations of a header block.
+fn hpack_fields(block: &[u8]) -> Vec<Hpack> {
+    let mut at = 0;
+    let mut fields = Vec::new();
+    let skip_string = |at: &mut usize| {
+        let len = hpack_int(block, at, 7);
+        *at += usize::try_from(len).expect("length");
+    };
+    while at < block.len() {
+        let first = block[at];
+        let field = if first & 0x80 != 0 {
+            Hpack::Indexed(hpack_int(block, &mut at, 7))
+        } else if first & 0xc0 == 0x40 || first & 0xe0 != 0x20 {
+            let indexing = first & 0xc0 == 0x40;
+            let name_index = hpack_int(block, &mut at, if indexing { 6 } else { 4 });
+            if name_index == 0 {
+                skip_string(&mut at);
+            }
+            skip_string(&mut at);
+            Hpack::Literal {
+                indexing,
+                name_index,
+            }
+        } else {
+            Hpack::SizeUpdate(hpack_int(block, &mut at, 5))
+        };
+        fields.push(field);
+    }
+    fields
+}
+
+#[tokio::test]
+async fn http2_response_heads_go_without_the_dynamic_table() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |_| {}).await;
+    let mut conn = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = u32::try_from(payload.len()).expect("length").to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    // GET http://x/ twice, from the static table and a literal authority.
+    let get = [0x82, 0x86, 0x84, 0x01, 0x01, b'x'];
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    hello.extend(frame(0x1, 0x5, 1, &get));
+    conn.write_all(&hello).await.expect("write");
+    // The response heads of streams 1 and then 3, each asked for once the
+    // one before was answered (so that the second could use what the first
+    // put in a table).
+    let mut blocks = Vec::new();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while blocks.len() < 2 {
+            let mut chunk = [0u8; 4096];
+            let n = conn.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 9 {
+                let len =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let payload = buf[9..9 + len].to_vec();
+                buf.drain(..9 + len);
+                if kind == 0x4 && flags & 0x1 == 0 {
+                    conn.write_all(&frame(0x4, 0x1, 0, &[])).await.expect("ack");
+                }
+                if kind == 0x1 {
+                    assert_eq!(flags & 0x4, 0x4, "one HEADERS frame per head");
+                    let padded = flags & 0x8 != 0;
+                    let start = if padded { 1 } else { 0 } + if flags & 0x20 != 0 { 5 } else { 0 };
+                    let pad = if padded { usize::from(payload[0]) } else { 0 };
+                    blocks.push(payload[start..payload.len() - pad].to_vec());
+                    if blocks.len() == 1 {
+                        conn.write_all(&frame(0x1, 0x5, 3, &get))
+                            .await
+                            .expect("write");
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("two responses in time");
+    let (first, second) = (hpack_fields(&blocks[0]), hpack_fields(&blocks[1]));
+    // The first head says at once that the table the server uses is empty.
+    assert_eq!(first[0], Hpack::SizeUpdate(0), "{first:?}");
+    assert!(first.contains(&Hpack::Indexed(8)), ":status 200: {first:?}");
+    for field in first.iter().chain(&second) {
+        match field {
+            Hpack::Indexed(i) => assert!(
+                *i <= 61,
+                "an index into the dynamic table: {first:?} {second:?}"
+            ),
+            Hpack::Literal { indexing, .. } => {
+                assert!(
+                    !indexing,
+                    "a field the client is told to index: {first:?} {second:?}"
+                );
+            }
+            Hpack::SizeUpdate(n) => assert_eq!(*n, 0, "{first:?}"),
+        }
+    }
+    // Both heads carry the same fields, each a literal again the second time:
+    // `:status`, `x-backend`, `content-length` and `date`.
+    assert_eq!(first.len(), second.len() + 1, "{first:?} {second:?}");
+    assert!(second.len() >= 4, "{second:?}");
+}

@@ -21,7 +21,8 @@
 //!   `TE`, ...), in one pass over its names (a proxied response has lost
 //!   them already; Sluice's own answers may carry `Connection: close`),
 //!   gains `Date` when missing and
-//!   `Content-Length` when the body's length is known;
+//!   `Content-Length` when the body's length is known, and goes out without
+//!   HPACK's dynamic table ([`SEND_HEADER_TABLE`]);
 //! - the body is sent as the client's flow control allows: a frame is
 //!   taken from the body only when the one before it was handed to `h2`,
 //!   so at most one frame and `h2`'s send buffer (400 KiB, hyper's) wait
@@ -39,7 +40,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use h2::server::SendResponse;
 use h2::{Reason, SendStream};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header;
 use http::{Request, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -64,6 +65,17 @@ const MAX_STREAMS: u32 = 200;
 /// Streams the server may reset for the client's errors before it closes
 /// the connection (`ENHANCE_YOUR_CALM`): hyper's default.
 const MAX_ERROR_RESETS: usize = 1024;
+/// The HPACK dynamic table the server uses for the response heads it sends:
+/// none, so every field goes as a literal (its name from the static table
+/// when it is there), as nginx and HAProxy send theirs. Why: indexing cost
+/// a hash of every field sent and kept the values it indexed for the
+/// connection's life; those values are slices of an endpoint connection's
+/// read buffer (the response head is parsed in place,
+/// [`crate::http1::client`]), so each was copied first, or one kept 16 KiB
+/// alive per connection ever answered. The price is bytes on the wire: a
+/// repeated field is sent again rather than as an index into the table.
+/// (`h2` has no such setting of its own: `third_party/README.md`.)
+const SEND_HEADER_TABLE: usize = 0;
 
 /// Serves HTTP/2 on `io` (its preface not yet read) until the client
 /// closes it, the connection fails, the drain has ended its streams, or it
@@ -103,7 +115,8 @@ pub(crate) async fn serve<I, C, H, F, B>(
         .max_header_list_size(max_header_list)
         .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
         .max_send_buffer_size(SEND_BUFFER)
-        .max_concurrent_streams(MAX_STREAMS);
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_send_header_table_size(SEND_HEADER_TABLE);
     let mut connection = match builder.handshake::<_, Bytes>(ReadAhead::new(io)).await {
         Ok(c) => c,
         Err(e) => {
@@ -206,7 +219,6 @@ where
     };
     let (mut parts, body) = resp.into_parts();
     hop_by_hop::strip(&mut parts.headers);
-    own_values(&mut parts.headers);
     parts.headers.entry(header::DATE).or_insert_with(date_value);
     let end = body.is_end_stream();
     if !end
@@ -226,23 +238,6 @@ where
     };
     if !end {
         send_body(body, send).await;
-    }
-}
-
-/// Gives each header value its own bytes. An endpoint's response head was
-/// parsed in place: its values are slices of the endpoint connection's
-/// read buffer (16 KiB, [`crate::http1::client`]), and `h2`'s HPACK
-/// encoder keeps the values it indexes for as long as the client's
-/// connection lives, which kept one such buffer alive per connection that
-/// was ever answered (measured: 54 KB held by an idle connection answered
-/// once, 33 KB by one never asked; `dataplane/tests/idle_h2.rs`). A copy of
-/// a few short values per response is the price.
-fn own_values(headers: &mut HeaderMap) {
-    for value in headers.values_mut() {
-        if let Ok(mut owned) = HeaderValue::from_bytes(value.as_bytes()) {
-            owned.set_sensitive(value.is_sensitive());
-            *value = owned;
-        }
     }
 }
 

@@ -263,6 +263,10 @@ pub struct Builder {
     ///
     /// When this gets exhausted, we issue a GOAWAY with `ENHANCE_YOUR_CALM`.
     data_frame_budget: proto::DataFrameBudget,
+
+    /// Sluice patch: the largest HPACK dynamic table the encoder uses for
+    /// the header blocks this server sends (`None`: what the peer allows).
+    max_send_header_table_size: Option<usize>,
 }
 
 /// Send a response back to the client
@@ -394,6 +398,11 @@ where
 
         if let Some(max) = builder.settings.max_header_list_size() {
             codec.set_max_recv_header_list_size(max as usize);
+        }
+
+        // Sluice patch: see `Builder::max_send_header_table_size`.
+        if let Some(max) = builder.max_send_header_table_size {
+            codec.set_max_send_header_table_size(max);
         }
 
         // Send initial settings frame.
@@ -663,6 +672,7 @@ impl Builder {
             max_send_buffer_size: proto::DEFAULT_MAX_SEND_BUFFER_SIZE,
             local_max_error_reset_streams: Some(proto::DEFAULT_LOCAL_RESET_COUNT_MAX),
             data_frame_budget: proto::DataFrameBudget::Auto,
+            max_send_header_table_size: None,
         }
     }
 
@@ -815,6 +825,19 @@ impl Builder {
     /// The default value is 4,096.
     pub fn header_table_size(&mut self, size: u32) -> &mut Self {
         self.settings.set_header_table_size(Some(size));
+        self
+    }
+
+    /// Sluice patch: caps the HPACK dynamic table this server's encoder uses
+    /// for the header blocks it sends, whatever the peer allows (RFC 7541
+    /// §4.2: an encoder may use less than the decoder's maximum, and says so
+    /// with a dynamic table size update at the start of its next header
+    /// block). With 0, no header sent is ever indexed: each goes as a literal
+    /// (its name from the static table when it is there), as nginx and
+    /// HAProxy send theirs, and the encoder neither hashes header fields nor
+    /// keeps their values for the connection's life.
+    pub fn max_send_header_table_size(&mut self, max: usize) -> &mut Self {
+        self.max_send_header_table_size = Some(max);
         self
     }
 

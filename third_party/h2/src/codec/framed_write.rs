@@ -355,6 +355,11 @@ impl<T, B> FramedWrite<T, B> {
         self.encoder.hpack.update_max_size(val);
     }
 
+    /// Sluice patch: caps the header table the encoder uses.
+    pub fn set_max_header_table_size(&mut self, max: usize) {
+        self.encoder.hpack.set_max_allowed_size(max);
+    }
+
     /// Retrieve the last data frame that has been sent
     pub fn take_last_data_frame(&mut self) -> Option<frame::Data<B>> {
         self.encoder.last_data_frame.take()

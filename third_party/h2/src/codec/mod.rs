@@ -98,6 +98,12 @@ impl<T, B> Codec<T, B> {
         self.framed_write().set_header_table_size(val)
     }
 
+    /// Sluice patch: caps the header table the encoder uses, whatever the
+    /// peer's setting (`server::Builder::max_send_header_table_size`).
+    pub fn set_max_send_header_table_size(&mut self, max: usize) {
+        self.framed_write().set_max_header_table_size(max)
+    }
+
     /// Set the decoder header table size size.
     pub fn set_recv_header_table_size(&mut self, val: usize) {
         self.inner.set_header_table_size(val)

@@ -38,8 +38,10 @@ impl Encoder {
         }
     }
 
-    #[cfg(test)]
-    fn set_max_allowed_size(&mut self, max: usize) {
+    /// Sluice patch: the largest table this encoder uses, whatever the
+    /// peer allows (was test-only); a smaller one than the table's is
+    /// announced at the start of the next header block.
+    pub fn set_max_allowed_size(&mut self, max: usize) {
         self.max_allowed_size = max;
 
         if self.table.max_size() > max {
