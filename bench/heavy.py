@@ -359,6 +359,20 @@ def h1_answered(buf):
     return True if len(buf) >= end + 4 + int(m.group(1)) else None
 
 
+def hpack_first_field(block):
+    """The first byte of a header block's first field, after the dynamic
+    table size updates a block may begin with (RFC 7541 §4.2, §6.3:
+    001xxxxx and a prefixed integer; sluice announces an empty table)."""
+    at = 0
+    while at < len(block) and block[at] & 0xE0 == 0x20:
+        more = block[at] & 0x1F == 0x1F
+        at += 1
+        while more and at < len(block):
+            more = block[at] & 0x80 != 0
+            at += 1
+    return block[at:at + 1]
+
+
 def h2_answered(buf):
     """Whether buf (the server's frames) holds the end of stream 1: None
     (not yet), True (its HEADERS began with `:status 200`, HPACK's static
@@ -372,7 +386,7 @@ def h2_answered(buf):
         if kind == 7:
             return False
         if stream == 1 and kind == 1:
-            ok = buf[at + 9:at + 10] == b"\x88"
+            ok = hpack_first_field(buf[at + 9:at + 9 + size]) == b"\x88"
         if stream == 1 and kind in (0, 1) and flags & 1:
             return bool(ok)
         at += 9 + size
