@@ -362,7 +362,7 @@ def h1_answered(buf):
 def hpack_first_field(block):
     """The first byte of a header block's first field, after the dynamic
     table size updates a block may begin with (RFC 7541 §4.2, §6.3:
-    001xxxxx and a prefixed integer; sluice announces an empty table)."""
+    001xxxxx and a prefixed integer)."""
     at = 0
     while at < len(block) and block[at] & 0xE0 == 0x20:
         more = block[at] & 0x1F == 0x1F

@@ -22,7 +22,7 @@
 //!   them already; Sluice's own answers may carry `Connection: close`),
 //!   gains `Date` when missing and
 //!   `Content-Length` when the body's length is known, and goes out without
-//!   HPACK's dynamic table ([`SEND_HEADER_TABLE`]);
+//!   HPACK's dynamic table ([`INDEX_SENT_HEADERS`]);
 //! - the body is sent as the client's flow control allows: a frame is
 //!   taken from the body only when the one before it was handed to `h2`,
 //!   so at most one frame and `h2`'s send buffer (400 KiB, hyper's) wait
@@ -65,17 +65,17 @@ const MAX_STREAMS: u32 = 200;
 /// Streams the server may reset for the client's errors before it closes
 /// the connection (`ENHANCE_YOUR_CALM`): hyper's default.
 const MAX_ERROR_RESETS: usize = 1024;
-/// The HPACK dynamic table the server uses for the response heads it sends:
-/// none, so every field goes as a literal (its name from the static table
-/// when it is there), as nginx and HAProxy send theirs. Why: indexing cost
-/// a hash of every field sent and kept the values it indexed for the
-/// connection's life; those values are slices of an endpoint connection's
-/// read buffer (the response head is parsed in place,
-/// [`crate::http1::client`]), so each was copied first, or one kept 16 KiB
-/// alive per connection ever answered. The price is bytes on the wire: a
-/// repeated field is sent again rather than as an index into the table.
-/// (`h2` has no such setting of its own: `third_party/README.md`.)
-const SEND_HEADER_TABLE: usize = 0;
+/// Whether the response heads sent add their fields to HPACK's dynamic
+/// table: no, so every field goes as a static table index or a literal
+/// (its name from the static table when it is there), as nginx and HAProxy
+/// send theirs. Why: indexing cost a hash of every field sent and kept the
+/// values it indexed for the connection's life; those values are slices
+/// of an endpoint connection's read buffer (the response head is parsed in
+/// place, [`crate::http1::client`]), so each was copied first, or one kept
+/// 16 KiB alive per connection ever answered. The price is bytes on the
+/// wire: a repeated field is sent again rather than as an index into the
+/// table. (`h2` has no such setting of its own: `third_party/README.md`.)
+const INDEX_SENT_HEADERS: bool = false;
 
 /// Serves HTTP/2 on `io` (its preface not yet read) until the client
 /// closes it, the connection fails, the drain has ended its streams, or it
@@ -116,7 +116,7 @@ pub(crate) async fn serve<I, C, H, F, B>(
         .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
         .max_send_buffer_size(SEND_BUFFER)
         .max_concurrent_streams(MAX_STREAMS)
-        .max_send_header_table_size(SEND_HEADER_TABLE);
+        .index_sent_headers(INDEX_SENT_HEADERS);
     let mut connection = match builder.handshake::<_, Bytes>(ReadAhead::new(io)).await {
         Ok(c) => c,
         Err(e) => {

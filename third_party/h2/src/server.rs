@@ -264,9 +264,9 @@ pub struct Builder {
     /// When this gets exhausted, we issue a GOAWAY with `ENHANCE_YOUR_CALM`.
     data_frame_budget: proto::DataFrameBudget,
 
-    /// Sluice patch: the largest HPACK dynamic table the encoder uses for
-    /// the header blocks this server sends (`None`: what the peer allows).
-    max_send_header_table_size: Option<usize>,
+    /// Sluice patch: whether the encoder adds the fields this server sends
+    /// to the HPACK dynamic table (`index_sent_headers`).
+    index_sent_headers: bool,
 }
 
 /// Send a response back to the client
@@ -400,9 +400,9 @@ where
             codec.set_max_recv_header_list_size(max as usize);
         }
 
-        // Sluice patch: see `Builder::max_send_header_table_size`.
-        if let Some(max) = builder.max_send_header_table_size {
-            codec.set_max_send_header_table_size(max);
+        // Sluice patch: see `Builder::index_sent_headers`.
+        if !builder.index_sent_headers {
+            codec.set_index_sent_headers(false);
         }
 
         // Send initial settings frame.
@@ -672,7 +672,7 @@ impl Builder {
             max_send_buffer_size: proto::DEFAULT_MAX_SEND_BUFFER_SIZE,
             local_max_error_reset_streams: Some(proto::DEFAULT_LOCAL_RESET_COUNT_MAX),
             data_frame_budget: proto::DataFrameBudget::Auto,
-            max_send_header_table_size: None,
+            index_sent_headers: true,
         }
     }
 
@@ -828,16 +828,17 @@ impl Builder {
         self
     }
 
-    /// Sluice patch: caps the HPACK dynamic table this server's encoder uses
-    /// for the header blocks it sends, whatever the peer allows (RFC 7541
-    /// §4.2: an encoder may use less than the decoder's maximum, and says so
-    /// with a dynamic table size update at the start of its next header
-    /// block). With 0, no header sent is ever indexed: each goes as a literal
-    /// (its name from the static table when it is there), as nginx and
-    /// HAProxy send theirs, and the encoder neither hashes header fields nor
-    /// keeps their values for the connection's life.
-    pub fn max_send_header_table_size(&mut self, max: usize) -> &mut Self {
-        self.max_send_header_table_size = Some(max);
+    /// Sluice patch: whether the HPACK encoder adds the fields this server
+    /// sends to the dynamic table (default: it does). With `false` each field
+    /// goes as a static table index when the static table holds it whole,
+    /// else as a literal without indexing (its name from the static table
+    /// when it is there), as nginx and HAProxy send theirs; the encoder
+    /// neither hashes fields nor keeps their values for the connection's
+    /// life, and the peer's table stays empty (a decoder adds only what a
+    /// representation with incremental indexing tells it to, RFC 7541
+    /// §6.2.1), so nothing has to be announced.
+    pub fn index_sent_headers(&mut self, index: bool) -> &mut Self {
+        self.index_sent_headers = index;
         self
     }
 

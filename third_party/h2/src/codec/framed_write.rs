@@ -355,9 +355,9 @@ impl<T, B> FramedWrite<T, B> {
         self.encoder.hpack.update_max_size(val);
     }
 
-    /// Sluice patch: caps the header table the encoder uses.
-    pub fn set_max_header_table_size(&mut self, max: usize) {
-        self.encoder.hpack.set_max_allowed_size(max);
+    /// Sluice patch: whether the encoder indexes the fields it sends.
+    pub fn set_index_headers(&mut self, index: bool) {
+        self.encoder.hpack.set_indexing(index);
     }
 
     /// Retrieve the last data frame that has been sent

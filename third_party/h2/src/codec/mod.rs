@@ -98,10 +98,10 @@ impl<T, B> Codec<T, B> {
         self.framed_write().set_header_table_size(val)
     }
 
-    /// Sluice patch: caps the header table the encoder uses, whatever the
-    /// peer's setting (`server::Builder::max_send_header_table_size`).
-    pub fn set_max_send_header_table_size(&mut self, max: usize) {
-        self.framed_write().set_max_header_table_size(max)
+    /// Sluice patch: whether the encoder indexes the fields it sends
+    /// (`server::Builder::index_sent_headers`).
+    pub fn set_index_sent_headers(&mut self, index: bool) {
+        self.framed_write().set_index_headers(index)
     }
 
     /// Set the decoder header table size size.

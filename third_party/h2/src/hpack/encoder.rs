@@ -18,6 +18,9 @@ pub struct Encoder {
     /// across frames instead of being allocated and freed per frame. See
     /// `take_scratch` / `return_scratch`.
     scratch: BytesMut,
+    /// Sluice patch: whether fields sent are added to the dynamic table
+    /// (`set_indexing`).
+    indexing: bool,
 }
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
@@ -35,13 +38,23 @@ impl Encoder {
             max_allowed_size: DEFAULT_MAX_ALLOWED_SIZE,
             size_update: None,
             scratch: BytesMut::new(),
+            indexing: true,
         }
     }
 
-    /// Sluice patch: the largest table this encoder uses, whatever the
-    /// peer allows (was test-only); a smaller one than the table's is
-    /// announced at the start of the next header block.
-    pub fn set_max_allowed_size(&mut self, max: usize) {
+    /// Sluice patch: with `false`, no field sent is added to the dynamic
+    /// table: each is a static table index when the static table holds it
+    /// whole, else a literal without indexing (its name from the static table
+    /// when it is there), as nginx and HAProxy encode. The peer's table stays
+    /// empty, so nothing has to be announced (a decoder adds only what a
+    /// representation with incremental indexing tells it to, RFC 7541
+    /// §6.2.1).
+    pub fn set_indexing(&mut self, indexing: bool) {
+        self.indexing = indexing;
+    }
+
+    #[cfg(test)]
+    fn set_max_allowed_size(&mut self, max: usize) {
         self.max_allowed_size = max;
 
         if self.table.max_size() > max {
@@ -116,7 +129,12 @@ impl Encoder {
                 // The header has an associated name. In which case, try to
                 // index it in the table.
                 Ok(header) => {
-                    let index = self.table.index(header);
+                    // Sluice patch: see `set_indexing`.
+                    let index = if self.indexing {
+                        self.table.index(header)
+                    } else {
+                        self.table.index_static(header)
+                    };
                     self.encode_header(&index, dst);
 
                     last_index = Some(index);

@@ -131,6 +131,19 @@ impl Table {
     }
 
     /// Index the header in the HPACK table.
+    /// Sluice patch: `index` with the static table only, the dynamic table
+    /// neither searched nor changed (`Encoder::set_indexing`).
+    pub fn index_static(&self, header: Header) -> Index {
+        let statik = index_static(&header);
+        if header.skip_value_index() {
+            return Index::new(statik, header);
+        }
+        if let Some((n, true)) = statik {
+            return Index::Indexed(n, header);
+        }
+        Index::new(statik, header)
+    }
+
     pub fn index(&mut self, header: Header) -> Index {
         // Check the static table
         let statik = index_static(&header);
