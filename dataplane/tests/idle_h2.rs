@@ -68,32 +68,25 @@ fn idle_h2(addr: SocketAddr, request: bool) -> TcpStream {
         assert!(n > 0, "connection closed");
         len += n;
         let mut at = 0;
-        while at + 9 <= len {
-            let size = usize::from(got[at]) << 16
-                | usize::from(got[at + 1]) << 8
-                | usize::from(got[at + 2]);
-            if at + 9 + size > len {
-                break;
-            }
-            let (kind, flags) = (got[at + 3], got[at + 4]);
-            if request && kind == 1 && got[at + 8] == 1 {
+        while let Some((frame, taken)) = h2_frame_at(&got[at..len]) {
+            if request && frame.kind == 1 && frame.stream == 1 {
                 // `:status 200` is HPACK's static entry 8: the endpoint
                 // answered (Sluice's own refusals are 4xx and 5xx), so its
                 // connection's read buffer was in play.
-                assert_eq!(got[at + 9], 0x88, "stream 1 answered 200");
+                assert_eq!(frame.payload.first(), Some(&0x88), "stream 1 answered 200");
             }
             // The ACK of our SETTINGS; or, with a request, the end of
             // stream 1 (END_STREAM on its HEADERS or DATA), which comes
             // after that ACK.
             let done = if request {
-                matches!(kind, 0 | 1) && flags & 1 == 1 && got[at + 8] == 1
+                matches!(frame.kind, 0 | 1) && frame.flags & 1 == 1 && frame.stream == 1
             } else {
-                kind == 4 && flags & 1 == 1
+                frame.kind == 4 && frame.flags & 1 == 1
             };
             if done {
                 return s;
             }
-            at += 9 + size;
+            at += taken;
         }
     }
 }

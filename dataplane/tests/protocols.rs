@@ -736,18 +736,11 @@ async fn http2_response_heads_go_without_the_dynamic_table() {
     let b = Backend::start("b").await;
     let dp = proxy_to(b.addr, |_| {}).await;
     let mut conn = TcpStream::connect(dp.http_addr()).await.expect("connect");
-    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
-        let len = u32::try_from(payload.len()).expect("length").to_be_bytes();
-        let mut f = vec![len[1], len[2], len[3], kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    };
     // GET http://x/ twice, from the static table and a literal authority.
     let get = [0x82, 0x86, 0x84, 0x01, 0x01, b'x'];
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(frame(0x4, 0, 0, &[]));
-    hello.extend(frame(0x1, 0x5, 1, &get));
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    hello.extend(h2_frame(0x1, 0x5, 1, &get));
     conn.write_all(&hello).await.expect("write");
     // The response heads of streams 1 and then 3, each asked for once the
     // one before was answered (so that the second could use what the first
@@ -760,17 +753,13 @@ async fn http2_response_heads_go_without_the_dynamic_table() {
             let n = conn.read(&mut chunk).await.expect("read");
             assert!(n > 0, "the connection closed");
             buf.extend_from_slice(&chunk[..n]);
-            while buf.len() >= 9 {
-                let len =
-                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[3], buf[4]);
-                let payload = buf[9..9 + len].to_vec();
-                buf.drain(..9 + len);
+            while let Some((frame, taken)) = h2_frame_at(&buf) {
+                let (kind, flags, payload) = (frame.kind, frame.flags, frame.payload.to_vec());
+                buf.drain(..taken);
                 if kind == 0x4 && flags & 0x1 == 0 {
-                    conn.write_all(&frame(0x4, 0x1, 0, &[])).await.expect("ack");
+                    conn.write_all(&h2_frame(0x4, 0x1, 0, &[]))
+                        .await
+                        .expect("ack");
                 }
                 if kind == 0x1 {
                     assert_eq!(flags & 0x4, 0x4, "one HEADERS frame per head");
@@ -779,7 +768,7 @@ async fn http2_response_heads_go_without_the_dynamic_table() {
                     let pad = if padded { usize::from(payload[0]) } else { 0 };
                     blocks.push(payload[start..payload.len() - pad].to_vec());
                     if blocks.len() == 1 {
-                        conn.write_all(&frame(0x1, 0x5, 3, &get))
+                        conn.write_all(&h2_frame(0x1, 0x5, 3, &get))
                             .await
                             .expect("write");
                     }

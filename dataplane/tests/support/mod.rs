@@ -328,6 +328,40 @@ where
     (sender, tokio::spawn(conn))
 }
 
+/// An HTTP/2 frame read off the wire (RFC 9113 §4.1), for tests that speak
+/// the protocol byte by byte.
+pub struct H2Frame<'a> {
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+    pub payload: &'a [u8],
+}
+
+/// An HTTP/2 frame: its 9-byte head, then `payload`.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("length").to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The frame at the start of `buf` and the bytes it takes there; `None`
+/// until all of it has arrived.
+pub fn h2_frame_at(buf: &[u8]) -> Option<(H2Frame<'_>, usize)> {
+    let head = buf.get(..9)?;
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let payload = buf.get(9..9 + len)?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let frame = H2Frame {
+        kind: head[3],
+        flags: head[4],
+        stream,
+        payload,
+    };
+    Some((frame, 9 + len))
+}
+
 /// A new client.
 pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
