@@ -10,9 +10,10 @@
   bodies SPEC_FILE ROUNDS SECONDS CLK OUT_JSONL
       runs the big-body cases: SPEC_FILE is JSON {"targets": {NAME:
       {"h1": URL_BASE, "h2": URL_BASE or null, "pid": PID or null}},
-      "files": {"1m": PATH, "1g": PATH}, "lua": PATH, "taskset": [...]}.
-      Every round runs every case against every target, targets
-      interleaved within a case, one JSON line per run into OUT_JSONL.
+      "files": {"1m": PATH, "1g": PATH}, "lua": PATH, "taskset": [...],
+      "transfers_1g": N}. Every round runs every case against every
+      target, targets interleaved within a case (the 1 GiB cases N times
+      over), one JSON line per run into OUT_JSONL.
 
   storm SPEC_FILE CONNECTIONS ROUNDS OUT_JSONL
       first, per target, CONNECTIONS / 2 idle HTTP/1.1 keep-alive
@@ -22,8 +23,9 @@
       each, closed again, and as many idle HTTP/1.1 ones.
 
   report HEADER BODIES_JSONL STORM_JSONL
-      prints the Markdown report: medians over rounds, ratios of sluice to
-      nginx and HAProxy (of the medians, and paired within each round).
+      prints the Markdown report: medians over rounds (and transfers),
+      ratios of sluice to nginx and HAProxy (of the medians, and paired
+      within each round).
 
 Everything goes to 127.0.0.1 only; every load is bounded in time (curl
 --max-time, wrk -d, h2load -D) and in count.
@@ -296,9 +298,12 @@ def bodies(args):
     with open(out_file, "a") as out:
         for rnd in range(1, rounds + 1):
             for case in CASES:
-                # Rotate the targets' order from round to round.
+                # Rotate the targets' order from round to round; 1 GiB cases
+                # go over the targets `transfers_1g` times, one transfer each.
                 k = (rnd - 1) % len(names)
-                for name in names[k:] + names[:k]:
+                order = names[k:] + names[:k]
+                repeat = spec.get("transfers_1g", 1) if case[3] == "1g" else 1
+                for transfer, name in ((i + 1, n) for i in range(repeat) for n in order):
                     target = spec["targets"][name]
                     base = target.get(case[1])
                     if not base:
@@ -311,7 +316,7 @@ def bodies(args):
                         moved, took, errors = run_case(spec, case, base, seconds)
                     cpu1 = cpu_seconds(pid, clk)
                     row = {
-                        "round": rnd, "case": case[0], "proto": case[1], "target": name,
+                        "round": rnd, "transfer": transfer, "case": case[0], "proto": case[1], "target": name,
                         "mib": moved / MIB, "seconds": took, "errors": errors,
                         "mib_s": moved / MIB / took if took > 0 else 0.0,
                         "cpu_us_per_mib": (cpu1 - cpu0) * 1e6 / (moved / MIB) if pid and moved else None,
@@ -319,7 +324,7 @@ def bodies(args):
                     }
                     out.write(json.dumps(row) + "\n")
                     out.flush()
-                    print(f"bench: round {rnd} {case[1]} {case[0]:15} {name:8} "
+                    print(f"bench: round {rnd}.{transfer} {case[1]} {case[0]:15} {name:8} "
                           f"{row['mib_s']:8.0f} MiB/s  errors {errors}", file=sys.stderr)
 
 
@@ -609,7 +614,7 @@ def report(args):
         print(fh.read().rstrip())
     rows = [json.loads(l) for l in open(bodies_file)] if os.path.exists(bodies_file) else []
     if rows:
-        print("\n## Big bodies (median over rounds)\n")
+        print("\n## Big bodies (median over rounds, and over each round's transfers)\n")
         print("MiB/s: bytes moved over the transfer's time as the client saw it. CPU µs/MiB: the "
               "proxy's user+system time per MiB moved. RSS growth: the proxy's peak VmRSS during "
               "the run minus its VmRSS before.\n")
@@ -637,8 +642,8 @@ def report(args):
                 print(f"| {case} | {proto} | {LABELS[t]} | {f(m['mib_s'], ',.0f')} | {f(m['cpu'], ',.0f')} "
                       f"| {rss} | {m['errors']} |")
         print("\n### sluice against the anchors\n")
-        print("Of the medians, and paired (the ratio within each round, where the targets ran back "
-              "to back, then the median over rounds).\n")
+        print("Of the medians, and paired (within each round, where the targets ran back to back, "
+              "sluice's median transfer over the anchor's; then the median over rounds).\n")
         print("| case | proto | MiB/s ÷ nginx | ÷ HAProxy | paired ÷ nginx | paired ÷ HAProxy "
               "| CPU/MiB ÷ nginx | ÷ HAProxy | paired ÷ nginx | paired ÷ HAProxy |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -652,12 +657,14 @@ def report(args):
                     om = medians.get((case, proto, o))
                     cells.append(f(ratio(s[key], om and om[key]), ".2f"))
                 for o in ("nginx", "haproxy"):
+                    # Within a round: the median of sluice's transfers over
+                    # the median of the anchor's (one of each for most cases).
                     paired = []
                     for rnd in {r["round"] for r in rows}:
-                        a = [r[rk] for r in rows if (r["case"], r["proto"], r["target"], r["round"]) == (case, proto, "sluice", rnd)]
-                        b = [r[rk] for r in rows if (r["case"], r["proto"], r["target"], r["round"]) == (case, proto, o, rnd)]
-                        if a and b and a[0] is not None and b[0]:
-                            paired.append(a[0] / b[0])
+                        a = med(r[rk] for r in rows if (r["case"], r["proto"], r["target"], r["round"]) == (case, proto, "sluice", rnd))
+                        b = med(r[rk] for r in rows if (r["case"], r["proto"], r["target"], r["round"]) == (case, proto, o, rnd))
+                        if a is not None and b:
+                            paired.append(a / b)
                     cells.append(f(med(paired), ".2f"))
             print(f"| {case} | {proto} | " + " | ".join(cells[0:2] + cells[2:4] + cells[4:6] + cells[6:8]) + " |")
     srows = [json.loads(l) for l in open(storm_file)] if os.path.exists(storm_file) else []

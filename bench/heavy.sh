@@ -19,6 +19,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 ROUNDS=${HEAVY_ROUNDS:-3}             # rounds over every case
 SECONDS_1M=${HEAVY_SECONDS:-5}         # seconds per 1 MiB run (wrk, h2load)
+TRANSFERS=${HEAVY_TRANSFERS:-3}        # 1 GiB transfers per target per round
 STORM=${HEAVY_STORM:-10000}            # connections opened at once
 STORM_ROUNDS=${HEAVY_STORM_ROUNDS:-3}  # storms per proxy
 PARTS=${HEAVY_PARTS:-bodies storm}
@@ -30,7 +31,7 @@ BODY="hello from a sluice bench backend, a small fixed body"
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for v in HEAVY_ROUNDS:$ROUNDS HEAVY_SECONDS:$SECONDS_1M HEAVY_STORM:$STORM HEAVY_STORM_ROUNDS:$STORM_ROUNDS; do
+for v in HEAVY_ROUNDS:$ROUNDS HEAVY_SECONDS:$SECONDS_1M HEAVY_TRANSFERS:$TRANSFERS HEAVY_STORM:$STORM HEAVY_STORM_ROUNDS:$STORM_ROUNDS; do
   [[ ${v#*:} =~ ^[0-9]+$ ]] && ((${v#*:} >= 1)) || die "${v%%:*} must be a whole number ≥ 1, got '${v#*:}'"
 done
 ((STORM <= 15000)) || die "HEAVY_STORM is at most 15000 (descriptor limits)"
@@ -233,7 +234,7 @@ if [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]
   echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "- machine: $(uname -srm); ${CPU_MODEL:-unknown CPU}; nproc $(nproc); load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- sluice $COMMIT; $(nginx -v 2>&1 | sed 's/^nginx version: //'); $(haproxy -v 2>&1 | head -1 | sed 's/ - https.*//'); $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'); $(h2load --version | head -1); $(curl --version | head -1 | awk '{print $1, $2}')"
-  echo "- bodies: $ROUNDS round(s), targets rotated each round; 1 GiB: one transfer (curl, h2load -n1); 1 MiB: $SECONDS_1M s of wrk -t1 -c8 / h2load -c8 -m1; storm: $STORM connections x $STORM_ROUNDS round(s)"
+  echo "- bodies: $ROUNDS round(s), targets rotated each round; 1 GiB: $TRANSFERS transfer(s) per target (curl, h2load -n1); 1 MiB: $SECONDS_1M s of wrk -t1 -c8 / h2load -c8 -m1; storm: $STORM connections x $STORM_ROUNDS round(s)"
   echo "- proxy under test on core $PROXY_CPU; clients and backends on core $LOAD_CPU; net.core.somaxconn $(cat /proc/sys/net/core/somaxconn)"
 } >"$TMP/header.md"
 cat "$TMP/header.md" >&2
@@ -265,6 +266,7 @@ cat >"$TMP/spec.json" <<EOF
   "taskset": ["taskset", "-c", "$LOAD_CPU"],
   "files": {"1m": "$TMP/www/1m", "1g": "$TMP/www/1g"},
   "lua": "$TMP/post1m.lua",
+  "transfers_1g": $TRANSFERS,
   "targets": {
     "direct": {"h1": "http://127.0.0.1:$FILES_PORT", "h2": null, "pid": null, "port": $FILES_PORT},
     "nginx": {"h1": "http://127.0.0.1:$NGINX_PORT", "h2": "http://127.0.0.1:$NGINX_H2", "pid": $NGINX_PID, "port": $NGINX_PORT},
