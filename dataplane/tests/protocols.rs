@@ -731,6 +731,67 @@ fn hpack_fields(block: &[u8]) -> Vec<Hpack> {
     fields
 }
 
+/// A request head split over a HEADERS and a CONTINUATION frame (as clients
+/// send a head bigger than a frame) is decoded whole: the fields of the
+/// second frame reach the endpoint. (`h2` keeps a split head's state boxed,
+/// taken only while one arrives: `third_party/README.md`.)
+#[tokio::test]
+async fn http2_a_head_split_over_continuation_frames_is_served_whole() {
+    let b = Backend::start("b").await;
+    let dp = proxy_to(b.addr, |_| {}).await;
+    let mut conn = TcpStream::connect(dp.http_addr()).await.expect("connect");
+    // `:method GET`, `:scheme http`, `:authority x` in HEADERS (END_STREAM,
+    // no END_HEADERS); `:path /headers` and `x-split: yes` in CONTINUATION
+    // (END_HEADERS), as literals without indexing.
+    let first = [0x82, 0x86, 0x01, 0x01, b'x'];
+    let mut second = vec![0x04, 0x08];
+    second.extend_from_slice(b"/headers");
+    second.extend_from_slice(&[0x00, 0x07]);
+    second.extend_from_slice(b"x-split");
+    second.extend_from_slice(&[0x03]);
+    second.extend_from_slice(b"yes");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    hello.extend(h2_frame(0x1, 0x1, 1, &first));
+    hello.extend(h2_frame(0x9, 0x4, 1, &second));
+    conn.write_all(&hello).await.expect("write");
+    let (mut status, mut body, mut buf) = (None, Vec::new(), Vec::new());
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = conn.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some((frame, taken)) = h2_frame_at(&buf) {
+                let (kind, flags, stream) = (frame.kind, frame.flags, frame.stream);
+                let payload = frame.payload.to_vec();
+                buf.drain(..taken);
+                match kind {
+                    0x4 if flags & 0x1 == 0 => conn
+                        .write_all(&h2_frame(0x4, 0x1, 0, &[]))
+                        .await
+                        .expect("ack"),
+                    0x3 | 0x7 => panic!("stream or connection refused: {payload:?}"),
+                    0x1 if stream == 1 => status = payload.first().copied(),
+                    0x0 if stream == 1 => {
+                        body.extend_from_slice(&payload);
+                        if flags & 0x1 != 0 {
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await
+    .expect("the response in time");
+    // `:status 200` as the static table's index 8.
+    assert_eq!(status, Some(0x88), "status");
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.lines().any(|l| l == "x-split: yes"), "{body}");
+}
+
 #[tokio::test]
 async fn http2_response_heads_go_without_the_dynamic_table() {
     let b = Backend::start("b").await;
