@@ -107,17 +107,22 @@ pub(crate) async fn serve<I, C, H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let peer = conn.peer();
-    let mut builder = h2::server::Builder::new();
-    builder
-        .initial_window_size(WINDOW)
-        .initial_connection_window_size(WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .max_header_list_size(max_header_list)
-        .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
-        .max_send_buffer_size(SEND_BUFFER)
-        .max_concurrent_streams(MAX_STREAMS)
-        .index_sent_headers(INDEX_SENT_HEADERS);
-    let mut connection = match builder.handshake::<_, Bytes>(ReadAhead::new(io)).await {
+    // The builder in a block of its own: kept in scope, it would take its
+    // 152 bytes of this future for the connection's whole life.
+    let handshake = {
+        let mut builder = h2::server::Builder::new();
+        builder
+            .initial_window_size(WINDOW)
+            .initial_connection_window_size(WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_header_list_size(max_header_list)
+            .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
+            .max_send_buffer_size(SEND_BUFFER)
+            .max_concurrent_streams(MAX_STREAMS)
+            .index_sent_headers(INDEX_SENT_HEADERS);
+        builder.handshake::<_, Bytes>(ReadAhead::new(io))
+    };
+    let mut connection = match handshake.await {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "HTTP/2 handshake failed");
