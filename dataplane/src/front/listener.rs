@@ -242,7 +242,8 @@ async fn handshake(
 /// ALPN. HTTP/1.1's plain requests are served by [`front`], the rest by
 /// hyper; HTTP/2 by [`crate::http2::server`].
 #[allow(clippy::too_many_arguments)]
-async fn serve_conn<I, H, F, B>(
+#[allow(clippy::manual_async_fn)] // the async block inside says why
+fn serve_conn<I, H, F, B>(
     builder: Arc<http1::Builder>,
     io: I,
     conn: ClientConn,
@@ -251,7 +252,8 @@ async fn serve_conn<I, H, F, B>(
     handler: H,
     spares: Arc<Spares>,
     signal: Arc<Signal>,
-) where
+) -> impl Future<Output = ()> + Send + use<I, H, F, B>
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Box<Response<B>>> + Send + 'static,
@@ -259,99 +261,105 @@ async fn serve_conn<I, H, F, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let peer = conn.peer;
-    let activity = Arc::new(Activity::default());
-    let mut io = HeadTimeout::new(
-        io,
-        head_timeout.unwrap_or_default(),
-        Arc::clone(&activity),
-        head_timeout.is_some(),
-    );
-    let mut buf = BytesMut::new();
-    // HTTP/2 by ALPN (no head deadline), or h2c with prior knowledge: the
-    // connection starts with HTTP/2's preface (which [`front`] hands off at
-    // once: it is no HTTP/1 head).
-    let h2 = match head_timeout {
-        None => true,
-        Some(_) => {
-            let (max_head, max_headers) = (limits.max_header_bytes, limits.max_headers);
-            let served = front::serve(
-                &mut io,
-                &mut buf,
+    // An async block rather than an `async fn`: an `async fn` keeps each
+    // argument twice in its future (as passed, and moved into the body),
+    // 256 bytes of every connection's task, idle ones included (measured by
+    // `dataplane/tests/idle.rs`).
+    async move {
+        let peer = conn.peer;
+        let activity = Arc::new(Activity::default());
+        let mut io = HeadTimeout::new(
+            io,
+            head_timeout.unwrap_or_default(),
+            Arc::clone(&activity),
+            head_timeout.is_some(),
+        );
+        let mut buf = BytesMut::new();
+        // HTTP/2 by ALPN (no head deadline), or h2c with prior knowledge: the
+        // connection starts with HTTP/2's preface (which [`front`] hands off at
+        // once: it is no HTTP/1 head).
+        let h2 = match head_timeout {
+            None => true,
+            Some(_) => {
+                let (max_head, max_headers) = (limits.max_header_bytes, limits.max_headers);
+                let served = front::serve(
+                    &mut io,
+                    &mut buf,
+                    &conn,
+                    &handler,
+                    &spares,
+                    &activity,
+                    &signal,
+                    max_head,
+                    max_headers,
+                )
+                .await;
+                if served == front::Next::Closed {
+                    return;
+                }
+                starts_with_h2_preface(&mut io, &mut buf).await
+            }
+        };
+        if h2 {
+            let io = Rewind::new(buf.freeze(), io);
+            let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+            // Boxed: its state is kilobytes, and kept inline it would make
+            // every connection's task that big.
+            let served = crate::http2::server::serve(
+                io,
                 &conn,
                 &handler,
-                &spares,
-                &activity,
                 &signal,
-                max_head,
-                max_headers,
-            )
-            .await;
-            if served == front::Next::Closed {
-                return;
-            }
-            starts_with_h2_preface(&mut io, &mut buf).await
+                max_header_list,
+                limits.http2_idle_timeout,
+            );
+            Box::pin(served).await;
+            return;
         }
-    };
-    if h2 {
-        let io = Rewind::new(buf.freeze(), io);
-        let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
-        // Boxed: its state is kilobytes, and kept inline it would make
-        // every connection's task that big.
-        let served = crate::http2::server::serve(
-            io,
-            &conn,
-            &handler,
-            &signal,
-            max_header_list,
-            limits.http2_idle_timeout,
+        // The endpoints' interim responses reach HTTP/1 clients around hyper
+        // ([`crate::http1::interim`]).
+        let interim = Arc::new(Interim::default());
+        let io = Informing::new(Rewind::new(buf.freeze(), io), Arc::clone(&interim));
+        let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+            activity.started();
+            // Boxed: the request's future is kilobytes, and hyper moves this
+            // one into place; a pointer is cheaper to move than a copy
+            // (measured: memmove was 7 % of the proxy's CPU).
+            let resp = Box::pin(handler(req.map(ClientBody::Hyper), &conn));
+            let (activity, interim) = (Arc::clone(&activity), Arc::clone(&interim));
+            async move {
+                let resp = *interim.relay(resp).await;
+                // A switched protocol never finishes: the tunnel is not idle.
+                let counted = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+                let resp = resp.map(|body| Counted {
+                    body,
+                    activity: counted.then_some(activity),
+                });
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        // Boxed: hyper's connection state is kilobytes, and kept inline it
+        // would make every connection's task that big, idle ones included,
+        // when most connections never get here.
+        let mut served = Box::pin(
+            builder
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades(),
         );
-        Box::pin(served).await;
-        return;
-    }
-    // The endpoints' interim responses reach HTTP/1 clients around hyper
-    // ([`crate::http1::interim`]).
-    let interim = Arc::new(Interim::default());
-    let io = Informing::new(Rewind::new(buf.freeze(), io), Arc::clone(&interim));
-    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-        activity.started();
-        // Boxed: the request's future is kilobytes, and hyper moves this
-        // one into place; a pointer is cheaper to move than a copy
-        // (measured: memmove was 7 % of the proxy's CPU).
-        let resp = Box::pin(handler(req.map(ClientBody::Hyper), &conn));
-        let (activity, interim) = (Arc::clone(&activity), Arc::clone(&interim));
-        async move {
-            let resp = *interim.relay(resp).await;
-            // A switched protocol never finishes: the tunnel is not idle.
-            let counted = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-            let resp = resp.map(|body| Counted {
-                body,
-                activity: counted.then_some(activity),
-            });
-            Ok::<_, Infallible>(resp)
-        }
-    });
-    // Boxed: hyper's connection state is kilobytes, and kept inline it
-    // would make every connection's task that big, idle ones included,
-    // when most connections never get here.
-    let mut served = Box::pin(
-        builder
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades(),
-    );
-    let mut told = false;
-    let served = std::future::poll_fn(|cx| {
-        if !told {
-            signal.waker.register(cx.waker());
-            if signal.draining.load(Ordering::Acquire) {
-                told = true;
-                served.as_mut().graceful_shutdown();
+        let mut told = false;
+        let served = std::future::poll_fn(|cx| {
+            if !told {
+                signal.waker.register(cx.waker());
+                if signal.draining.load(Ordering::Acquire) {
+                    told = true;
+                    served.as_mut().graceful_shutdown();
+                }
             }
+            served.as_mut().poll(cx)
+        });
+        if let Err(e) = served.await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
-        served.as_mut().poll(cx)
-    });
-    if let Err(e) = served.await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
