@@ -25,9 +25,9 @@ static HOP_BY_HOP: [HeaderName; HOPS] = [
 /// Where `name` is in [`HOP_BY_HOP`]: a match on its text (names are lower
 /// case), which compiles to a switch on the length and one comparison.
 /// Why not a search of the array: as a `const` it was built and dropped
-/// for every header of every message, and as the `static` it is now, it is
-/// compared name by name (callgrind: both cost about 500 instructions per
-/// HTTP/2 request more than this).
+/// for every header of every message, and as a `static` each name was
+/// compared with each entry in turn (callgrind: both cost about 500
+/// instructions per HTTP/2 request more than this).
 fn hop_index(name: &HeaderName) -> Option<usize> {
     let i = match name.as_str() {
         "connection" => 0,

@@ -260,7 +260,7 @@ where
             // The parse's result ends with this statement: a match that
             // awaited inside an arm kept its room (280 bytes in a release
             // build) in this future, idle connections' included.
-            let request = match scratch.parse(buf, max_headers) {
+            let plain = match scratch.parse(buf, max_headers) {
                 Parsed::Plain {
                     request,
                     head,
@@ -280,7 +280,7 @@ where
                 Parsed::Partial if buf.len() < max_head => None,
                 Parsed::Partial | Parsed::Other => return Next::HandOff,
             };
-            if let Some((handled, head, close)) = request {
+            if let Some((handled, head, close)) = plain {
                 let served = Box::into_pin(Box::write(
                     Box::new_uninit(),
                     serve_request(&mut client, handled, head, close),
