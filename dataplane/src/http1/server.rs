@@ -126,6 +126,20 @@ struct Scratch {
     interim: Vec<u8>,
 }
 
+/// A connection's [`Scratch`], boxed, and lent to the worker's spares
+/// while the connection is idle: an idle connection keeps an empty slot
+/// rather than the scratch's 168 bytes.
+#[derive(Default)]
+struct ScratchSlot(Option<Box<Scratch>>);
+
+impl ScratchSlot {
+    /// The scratch, taken fresh if the slot is empty (a connection's first
+    /// request, with no spare to take).
+    fn get(&mut self) -> &mut Scratch {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
 impl Scratch {
     /// Parses the request head at the start of `buf`; a plain request is
     /// taken off it, its URI and header values sharing the bytes read.
@@ -249,7 +263,7 @@ where
         conn,
         signal,
         max_head,
-        scratch: Scratch::default(),
+        scratch: ScratchSlot::default(),
     };
     loop {
         let conn = client.conn;
@@ -260,7 +274,7 @@ where
             // The parse's result ends with this statement: a match that
             // awaited inside an arm kept its room (280 bytes in a release
             // build) in this future, idle connections' included.
-            let plain = match scratch.parse(buf, max_headers) {
+            let plain = match scratch.get().parse(buf, max_headers) {
                 Parsed::Plain {
                     request,
                     head,
@@ -333,7 +347,7 @@ struct Client<'a, I, C> {
     /// The largest request head taken, in bytes (what is read ahead while
     /// a request is in flight stops there).
     max_head: usize,
-    scratch: Scratch,
+    scratch: ScratchSlot,
 }
 
 /// One request and its response.
@@ -359,6 +373,7 @@ where
         scratch,
     } = client;
     let (conn, max_head) = (*conn, *max_head);
+    let scratch = scratch.get();
     // While the proxy works, the client is watched: what it sends next
     // (pipelined) is read ahead, up to the head limit; its close (or a
     // reset) drops the request, as hyper does.
@@ -720,16 +735,18 @@ const SPARES_KEPT: usize = 64;
 /// for the next one: `crate::heap::Recycling`.)
 #[derive(Default)]
 pub(crate) struct Spares {
-    conns: Mutex<Vec<(BytesMut, Scratch)>>,
+    conns: Mutex<Vec<(BytesMut, Box<Scratch>)>>,
 }
 
 impl Spares {
     /// Takes a connection's buffers (leaving it none), to be lent again.
-    fn put_conn(&self, buf: &mut BytesMut, scratch: &mut Scratch) {
+    fn put_conn(&self, buf: &mut BytesMut, scratch: &mut ScratchSlot) {
         let buf = std::mem::take(buf);
-        let mut scratch = std::mem::take(scratch);
-        if buf.capacity() == 0 {
+        let Some(mut scratch) = scratch.0.take() else {
             return; // nothing lent yet (a new connection)
+        };
+        if buf.capacity() == 0 {
+            return;
         }
         if buf.capacity() > 2 * READ_SIZE || scratch.out.capacity() > 2 * GATHER {
             // Grown for something unusual: freed rather than kept.
@@ -745,9 +762,12 @@ impl Spares {
     }
 
     /// Buffers for a connection that has bytes to read.
-    fn take_conn(&self) -> (BytesMut, Scratch) {
+    fn take_conn(&self) -> (BytesMut, Option<Box<Scratch>>) {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.pop().unwrap_or_default()
+        match conns.pop() {
+            Some((buf, scratch)) => (buf, Some(scratch)),
+            None => (BytesMut::new(), None),
+        }
     }
 }
 
@@ -756,7 +776,7 @@ impl Spares {
 fn poll_idle<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
-    scratch: &mut Scratch,
+    scratch: &mut ScratchSlot,
     spares: &Spares,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
@@ -767,7 +787,7 @@ fn poll_idle<R: AsyncRead + Unpin>(
     }
     let got = read.filled();
     if !got.is_empty() {
-        (*buf, *scratch) = spares.take_conn();
+        (*buf, scratch.0) = spares.take_conn();
         buf.reserve(READ_SIZE);
         buf.extend_from_slice(got);
     }
