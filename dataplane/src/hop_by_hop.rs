@@ -100,6 +100,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_match_and_the_list_name_the_same_fields() {
+        // `hop_index` spells the list out again: the two must agree.
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_index(&header::TRAILER), None);
+        assert_eq!(hop_index(&header::CONTENT_LENGTH), None);
+    }
+
+    #[test]
     fn connection_fields_and_the_ones_connection_names_go_and_the_rest_stay() {
         let mut headers = HeaderMap::new();
         for (name, value) in [

@@ -746,7 +746,7 @@ impl Spares {
             return; // nothing lent yet (a new connection)
         };
         if buf.capacity() == 0 {
-            return;
+            return; // a connection that only ever read onto the stack
         }
         if buf.capacity() > 2 * READ_SIZE || scratch.out.capacity() > 2 * GATHER {
             // Grown for something unusual: freed rather than kept.
