@@ -35,12 +35,14 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 /// Idle connections opened while the allocator counts.
 const IDLE: usize = 200;
 /// The most an idle HTTP/2 connection may hold, in bytes: its state
-/// (measured 2026-12-07: 3.4 KB never asked, 3.7 KB answered once: the
-/// connection's task, its idle timer (0.3 KB, `--http2-idle-timeout`) and
-/// `h2`'s connection, stream and HPACK tables), with room to
-/// spare, and less than the state plus any one of the buffers above (the
-/// smallest, 4 KiB, as the patched `h2` takes them).
-const PER_IDLE: isize = 7 * 1024;
+/// (measured 2026-12-07: 2.6 KB never asked, 2.9 KB answered once: the
+/// task of its own (1.5 KB, `h2`'s connection inside; one task for both
+/// the HTTP/1 side and HTTP/2 took 0.7 KB more, `front::listener`'s
+/// `Http2Start` says why), `h2`'s stream store (0.6 KB) and HPACK table,
+/// the socket's registration (0.3 KB)), and less than the state plus any
+/// one of the buffers above (the smallest, 4 KiB, as the patched `h2`
+/// takes them).
+const PER_IDLE: isize = 3 * 1024;
 
 /// The client's preface and an empty SETTINGS frame.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";

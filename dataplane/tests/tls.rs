@@ -517,6 +517,44 @@ async fn a_stalled_request_head_over_tls_gets_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 
+/// After TLS chose `h2` by ALPN, the client owes the HTTP/2 preface, and
+/// the head deadline bounds it as it bounds an HTTP/1.1 head: a client that
+/// sends nothing is closed on (until 2026-12-07 it held its connection for
+/// as long as it wanted; the HTTP/2 idle timeout counts from the preface).
+#[tokio::test]
+async fn a_client_that_owes_the_http2_preface_after_tls_is_closed_on() {
+    use tokio::io::AsyncReadExt;
+    let b = Backend::start("b").await;
+    let ca = Ca::new();
+    let leaf = ca.issue(&["slow.example.com"]);
+    let yaml = format!(
+        "pools:\n{}",
+        tls_pool("p", "[slow.example.com]", b.addr, &leaf, None)
+    );
+    let mut opts = options(Source::Static(table(&yaml)));
+    opts.https = Some("127.0.0.1:0".parse().expect("addr"));
+    opts.limits.header_read_timeout = std::time::Duration::from_millis(200);
+    assert!(
+        opts.limits.http2_idle_timeout > WAIT,
+        "not the idle timeout's doing"
+    );
+    let dp = Dataplane::start(opts).await.expect("starts");
+    let mut stream = connect(https_addr(&dp), "slow.example.com", &ca, &[b"h2"], None)
+        .await
+        .expect("handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut got = Vec::new();
+    // The proxy closes without close_notify: the read may end in an error
+    // after what it sent.
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut got))
+        .await
+        .expect("closed in time");
+    // What came before the close: the server's side of the handshake, its
+    // SETTINGS (type 4) on stream 0.
+    let (first, _) = h2_frame_at(&got).expect("a whole frame came first");
+    assert_eq!((first.kind, first.stream), (4, 0), "{got:?}");
+}
+
 /// A Gateway's HTTPS route brings its listener's certificate, and a route
 /// limited to one listener is not served on the other: the HTTP side of
 /// the host redirects, the HTTPS side proxies.

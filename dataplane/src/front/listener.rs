@@ -161,7 +161,7 @@ pub async fn serve<H, F, B>(
     let mut drain = Drain::default();
     let builder = Arc::new(builder(limits));
     let spares = Arc::new(Spares::default());
-    let mut conns = JoinSet::new();
+    let mut conns = Conns::new();
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -195,21 +195,32 @@ pub async fn serve<H, F, B>(
                                     let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
                                     let limit = h1.then_some(timeout);
                                     let conn = ClientConn { peer, site: Some(site) };
-                                    serve_conn(builder, stream, conn, limits, limit, handler, spares, signal).await;
+                                    return serve_conn(builder, stream, conn, limits, limit, handler, spares, signal).await;
                                 }
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                             }
+                            None
                         });
                     }
                 }
             }
-            Some(_) = conns.join_next(), if !conns.is_empty() => drain.closed(),
+            Some(ended) = conns.join_next(), if !conns.is_empty() => match ended {
+                Ok(Some(http2)) => (http2.0)(&mut conns),
+                _ => drain.closed(),
+            },
         }
     }
     drop(listener);
     drain.start();
-    let finished = async { while conns.join_next().await.is_some() {} };
+    let finished = async {
+        while let Some(ended) = conns.join_next().await {
+            if let Ok(Some(http2)) = ended {
+                // Told to drain at its first poll: GOAWAY, then its streams.
+                (http2.0)(&mut conns);
+            }
+        }
+    };
     tokio::select! {
         _ = finished => {}
         _ = tokio::time::sleep(grace) => {
@@ -218,6 +229,20 @@ pub async fn serve<H, F, B>(
     }
     conns.shutdown().await;
 }
+
+/// A listener's connection tasks. One ends with `Some` when its connection
+/// turned out to be HTTP/2, and the listener spawns its HTTP/2 task.
+type Conns = JoinSet<Option<Http2Start>>;
+
+/// An HTTP/2 connection between its first task, which told it from
+/// HTTP/1.1 (by its preface, or by ALPN after TLS), and its own, which
+/// [`serve`] spawns into its [`Conns`] (the drain and the grace period see
+/// it as any other). Why two tasks: a task's memory is the largest state
+/// its future can be in, taken when it is spawned and kept to its end; in
+/// one task, an HTTP/2 connection would keep the HTTP/1 side's room (600
+/// bytes) besides its own, idle ones included (`dataplane/tests/idle_h2.rs`
+/// measures them).
+struct Http2Start(Box<dyn FnOnce(&mut Conns) + Send>);
 
 /// Reads the ClientHello, picks the site by SNI, completes the handshake.
 async fn handshake(
@@ -252,7 +277,7 @@ fn serve_conn<I, H, F, B>(
     handler: H,
     spares: Arc<Spares>,
     signal: Arc<Signal>,
-) -> impl Future<Output = ()> + Send + use<I, H, F, B>
+) -> impl Future<Output = Option<Http2Start>> + Send + use<I, H, F, B>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<ClientBody>, &ClientConn) -> F + Clone + Send + Sync + 'static,
@@ -295,26 +320,29 @@ where
                 )
                 .await;
                 if served == front::Next::Closed {
-                    return;
+                    return None;
                 }
                 starts_with_h2_preface(&mut io, &mut buf).await
             }
         };
         if h2 {
-            let io = Rewind::new(buf.freeze(), io);
-            let max_header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
-            // Boxed: its state is kilobytes, and kept inline it would make
-            // every connection's task that big.
-            let served = crate::http2::server::serve(
-                io,
-                &conn,
-                &handler,
-                &signal,
-                max_header_list,
-                limits.http2_idle_timeout,
-            );
-            Box::pin(served).await;
-            return;
+            // Handed over to a task of its own (see [`Http2Start`]).
+            let start = Box::new(crate::http2::server::Start {
+                io: io.into_inner(),
+                read: buf.freeze(),
+                conn,
+                handler,
+                signal,
+                max_header_list: u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
+                preface_timeout: limits.header_read_timeout,
+                idle: limits.http2_idle_timeout,
+            });
+            return Some(Http2Start(Box::new(move |conns: &mut Conns| {
+                conns.spawn(async move {
+                    crate::http2::server::serve(start).await;
+                    None
+                });
+            })));
         }
         // The endpoints' interim responses reach HTTP/1 clients around hyper
         // ([`crate::http1::interim`]).
@@ -360,6 +388,7 @@ where
         if let Err(e) = served.await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
+        None
     }
 }
 

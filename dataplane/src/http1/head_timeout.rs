@@ -108,6 +108,14 @@ impl<I> HeadTimeout<I> {
     }
 }
 
+impl<I> HeadTimeout<I> {
+    /// The connection, unwrapped: HTTP/2's, handed over once its preface
+    /// came (no deadline is left to watch).
+    pub fn into_inner(self) -> I {
+        self.io
+    }
+}
+
 impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<I> {
     fn poll_read(
         self: Pin<&mut Self>,

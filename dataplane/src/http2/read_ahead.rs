@@ -54,6 +54,21 @@ impl<I> ReadAhead<I> {
         }
     }
 
+    /// `io`, with `read` (bytes already taken from it) read first, from a
+    /// buffer of their size that goes once they are.
+    pub fn after(read: bytes::Bytes, io: I) -> Self {
+        if read.is_empty() {
+            return Self::new(io);
+        }
+        Self {
+            io,
+            end: read.len(),
+            buf: Some(Box::from(&read[..])),
+            start: 0,
+            streaming: false,
+        }
+    }
+
     /// Whether a buffer is held (for tests).
     #[cfg(test)]
     fn holds_buffer(&self) -> bool {
@@ -156,5 +171,23 @@ mod tests {
         assert!(!reader.holds_buffer());
         drop(client);
         assert_eq!(reader.read(&mut room).await.expect("eof"), 0);
+    }
+
+    #[tokio::test]
+    async fn bytes_read_before_come_first_and_their_buffer_goes_once_taken() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut reader = ReadAhead::after(bytes::Bytes::from_static(b"PRI * "), server);
+        assert!(reader.holds_buffer());
+        client.write_all(b"HTTP/2.0").await.expect("written");
+        let mut room = [0u8; 4];
+        reader.read_exact(&mut room).await.expect("read");
+        assert_eq!(&room, b"PRI ");
+        assert!(reader.holds_buffer(), "two bytes are left in it");
+        let mut rest = [0u8; 10];
+        reader.read_exact(&mut rest).await.expect("read");
+        assert_eq!(&rest, b"* HTTP/2.0");
+        assert!(!reader.holds_buffer(), "the buffer went once taken");
+        let empty = ReadAhead::after(bytes::Bytes::new(), tokio::io::empty());
+        assert!(!empty.holds_buffer());
     }
 }

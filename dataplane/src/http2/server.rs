@@ -33,6 +33,7 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -77,10 +78,31 @@ const MAX_ERROR_RESETS: usize = 1024;
 /// table. (`h2` has no such setting of its own: `third_party/README.md`.)
 const INDEX_SENT_HEADERS: bool = false;
 
-/// Serves HTTP/2 on `io` (its preface not yet read) until the client
-/// closes it, the connection fails, the drain has ended its streams, or it
-/// was idle. `max_header_list`: the largest request head taken
-/// (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+/// What an HTTP/2 connection's task starts from: the connection, what was
+/// read of it already, and what serves its streams ([`serve`]).
+pub(crate) struct Start<I, C, H> {
+    /// The connection, unwrapped: none of the HTTP/1 side's wrappers (its
+    /// head deadline is over once the preface came, or was never set).
+    pub io: I,
+    /// Bytes already read from `io`: the preface, if it came in the
+    /// clear, and whatever came with it. `h2` reads them first.
+    pub read: Bytes,
+    pub conn: C,
+    pub handler: H,
+    pub signal: Arc<Signal>,
+    /// The largest request head taken (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+    pub max_header_list: u32,
+    /// How long the client may take to send its preface: after TLS chose
+    /// `h2` by ALPN, the preface is the first thing it owes.
+    pub preface_timeout: Duration,
+    /// See [`serve`].
+    pub idle: Duration,
+}
+
+/// Serves HTTP/2 on `start.io` until the client closes it, the connection
+/// fails, the drain has ended its streams, or it was idle; a client whose
+/// preface does not come within `start.preface_timeout` is closed on (as
+/// the HTTP/1 side does with a head that does not come).
 ///
 /// Idle: a connection that accepted no stream during a whole `idle` period
 /// and has none open when the period ends is closed with GOAWAY (NO_ERROR;
@@ -90,14 +112,12 @@ const INDEX_SENT_HEADERS: bool = false;
 /// once a period: a stream costs a counter's increment. Without it an idle
 /// HTTP/2 connection stayed open for as long as its client wanted, where an
 /// idle HTTP/1.1 one closes (`crate::http1::head_timeout`).
-pub(crate) async fn serve<I, C, H, F, B>(
-    io: I,
-    conn: &C,
-    handler: &H,
-    signal: &Signal,
-    max_header_list: u32,
-    idle: Duration,
-) where
+///
+/// `start` comes boxed, and is this future's only argument: what the
+/// future keeps of it for the connection's life is a pointer (an argument
+/// passed by value keeps its room in the future even once moved out).
+pub(crate) async fn serve<I, C, H, F, B>(start: Box<Start<I, C, H>>)
+where
     I: AsyncRead + AsyncWrite + Unpin,
     C: Peer,
     H: Fn(Request<ClientBody>, &C) -> F,
@@ -106,7 +126,21 @@ pub(crate) async fn serve<I, C, H, F, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let peer = conn.peer();
+    let Start {
+        io,
+        read,
+        conn,
+        handler,
+        signal,
+        max_header_list,
+        preface_timeout,
+        idle,
+    } = {
+        // Moved into a block of its own: a box moved out of in place keeps
+        // its allocation until its scope ends (here, the connection's).
+        let start = start;
+        *start
+    };
     // The builder in a block of its own: kept in scope, it would take its
     // 152 bytes of this future for the connection's whole life.
     let handshake = {
@@ -120,12 +154,16 @@ pub(crate) async fn serve<I, C, H, F, B>(
             .max_send_buffer_size(SEND_BUFFER)
             .max_concurrent_streams(MAX_STREAMS)
             .index_sent_headers(INDEX_SENT_HEADERS);
-        builder.handshake::<_, Bytes>(ReadAhead::new(io))
+        builder.handshake::<_, Bytes>(ReadAhead::after(read, io))
     };
-    let mut connection = match handshake.await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "HTTP/2 handshake failed");
+    let mut connection = match tokio::time::timeout(preface_timeout, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer(), error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer(), "no HTTP/2 preface in time");
             return;
         }
     };
@@ -152,7 +190,7 @@ pub(crate) async fn serve<I, C, H, F, B>(
                 for _ in 0..2 {
                     if ended {
                         if accepted == accepted_before && !connection.has_streams() {
-                            tracing::debug!(%peer, "idle HTTP/2 connection closed");
+                            tracing::debug!(peer = %conn.peer(), "idle HTTP/2 connection closed");
                             told = true;
                             connection.abrupt_shutdown(Reason::NO_ERROR);
                             break;
@@ -179,11 +217,11 @@ pub(crate) async fn serve<I, C, H, F, B>(
                 let req = Request::from_parts(parts, ClientBody::H2(body));
                 // Boxed: the request's future is kilobytes, and the task
                 // would otherwise move it into place.
-                let response = Box::pin(handler(req, conn));
+                let response = Box::pin(handler(req, &conn));
                 tokio::spawn(serve_stream(response, respond));
             }
             Some(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+                tracing::debug!(peer = %conn.peer(), error = %e, "HTTP/2 connection ended with an error");
                 return;
             }
             None => return,
