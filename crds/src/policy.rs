@@ -162,8 +162,9 @@ pub struct Timeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^([0-9]+(ms|s|m|h))+$"))]
     pub request: Option<String>,
-    /// Longest silence on a connection, a response body or a request body
-    /// on its way (default 60s).
+    /// Longest silence on a connection, a response body, a request body
+    /// on its way, or a tunnel (an upgraded connection, silent both ways)
+    /// (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^([0-9]+(ms|s|m|h))+$"))]
     pub idle: Option<String>,

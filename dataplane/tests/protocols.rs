@@ -301,6 +301,40 @@ async fn sent(dp: &Dataplane, head: &[u8]) -> TcpStream {
     stream
 }
 
+/// A tunnel is closed once neither side has sent a byte for a whole
+/// `timeouts.idle` of its pool; one that keeps moving outlives many
+/// periods. Until 2026-12-07 a silent tunnel stayed open for ever, holding
+/// its endpoint connection.
+#[tokio::test]
+async fn a_tunnel_silent_both_ways_for_the_idle_timeout_is_closed() {
+    let echo = upgrade_echo_backend().await;
+    let yaml = format!(
+        "pools:\n  - name: p\n    timeouts: {{idle: 600ms}}\n    endpoints: [{{address: {echo}}}]\n"
+    );
+    let dp = Dataplane::start(options(sluice_dataplane::Source::Static(table(&yaml))))
+        .await
+        .expect("dataplane starts");
+    let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    let mut stream = sent(&dp, upgrade).await;
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // A message every 100 ms for 2 s (over three periods): open all along.
+    for i in 0..20 {
+        let message = format!("message {i:02}");
+        stream.write_all(message.as_bytes()).await.expect("write");
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("the tunnel is open while bytes move");
+        assert_eq!(back, message.as_bytes());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then nothing either way: the proxy closes it.
+    let rest = read_to_close(&mut stream).await.expect("a clean close");
+    assert_eq!(rest, "", "nothing more came through");
+}
+
 #[tokio::test]
 async fn the_head_deadline_spares_a_slow_answer_and_a_quiet_tunnel() {
     // Deadlines of 200 ms; each wait below spans several of them.

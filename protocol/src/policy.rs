@@ -284,7 +284,7 @@ pub struct Timeouts {
     /// Longest silence on a connection: client keep-alive, an upstream
     /// connection in the pool, a response body that stops flowing, and a
     /// request body on its way (the client sending nothing: 408; the
-    /// endpoint taking nothing: 504).
+    /// endpoint taking nothing: 504), and a tunnel silent both ways (closed).
     #[serde(deserialize_with = "de_positive")]
     pub idle: Duration,
 }

@@ -414,7 +414,7 @@ impl Proxy {
                 if let Some(cookie) = pool.affinity_cookie(&pick, in_flight.endpoint()) {
                     parts.headers.append(header::SET_COOKIE, cookie.clone());
                 }
-                upgrade::switch(upgrade, &mut parts, &mut body, in_flight.endpoint());
+                upgrade::switch(upgrade, &mut parts, &mut body, in_flight.endpoint(), idle);
                 let body = ProxyBody::Upstream {
                     body,
                     exchange: Some(exchange),

@@ -2,7 +2,13 @@
 //! client switches to): the request keeps its `Upgrade` and `Connection:
 //! upgrade` headers on the way to the endpoint, and when the endpoint
 //! answers `101 Switching Protocols` the two connections are joined into a
-//! byte tunnel that lasts until either side closes.
+//! byte tunnel that lasts until either side closes, or until neither side
+//! has sent a byte for a whole `timeouts.idle` of the pool (then both
+//! connections are closed, between one and two periods after the last
+//! byte: HAProxy's `timeout tunnel` works so, and nginx's
+//! `proxy_read_timeout` closes its WebSockets likewise; without it a
+//! client could hold an endpoint connection, and its place in
+//! `maxConnections`, for ever by saying nothing).
 //!
 //! A tunnel counts as in flight on its endpoint while it is open. It is not
 //! an HTTP request any more: the shutdown's grace period does not wait for
@@ -10,13 +16,18 @@
 //! WebSocket over HTTP/2) is not supported; such clients fall back to
 //! HTTP/1.1.
 
+use std::io;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::endpoint::Endpoint;
 use crate::upstream::ResponseBody;
@@ -63,12 +74,13 @@ pub fn take(parts: &mut http::request::Parts) -> Option<Pending> {
 /// headers back on the response (they were stripped as hop-by-hop) and
 /// starts the tunnel between the two connections: the endpoint's, taken
 /// from the response `body`, and the client's, once hyper has handed it
-/// over after sending the response.
+/// over after sending the response. `idle`: the pool's `timeouts.idle`.
 pub fn switch(
     pending: Option<Pending>,
     parts: &mut http::response::Parts,
     body: &mut ResponseBody,
     endpoint: &Arc<Endpoint>,
+    idle: Duration,
 ) {
     let Some(pending) = pending else { return };
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {
@@ -82,7 +94,7 @@ pub fn switch(
     tokio::spawn(async move {
         let _in_flight = in_flight;
         // The connection keeps its place in `maxConnections` while open.
-        let Some((mut upstream, early, _slot)) = (*upstream).into_tunnel() else {
+        let Some((upstream, early, _slot)) = (*upstream).into_tunnel() else {
             tracing::debug!("upgrade not completed: the request body was still being sent");
             return;
         };
@@ -100,9 +112,68 @@ pub fn switch(
             tracing::debug!(error = %e, "tunnel ended with an error");
             return;
         }
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
-            Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+        match tunnel(client, upstream, idle).await {
+            Some(Ok((up, down))) => tracing::debug!(up, down, "tunnel closed"),
+            Some(Err(e)) => tracing::debug!(error = %e, "tunnel ended with an error"),
+            None => tracing::debug!(?idle, "tunnel closed: silent both ways"),
         }
     });
 }
+
+/// Copies both ways until either side closes (the bytes sent up and down)
+/// or fails, or until neither sent a byte for a whole `idle` (`None`).
+async fn tunnel<C, U>(client: C, upstream: U, idle: Duration) -> Option<io::Result<(u64, u64)>>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let moved = Arc::new(AtomicU64::new(0));
+    let mut client = Moving {
+        io: client,
+        moved: Arc::clone(&moved),
+    };
+    let mut upstream = Moving {
+        io: upstream,
+        moved: Arc::clone(&moved),
+    };
+    let mut copy = pin!(tokio::io::copy_bidirectional(&mut client, &mut upstream));
+    // One timer per period, not one per read.
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            copied = &mut copy => return Some(copied),
+            () = tokio::time::sleep(idle) => {
+                let now = moved.load(Ordering::Relaxed);
+                if now == seen {
+                    return None;
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+/// One side of a tunnel, counting the bytes read from it.
+struct Moving<I> {
+    io: I,
+    moved: Arc<AtomicU64>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Moving<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            this.moved.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+crate::http1::head_timeout::write_through!(Moving);
