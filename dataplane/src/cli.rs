@@ -94,12 +94,15 @@ pub struct RunArgs {
     /// Most headers per request; more gets 431.
     #[arg(long, env = "SLUICE_MAX_HEADERS", default_value_t = listener::MAX_HEADERS)]
     pub max_headers: usize,
-    /// How long a client may take to send a request head (408) or a TLS handshake before the connection closes.
+    /// How long a client may take to send a request head (408), a TLS handshake, or (once TLS chose h2) the HTTP/2 preface before the connection closes.
     #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
     /// How long an HTTP/2 connection may have no stream open before it is closed with GOAWAY (one to two such periods after its last stream).
     #[arg(long, env = "SLUICE_HTTP2_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub http2_idle_timeout: Duration,
+    /// How long a client may take none of what is sent to it before its connection is closed (an HTTP/2 stream whose window stays shut: reset), one to two such periods after the last byte it took.
+    #[arg(long, env = "SLUICE_SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
     /// Propagate W3C trace context: each request's endpoint gets a `traceparent` naming the proxy's span (on with --tracing-otlp-endpoint too).
     #[arg(long, env = "SLUICE_TRACING")]
     pub tracing: bool,
@@ -209,6 +212,7 @@ impl RunArgs {
             limits: Limits {
                 header_read_timeout: self.header_read_timeout,
                 http2_idle_timeout: self.http2_idle_timeout,
+                send_timeout: self.send_timeout,
                 max_header_bytes: self.max_header_bytes.max(8 * 1024),
                 max_headers: self.max_headers,
             },

@@ -41,6 +41,7 @@ pub mod own_headers;
 pub mod policy;
 pub mod proxy;
 pub mod rules;
+pub mod send_timeout;
 pub mod state;
 pub mod table;
 pub mod trace;

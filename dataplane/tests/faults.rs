@@ -343,3 +343,118 @@ async fn nothing_counted_against_endpoints(
         "no failed exchange counted against an endpoint:\n{metrics}"
     );
 }
+
+/// An endpoint that answers `/endless` with a body it never finishes (64
+/// KiB at a time, for as long as the proxy takes them) and anything else
+/// with `ok`; `released` counts the endless answers whose connection the
+/// proxy closed.
+async fn endless_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let released = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&released);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let released = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if !head.starts_with(b"GET /endless ") {
+                        head.clear();
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let endless = b"HTTP/1.1 200 OK\r\ncontent-length: 1099511627776\r\n\r\n";
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut sent = stream.write_all(endless).await;
+                    while sent.is_ok() {
+                        sent = stream.write_all(&chunk).await;
+                    }
+                    released.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            });
+        }
+    });
+    (addr, released)
+}
+
+/// A client that stops reading a response is closed on after
+/// `--send-timeout` (its HTTP/2 stream reset), which lets the endpoint's
+/// connection go; it is the client's doing, counted against no endpoint.
+/// Until 2026-12-07 such a client held the endpoint connection for ever
+/// (the body's idle timeout never fired: nobody asked the body for more).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_on_and_it_is_not_the_endpoints_fault() {
+    let (addr, released) = endless_backend().await;
+    let mut opts = options(Source::Static(table(&format!(
+        "pools:\n  - name: p\n    outlierDetection: {{consecutiveFailures: 1, baseEjectionTime: 60s}}\n    endpoints: [{{address: {addr}}}]\n"
+    ))));
+    opts.limits.send_timeout = Duration::from_millis(300);
+    let dp = sluice_dataplane::Dataplane::start(opts)
+        .await
+        .expect("starts");
+    let http = client();
+
+    // HTTP/1.1: a small receive window, a look at the head, then nothing.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut s = socket.connect(dp.http_addr()).await.expect("connect");
+    s.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = [0u8; 16];
+    s.read_exact(&mut first).await.expect("the head starts");
+    assert_eq!(&first[..12], b"HTTP/1.1 200");
+    eventually("the endpoint connection to go", async || {
+        released.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Reading again: what was on its way, then the close.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("the proxy closed the connection");
+    nothing_counted_against_endpoints(&http, &dp, "the exchange to end").await;
+
+    // HTTP/2: the stream's window stays shut (its body is never read).
+    let (mut sender, conn) = hyper_h2c::<http_body_util::Empty<Bytes>>(dp.http_addr()).await;
+    let get = |path: &str| {
+        Request::get(format!("http://x{path}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request")
+    };
+    let endless = tokio::time::timeout(WAIT, sender.send_request(get("/endless")))
+        .await
+        .expect("a head in time")
+        .expect("answered");
+    assert_eq!(endless.status(), StatusCode::OK);
+    eventually("the endpoint connection to go", async || {
+        released.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // The stream was reset; the connection serves the next one.
+    let body = tokio::time::timeout(WAIT, endless.into_body().collect())
+        .await
+        .expect("the body ended in time");
+    assert!(body.is_err(), "the stream was reset");
+    let resp = tokio::time::timeout(WAIT, sender.send_request(get("/")))
+        .await
+        .expect("answered in time")
+        .expect("the connection is open");
+    let text = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&text[..], b"ok");
+    nothing_counted_against_endpoints(&http, &dp, "the exchange to end").await;
+    drop(sender);
+    let _ = conn.await;
+}

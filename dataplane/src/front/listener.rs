@@ -40,6 +40,7 @@ use crate::front::tls::{Site, Sites};
 use crate::http1::head_timeout::{Activity, H2_PREFACE, HeadTimeout};
 use crate::http1::interim::{Informing, Interim};
 use crate::http1::server::{self as front, Rewind, Signal, Spares};
+use crate::send_timeout::SendTimeout;
 
 /// How long a client may take to send a request head (and, on the HTTPS
 /// listener, to finish the TLS handshake).
@@ -47,6 +48,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an HTTP/2 connection may go without a stream open before it is
 /// closed (see [`crate::http2::server::serve`]).
 pub const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take none of what is sent to it before its
+/// connection's writes fail (HTTP/2: before a stream whose window stays
+/// shut is reset); see [`crate::send_timeout`]. nginx's `send_timeout`.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request head (request line and headers) taken, in bytes.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most headers a request may carry. hyper's own default: keeping it lets
@@ -85,13 +90,17 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// connection, a later keep-alive request) the connection closes silently,
 /// one to two periods after its last response (see [`crate::http1::head_timeout`]).
 /// An HTTP/2 connection with no stream open for `http2_idle_timeout` is
-/// closed with GOAWAY, one to two periods after its last stream ended.
+/// closed with GOAWAY, one to two periods after its last stream ended. A
+/// client that takes nothing sent to it for `send_timeout` is closed on
+/// (an HTTP/2 stream of it reset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// See [`HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Duration,
     /// See [`HTTP2_IDLE_TIMEOUT`].
     pub http2_idle_timeout: Duration,
+    /// See [`SEND_TIMEOUT`].
+    pub send_timeout: Duration,
     /// See [`MAX_HEADER_BYTES`]; at least 8 KiB (hyper's minimum buffer).
     pub max_header_bytes: usize,
     /// See [`MAX_HEADERS`].
@@ -103,6 +112,7 @@ impl Default for Limits {
         Self {
             header_read_timeout: HEADER_READ_TIMEOUT,
             http2_idle_timeout: HTTP2_IDLE_TIMEOUT,
+            send_timeout: SEND_TIMEOUT,
             max_header_bytes: MAX_HEADER_BYTES,
             max_headers: MAX_HEADERS,
         }
@@ -291,10 +301,9 @@ where
     // 256 bytes of every connection's task, idle ones included (measured by
     // `dataplane/tests/idle.rs`).
     async move {
-        let peer = conn.peer;
         let activity = Arc::new(Activity::default());
         let mut io = HeadTimeout::new(
-            io,
+            SendTimeout::new(io, limits.send_timeout),
             head_timeout.unwrap_or_default(),
             Arc::clone(&activity),
             head_timeout.is_some(),
@@ -336,6 +345,7 @@ where
                 max_header_list: u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
                 preface_timeout: limits.header_read_timeout,
                 idle: limits.http2_idle_timeout,
+                send_timeout: limits.send_timeout,
             });
             return Some(Http2Start(Box::new(move |conns: &mut Conns| {
                 conns.spawn(async move {
@@ -344,6 +354,8 @@ where
                 });
             })));
         }
+        // Taken here, not at the start: only this path keeps it.
+        let peer = conn.peer;
         // The endpoints' interim responses reach HTTP/1 clients around hyper
         // ([`crate::http1::interim`]).
         let interim = Arc::new(Interim::default());

@@ -52,6 +52,7 @@ use crate::hop_by_hop;
 use crate::http1::interim::{decode_interim, interim_into};
 use crate::http1::server::{Peer, Signal, date_value};
 use crate::http2::read_ahead::ReadAhead;
+use crate::send_timeout::SendWatch;
 
 /// Each stream's and the connection's receive window: hyper's default
 /// (the protocol's 64 KiB limits uploads over long round trips).
@@ -97,6 +98,9 @@ pub(crate) struct Start<I, C, H> {
     pub preface_timeout: Duration,
     /// See [`serve`].
     pub idle: Duration,
+    /// A stream whose window stays shut this long is reset
+    /// ([`crate::send_timeout`]).
+    pub send_timeout: Duration,
 }
 
 /// Serves HTTP/2 on `start.io` until the client closes it, the connection
@@ -135,6 +139,7 @@ where
         max_header_list,
         preface_timeout,
         idle,
+        send_timeout,
     } = {
         // Moved into a block of its own: a box moved out of in place keeps
         // its allocation until its scope ends (here, the connection's).
@@ -218,7 +223,7 @@ where
                 // Boxed: the request's future is kilobytes, and the task
                 // would otherwise move it into place.
                 let response = Box::pin(handler(req, &conn));
-                tokio::spawn(serve_stream(response, respond));
+                tokio::spawn(serve_stream(response, respond, send_timeout));
             }
             Some(Err(e)) => {
                 tracing::debug!(peer = %conn.peer(), error = %e, "HTTP/2 connection ended with an error");
@@ -230,7 +235,7 @@ where
 }
 
 /// One stream: the proxy's response, after the interim ones, then its body.
-async fn serve_stream<F, B>(response: F, mut respond: SendResponse<Bytes>)
+async fn serve_stream<F, B>(response: F, mut respond: SendResponse<Bytes>, send_timeout: Duration)
 where
     F: Future<Output = Box<Response<B>>>,
     B: Body + Unpin,
@@ -280,20 +285,22 @@ where
         }
     };
     if !end {
-        send_body(body, send).await;
+        send_body(body, send, send_timeout).await;
     }
 }
 
 /// Sends `body` on `send` as the client's window allows; resets the
-/// stream when the body fails or the client reset it.
-async fn send_body<B>(mut body: B, mut send: SendStream<Bytes>)
+/// stream when the body fails, the client reset it, or its window let
+/// nothing out for a whole `send_timeout`.
+async fn send_body<B>(mut body: B, mut send: SendStream<Bytes>, send_timeout: Duration)
 where
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // A frame taken from the body that waits for window.
     let mut waiting: Option<(Bytes, bool)> = None;
-    let sent = poll_fn(|cx| poll_send(&mut body, &mut send, &mut waiting, cx)).await;
+    let mut watch = SendWatch::new(send_timeout);
+    let sent = poll_fn(|cx| poll_send(&mut body, &mut send, &mut waiting, &mut watch, cx)).await;
     if let Err(why) = sent {
         tracing::debug!(error = %why, "response body ended early");
     }
@@ -304,6 +311,7 @@ fn poll_send<B>(
     body: &mut B,
     send: &mut SendStream<Bytes>,
     waiting: &mut Option<(Bytes, bool)>,
+    watch: &mut SendWatch,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), Box<dyn std::error::Error + Send + Sync>>>
 where
@@ -319,13 +327,21 @@ where
         }
         if waiting.is_some() {
             while send.capacity() == 0 {
-                match ready!(send.poll_capacity(cx)) {
-                    Some(Ok(0)) => {}
-                    Some(Ok(_)) => break,
-                    Some(Err(e)) => return Poll::Ready(Err(e.into())),
-                    None => return Poll::Ready(Err("the stream closed".into())),
+                match send.poll_capacity(cx) {
+                    Poll::Pending if watch.stalled(cx) => {
+                        send.send_reset(Reason::CANCEL);
+                        return Poll::Ready(Err(
+                            "the client's window let nothing out for --send-timeout".into(),
+                        ));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(0))) => {}
+                    Poll::Ready(Some(Ok(_))) => break,
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                    Poll::Ready(None) => return Poll::Ready(Err("the stream closed".into())),
                 }
             }
+            watch.moved();
             if let Some((data, eos)) = waiting.take() {
                 send.send_data(data, eos)?;
                 if eos {
