@@ -272,10 +272,12 @@ async fn handshake(
     Ok((stream, site))
 }
 
-/// Serves one connection (HTTP/1.1 with upgrades, or HTTP/2) to its end;
-/// `head_timeout`: the request heads' deadline (408), `None` for HTTP/2 by
-/// ALPN. HTTP/1.1's plain requests are served by [`front`], the rest by
-/// hyper; HTTP/2 by [`crate::http2::server`].
+/// Serves one connection: HTTP/1.1 (with upgrades) to its end, or, once it
+/// turns out to be HTTP/2, hands it back as an [`Http2Start`] for
+/// [`crate::http2::server`] to serve in a task of its own. `head_timeout`:
+/// the request heads' deadline (408), `None` for HTTP/2 by ALPN. HTTP/1.1's
+/// plain requests are served by [`front`], the rest by hyper. Every write
+/// to the client goes through [`SendTimeout`].
 #[allow(clippy::too_many_arguments)]
 #[allow(clippy::manual_async_fn)] // the async block inside says why
 fn serve_conn<I, H, F, B>(
