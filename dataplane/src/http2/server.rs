@@ -26,7 +26,9 @@
 //! - the body is sent as the client's flow control allows: a frame is
 //!   taken from the body only when the one before it was handed to `h2`,
 //!   so at most one frame and `h2`'s send buffer (400 KiB, hyper's) wait
-//!   per stream; a body error resets the stream (`INTERNAL_ERROR`);
+//!   per stream; a body error resets the stream (`INTERNAL_ERROR`), and so
+//!   does (`CANCEL`) a client window that lets nothing out for a whole
+//!   `--send-timeout` ([`crate::send_timeout`]);
 //! - the request's body is [`H2Body`]: its bytes go back to the client's
 //!   window as the proxy takes them;
 //! - the drain sends GOAWAY and lets the open streams finish.
@@ -82,8 +84,10 @@ const INDEX_SENT_HEADERS: bool = false;
 /// What an HTTP/2 connection's task starts from: the connection, what was
 /// read of it already, and what serves its streams ([`serve`]).
 pub(crate) struct Start<I, C, H> {
-    /// The connection, unwrapped: none of the HTTP/1 side's wrappers (its
-    /// head deadline is over once the preface came, or was never set).
+    /// The connection with its send deadline
+    /// ([`crate::send_timeout::SendTimeout`]) and none of the HTTP/1
+    /// side's wrappers (its head deadline is over once the preface came,
+    /// or was never set).
     pub io: I,
     /// Bytes already read from `io`: the preface, if it came in the
     /// clear, and whatever came with it. `h2` reads them first.
