@@ -480,9 +480,9 @@ async fn certificate_files_rewritten_in_place_are_picked_up() {
     assert_eq!((got.0, got.1.as_str()), (StatusCode::OK, "b"));
 }
 
-#[tokio::test]
-async fn a_stalled_request_head_over_tls_gets_408() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A dataplane serving `slow.example.com` over TLS with a head deadline of
+/// 200 ms, with the CA that signed its certificate and its backend.
+async fn with_short_head_deadline() -> (Dataplane, Ca, Backend) {
     let b = Backend::start("b").await;
     let ca = Ca::new();
     let leaf = ca.issue(&["slow.example.com"]);
@@ -494,6 +494,13 @@ async fn a_stalled_request_head_over_tls_gets_408() {
     opts.https = Some("127.0.0.1:0".parse().expect("addr"));
     opts.limits.header_read_timeout = std::time::Duration::from_millis(200);
     let dp = Dataplane::start(opts).await.expect("starts");
+    (dp, ca, b)
+}
+
+#[tokio::test]
+async fn a_stalled_request_head_over_tls_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (dp, ca, _b) = with_short_head_deadline().await;
     let mut stream = connect(
         https_addr(&dp),
         "slow.example.com",
@@ -524,21 +531,9 @@ async fn a_stalled_request_head_over_tls_gets_408() {
 #[tokio::test]
 async fn a_client_that_owes_the_http2_preface_after_tls_is_closed_on() {
     use tokio::io::AsyncReadExt;
-    let b = Backend::start("b").await;
-    let ca = Ca::new();
-    let leaf = ca.issue(&["slow.example.com"]);
-    let yaml = format!(
-        "pools:\n{}",
-        tls_pool("p", "[slow.example.com]", b.addr, &leaf, None)
-    );
-    let mut opts = options(Source::Static(table(&yaml)));
-    opts.https = Some("127.0.0.1:0".parse().expect("addr"));
-    opts.limits.header_read_timeout = std::time::Duration::from_millis(200);
-    assert!(
-        opts.limits.http2_idle_timeout > WAIT,
-        "not the idle timeout's doing"
-    );
-    let dp = Dataplane::start(opts).await.expect("starts");
+    // The HTTP/2 idle timeout (the default) is not what closes it.
+    assert!(sluice_dataplane::front::listener::HTTP2_IDLE_TIMEOUT > WAIT);
+    let (dp, ca, _b) = with_short_head_deadline().await;
     let mut stream = connect(https_addr(&dp), "slow.example.com", &ca, &[b"h2"], None)
         .await
         .expect("handshake");
