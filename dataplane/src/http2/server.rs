@@ -238,75 +238,84 @@ where
     }
 }
 
-/// One stream: the proxy's response, after the interim ones, then its body.
-async fn serve_stream<F, B>(response: F, mut respond: SendResponse<Bytes>, send_timeout: Duration)
+/// One stream: the proxy's response, after the interim ones, then its body,
+/// sent as the client's window allows; the stream is reset when the body
+/// fails, the client reset it, or its window let nothing out for a whole
+/// `send_timeout`.
+///
+/// An async block holding only what crosses an `await` (the body is sent
+/// from here, not from a function of its own, and the head is built in a
+/// block): the stream's task moves this future twice as it is spawned and
+/// writes over it once as it ends, and under callgrind each copy costs
+/// about as many instructions as the future has bytes. As an `async fn`
+/// calling another for the body, the proxy's stream future was 944 bytes;
+/// it is 392 now, and an h2c request 0.7k instructions cheaper (callgrind
+/// by hand, 10 connections × 10 streams: 38.6k → 37.9k).
+#[allow(clippy::manual_async_fn)]
+fn serve_stream<F, B>(
+    mut response: F,
+    mut respond: SendResponse<Bytes>,
+    send_timeout: Duration,
+) -> impl Future<Output = ()> + use<F, B>
 where
-    F: Future<Output = Box<Response<B>>>,
+    F: Future<Output = Box<Response<B>>> + Unpin,
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut response = pin!(response);
-    let mut interim = Vec::new();
-    let answered = poll_fn(|cx| {
-        // A client's RST_STREAM cancels the request. Looked at before the
-        // request is polled, so that a stream reset before its task first
-        // runs (a "rapid reset" flood) never reaches an endpoint.
-        if respond.poll_reset(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        let polled = interim_into(&mut interim, || response.as_mut().poll(cx));
-        if !interim.is_empty() {
-            for head in decode_interim(&interim) {
-                if let Err(e) = respond.send_informational(head) {
-                    tracing::debug!(error = %e, "interim response not sent");
+    async move {
+        let mut interim = Vec::new();
+        let answered = poll_fn(|cx| {
+            // A client's RST_STREAM cancels the request. Looked at before
+            // the request is polled, so that a stream reset before its task
+            // first runs (a "rapid reset" flood) never reaches an endpoint.
+            if respond.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            let polled = interim_into(&mut interim, || Pin::new(&mut response).poll(cx));
+            if !interim.is_empty() {
+                for head in decode_interim(&interim) {
+                    if let Err(e) = respond.send_informational(head) {
+                        tracing::debug!(error = %e, "interim response not sent");
+                    }
+                }
+                interim.clear();
+            }
+            polled.map(Some)
+        })
+        .await;
+        drop(interim);
+        let Some(resp) = answered else {
+            return;
+        };
+        let (mut body, mut send) = {
+            let (mut parts, body) = resp.into_parts();
+            hop_by_hop::strip(&mut parts.headers);
+            parts.headers.entry(header::DATE).or_insert_with(date_value);
+            let end = body.is_end_stream();
+            if !end
+                && let Some(n) = body.size_hint().exact()
+                && !parts.headers.contains_key(header::CONTENT_LENGTH)
+            {
+                parts.headers.insert(header::CONTENT_LENGTH, n.into());
+            }
+            match respond.send_response(Response::from_parts(parts, ()), end) {
+                Ok(send) if !end => (body, send),
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "response head not sent");
+                    respond.send_reset(Reason::INTERNAL_ERROR);
+                    return;
                 }
             }
-            interim.clear();
+        };
+        // A frame taken from the body that waits for window.
+        let mut waiting: Option<(Bytes, bool)> = None;
+        let mut watch = SendWatch::new(send_timeout);
+        let sent =
+            poll_fn(|cx| poll_send(&mut body, &mut send, &mut waiting, &mut watch, cx)).await;
+        if let Err(why) = sent {
+            tracing::debug!(error = %why, "response body ended early");
         }
-        polled.map(Some)
-    })
-    .await;
-    let Some(resp) = answered else {
-        return;
-    };
-    let (mut parts, body) = resp.into_parts();
-    hop_by_hop::strip(&mut parts.headers);
-    parts.headers.entry(header::DATE).or_insert_with(date_value);
-    let end = body.is_end_stream();
-    if !end
-        && let Some(n) = body.size_hint().exact()
-        && !parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        parts.headers.insert(header::CONTENT_LENGTH, n.into());
-    }
-    let head = Response::from_parts(parts, ());
-    let send = match respond.send_response(head, end) {
-        Ok(send) => send,
-        Err(e) => {
-            tracing::debug!(error = %e, "response head not sent");
-            respond.send_reset(Reason::INTERNAL_ERROR);
-            return;
-        }
-    };
-    if !end {
-        send_body(body, send, send_timeout).await;
-    }
-}
-
-/// Sends `body` on `send` as the client's window allows; resets the
-/// stream when the body fails, the client reset it, or its window let
-/// nothing out for a whole `send_timeout`.
-async fn send_body<B>(mut body: B, mut send: SendStream<Bytes>, send_timeout: Duration)
-where
-    B: Body + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    // A frame taken from the body that waits for window.
-    let mut waiting: Option<(Bytes, bool)> = None;
-    let mut watch = SendWatch::new(send_timeout);
-    let sent = poll_fn(|cx| poll_send(&mut body, &mut send, &mut waiting, &mut watch, cx)).await;
-    if let Err(why) = sent {
-        tracing::debug!(error = %why, "response body ended early");
     }
 }
 
