@@ -40,6 +40,7 @@ mod deadline;
 pub mod forward;
 mod hold;
 mod rule;
+mod tunnel;
 pub mod upgrade;
 
 use self::rule::RuleLimits;

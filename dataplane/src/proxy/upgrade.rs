@@ -2,8 +2,9 @@
 //! client switches to): the request keeps its `Upgrade` and `Connection:
 //! upgrade` headers on the way to the endpoint, and when the endpoint
 //! answers `101 Switching Protocols` the two connections are joined into a
-//! byte tunnel that lasts until either side closes, or until neither side
-//! has sent a byte for a whole `timeouts.idle` of the pool (then both
+//! byte tunnel ([`crate::proxy::tunnel`]: a side's close is passed on to the
+//! other) that lasts until both sides have closed, either fails, or
+//! neither side has sent a byte for a whole `timeouts.idle` of the pool (then both
 //! connections are closed, between one and two periods after the last
 //! byte: HAProxy's `timeout tunnel` works so, and nginx's
 //! `proxy_read_timeout` closes its WebSockets likewise; without it a
@@ -16,20 +17,17 @@
 //! WebSocket over HTTP/2) is not supported; such clients fall back to
 //! HTTP/1.1.
 
-use std::io;
-use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 
 use crate::endpoint::Endpoint;
+use crate::proxy::tunnel;
 use crate::upstream::ResponseBody;
 
 /// The protocol an HTTP/1.1 request asks to switch to: its `Upgrade`
@@ -112,68 +110,10 @@ pub fn switch(
             tracing::debug!(error = %e, "tunnel ended with an error");
             return;
         }
-        match tunnel(client, upstream, idle).await {
-            Some(Ok((up, down))) => tracing::debug!(up, down, "tunnel closed"),
-            Some(Err(e)) => tracing::debug!(error = %e, "tunnel ended with an error"),
-            None => tracing::debug!(?idle, "tunnel closed: silent both ways"),
+        match tunnel::run(client, upstream, idle).await {
+            tunnel::Ended::Closed { up, down } => tracing::debug!(up, down, "tunnel closed"),
+            tunnel::Ended::Failed(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+            tunnel::Ended::Idle => tracing::debug!(?idle, "tunnel closed: silent both ways"),
         }
     });
 }
-
-/// Copies both ways until either side closes (the bytes sent up and down)
-/// or fails, or until neither sent a byte for a whole `idle` (`None`).
-async fn tunnel<C, U>(client: C, upstream: U, idle: Duration) -> Option<io::Result<(u64, u64)>>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let moved = Arc::new(AtomicU64::new(0));
-    let mut client = Moving {
-        io: client,
-        moved: Arc::clone(&moved),
-    };
-    let mut upstream = Moving {
-        io: upstream,
-        moved: Arc::clone(&moved),
-    };
-    let mut copy = pin!(tokio::io::copy_bidirectional(&mut client, &mut upstream));
-    // One timer per period, not one per read.
-    let mut seen = 0;
-    loop {
-        tokio::select! {
-            copied = &mut copy => return Some(copied),
-            () = tokio::time::sleep(idle) => {
-                let now = moved.load(Ordering::Relaxed);
-                if now == seen {
-                    return None;
-                }
-                seen = now;
-            }
-        }
-    }
-}
-
-/// One side of a tunnel, counting the bytes read from it.
-struct Moving<I> {
-    io: I,
-    moved: Arc<AtomicU64>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Moving<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            this.moved.fetch_add(read as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-crate::http1::head_timeout::write_through!(Moving);
