@@ -106,9 +106,7 @@ impl<I> HeadTimeout<I> {
             activity,
         }
     }
-}
 
-impl<I> HeadTimeout<I> {
     /// The connection, unwrapped: HTTP/2's, handed over once its preface
     /// came (no deadline is left to watch).
     pub fn into_inner(self) -> I {
