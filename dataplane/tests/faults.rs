@@ -458,3 +458,45 @@ async fn a_client_that_stops_reading_is_closed_on_and_it_is_not_the_endpoints_fa
     drop(sender);
     let _ = conn.await;
 }
+
+/// An HTTP/2 client that reads nothing at all (its windows wide open, so
+/// only the socket fills up) is closed on after `--send-timeout`: the
+/// connection's own writes wait, not just a stream's window.
+#[tokio::test]
+async fn an_http2_client_that_reads_nothing_is_closed_on() {
+    let (addr, released) = endless_backend().await;
+    let mut opts = options(Source::Static(table(&format!(
+        "pools:\n  - name: p\n    endpoints: [{{address: {addr}}}]\n"
+    ))));
+    opts.limits.send_timeout = Duration::from_millis(300);
+    // Not the idle timeout's doing: it is the default, a minute.
+    assert!(opts.limits.http2_idle_timeout > WAIT);
+    let dp = sluice_dataplane::Dataplane::start(opts)
+        .await
+        .expect("starts");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut s = socket.connect(dp.http_addr()).await.expect("connect");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE as large as it goes, and the
+    // connection's window too: flow control never stops the server.
+    out.extend(h2_frame(4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    out.extend(h2_frame(8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()));
+    // GET http://x/endless, END_STREAM | END_HEADERS.
+    let mut head = vec![0x82, 0x86, 0x04, 8];
+    head.extend_from_slice(b"/endless");
+    head.extend_from_slice(&[0x41, 1, b'x']);
+    out.extend(h2_frame(1, 0x5, 1, &head));
+    s.write_all(&out).await.expect("write");
+    eventually("the endpoint connection to go", async || {
+        released.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Reading at last: what was on its way, then the close (the stream's
+    // reset alone would leave the connection open for its idle minute).
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("the proxy closed the connection");
+    assert!(rest.len() > 9, "the server's frames came first");
+}
