@@ -90,11 +90,6 @@ impl<I> SendTimeout<I> {
         }
     }
 
-    /// The connection (for tests and the TLS details behind it).
-    pub fn get_ref(&self) -> &I {
-        &self.io
-    }
-
     /// Maps a write's outcome: progress counts, a wait past the period
     /// fails.
     fn watched<T>(

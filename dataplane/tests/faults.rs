@@ -389,6 +389,33 @@ async fn endless_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, released)
 }
 
+/// A connection to `addr` with a 4 KiB receive buffer: a client that reads
+/// nothing has it full at once.
+async fn small_window_client(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Waits until `released` endless answers lost their endpoint connection,
+/// then reads `s` to its end: what was on its way, then the proxy's close.
+async fn endpoint_goes_then_client_is_closed(
+    released: &AtomicUsize,
+    count: usize,
+    s: &mut TcpStream,
+) -> Vec<u8> {
+    eventually("the endpoint connection to go", async || {
+        released.load(Ordering::SeqCst) == count
+    })
+    .await;
+    let mut rest = Vec::new();
+    // The close may come as a reset: an error after the bytes is fine.
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("the proxy closed the connection");
+    rest
+}
+
 /// A client that stops reading a response is closed on after
 /// `--send-timeout` (its HTTP/2 stream reset), which lets the endpoint's
 /// connection go; it is the client's doing, counted against no endpoint.
@@ -407,24 +434,14 @@ async fn a_client_that_stops_reading_is_closed_on_and_it_is_not_the_endpoints_fa
     let http = client();
 
     // HTTP/1.1: a small receive window, a look at the head, then nothing.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut s = socket.connect(dp.http_addr()).await.expect("connect");
+    let mut s = small_window_client(dp.http_addr()).await;
     s.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
     let mut first = [0u8; 16];
     s.read_exact(&mut first).await.expect("the head starts");
     assert_eq!(&first[..12], b"HTTP/1.1 200");
-    eventually("the endpoint connection to go", async || {
-        released.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    // Reading again: what was on its way, then the close.
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-        .await
-        .expect("the proxy closed the connection");
+    endpoint_goes_then_client_is_closed(&released, 1, &mut s).await;
     nothing_counted_against_endpoints(&http, &dp, "the exchange to end").await;
 
     // HTTP/2: the stream's window stays shut (its body is never read).
@@ -474,9 +491,7 @@ async fn an_http2_client_that_reads_nothing_is_closed_on() {
     let dp = sluice_dataplane::Dataplane::start(opts)
         .await
         .expect("starts");
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut s = socket.connect(dp.http_addr()).await.expect("connect");
+    let mut s = small_window_client(dp.http_addr()).await;
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS_INITIAL_WINDOW_SIZE as large as it goes, and the
     // connection's window too: flow control never stops the server.
@@ -488,15 +503,8 @@ async fn an_http2_client_that_reads_nothing_is_closed_on() {
     head.extend_from_slice(&[0x41, 1, b'x']);
     out.extend(h2_frame(1, 0x5, 1, &head));
     s.write_all(&out).await.expect("write");
-    eventually("the endpoint connection to go", async || {
-        released.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    // Reading at last: what was on its way, then the close (the stream's
-    // reset alone would leave the connection open for its idle minute).
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-        .await
-        .expect("the proxy closed the connection");
+    // The close, not just the stream's reset (which would leave the
+    // connection open for its idle minute).
+    let rest = endpoint_goes_then_client_is_closed(&released, 1, &mut s).await;
     assert!(rest.len() > 9, "the server's frames came first");
 }

@@ -283,6 +283,7 @@ where
             polled.map(Some)
         })
         .await;
+        // Whatever interim heads it collected go before the body is sent.
         drop(interim);
         let Some(resp) = answered else {
             return;

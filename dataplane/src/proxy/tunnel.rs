@@ -11,14 +11,15 @@
 //! does with its read buffers.
 
 use std::cell::RefCell;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
+
+use crate::send_timeout::SendWatch;
 
 /// Bytes read at most at once, per direction.
 const BUF: usize = 16 * 1024;
@@ -66,9 +67,9 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut up, mut down) = (OneWay::default(), OneWay::default());
-    // One timer per period, not one per read.
-    let mut period = pin!(tokio::time::sleep(idle));
-    let mut seen = 0;
+    // The silence is watched as a client's send deadline is: one timer,
+    // moved at most once a period.
+    let (mut silence, mut moved) = (SendWatch::new(idle), 0);
     poll_fn(|cx| {
         let ups = up.poll_copy(cx, Pin::new(&mut client), Pin::new(&mut upstream));
         let downs = down.poll_copy(cx, Pin::new(&mut upstream), Pin::new(&mut client));
@@ -82,13 +83,12 @@ where
             }
             _ => {}
         }
-        while period.as_mut().poll(cx).is_ready() {
-            let moved = up.moved + down.moved;
-            if moved == seen {
-                return Poll::Ready(Ended::Idle);
-            }
-            seen = moved;
-            period.as_mut().reset(Instant::now() + idle);
+        if up.moved + down.moved != moved {
+            moved = up.moved + down.moved;
+            silence.moved();
+        }
+        if silence.stalled(cx) {
+            return Poll::Ready(Ended::Idle);
         }
         Poll::Pending
     })
